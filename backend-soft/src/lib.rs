@@ -1,0 +1,2 @@
+//! Software keys for hardkey.
+#![forbid(unsafe_code)]
