@@ -1,15 +1,34 @@
-//! hardkey's async key-operation API.
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
 mod algorithm;
+mod backend;
+mod delayed;
 pub mod encoding;
 mod error;
+mod key;
+mod pool;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod timer;
 pub mod uri;
 
 // Public interface.
 pub use algorithm::{
     DecryptScheme, HashAlgorithm, KeyAlgorithm, KeyFamily, SignatureKind, SignatureScheme,
 };
+pub use backend::{Backend, PooledKey};
+pub use delayed::{Delayed, Latency};
 pub use error::{BoxError, Error, ErrorKind, InvalidInput, Operation, Result, Unsupported};
+pub use key::{
+    BoxFuture, DynPrivateKey, KeyId, KeyInfo, KeyPolicy, KeyUsages, PrivateKey, PublicKey,
+    SharedKey,
+};
+pub use pool::{
+    Backpressure, DevicePool, JobOptions, JobTimeout, LatencySummary, PoolConfig, PoolStats,
+    ShutdownReport,
+};
+pub use store::{DynKeyStore, GenerateRequest, ImportRequest, KeyStore};
+pub use timer::{Sleep, sleep, sleep_until};
 pub use uri::{FileUri, KeyUri, UriError};

@@ -1,0 +1,498 @@
+//! Keys as callers see them: [`KeyInfo`] (cached, no device I/O) and the async [`PrivateKey`]
+//! trait with its dyn-compatible companion [`DynPrivateKey`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use der::asn1::{ObjectIdentifier, UintRef};
+use der::{Decode, Sequence};
+use spki::SubjectPublicKeyInfoRef;
+use zeroize::Zeroizing;
+
+use crate::algorithm::{DecryptScheme, KeyAlgorithm, KeyFamily, SignatureScheme};
+use crate::encoding;
+use crate::error::{Error, InvalidInput, Operation, Result, Unsupported};
+use crate::uri::KeyUri;
+
+/// A boxed, `Send`, `'static` future: what the dyn-compatible traits return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A key shared behind a trait object, e.g. by a TLS server holding keys of several backends.
+pub type SharedKey = Arc<dyn DynPrivateKey>;
+
+/// A key's stable identifier: CKA_ID on PKCS#11, the persistent handle or a digest of the
+/// public key on a TPM, a digest of the public key for software keys. Displayed as hex.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Vec<u8>);
+
+impl KeyId {
+    /// An id from raw bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The first 16 bytes of SHA-256 over a SubjectPublicKeyInfo: a stable id for keys whose
+    /// device has no id of its own.
+    pub fn from_public_key(public_key: &PublicKey) -> Self {
+        let digest = encoding::digest(crate::HashAlgorithm::Sha256, public_key.der());
+        Self(digest[..16].to_vec())
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Parses the hex form printed by `Display`.
+    pub fn from_hex(s: &str) -> Result<Self> {
+        hex::decode(s.trim()).map(Self).map_err(|_| {
+            InvalidInput::Malformed {
+                what: "key id",
+                reason: "expected an even number of hex digits",
+            }
+            .into()
+        })
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// What a key may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct KeyUsages {
+    /// The key may sign.
+    pub sign: bool,
+    /// The key may decrypt.
+    pub decrypt: bool,
+}
+
+impl KeyUsages {
+    /// Signing only.
+    pub const SIGN: Self = Self {
+        sign: true,
+        decrypt: false,
+    };
+    /// Signing and decryption (the default for RSA keys serving TLS 1.2 RSA key exchange).
+    pub const SIGN_DECRYPT: Self = Self {
+        sign: true,
+        decrypt: true,
+    };
+
+    /// The usual usages for a new key of `alg`: sign for EC, sign and decrypt for RSA.
+    pub const fn default_for(alg: KeyAlgorithm) -> Self {
+        match alg.family() {
+            KeyFamily::Rsa => Self::SIGN_DECRYPT,
+            KeyFamily::Ec => Self::SIGN,
+        }
+    }
+}
+
+impl fmt::Display for KeyUsages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.sign, self.decrypt) {
+            (true, true) => f.write_str("sign, decrypt"),
+            (true, false) => f.write_str("sign"),
+            (false, true) => f.write_str("decrypt"),
+            (false, false) => f.write_str("none"),
+        }
+    }
+}
+
+/// Choices a caller makes when opening a key, beyond what the device allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyPolicy {
+    /// Allow RSA PKCS#1 v1.5 decryption ([`DecryptScheme::RsaPkcs1v15Legacy`]). Off by default:
+    /// it is a padding oracle, needed only for legacy TLS 1.2 RSA key exchange.
+    pub allow_legacy_rsa_pkcs1v15_decrypt: bool,
+}
+
+impl KeyPolicy {
+    /// The default policy with legacy PKCS#1 v1.5 decryption allowed or not.
+    pub const fn with_legacy_rsa_pkcs1v15_decrypt(mut self, allow: bool) -> Self {
+        self.allow_legacy_rsa_pkcs1v15_decrypt = allow;
+        self
+    }
+}
+
+/// A public key as a DER SubjectPublicKeyInfo, with the algorithm it was found to be.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    der: Arc<[u8]>,
+    algorithm: KeyAlgorithm,
+}
+
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+#[derive(Sequence)]
+struct RsaPublicKeyDer<'a> {
+    modulus: UintRef<'a>,
+    public_exponent: UintRef<'a>,
+}
+
+impl PublicKey {
+    /// Parses a DER SubjectPublicKeyInfo and determines its [`KeyAlgorithm`].
+    pub fn from_spki_der(der: &[u8]) -> Result<Self> {
+        let bad = |source: der::Error| {
+            Error::from(InvalidInput::KeyEncoding {
+                what: "SubjectPublicKeyInfo".into(),
+                source: Box::new(source),
+            })
+        };
+        let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(bad)?;
+        let key_bits = spki.subject_public_key.raw_bytes();
+        let algorithm = if spki.algorithm.oid == RSA_ENCRYPTION {
+            let rsa = RsaPublicKeyDer::from_der(key_bits).map_err(bad)?;
+            let n = rsa.modulus.as_bytes();
+            let bits = match n.first() {
+                Some(&top) => n.len() * 8 - top.leading_zeros() as usize,
+                None => 0,
+            };
+            KeyAlgorithm::rsa_with_bits(bits).ok_or(InvalidInput::Malformed {
+                what: "RSA public key",
+                reason: "modulus size is not 2048, 3072 or 4096 bits",
+            })?
+        } else if spki.algorithm.oid == EC_PUBLIC_KEY {
+            let curve = spki.algorithm.parameters_oid().map_err(|e| {
+                Error::from(InvalidInput::KeyEncoding {
+                    what: "EC public key parameters".into(),
+                    source: Box::new(e),
+                })
+            })?;
+            match curve {
+                c if c == SECP256R1 => KeyAlgorithm::EcP256,
+                c if c == SECP384R1 => KeyAlgorithm::EcP384,
+                _ => {
+                    return Err(InvalidInput::Malformed {
+                        what: "EC public key",
+                        reason: "curve is neither P-256 nor P-384",
+                    }
+                    .into());
+                }
+            }
+        } else {
+            return Err(InvalidInput::Malformed {
+                what: "public key",
+                reason: "algorithm is neither rsaEncryption nor id-ecPublicKey",
+            }
+            .into());
+        };
+        Ok(Self {
+            der: der.into(),
+            algorithm,
+        })
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The algorithm of the key.
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// The PEM form (`-----BEGIN PUBLIC KEY-----`), as `openssl pkey -pubout` prints it.
+    pub fn to_pem(&self) -> String {
+        // Encoding a byte slice into a String cannot fail except on length overflow.
+        der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &self.der)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("algorithm", &self.algorithm)
+            .field("spki_len", &self.der.len())
+            .finish()
+    }
+}
+
+/// Everything about a key that is known without asking the device: reading it does no I/O.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// Stable identifier.
+    pub id: KeyId,
+    /// Human label (CKA_LABEL, file name...), if any.
+    pub label: Option<String>,
+    /// A URI that opens this key again, if it has one (in-memory keys do not).
+    pub uri: Option<KeyUri>,
+    /// The key's algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// What the key may do.
+    pub usages: KeyUsages,
+    /// The public key.
+    pub public_key: PublicKey,
+    /// Signature schemes this key serves, preferred first (empty if it may not sign).
+    pub signature_schemes: Vec<SignatureScheme>,
+    /// Decryption schemes this key serves (empty if it may not decrypt).
+    pub decrypt_schemes: Vec<DecryptScheme>,
+}
+
+impl KeyInfo {
+    /// Describes a key from its public key, usages and the opener's policy; the schemes are
+    /// everything the algorithm allows that the usages and policy permit.
+    pub fn new(id: KeyId, public_key: PublicKey, usages: KeyUsages, policy: KeyPolicy) -> Self {
+        let algorithm = public_key.algorithm();
+        let signature_schemes = if usages.sign {
+            algorithm.signature_schemes().to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut decrypt_schemes = if usages.decrypt {
+            algorithm.decrypt_schemes().to_vec()
+        } else {
+            Vec::new()
+        };
+        if usages.decrypt
+            && policy.allow_legacy_rsa_pkcs1v15_decrypt
+            && DecryptScheme::RsaPkcs1v15Legacy.is_compatible_with(algorithm)
+        {
+            decrypt_schemes.push(DecryptScheme::RsaPkcs1v15Legacy);
+        }
+        Self {
+            id,
+            label: None,
+            uri: None,
+            algorithm,
+            usages,
+            public_key,
+            signature_schemes,
+            decrypt_schemes,
+        }
+    }
+
+    /// Sets the label.
+    pub fn with_label(mut self, label: Option<String>) -> Self {
+        self.label = label;
+        self
+    }
+
+    /// Sets the URI.
+    pub fn with_uri(mut self, uri: Option<KeyUri>) -> Self {
+        self.uri = uri;
+        self
+    }
+
+    /// Restricts the signature schemes (a device that cannot do some of them).
+    pub fn retain_signature_schemes(mut self, keep: impl Fn(SignatureScheme) -> bool) -> Self {
+        self.signature_schemes.retain(|s| keep(*s));
+        self
+    }
+
+    /// Whether the key serves `scheme`.
+    pub fn supports(&self, scheme: SignatureScheme) -> bool {
+        self.signature_schemes.contains(&scheme)
+    }
+
+    /// The key's most preferred scheme among those a peer offers (TLS negotiation).
+    pub fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<SignatureScheme> {
+        self.signature_schemes
+            .iter()
+            .copied()
+            .find(|s| offered.contains(s))
+    }
+
+    /// A name for messages: the label, else the id.
+    pub fn display_name(&self) -> String {
+        match &self.label {
+            Some(label) => format!("'{label}'"),
+            None => format!("id {}", self.id),
+        }
+    }
+
+    /// Checks that this key may sign `digest` with `scheme` (scheme served, digest length).
+    pub fn check_sign(&self, scheme: SignatureScheme, digest: &[u8]) -> Result<()> {
+        if !self.usages.sign {
+            return Err(Unsupported::Usage {
+                key: self.display_name(),
+                op: Operation::Sign,
+            }
+            .into());
+        }
+        if !self.supports(scheme) {
+            return Err(if scheme.is_compatible_with(self.algorithm) {
+                Unsupported::SchemeOnDevice {
+                    scheme,
+                    device: self.display_name(),
+                    reason: "the device or key policy does not offer it; see the key's schemes",
+                }
+            } else {
+                Unsupported::SignatureScheme {
+                    scheme,
+                    key: self.algorithm,
+                }
+            }
+            .into());
+        }
+        encoding::check_digest_len(scheme, digest)
+    }
+
+    /// Checks that this key may decrypt `ciphertext` with `scheme` (scheme, policy, length).
+    pub fn check_decrypt(&self, scheme: DecryptScheme, ciphertext: &[u8]) -> Result<()> {
+        if !scheme.is_compatible_with(self.algorithm) {
+            return Err(Unsupported::DecryptScheme {
+                scheme,
+                key: self.algorithm,
+            }
+            .into());
+        }
+        if !self.usages.decrypt {
+            return Err(Unsupported::Usage {
+                key: self.display_name(),
+                op: Operation::Decrypt,
+            }
+            .into());
+        }
+        if !self.decrypt_schemes.contains(&scheme) {
+            return Err(match scheme {
+                DecryptScheme::RsaPkcs1v15Legacy => Unsupported::LegacyDecryptDisabled,
+                DecryptScheme::RsaOaepSha256 => Unsupported::DecryptScheme {
+                    scheme,
+                    key: self.algorithm,
+                },
+            }
+            .into());
+        }
+        let k = self.algorithm.bits() / 8;
+        if ciphertext.len() != k {
+            return Err(InvalidInput::CiphertextLength {
+                expected: k,
+                got: ciphertext.len(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// A private key whose operations complete asynchronously, typically on a device worker.
+///
+/// The futures own their input and are `Send + 'static`; they do not depend on any async
+/// runtime (they work under tokio's multi-thread and current-thread runtimes and under a plain
+/// `block_on`). They are lazy: nothing is queued until first polled, and a future dropped
+/// before its job starts on the device is skipped, never run.
+///
+/// ECDSA signatures are DER-encoded (`Ecdsa-Sig-Value`, the TLS and X.509 form); RSA
+/// signatures are the raw `k`-byte signature.
+///
+/// For `Arc<dyn ...>` use, every `PrivateKey` is also a [`DynPrivateKey`].
+pub trait PrivateKey: Send + Sync + 'static {
+    /// The key's cached description: no device I/O.
+    fn info(&self) -> &KeyInfo;
+
+    /// Signs a digest computed by the caller with `scheme`'s hash.
+    fn sign_digest(
+        &self,
+        scheme: SignatureScheme,
+        digest: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<Self>;
+
+    /// Hashes `message` with `scheme`'s hash on the calling thread (hashing is cheap next to a
+    /// device round trip, and avoids copying the message), then signs the digest.
+    fn sign(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<Self> {
+        let digest = encoding::digest(scheme.hash(), message);
+        self.sign_digest(scheme, &digest)
+    }
+
+    /// Decrypts an RSA ciphertext. The plaintext is zeroized when dropped.
+    fn decrypt(
+        &self,
+        scheme: DecryptScheme,
+        ciphertext: &[u8],
+    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>>> + Send + 'static + use<Self>;
+}
+
+/// The dyn-compatible form of [`PrivateKey`], with boxed futures. Implemented for every
+/// `PrivateKey`; hold keys as [`SharedKey`] (`Arc<dyn DynPrivateKey>`).
+pub trait DynPrivateKey: Send + Sync + 'static {
+    /// See [`PrivateKey::info`].
+    fn info(&self) -> &KeyInfo;
+    /// See [`PrivateKey::sign_digest`].
+    fn sign_digest_boxed(
+        &self,
+        scheme: SignatureScheme,
+        digest: &[u8],
+    ) -> BoxFuture<Result<Vec<u8>>>;
+    /// See [`PrivateKey::sign`].
+    fn sign_boxed(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>>;
+    /// See [`PrivateKey::decrypt`].
+    fn decrypt_boxed(
+        &self,
+        scheme: DecryptScheme,
+        ciphertext: &[u8],
+    ) -> BoxFuture<Result<Zeroizing<Vec<u8>>>>;
+}
+
+impl<K: PrivateKey> DynPrivateKey for K {
+    fn info(&self) -> &KeyInfo {
+        PrivateKey::info(self)
+    }
+    fn sign_digest_boxed(
+        &self,
+        scheme: SignatureScheme,
+        digest: &[u8],
+    ) -> BoxFuture<Result<Vec<u8>>> {
+        Box::pin(self.sign_digest(scheme, digest))
+    }
+    fn sign_boxed(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>> {
+        Box::pin(self.sign(scheme, message))
+    }
+    fn decrypt_boxed(
+        &self,
+        scheme: DecryptScheme,
+        ciphertext: &[u8],
+    ) -> BoxFuture<Result<Zeroizing<Vec<u8>>>> {
+        Box::pin(self.decrypt(scheme, ciphertext))
+    }
+}
+
+impl PrivateKey for SharedKey {
+    fn info(&self) -> &KeyInfo {
+        (**self).info()
+    }
+    fn sign_digest(
+        &self,
+        scheme: SignatureScheme,
+        digest: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
+        (**self).sign_digest_boxed(scheme, digest)
+    }
+    fn sign(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
+        (**self).sign_boxed(scheme, message)
+    }
+    fn decrypt(
+        &self,
+        scheme: DecryptScheme,
+        ciphertext: &[u8],
+    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>>> + Send + 'static + use<> {
+        (**self).decrypt_boxed(scheme, ciphertext)
+    }
+}

@@ -1,0 +1,1047 @@
+//! [`DevicePool`]: dedicated worker threads that own device state, behind one async boundary.
+//!
+//! A PKCS#11 session is `Send` but not `Sync`, a TPM's ESAPI context takes `&mut self`, and a
+//! device operation blocks for milliseconds. So each device gets N named worker threads; each
+//! worker builds its own state with a factory (a session, a context) and keeps it. Callers
+//! submit closures over `&mut D` and await a completion future that is `Send + 'static` and
+//! needs no particular async runtime.
+//!
+//! What the pool guarantees:
+//!
+//! - **Backpressure**: the queue is bounded. Callers await a free slot, or get
+//!   [`Error::Busy`] at once if the pool was configured with [`Backpressure::FailFast`].
+//! - **Deadlines**: every job has a deadline (queue wait included), after which the caller gets
+//!   [`Error::Timeout`]; a job found expired when dequeued is never run.
+//! - **Cancellation**: a job whose caller dropped its future before the job started is skipped.
+//! - **Recovery**: a job that fails with a device-lost error ([`Error::is_device_lost`]) makes
+//!   its worker drop its state and build a new one at once; an idempotent job (sign, decrypt)
+//!   is then retried once. If the device stays away, the worker retries with exponential
+//!   backoff (capped); while no worker is healthy, queued and new jobs fail fast with a
+//!   retriable [`Error::DeviceUnavailable`] instead of waiting for their deadline.
+//! - **Shutdown**: [`DevicePool::shutdown`] serves the queue for a grace period, fails what is
+//!   left with [`Error::ShutDown`], and joins the workers; a worker stuck inside the device
+//!   past the grace period is detached, never waited for forever.
+//! - **Stats**: queue depth, in-flight jobs, counters and latency percentiles
+//!   ([`DevicePool::stats`]).
+//!
+//! A TPM executes one command at a time: give TPM pools one worker. PKCS#11 tokens can serve
+//! several sessions in parallel; one worker per session.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::{BoxError, Error, InvalidInput, Operation, Result};
+use crate::timer::{lock, sleep_until};
+
+/// What a caller does when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backpressure {
+    /// Wait (asynchronously) for a free slot, up to the job's deadline.
+    #[default]
+    Wait,
+    /// Fail at once with [`Error::Busy`].
+    FailFast,
+}
+
+/// Configuration of a [`DevicePool`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Device name used in errors, stats and worker thread names.
+    pub name: String,
+    /// Number of worker threads, each with its own device state.
+    pub workers: usize,
+    /// Maximum number of jobs waiting in the queue (not counting running ones).
+    pub queue_capacity: usize,
+    /// What callers do when the queue is full.
+    pub backpressure: Backpressure,
+    /// Default deadline of a job, queue wait included; `None` waits forever.
+    pub op_timeout: Option<Duration>,
+    /// First delay between attempts to rebuild a lost device state.
+    pub backoff_initial: Duration,
+    /// Largest delay between attempts to rebuild a lost device state.
+    pub backoff_max: Duration,
+}
+
+impl PoolConfig {
+    /// One worker, 256 queue slots, waiting backpressure, 30 s deadline, backoff 10 ms to 2 s.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            workers: 1,
+            queue_capacity: 256,
+            backpressure: Backpressure::Wait,
+            op_timeout: Some(Duration::from_secs(30)),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets the number of workers.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Sets the queue capacity.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Sets the backpressure behaviour.
+    pub fn backpressure(mut self, b: Backpressure) -> Self {
+        self.backpressure = b;
+        self
+    }
+
+    /// Sets the default job deadline.
+    pub fn op_timeout(mut self, t: Option<Duration>) -> Self {
+        self.op_timeout = t;
+        self
+    }
+
+    /// Sets the reconnect backoff bounds.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |what, reason| Err(InvalidInput::Config { what, reason }.into());
+        if self.workers == 0 || self.workers > 1024 {
+            return bad("pool workers", "must be between 1 and 1024");
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > Semaphore::MAX_PERMITS {
+            return bad("pool queue capacity", "must be at least 1");
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return bad(
+                "pool backoff",
+                "initial delay must be non-zero and not above the maximum",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The deadline of one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum JobTimeout {
+    /// The pool's [`PoolConfig::op_timeout`].
+    #[default]
+    PoolDefault,
+    /// No deadline (e.g. RSA-4096 generation on a slow TPM).
+    Never,
+    /// This deadline, queue wait included.
+    After(Duration),
+}
+
+/// How the pool treats one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// What the job does (for errors and stats).
+    pub op: Operation,
+    /// Whether running the job twice is harmless (sign, decrypt, read): it is then retried
+    /// once after its worker rebuilt a lost device state.
+    pub idempotent: bool,
+    /// The job's deadline.
+    pub timeout: JobTimeout,
+}
+
+impl JobOptions {
+    /// A non-idempotent job with the pool's default deadline.
+    pub const fn new(op: Operation) -> Self {
+        Self {
+            op,
+            idempotent: false,
+            timeout: JobTimeout::PoolDefault,
+        }
+    }
+
+    /// An idempotent job (retried once after device recovery).
+    pub const fn idempotent(op: Operation) -> Self {
+        Self {
+            op,
+            idempotent: true,
+            timeout: JobTimeout::PoolDefault,
+        }
+    }
+
+    /// Sets the deadline.
+    pub const fn with_timeout(mut self, timeout: JobTimeout) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// Latency percentiles over every job a pool has finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: Duration,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Maximum.
+    pub max: Duration,
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ns = Duration::from_nanos;
+        Self {
+            count: h.len(),
+            mean: ns(h.mean() as u64),
+            p50: ns(h.value_at_quantile(0.50)),
+            p90: ns(h.value_at_quantile(0.90)),
+            p99: ns(h.value_at_quantile(0.99)),
+            max: ns(h.max()),
+        }
+    }
+}
+
+/// A snapshot of a pool's state and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Device name.
+    pub name: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Workers with a live device state.
+    pub healthy_workers: usize,
+    /// Jobs waiting in the queue.
+    pub queued: usize,
+    /// Jobs running on the device now.
+    pub in_flight: usize,
+    /// Jobs that succeeded.
+    pub completed: u64,
+    /// Jobs that ran and failed (after any retry).
+    pub failed: u64,
+    /// Jobs skipped because their caller had gone before they started.
+    pub cancelled: u64,
+    /// Jobs that missed their deadline (queued or running).
+    pub timed_out: u64,
+    /// Submissions refused with [`Error::Busy`].
+    pub rejected_busy: u64,
+    /// Times a worker lost its device state.
+    pub device_lost: u64,
+    /// Times a worker rebuilt its device state after losing it.
+    pub recoveries: u64,
+    /// Jobs retried after recovery.
+    pub retried: u64,
+    /// Queued jobs failed because the pool shut down or no worker could serve them.
+    pub failed_unserved: u64,
+    /// Submission-to-reply latency of finished jobs.
+    pub latency: LatencySummary,
+    /// Time on the device (excluding queue wait) of finished jobs.
+    pub service_time: LatencySummary,
+}
+
+impl fmt::Display for PoolStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}/{} workers healthy, {} queued, {} in flight, {} ok, {} failed, {} cancelled, \
+             {} timed out, {} busy; latency p50 {:?} p99 {:?} max {:?}",
+            self.name,
+            self.healthy_workers,
+            self.workers,
+            self.queued,
+            self.in_flight,
+            self.completed,
+            self.failed,
+            self.cancelled,
+            self.timed_out,
+            self.rejected_busy,
+            self.latency.p50,
+            self.latency.p99,
+            self.latency.max
+        )
+    }
+}
+
+/// What [`DevicePool::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Queued jobs failed with [`Error::ShutDown`] because the grace period ran out.
+    pub failed_queued: u64,
+    /// Workers still inside a device call when the grace period ended, detached.
+    pub detached_workers: usize,
+}
+
+type Factory<D> = dyn Fn(usize) -> Result<D> + Send + Sync + 'static;
+
+/// A pool of worker threads owning device state `D`. Cloning is cheap and shares the pool;
+/// when the last clone is dropped the pool shuts down in the background (queued jobs are still
+/// served for a short grace period). Call [`DevicePool::shutdown`] to wait for it.
+pub struct DevicePool<D: 'static> {
+    handle: Arc<Handle<D>>,
+}
+
+impl<D: 'static> Clone for DevicePool<D> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: Arc::clone(&self.handle),
+        }
+    }
+}
+
+impl<D: 'static> fmt::Debug for DevicePool<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevicePool")
+            .field("name", &self.handle.shared.config.name)
+            .field("workers", &self.handle.shared.config.workers)
+            .finish()
+    }
+}
+
+/// Owned by the `DevicePool` clones only: dropping the last one starts shutdown.
+struct Handle<D: 'static> {
+    shared: Arc<Shared<D>>,
+}
+
+impl<D: 'static> Drop for Handle<D> {
+    fn drop(&mut self) {
+        self.shared.close(Instant::now() + DROP_GRACE);
+    }
+}
+
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
+struct Shared<D: 'static> {
+    config: PoolConfig,
+    factory: Box<Factory<D>>,
+    slots: Arc<Semaphore>,
+    queue: Mutex<Queue<D>>,
+    /// Signalled when a job is queued or the pool closes; idle workers wait on it.
+    work: Condvar,
+    /// Signalled when the pool closes; recovering workers sleep on it between attempts.
+    wake_recovering: Condvar,
+    healthy: AtomicUsize,
+    last_failure: Mutex<Option<Arc<Error>>>,
+    counters: Counters,
+    histograms: Vec<Mutex<Histograms>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    exited: Mutex<usize>,
+    exited_cv: Condvar,
+}
+
+struct Queue<D: 'static> {
+    jobs: VecDeque<Box<dyn Job<D>>>,
+    idle_workers: usize,
+    closed: bool,
+    drain_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicUsize,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    timed_out: AtomicU64,
+    rejected_busy: AtomicU64,
+    device_lost: AtomicU64,
+    recoveries: AtomicU64,
+    retried: AtomicU64,
+    failed_unserved: AtomicU64,
+}
+
+struct Histograms {
+    latency: Histogram<u64>,
+    service: Histogram<u64>,
+}
+
+impl Histograms {
+    fn new() -> Result<Self> {
+        // 1 ns .. 1 hour, 2 significant digits (1 % resolution): about 11 KiB each.
+        let make = || {
+            Histogram::new_with_bounds(1, 3_600_000_000_000, 2).map_err(|_| InvalidInput::Config {
+                what: "latency histogram",
+                reason: "bounds rejected",
+            })
+        };
+        Ok(Self {
+            latency: make()?,
+            service: make()?,
+        })
+    }
+}
+
+impl<D: 'static> DevicePool<D> {
+    /// Starts the workers. Each calls `factory(worker_index)` on its own thread to build its
+    /// device state; this returns once every worker has done so, or with the first error (the
+    /// started workers are then shut down). Blocks while the factories run: call it from a
+    /// blocking context.
+    pub fn new<F>(config: PoolConfig, factory: F) -> Result<Self>
+    where
+        F: Fn(usize) -> Result<D> + Send + Sync + 'static,
+    {
+        config.validate()?;
+        let histograms = (0..config.workers)
+            .map(|_| Histograms::new().map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.queue_capacity)),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::with_capacity(config.queue_capacity.min(4096)),
+                idle_workers: 0,
+                closed: false,
+                drain_until: None,
+            }),
+            work: Condvar::new(),
+            wake_recovering: Condvar::new(),
+            healthy: AtomicUsize::new(0),
+            last_failure: Mutex::new(None),
+            counters: Counters::default(),
+            histograms,
+            threads: Mutex::new(Vec::with_capacity(config.workers)),
+            exited: Mutex::new(0),
+            exited_cv: Condvar::new(),
+            factory: Box::new(factory),
+            config,
+        });
+        let pool = Self {
+            handle: Arc::new(Handle {
+                shared: Arc::clone(&shared),
+            }),
+        };
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        for index in 0..shared.config.workers {
+            let worker_shared = Arc::clone(&shared);
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("hardkey-{}-{index}", shared.config.name))
+                .spawn(move || Worker::start(worker_shared, index, ready));
+            match spawned {
+                Ok(handle) => lock(&shared.threads).push(handle),
+                Err(e) => {
+                    pool.shutdown(Duration::ZERO);
+                    return Err(Error::backend(
+                        &shared.config.name,
+                        Operation::Connect,
+                        format!("cannot start worker thread: {e}"),
+                    ));
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..shared.config.workers {
+            let started = ready_rx.recv().unwrap_or_else(|_| {
+                Err(Error::backend(
+                    &shared.config.name,
+                    Operation::Connect,
+                    "a worker thread ended while building its device state",
+                ))
+            });
+            if let Err(e) = started {
+                pool.shutdown(Duration::ZERO);
+                return Err(e);
+            }
+        }
+        Ok(pool)
+    }
+
+    /// The device name.
+    pub fn name(&self) -> &str {
+        &self.handle.shared.config.name
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.handle.shared.config
+    }
+
+    /// Runs `job` on a worker's device state and completes with its result.
+    ///
+    /// The future is lazy, `Send + 'static` and runtime-agnostic. Dropping it before the job
+    /// starts means the job is skipped; dropping it later discards the result. `job` is
+    /// `FnMut` because an idempotent job may run a second time after device recovery.
+    pub fn run<T, F>(
+        &self,
+        options: JobOptions,
+        job: F,
+    ) -> impl Future<Output = Result<T>> + Send + 'static + use<D, T, F>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut D) -> Result<T> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.handle.shared);
+        async move { shared.submit(options, job).await }
+    }
+
+    /// A snapshot of the pool's state, counters and latency percentiles.
+    pub fn stats(&self) -> PoolStats {
+        self.handle.shared.stats()
+    }
+
+    /// Stops accepting jobs, serves the queue for up to `grace`, fails what is left with
+    /// [`Error::ShutDown`], and joins the workers. Workers still inside a device call after
+    /// `grace` are detached (their results are discarded). Idempotent.
+    pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.handle.shared.shutdown(grace)
+    }
+}
+
+impl<D: 'static> Shared<D> {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn submit<T, F>(self: Arc<Self>, options: JobOptions, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut D) -> Result<T> + Send + 'static,
+    {
+        let op = options.op;
+        let timeout = match options.timeout {
+            JobTimeout::PoolDefault => self.config.op_timeout,
+            JobTimeout::Never => None,
+            JobTimeout::After(t) => Some(t),
+        };
+        let submitted = Instant::now();
+        let deadline = timeout.map(|t| submitted + t);
+        self.check_accepting(op)?;
+
+        let permit = match self.config.backpressure {
+            Backpressure::FailFast => match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    self.counters.rejected_busy.fetch_add(1, Relaxed);
+                    return Err(Error::Busy {
+                        device: self.name().to_owned(),
+                        capacity: self.config.queue_capacity,
+                    });
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(self.shut_down(op)),
+            },
+            Backpressure::Wait => {
+                match with_deadline(Arc::clone(&self.slots).acquire_owned(), deadline).await {
+                    Some(Ok(p)) => p,
+                    Some(Err(_closed)) => return Err(self.shut_down(op)),
+                    None => return Err(self.timed_out(op, timeout)),
+                }
+            }
+        };
+
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            job,
+            reply: Some(tx),
+            permit: Some(permit),
+            options,
+            deadline,
+            timeout,
+            submitted,
+            _device: PhantomData,
+        });
+        self.enqueue(job)?;
+        match with_deadline(rx, deadline).await {
+            Some(Ok(result)) => result,
+            Some(Err(_dropped)) => Err(Error::backend(
+                self.name(),
+                op,
+                "the worker ended without replying (it panicked or was detached)",
+            )),
+            None => Err(self.timed_out(op, timeout)),
+        }
+    }
+
+    fn check_accepting(&self, op: Operation) -> Result<()> {
+        if self.slots.is_closed() {
+            return Err(self.shut_down(op));
+        }
+        if self.healthy.load(Relaxed) == 0 {
+            return Err(self.unavailable());
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, job: Box<dyn Job<D>>) -> Result<()> {
+        let mut q = lock(&self.queue);
+        if q.closed {
+            return Err(self.shut_down(job.options().op));
+        }
+        q.jobs.push_back(job);
+        let wake = q.idle_workers > 0;
+        drop(q);
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next job for a healthy worker; `None` when the pool is closed and drained.
+    fn next_job(&self) -> Option<Box<dyn Job<D>>> {
+        let mut q = lock(&self.queue);
+        loop {
+            if q.closed && q.drain_until.is_none_or(|t| Instant::now() >= t) {
+                let left = std::mem::take(&mut q.jobs);
+                drop(q);
+                self.fail_all(left, |op| self.shut_down(op));
+                return None;
+            }
+            if let Some(job) = q.jobs.pop_front() {
+                return Some(job);
+            }
+            if q.closed {
+                return None;
+            }
+            q.idle_workers += 1;
+            q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.idle_workers -= 1;
+        }
+    }
+
+    fn fail_all(&self, jobs: VecDeque<Box<dyn Job<D>>>, err: impl Fn(Operation) -> Error) -> u64 {
+        let mut n = 0;
+        for mut job in jobs {
+            job.release_slot();
+            if !job.caller_gone() {
+                job.fail(err(job.options().op));
+                n += 1;
+            }
+        }
+        self.counters.failed_unserved.fetch_add(n, Relaxed);
+        n
+    }
+
+    fn fail_queued(&self, err: impl Fn(Operation) -> Error) -> u64 {
+        let jobs = std::mem::take(&mut lock(&self.queue).jobs);
+        self.fail_all(jobs, err)
+    }
+
+    /// Marks the pool closed: new jobs are refused, queued ones are served until `drain_until`.
+    fn close(&self, drain_until: Instant) {
+        let mut q = lock(&self.queue);
+        if !q.closed {
+            q.closed = true;
+            q.drain_until = Some(drain_until);
+        }
+        drop(q);
+        self.slots.close();
+        self.work.notify_all();
+        self.wake_recovering.notify_all();
+    }
+
+    fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + grace;
+        self.close(deadline);
+        let total = self.config.workers;
+        let mut exited = lock(&self.exited);
+        while *exited < lock(&self.threads).len().min(total) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            exited = match self.exited_cv.wait_timeout(exited, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(exited);
+        // Anything still queued (workers stuck in the device, or the grace period over).
+        let failed_queued = self.fail_queued(|op| self.shut_down(op));
+        let mut detached_workers = 0;
+        for handle in std::mem::take(&mut *lock(&self.threads)) {
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                detached_workers += 1;
+            }
+        }
+        ShutdownReport {
+            failed_queued,
+            detached_workers,
+        }
+    }
+
+    fn set_last_failure(&self, e: Error) {
+        *lock(&self.last_failure) = Some(Arc::new(e));
+    }
+
+    fn unavailable(&self) -> Error {
+        let cause: BoxError = match lock(&self.last_failure).clone() {
+            Some(e) => Box::new(SharedCause(e)),
+            None => "no worker has a live device session".into(),
+        };
+        Error::DeviceUnavailable {
+            device: self.name().to_owned(),
+            source: cause,
+        }
+    }
+
+    fn shut_down(&self, op: Operation) -> Error {
+        Error::ShutDown {
+            device: self.name().to_owned(),
+            op,
+        }
+    }
+
+    fn timed_out(&self, op: Operation, after: Option<Duration>) -> Error {
+        self.counters.timed_out.fetch_add(1, Relaxed);
+        Error::Timeout {
+            device: self.name().to_owned(),
+            op,
+            after: after.unwrap_or_default(),
+        }
+    }
+
+    fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let mut latency = Histograms::new().ok();
+        if let Some(all) = latency.as_mut() {
+            for h in &self.histograms {
+                let h = lock(h);
+                let _ = all.latency.add(&h.latency);
+                let _ = all.service.add(&h.service);
+            }
+        }
+        PoolStats {
+            name: self.name().to_owned(),
+            workers: self.config.workers,
+            healthy_workers: self.healthy.load(Relaxed),
+            queued: self
+                .config
+                .queue_capacity
+                .saturating_sub(self.slots.available_permits()),
+            in_flight: c.in_flight.load(Relaxed),
+            completed: c.completed.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
+            timed_out: c.timed_out.load(Relaxed),
+            rejected_busy: c.rejected_busy.load(Relaxed),
+            device_lost: c.device_lost.load(Relaxed),
+            recoveries: c.recoveries.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            failed_unserved: c.failed_unserved.load(Relaxed),
+            latency: latency
+                .as_ref()
+                .map(|h| LatencySummary::of(&h.latency))
+                .unwrap_or_default(),
+            service_time: latency
+                .as_ref()
+                .map(|h| LatencySummary::of(&h.service))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// An `Arc<Error>` usable as the cause of several errors (the last device failure).
+#[derive(Debug)]
+struct SharedCause(Arc<Error>);
+
+impl fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}
+
+/// Awaits `fut` until `deadline`; `None` if the deadline passed first.
+async fn with_deadline<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let Some(deadline) = deadline else {
+        return Some(fut.await);
+    };
+    let mut timer = sleep_until(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match Pin::new(&mut timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// How one attempt at a job ended.
+enum Attempt {
+    /// The caller has its reply.
+    Replied { ok: bool },
+    /// The device was lost; the caller has no reply yet.
+    DeviceLost(Error),
+    /// The job panicked; the caller has an error. The device state may be inconsistent.
+    Panicked,
+}
+
+/// A type-erased queued job.
+trait Job<D>: Send {
+    fn options(&self) -> &JobOptions;
+    fn deadline(&self) -> Option<Instant>;
+    fn submitted(&self) -> Instant;
+    fn release_slot(&mut self);
+    fn caller_gone(&self) -> bool;
+    fn attempt(&mut self, device: &mut D) -> Attempt;
+    fn fail(&mut self, err: Error);
+    fn expire(&mut self, device: &str);
+}
+
+struct TypedJob<D, T, F> {
+    job: F,
+    reply: Option<oneshot::Sender<Result<T>>>,
+    permit: Option<OwnedSemaphorePermit>,
+    options: JobOptions,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    submitted: Instant,
+    _device: PhantomData<fn(&mut D)>,
+}
+
+impl<D, T, F> Job<D> for TypedJob<D, T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut D) -> Result<T> + Send + 'static,
+{
+    fn options(&self) -> &JobOptions {
+        &self.options
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn submitted(&self) -> Instant {
+        self.submitted
+    }
+    fn release_slot(&mut self) {
+        self.permit = None;
+    }
+    fn caller_gone(&self) -> bool {
+        self.reply.as_ref().is_none_or(|r| r.is_closed())
+    }
+    fn attempt(&mut self, device: &mut D) -> Attempt {
+        match catch_unwind(AssertUnwindSafe(|| (self.job)(device))) {
+            Ok(Err(e)) if e.is_device_lost() => Attempt::DeviceLost(e),
+            Ok(result) => {
+                let ok = result.is_ok();
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(result);
+                }
+                Attempt::Replied { ok }
+            }
+            Err(_panic) => {
+                self.fail(Error::backend(
+                    "device worker",
+                    self.options.op,
+                    "the backend panicked; its device state is being rebuilt",
+                ));
+                Attempt::Panicked
+            }
+        }
+    }
+    fn fail(&mut self, err: Error) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(err));
+        }
+    }
+    fn expire(&mut self, device: &str) {
+        self.fail(Error::Timeout {
+            device: device.to_owned(),
+            op: self.options.op,
+            after: self.timeout.unwrap_or_default(),
+        });
+    }
+}
+
+/// One worker thread and the device state it owns.
+struct Worker<D: 'static> {
+    shared: Arc<Shared<D>>,
+    index: usize,
+    state: Option<D>,
+}
+
+impl<D: 'static> Worker<D> {
+    fn start(shared: Arc<Shared<D>>, index: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
+        let mut worker = Worker {
+            shared,
+            index,
+            state: None,
+        };
+        match (worker.shared.factory)(index) {
+            Ok(state) => {
+                worker.state = Some(state);
+                worker.shared.healthy.fetch_add(1, Relaxed);
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                worker.serve_until_closed();
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+        // Drop the device state (close the session) before reporting the exit.
+        let shared = Arc::clone(&worker.shared);
+        if worker.state.take().is_some() {
+            shared.healthy.fetch_sub(1, Relaxed);
+        }
+        drop(worker);
+        *lock(&shared.exited) += 1;
+        shared.exited_cv.notify_all();
+    }
+
+    fn serve_until_closed(&mut self) {
+        while let Some(job) = self.shared.next_job() {
+            self.serve(job);
+            if self.state.is_none() && !self.recover() {
+                return;
+            }
+        }
+    }
+
+    fn serve(&mut self, mut job: Box<dyn Job<D>>) {
+        let shared = Arc::clone(&self.shared);
+        let c = &shared.counters;
+        job.release_slot();
+        if job.caller_gone() {
+            c.cancelled.fetch_add(1, Relaxed);
+            return;
+        }
+        let started = Instant::now();
+        if job.deadline().is_some_and(|d| started >= d) {
+            c.timed_out.fetch_add(1, Relaxed);
+            job.expire(shared.name());
+            return;
+        }
+        c.in_flight.fetch_add(1, Relaxed);
+        let ok = self.run_with_recovery(job.as_mut());
+        c.in_flight.fetch_sub(1, Relaxed);
+        match ok {
+            Some(true) => c.completed.fetch_add(1, Relaxed),
+            Some(false) | None => c.failed.fetch_add(1, Relaxed),
+        };
+        let done = Instant::now();
+        let mut h = lock(&shared.histograms[self.index]);
+        let _ = h.latency.record(nanos(done - job.submitted()));
+        let _ = h.service.record(nanos(done - started));
+    }
+
+    /// Runs the job; on device loss rebuilds the state at once and retries an idempotent job
+    /// once. Returns whether the caller got a success.
+    fn run_with_recovery(&mut self, job: &mut dyn Job<D>) -> Option<bool> {
+        let Some(device) = self.state.as_mut() else {
+            job.fail(self.shared.unavailable());
+            return None;
+        };
+        let lost = match job.attempt(device) {
+            Attempt::Replied { ok } => return Some(ok),
+            Attempt::Panicked => {
+                self.lose_state();
+                self.reconnect_now();
+                return None;
+            }
+            Attempt::DeviceLost(e) => e,
+        };
+        self.lose_state();
+        if !self.reconnect_now() || !job.options().idempotent || job.caller_gone() {
+            job.fail(lost);
+            return None;
+        }
+        self.shared.counters.retried.fetch_add(1, Relaxed);
+        let device = self.state.as_mut()?;
+        match job.attempt(device) {
+            Attempt::Replied { ok } => Some(ok),
+            Attempt::Panicked => {
+                self.lose_state();
+                None
+            }
+            Attempt::DeviceLost(again) => {
+                self.lose_state();
+                job.fail(again);
+                None
+            }
+        }
+    }
+
+    fn lose_state(&mut self) {
+        self.state = None;
+        self.shared.counters.device_lost.fetch_add(1, Relaxed);
+    }
+
+    /// One immediate attempt to rebuild the device state.
+    fn reconnect_now(&mut self) -> bool {
+        match (self.shared.factory)(self.index) {
+            Ok(state) => {
+                self.state = Some(state);
+                self.shared.counters.recoveries.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e) => {
+                self.shared.set_last_failure(e);
+                false
+            }
+        }
+    }
+
+    /// Rebuilds the device state with capped exponential backoff until it works (true) or the
+    /// pool closes (false). While no worker is healthy, queued jobs fail fast.
+    fn recover(&mut self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        shared.healthy.fetch_sub(1, Relaxed);
+        let mut delay = shared.config.backoff_initial;
+        loop {
+            if shared.healthy.load(Relaxed) == 0 {
+                shared.fail_queued(|_| shared.unavailable());
+            }
+            let q = lock(&shared.queue);
+            if q.closed {
+                return false;
+            }
+            let (q, _) = shared
+                .wake_recovering
+                .wait_timeout(q, delay)
+                .unwrap_or_else(|p| p.into_inner());
+            if q.closed {
+                return false;
+            }
+            drop(q);
+            match (shared.factory)(self.index) {
+                Ok(state) => {
+                    self.state = Some(state);
+                    shared.counters.recoveries.fetch_add(1, Relaxed);
+                    shared.healthy.fetch_add(1, Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    shared.set_last_failure(e);
+                    delay = (delay * 2).min(shared.config.backoff_max);
+                }
+            }
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,205 @@
+//! Key administration: open by URI, list, generate, import, delete.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::algorithm::KeyAlgorithm;
+use crate::error::Result;
+use crate::key::{BoxFuture, KeyId, KeyInfo, KeyUsages, PrivateKey, SharedKey};
+use crate::uri::KeyUri;
+
+/// A request to generate a key on the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GenerateRequest {
+    /// The algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// A label (CKA_LABEL, file name...).
+    pub label: Option<String>,
+    /// What the key may do; defaults to [`KeyUsages::default_for`] the algorithm.
+    pub usages: KeyUsages,
+    /// Where to keep the key when the store has a choice (a `file:` path for software keys,
+    /// a persistent handle or TSS2 key file for a TPM); `None` lets the store decide.
+    pub location: Option<KeyUri>,
+}
+
+impl GenerateRequest {
+    /// A request for a key of `algorithm` with the default usages.
+    pub fn new(algorithm: KeyAlgorithm) -> Self {
+        Self {
+            algorithm,
+            label: None,
+            usages: KeyUsages::default_for(algorithm),
+            location: None,
+        }
+    }
+
+    /// Sets the label.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Sets the usages.
+    pub fn usages(mut self, usages: KeyUsages) -> Self {
+        self.usages = usages;
+        self
+    }
+
+    /// Sets where the key is kept.
+    pub fn location(mut self, location: KeyUri) -> Self {
+        self.location = Some(location);
+        self
+    }
+}
+
+/// A request to import a private key.
+#[non_exhaustive]
+pub struct ImportRequest {
+    /// The private key as DER PKCS#8 (`PrivateKeyInfo`), zeroized on drop.
+    pub pkcs8_der: Zeroizing<Vec<u8>>,
+    /// A label.
+    pub label: Option<String>,
+    /// What the key may do; `None` for the algorithm's defaults.
+    pub usages: Option<KeyUsages>,
+    /// Where to keep the key, as for [`GenerateRequest::location`].
+    pub location: Option<KeyUri>,
+}
+
+impl ImportRequest {
+    /// A request to import `pkcs8_der`.
+    pub fn new(pkcs8_der: Zeroizing<Vec<u8>>) -> Self {
+        Self {
+            pkcs8_der,
+            label: None,
+            usages: None,
+            location: None,
+        }
+    }
+
+    /// Sets the label.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Sets where the key is kept.
+    pub fn location(mut self, location: KeyUri) -> Self {
+        self.location = Some(location);
+        self
+    }
+}
+
+impl fmt::Debug for ImportRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportRequest")
+            .field("pkcs8_der", &"[redacted]")
+            .field("label", &self.label)
+            .field("usages", &self.usages)
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// Administration of the keys on one device (token, TPM, software store).
+///
+/// Like [`PrivateKey`], methods return lazy `Send + 'static` futures that run on the device's
+/// workers. [`DynKeyStore`] is the dyn-compatible form.
+pub trait KeyStore: Send + Sync + 'static {
+    /// The keys this store opens.
+    type Key: PrivateKey;
+
+    /// The device name (for messages).
+    fn name(&self) -> &str;
+
+    /// The key algorithms this device can generate.
+    fn algorithms(&self) -> &[KeyAlgorithm];
+
+    /// Opens the key a URI names. A URI that matches no key fails with
+    /// [`Error::NotFound`](crate::Error::NotFound); one that matches several fails too,
+    /// naming them.
+    fn open(
+        &self,
+        uri: &KeyUri,
+    ) -> impl Future<Output = Result<Self::Key>> + Send + 'static + use<Self>;
+
+    /// Opens a key by its id.
+    fn open_id(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Self::Key>> + Send + 'static + use<Self>;
+
+    /// Lists the keys.
+    fn list(&self) -> impl Future<Output = Result<Vec<KeyInfo>>> + Send + 'static + use<Self>;
+
+    /// Generates a key on the device.
+    fn generate(
+        &self,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<Self::Key>> + Send + 'static + use<Self>;
+
+    /// Imports a PKCS#8 private key.
+    fn import(
+        &self,
+        request: ImportRequest,
+    ) -> impl Future<Output = Result<Self::Key>> + Send + 'static + use<Self>;
+
+    /// Deletes a key (and its public half and any file or persistent handle holding it).
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<Self>;
+}
+
+/// The dyn-compatible form of [`KeyStore`]; implemented for every `KeyStore`.
+pub trait DynKeyStore: Send + Sync + 'static {
+    /// See [`KeyStore::name`].
+    fn name(&self) -> &str;
+    /// See [`KeyStore::algorithms`].
+    fn algorithms(&self) -> &[KeyAlgorithm];
+    /// See [`KeyStore::open`].
+    fn open_boxed(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>>;
+    /// See [`KeyStore::open_id`].
+    fn open_id_boxed(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>>;
+    /// See [`KeyStore::list`].
+    fn list_boxed(&self) -> BoxFuture<Result<Vec<KeyInfo>>>;
+    /// See [`KeyStore::generate`].
+    fn generate_boxed(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>>;
+    /// See [`KeyStore::import`].
+    fn import_boxed(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>>;
+    /// See [`KeyStore::delete`].
+    fn delete_boxed(&self, id: &KeyId) -> BoxFuture<Result<()>>;
+}
+
+fn shared<K: PrivateKey>(
+    fut: impl Future<Output = Result<K>> + Send + 'static,
+) -> BoxFuture<Result<SharedKey>> {
+    Box::pin(async move { Ok(Arc::new(fut.await?) as SharedKey) })
+}
+
+impl<S: KeyStore> DynKeyStore for S {
+    fn name(&self) -> &str {
+        KeyStore::name(self)
+    }
+    fn algorithms(&self) -> &[KeyAlgorithm] {
+        KeyStore::algorithms(self)
+    }
+    fn open_boxed(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>> {
+        shared(self.open(uri))
+    }
+    fn open_id_boxed(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>> {
+        shared(self.open_id(id))
+    }
+    fn list_boxed(&self) -> BoxFuture<Result<Vec<KeyInfo>>> {
+        Box::pin(self.list())
+    }
+    fn generate_boxed(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>> {
+        shared(self.generate(request))
+    }
+    fn import_boxed(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>> {
+        shared(self.import(request))
+    }
+    fn delete_boxed(&self, id: &KeyId) -> BoxFuture<Result<()>> {
+        Box::pin(self.delete(id))
+    }
+}

@@ -1,0 +1,221 @@
+//! A runtime-agnostic timer: one lazily started `hardkey-timer` thread wakes sleeping futures.
+//!
+//! hardkey's futures must work under any executor (tokio multi-thread or current-thread, a plain
+//! `block_on`), so they cannot use a runtime's timer. Deadlines are mostly "now + the same
+//! duration", so a new entry is almost never earlier than the thread's next wake-up and
+//! registering it costs a lock and a heap push, no thread wake-up.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+struct Entry {
+    fired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+struct Timed {
+    at: Instant,
+    seq: u64,
+    entry: Arc<Entry>,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct Heap {
+    entries: BinaryHeap<Reverse<Timed>>,
+    seq: u64,
+}
+
+struct TimerThread {
+    heap: Mutex<Heap>,
+    changed: Condvar,
+}
+
+fn timer() -> &'static TimerThread {
+    static TIMER: OnceLock<&'static TimerThread> = OnceLock::new();
+    TIMER.get_or_init(|| {
+        let t: &'static TimerThread = Box::leak(Box::new(TimerThread {
+            heap: Mutex::new(Heap::default()),
+            changed: Condvar::new(),
+        }));
+        // If the thread cannot be spawned, sleeping futures still complete when re-polled
+        // after their deadline; they just are not woken. Spawning fails only when the process
+        // is out of threads, which the pool would report first.
+        let _ = std::thread::Builder::new()
+            .name("hardkey-timer".into())
+            .spawn(move || t.run());
+        t
+    })
+}
+
+impl TimerThread {
+    fn run(&self) {
+        let mut heap = lock(&self.heap);
+        loop {
+            let now = Instant::now();
+            while let Some(Reverse(first)) = heap.entries.peek() {
+                if first.at > now {
+                    break;
+                }
+                if let Some(Reverse(due)) = heap.entries.pop() {
+                    due.entry.fired.store(true, Ordering::Release);
+                    if let Some(w) = lock(&due.entry.waker).take() {
+                        w.wake();
+                    }
+                }
+            }
+            heap = match heap.entries.peek() {
+                Some(Reverse(next)) => {
+                    let wait = next.at.saturating_duration_since(now);
+                    match self.changed.wait_timeout(heap, wait) {
+                        Ok((guard, _)) => guard,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    }
+                }
+                None => match self.changed.wait(heap) {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                },
+            };
+        }
+    }
+
+    fn register(&self, at: Instant, entry: Arc<Entry>) {
+        let mut heap = lock(&self.heap);
+        let earliest = heap.entries.peek().map(|Reverse(t)| t.at);
+        heap.seq += 1;
+        let seq = heap.seq;
+        heap.entries.push(Reverse(Timed { at, seq, entry }));
+        drop(heap);
+        if earliest.is_none_or(|e| at < e) {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning (the protected data stays consistent: every critical
+/// section here is a single push, pop or swap).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A future that completes at a given instant, on any executor.
+pub struct Sleep {
+    at: Instant,
+    entry: Option<Arc<Entry>>,
+}
+
+/// Sleeps for `duration` without occupying a thread.
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+/// Sleeps until `at` without occupying a thread.
+pub fn sleep_until(at: Instant) -> Sleep {
+    Sleep { at, entry: None }
+}
+
+impl Sleep {
+    /// The instant this sleep ends.
+    pub fn deadline(&self) -> Instant {
+        self.at
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(entry) = &self.entry {
+            if entry.fired.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            let mut slot = lock(&entry.waker);
+            match &mut *slot {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                other => *other = Some(cx.waker().clone()),
+            }
+            drop(slot);
+            // The timer may have fired between the check and storing the waker.
+            if entry.fired.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
+        }
+        if Instant::now() >= self.at {
+            return Poll::Ready(());
+        }
+        let entry = Arc::new(Entry {
+            fired: AtomicBool::new(false),
+            waker: Mutex::new(Some(cx.waker().clone())),
+        });
+        timer().register(self.at, entry.clone());
+        self.entry = Some(entry);
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        // Release the waker now; the heap entry itself is dropped when its time comes.
+        if let Some(entry) = &self.entry {
+            lock(&entry.waker).take();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_complete_in_order_under_block_on() {
+        let start = Instant::now();
+        futures::executor::block_on(sleep(Duration::from_millis(30)));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+    }
+
+    #[test]
+    fn many_concurrent_sleeps_share_one_thread() {
+        let start = Instant::now();
+        let sleeps = (0..200).map(|i| sleep(Duration::from_millis(20 + (i % 7))));
+        futures::executor::block_on(futures::future::join_all(sleeps));
+        // 200 concurrent 20-26 ms sleeps take about one sleep, not 200.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() >= Duration::from_millis(26));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn works_on_a_current_thread_runtime() {
+        let start = Instant::now();
+        sleep(Duration::from_millis(15)).await;
+        assert!(start.elapsed() >= Duration::from_millis(15));
+    }
+}

@@ -1,0 +1,141 @@
+//! Private-key files: read into zeroized memory, written atomically with mode 0600.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use hardkey_api::{Error, Operation, Result};
+use zeroize::Zeroizing;
+
+const DEVICE: &str = "software keys";
+
+/// Reads a key file. A missing file is `NotFound`; other I/O errors name the path.
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes).map(Zeroizing::new).map_err(|e| {
+            // Zeroize the bytes that were not UTF-8 too.
+            drop(Zeroizing::new(e.into_bytes()));
+            Error::from(hardkey_api::InvalidInput::Malformed {
+                what: "private key file",
+                reason: "it is not a PEM text file",
+            })
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found(
+            format!("file:{}", path.display()),
+            "check the path of the key file",
+        )),
+        Err(e) => Err(Error::backend(
+            DEVICE,
+            Operation::Open,
+            PathError::new("cannot read", path, e),
+        )),
+    }
+}
+
+/// Writes `contents` to `path`, which must not exist: a temporary file with mode 0600 in the
+/// same directory is written and synced, then hard-linked to `path` (which fails, leaving
+/// nothing behind, if `path` appeared meanwhile) and removed. No reader ever sees a partial key.
+pub(crate) fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let op = Operation::Generate;
+    let fail = |what, e| Error::backend(DEVICE, op, PathError::new(what, path, e));
+    if path.exists() {
+        return Err(fail(
+            "refusing to overwrite",
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "file exists; choose another path or delete it first",
+            ),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| fail("cannot write", e))?;
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// An I/O error with the path it concerns.
+#[derive(Debug)]
+struct PathError {
+    what: &'static str,
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl PathError {
+    fn new(what: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.what, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_0600_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        write_new_key_file(&path, b"one").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let err = write_new_key_file(&path, b"two").unwrap_err().to_string();
+        assert!(err.contains("refusing to overwrite"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unwritable_directory_leaves_nothing() {
+        let err = write_new_key_file(Path::new("/nonexistent-dir/k.pem"), b"x").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir/k.pem"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let err = read_key_file(Path::new("/nonexistent/key.pem")).unwrap_err();
+        assert_eq!(err.kind(), hardkey_api::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,180 @@
+//! Key material: generation, PKCS#8 / PKCS#1 / SEC1 decoding, PKCS#8 encoding, public keys.
+
+use hardkey_api::{
+    Error, InvalidInput, KeyAlgorithm, KeyFamily, Operation, PublicKey, Result, Unsupported,
+};
+use pkcs8::der::Decode;
+use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding, ObjectIdentifier};
+use rand_core::OsRng;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use zeroize::Zeroizing;
+
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+/// A private key held in memory; zeroized on drop by the underlying crates.
+pub(crate) enum KeyMaterial {
+    Rsa(Box<RsaPrivateKey>),
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+}
+
+fn encoding_error(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    InvalidInput::KeyEncoding {
+        what: what.to_owned(),
+        source: Box::new(source),
+    }
+    .into()
+}
+
+impl KeyMaterial {
+    /// Generates a key (RSA generation takes from milliseconds to seconds).
+    pub(crate) fn generate(alg: KeyAlgorithm) -> Result<Self> {
+        Ok(match alg {
+            KeyAlgorithm::EcP256 => Self::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
+            KeyAlgorithm::EcP384 => Self::P384(p384::ecdsa::SigningKey::random(&mut OsRng)),
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                let key = RsaPrivateKey::new(&mut OsRng, alg.bits())
+                    .map_err(|e| Error::backend("software keys", Operation::Generate, e))?;
+                Self::Rsa(Box::new(key))
+            }
+            _ => {
+                return Err(Unsupported::Algorithm {
+                    algorithm: alg,
+                    device: "software keys".into(),
+                }
+                .into());
+            }
+        })
+    }
+
+    /// Decodes a DER PKCS#8 `PrivateKeyInfo` (RSA, or EC on P-256 / P-384).
+    pub(crate) fn from_pkcs8_der(der: &[u8], what: &str) -> Result<Self> {
+        let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| encoding_error(what, e))?;
+        let oid = info.algorithm.oid;
+        let material = if oid == RSA_ENCRYPTION {
+            let key = RsaPrivateKey::from_pkcs8_der(der).map_err(|e| encoding_error(what, e))?;
+            Self::Rsa(Box::new(key))
+        } else if oid == EC_PUBLIC_KEY {
+            let curve = info
+                .algorithm
+                .parameters_oid()
+                .map_err(|e| encoding_error(what, e))?;
+            if curve == SECP256R1 {
+                Self::P256(
+                    p256::ecdsa::SigningKey::from_pkcs8_der(der)
+                        .map_err(|e| encoding_error(what, e))?,
+                )
+            } else if curve == SECP384R1 {
+                Self::P384(
+                    p384::ecdsa::SigningKey::from_pkcs8_der(der)
+                        .map_err(|e| encoding_error(what, e))?,
+                )
+            } else {
+                return Err(InvalidInput::Malformed {
+                    what: "EC private key",
+                    reason: "curve is neither P-256 nor P-384",
+                }
+                .into());
+            }
+        } else {
+            return Err(InvalidInput::Malformed {
+                what: "private key",
+                reason: "algorithm is neither RSA nor EC (P-256, P-384)",
+            }
+            .into());
+        };
+        material.check_size()?;
+        Ok(material)
+    }
+
+    /// Decodes a PEM private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
+    /// (`EC PRIVATE KEY`), as `openssl genpkey`, `genrsa` and `ecparam -genkey` write them.
+    pub(crate) fn from_pem(pem: &str, what: &str) -> Result<Self> {
+        let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes())
+            .map_err(|e| encoding_error(what, pkcs8::der::Error::from(e)))?;
+        let der = Zeroizing::new(der);
+        let material = match label {
+            "PRIVATE KEY" => return Self::from_pkcs8_der(&der, what),
+            "RSA PRIVATE KEY" => Self::Rsa(Box::new(
+                RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| encoding_error(what, e))?,
+            )),
+            "EC PRIVATE KEY" => {
+                if let Ok(k) = p256::SecretKey::from_sec1_der(&der) {
+                    Self::P256(k.into())
+                } else {
+                    let k = p384::SecretKey::from_sec1_der(&der).map_err(|_| {
+                        Error::from(InvalidInput::Malformed {
+                            what: "EC private key",
+                            reason: "not a SEC1 key on P-256 or P-384",
+                        })
+                    })?;
+                    Self::P384(k.into())
+                }
+            }
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err(InvalidInput::Malformed {
+                    what: "private key file",
+                    reason: "it is an encrypted PKCS#8 key; decrypt it first \
+                             (openssl pkcs8 -in KEY -out PLAIN.pem) or import it into a token",
+                }
+                .into());
+            }
+            _ => {
+                return Err(InvalidInput::Malformed {
+                    what: "private key file",
+                    reason: "expected a PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY'",
+                }
+                .into());
+            }
+        };
+        material.check_size()?;
+        Ok(material)
+    }
+
+    fn check_size(&self) -> Result<()> {
+        match self {
+            Self::Rsa(k) => match KeyAlgorithm::rsa_with_bits(k.n().bits()) {
+                Some(_) => Ok(()),
+                None => Err(InvalidInput::Malformed {
+                    what: "RSA private key",
+                    reason: "modulus size is not 2048, 3072 or 4096 bits",
+                }
+                .into()),
+            },
+            Self::P256(_) | Self::P384(_) => Ok(()),
+        }
+    }
+
+    /// The PKCS#8 PEM encoding, zeroized on drop.
+    pub(crate) fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>> {
+        let pem = match self {
+            Self::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Self::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Self::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
+        };
+        pem.map_err(|e| encoding_error("private key for writing", e))
+    }
+
+    /// The public key.
+    pub(crate) fn public_key(&self) -> Result<PublicKey> {
+        let der = match self {
+            Self::Rsa(k) => k.to_public_key().to_public_key_der(),
+            Self::P256(k) => p256::PublicKey::from(k.verifying_key()).to_public_key_der(),
+            Self::P384(k) => p384::PublicKey::from(k.verifying_key()).to_public_key_der(),
+        }
+        .map_err(|e| encoding_error("public key", e))?;
+        PublicKey::from_spki_der(der.as_bytes())
+    }
+
+    pub(crate) fn family(&self) -> KeyFamily {
+        match self {
+            Self::Rsa(_) => KeyFamily::Rsa,
+            Self::P256(_) | Self::P384(_) => KeyFamily::Ec,
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! [`SoftStore`]: the [`KeyStore`] of software keys.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hardkey_api::{
+    DevicePool, Error, FileUri, GenerateRequest, ImportRequest, JobOptions, JobTimeout,
+    KeyAlgorithm, KeyId, KeyInfo, KeyPolicy, KeyStore, KeyUri, KeyUsages, Operation, PoolConfig,
+    PooledKey, Result, Unsupported,
+};
+
+use crate::device::{SoftDevice, SoftKeyRef};
+use crate::file::{read_key_file, write_new_key_file};
+use crate::material::KeyMaterial;
+
+const NAME: &str = "software keys";
+
+/// A software key, served by the store's pool.
+pub type SoftKey = PooledKey<SoftDevice>;
+
+/// How a [`SoftStore`] runs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SoftConfig {
+    /// Worker threads signing in parallel (default: the number of CPUs, at most 8).
+    pub workers: usize,
+    /// Queue capacity (default 1024).
+    pub queue_capacity: usize,
+    /// Deadline of each operation (default 30 s).
+    pub op_timeout: Option<Duration>,
+    /// Policy applied to every key the store opens.
+    pub policy: KeyPolicy,
+}
+
+impl Default for SoftConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            queue_capacity: 1024,
+            op_timeout: Some(Duration::from_secs(30)),
+            policy: KeyPolicy::default(),
+        }
+    }
+}
+
+impl SoftConfig {
+    /// Sets the number of workers.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Sets the queue capacity.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Sets the key policy.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    info: KeyInfo,
+    material: SoftKeyRef,
+}
+
+type Keys = Arc<Mutex<BTreeMap<KeyId, Entry>>>;
+
+fn lock(keys: &Keys) -> MutexGuard<'_, BTreeMap<KeyId, Entry>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Software keys in memory, optionally loaded from or saved to PEM files (`file:` URIs).
+///
+/// Keys generated without a location live only in memory (their [`KeyInfo::uri`] is `None`).
+/// Every private-key operation, generation and file access runs on the store's
+/// [`DevicePool`], exactly as for hardware keys.
+pub struct SoftStore {
+    pool: DevicePool<SoftDevice>,
+    keys: Keys,
+    policy: KeyPolicy,
+}
+
+impl std::fmt::Debug for SoftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftStore")
+            .field("pool", &self.pool)
+            .field("keys", &lock(&self.keys).len())
+            .finish()
+    }
+}
+
+impl SoftStore {
+    /// Starts a store with its worker pool.
+    pub fn new(config: SoftConfig) -> Result<Self> {
+        let pool_config = PoolConfig::new("soft")
+            .workers(config.workers)
+            .queue_capacity(config.queue_capacity)
+            .op_timeout(config.op_timeout);
+        Ok(Self {
+            pool: DevicePool::new(pool_config, |_| Ok(SoftDevice))?,
+            keys: Arc::default(),
+            policy: config.policy,
+        })
+    }
+
+    /// A store with the default configuration.
+    pub fn in_memory() -> Result<Self> {
+        Self::new(SoftConfig::default())
+    }
+
+    /// The pool serving this store's keys (for stats and shutdown).
+    pub fn pool(&self) -> &DevicePool<SoftDevice> {
+        &self.pool
+    }
+
+    fn key(&self, entry: Entry) -> SoftKey {
+        PooledKey::new(entry.info, entry.material, self.pool.clone())
+    }
+
+    /// Runs `job` on the pool and turns its entry into a key.
+    fn run_entry<F>(
+        &self,
+        options: JobOptions,
+        job: F,
+    ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<F>
+    where
+        F: FnMut(&mut SoftDevice) -> Result<Entry> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let run = self.pool.run(options, job);
+        async move {
+            let entry = run.await?;
+            Ok(PooledKey::new(entry.info, entry.material, pool))
+        }
+    }
+}
+
+/// Registers key material (or finds the same key already registered).
+fn register(
+    keys: &Keys,
+    material: KeyMaterial,
+    label: Option<String>,
+    uri: Option<KeyUri>,
+    usages: KeyUsages,
+    policy: KeyPolicy,
+) -> Result<Entry> {
+    let public_key = material.public_key()?;
+    let id = KeyId::from_public_key(&public_key);
+    let mut keys = lock(keys);
+    if let Some(existing) = keys.get(&id) {
+        return Ok(existing.clone());
+    }
+    let info = KeyInfo::new(id.clone(), public_key, usages, policy)
+        .with_label(label)
+        .with_uri(uri);
+    let entry = Entry {
+        info,
+        material: SoftKeyRef(Arc::new(material)),
+    };
+    keys.insert(id, entry.clone());
+    Ok(entry)
+}
+
+fn file_location(location: &Option<KeyUri>, op: Operation) -> Result<Option<std::path::PathBuf>> {
+    match location {
+        None => Ok(None),
+        Some(KeyUri::File(f)) => Ok(Some(f.path.clone())),
+        Some(other) => {
+            let _ = op;
+            Err(Unsupported::UriScheme {
+                uri: other.to_string(),
+                store: NAME,
+                serves: "file:",
+            }
+            .into())
+        }
+    }
+}
+
+fn label_of(path: &Path) -> Option<String> {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned())
+}
+
+/// Saves `material` to `path` (if any) as PKCS#8 PEM, atomically, never overwriting.
+fn save(material: &KeyMaterial, path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(path) => write_new_key_file(path, material.to_pkcs8_pem()?.as_bytes()),
+        None => Ok(()),
+    }
+}
+
+fn ready<T: Send + 'static>(value: Result<T>) -> impl Future<Output = Result<T>> + Send + 'static {
+    std::future::ready(value)
+}
+
+impl KeyStore for SoftStore {
+    type Key = SoftKey;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn algorithms(&self) -> &[KeyAlgorithm] {
+        &KeyAlgorithm::ALL
+    }
+
+    fn open(&self, uri: &KeyUri) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
+        let path = match uri {
+            KeyUri::File(f) => Ok(f.path.clone()),
+            other => Err(Error::from(Unsupported::UriScheme {
+                uri: other.to_string(),
+                store: NAME,
+                serves: "file:",
+            })),
+        };
+        let keys = Arc::clone(&self.keys);
+        let policy = self.policy;
+        let uri = uri.clone();
+        let run = self.run_entry(JobOptions::idempotent(Operation::Open), move |_| {
+            let path = path.as_ref().map_err(|e| {
+                Error::from(Unsupported::UriScheme {
+                    uri: e.to_string(),
+                    store: NAME,
+                    serves: "file:",
+                })
+            })?;
+            let pem = read_key_file(path)?;
+            let what = format!("private key in {}", path.display());
+            let material = KeyMaterial::from_pem(&pem, &what)?;
+            let usages = KeyUsages::default_for(material.public_key()?.algorithm());
+            register(
+                &keys,
+                material,
+                label_of(path),
+                Some(uri.clone()),
+                usages,
+                policy,
+            )
+        });
+        async move { run.await }
+    }
+
+    fn open_id(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
+        let found = lock(&self.keys).get(id).cloned();
+        ready(match found {
+            Some(entry) => Ok(self.key(entry)),
+            None => Err(Error::not_found(
+                format!("id {id}"),
+                "list the keys of this store; in-memory keys do not survive a restart",
+            )),
+        })
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<KeyInfo>>> + Send + 'static + use<> {
+        ready(Ok(lock(&self.keys)
+            .values()
+            .map(|e| e.info.clone())
+            .collect()))
+    }
+
+    fn generate(
+        &self,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
+        let keys = Arc::clone(&self.keys);
+        let policy = self.policy;
+        let location = file_location(&request.location, Operation::Generate);
+        let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
+        let run = self.run_entry(options, move |_| {
+            let path = location.as_ref().map_err(clone_error)?.clone();
+            let material = KeyMaterial::generate(request.algorithm)?;
+            save(&material, path.as_deref())?;
+            let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
+            let label = request
+                .label
+                .clone()
+                .or_else(|| path.as_deref().and_then(label_of));
+            register(&keys, material, label, uri, request.usages, policy)
+        });
+        async move { run.await }
+    }
+
+    fn import(
+        &self,
+        request: ImportRequest,
+    ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
+        let keys = Arc::clone(&self.keys);
+        let policy = self.policy;
+        let location = file_location(&request.location, Operation::Import);
+        let run = self.run_entry(JobOptions::new(Operation::Import), move |_| {
+            let path = location.as_ref().map_err(clone_error)?.clone();
+            let material = KeyMaterial::from_pkcs8_der(&request.pkcs8_der, "imported PKCS#8 key")?;
+            save(&material, path.as_deref())?;
+            let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
+            let usages = request
+                .usages
+                .unwrap_or_else(|| KeyUsages::default_for(family_alg(&material)));
+            let label = request
+                .label
+                .clone()
+                .or_else(|| path.as_deref().and_then(label_of));
+            register(&keys, material, label, uri, usages, policy)
+        });
+        async move { run.await }
+    }
+
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
+        let keys = Arc::clone(&self.keys);
+        let id = id.clone();
+        self.pool.run(JobOptions::new(Operation::Delete), move |_| {
+            let Some(entry) = lock(&keys).remove(&id) else {
+                return Err(Error::not_found(
+                    format!("id {id}"),
+                    "list the keys of this store",
+                ));
+            };
+            if let Some(KeyUri::File(f)) = &entry.info.uri {
+                match std::fs::remove_file(&f.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        // Keep the store consistent with the file that is still there.
+                        lock(&keys).insert(id.clone(), entry.clone());
+                        return Err(Error::backend(NAME, Operation::Delete, e));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Errors are not `Clone`; a location error computed before the job is re-created inside it.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Unsupported(Unsupported::UriScheme { uri, store, serves }) => {
+            Unsupported::UriScheme {
+                uri: uri.clone(),
+                store,
+                serves,
+            }
+            .into()
+        }
+        other => Error::backend(NAME, Operation::Admin, other.to_string()),
+    }
+}
+
+/// A representative algorithm of the material's family, for default usages.
+fn family_alg(material: &KeyMaterial) -> KeyAlgorithm {
+    match material.family() {
+        hardkey_api::KeyFamily::Rsa => KeyAlgorithm::Rsa2048,
+        _ => KeyAlgorithm::EcP256,
+    }
+}
