@@ -12,4 +12,7 @@ pub use algorithm::{
     DecryptScheme, HashAlgorithm, KeyAlgorithm, KeyFamily, SignatureKind, SignatureScheme,
 };
 pub use error::{BoxError, Error, ErrorKind, InvalidInput, Operation, Result, Unsupported};
-pub use uri::{FileUri, KeyUri, UriError};
+pub use uri::{
+    FileUri, KeyUri, ObjectType, Pkcs11Uri, Tpm2Key, Tpm2Uri, UriError, UriErrorReason,
+    UriParseOptions,
+};
