@@ -31,4 +31,7 @@ pub use pool::{
 };
 pub use store::{DynKeyStore, GenerateRequest, ImportRequest, KeyStore};
 pub use timer::{Sleep, sleep, sleep_until};
-pub use uri::{FileUri, KeyUri, UriError};
+pub use uri::{
+    FileUri, KeyUri, LibraryVersion, ObjectType, Pkcs11Uri, TokenAttrs, Tpm2Key, Tpm2Uri, UriError,
+    UriErrorReason, UriParseOptions,
+};
