@@ -1,1 +1,553 @@
-//! Backend conformance suite.
+//! The backend conformance suite: one set of checks that every [`KeyStore`] runs against
+//! itself, so the software, PKCS#11 and TPM backends are held to the same contract.
+//!
+//! Signatures are verified with the `rsa`, `p256` and `p384` crates, independently of the
+//! backend under test. Each check runs under a plain `block_on`, which also proves that the
+//! backend's futures need no particular async runtime.
+//!
+//! Instantiate it in a backend's integration tests with [`conformance_tests!`]:
+//!
+//! ```ignore
+//! fn suite() -> hardkey_api::testkit::Suite<MyStore> {
+//!     hardkey_api::testkit::Suite::new(MyStore::open_test_device(), missing_key_uri())
+//! }
+//! hardkey_api::conformance_tests!(suite; p256 => EcP256, rsa2048 => Rsa2048);
+//! ```
+//!
+//! The test kit reports failures by panicking, as `assert!` does.
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test kit reports failures by panicking, like assert!"
+)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::join_all;
+use p256::ecdsa::signature::Verifier;
+use rand::rngs::OsRng;
+use rsa::pkcs8::{DecodePublicKey, EncodePrivateKey};
+use rsa::traits::PublicKeyParts;
+use zeroize::Zeroizing;
+
+use crate::{
+    DecryptScheme, ErrorKind, GenerateRequest, HashAlgorithm, ImportRequest, KeyAlgorithm,
+    KeyFamily, KeyId, KeyInfo, KeyStore, KeyUri, PrivateKey, SignatureKind, SignatureScheme,
+    encoding,
+};
+
+/// Runs a future to completion on the current thread, with no async runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+/// Verifies `signature` over `message` with the public key `spki_der`, using the `rsa`,
+/// `p256` and `p384` crates. For RSA-PSS it also checks that the salt length equals the hash
+/// length (what TLS 1.3 requires). Returns a description of the failure.
+pub fn verify_signature(
+    spki_der: &[u8],
+    scheme: SignatureScheme,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let digest = encoding::digest(scheme.hash(), message);
+    match scheme.kind() {
+        SignatureKind::RsaPkcs1v15 | SignatureKind::RsaPss => {
+            let key = rsa::RsaPublicKey::from_public_key_der(spki_der)
+                .map_err(|e| format!("not an RSA public key: {e}"))?;
+            if signature.len() != key.size() {
+                return Err(format!(
+                    "RSA signature is {} bytes, modulus is {}",
+                    signature.len(),
+                    key.size()
+                ));
+            }
+            let result = match (scheme.kind(), scheme.hash()) {
+                (SignatureKind::RsaPkcs1v15, HashAlgorithm::Sha256) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature)
+                }
+                (SignatureKind::RsaPkcs1v15, HashAlgorithm::Sha384) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest, signature)
+                }
+                (SignatureKind::RsaPkcs1v15, _) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha512>(), &digest, signature)
+                }
+                (_, HashAlgorithm::Sha256) => key.verify(
+                    rsa::Pss::new_with_salt::<sha2::Sha256>(32),
+                    &digest,
+                    signature,
+                ),
+                (_, HashAlgorithm::Sha384) => key.verify(
+                    rsa::Pss::new_with_salt::<sha2::Sha384>(48),
+                    &digest,
+                    signature,
+                ),
+                (_, _) => key.verify(
+                    rsa::Pss::new_with_salt::<sha2::Sha512>(64),
+                    &digest,
+                    signature,
+                ),
+            };
+            result.map_err(|e| format!("{scheme} signature does not verify: {e}"))?;
+            if scheme.kind() == SignatureKind::RsaPss {
+                // Recover EM = s^e mod n and read the salt length it was made with.
+                let s = rsa::BigUint::from_bytes_be(signature);
+                let raw = s.modpow(key.e(), key.n()).to_bytes_be();
+                // to_bytes_be drops leading zero bytes: restore the k-byte block.
+                let mut em = vec![0u8; key.size().saturating_sub(raw.len())];
+                em.extend_from_slice(&raw);
+                let mod_bits = key.n().bits();
+                let salt = encoding::pss_salt_len_of(scheme.hash(), &digest, &em, mod_bits);
+                if salt != scheme.pss_salt_len() {
+                    return Err(format!(
+                        "{scheme} signature uses salt length {salt:?}, TLS 1.3 needs {:?}",
+                        scheme.pss_salt_len()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        SignatureKind::Ecdsa => match scheme {
+            SignatureScheme::EcdsaP256Sha256 => {
+                let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+                    .map_err(|e| format!("not a P-256 public key: {e}"))?;
+                let sig = p256::ecdsa::Signature::from_der(signature)
+                    .map_err(|e| format!("not a DER ECDSA signature: {e}"))?;
+                key.verify(message, &sig)
+                    .map_err(|e| format!("{scheme} signature does not verify: {e}"))
+            }
+            SignatureScheme::EcdsaP384Sha384 => {
+                let key = p384::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+                    .map_err(|e| format!("not a P-384 public key: {e}"))?;
+                let sig = p384::ecdsa::Signature::from_der(signature)
+                    .map_err(|e| format!("not a DER ECDSA signature: {e}"))?;
+                key.verify(message, &sig)
+                    .map_err(|e| format!("{scheme} signature does not verify: {e}"))
+            }
+            other => Err(format!("unknown ECDSA scheme {other}")),
+        },
+    }
+}
+
+/// A fresh PKCS#8 DER private key of `alg`, made by the `rsa`/`p256`/`p384` crates, with its
+/// DER SubjectPublicKeyInfo: input for import tests.
+pub fn make_pkcs8(alg: KeyAlgorithm) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey;
+    match alg {
+        KeyAlgorithm::EcP256 => {
+            let k = p256::SecretKey::random(&mut OsRng);
+            let der = k.to_pkcs8_der().unwrap().to_bytes().to_vec();
+            let spki = k.public_key().to_public_key_der().unwrap().into_vec();
+            (Zeroizing::new(der), spki)
+        }
+        KeyAlgorithm::EcP384 => {
+            let k = p384::SecretKey::random(&mut OsRng);
+            let der = k.to_pkcs8_der().unwrap().to_bytes().to_vec();
+            let spki = k.public_key().to_public_key_der().unwrap().into_vec();
+            (Zeroizing::new(der), spki)
+        }
+        rsa_alg => {
+            let k = rsa::RsaPrivateKey::new(&mut OsRng, rsa_alg.bits()).unwrap();
+            let der = k.to_pkcs8_der().unwrap().to_bytes().to_vec();
+            let spki = k.to_public_key().to_public_key_der().unwrap().into_vec();
+            (Zeroizing::new(der), spki)
+        }
+    }
+}
+
+static LABELS: AtomicU64 = AtomicU64::new(0);
+
+/// The conformance suite bound to one store.
+pub struct Suite<S: KeyStore> {
+    store: Arc<S>,
+    missing: KeyUri,
+    import: bool,
+    concurrency: usize,
+    label_prefix: String,
+}
+
+impl<S: KeyStore> Suite<S> {
+    /// A suite for `store`; `missing` is a URI that names no key on it.
+    pub fn new(store: S, missing: KeyUri) -> Self {
+        Self {
+            store: Arc::new(store),
+            missing,
+            import: true,
+            concurrency: 1000,
+            label_prefix: format!("hk-conf-{}", std::process::id()),
+        }
+    }
+
+    /// Skips the import checks (for devices that cannot import private keys).
+    pub fn without_import(mut self) -> Self {
+        self.import = false;
+        self
+    }
+
+    /// Sets how many signatures the concurrency check keeps in flight (default 1000).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The store under test.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn label(&self, what: &str) -> String {
+        let n = LABELS.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{what}-{n}", self.label_prefix)
+    }
+
+    async fn generate(&self, alg: KeyAlgorithm, what: &str) -> S::Key {
+        let label = self.label(what);
+        let key = self
+            .store
+            .generate(GenerateRequest::new(alg).label(label.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("generating a {alg} key on {}: {e}", self.store.name()));
+        let info = key.info();
+        assert_eq!(
+            info.algorithm, alg,
+            "generated key reports the wrong algorithm"
+        );
+        assert_eq!(
+            info.public_key.algorithm(),
+            alg,
+            "public key has the wrong algorithm"
+        );
+        assert_eq!(
+            info.label.as_deref(),
+            Some(label.as_str()),
+            "label not kept"
+        );
+        assert!(!info.id.as_bytes().is_empty(), "key id is empty");
+        key
+    }
+
+    async fn cleanup(&self, info: &KeyInfo) {
+        self.store
+            .delete(&info.id)
+            .await
+            .unwrap_or_else(|e| panic!("deleting test key {}: {e}", info.display_name()));
+    }
+
+    /// Generates a key, checks its description, signs with every scheme of its algorithm
+    /// through `sign` and `sign_digest`, and verifies each signature independently.
+    pub async fn sign_and_verify(&self, alg: KeyAlgorithm) {
+        let key = self.generate(alg, "sign").await;
+        let info = key.info().clone();
+        assert_eq!(
+            info.signature_schemes,
+            alg.signature_schemes(),
+            "a {alg} key should serve every scheme of its algorithm"
+        );
+        for &scheme in alg.signature_schemes() {
+            let message = format!("hardkey conformance: {scheme}").into_bytes();
+            let sig = key
+                .sign(scheme, &message)
+                .await
+                .unwrap_or_else(|e| panic!("{scheme} sign failed: {e}"));
+            verify_signature(info.public_key.der(), scheme, &message, &sig)
+                .unwrap_or_else(|e| panic!("sign(): {e}"));
+
+            let digest = encoding::digest(scheme.hash(), &message);
+            let sig = key
+                .sign_digest(scheme, &digest)
+                .await
+                .unwrap_or_else(|e| panic!("{scheme} sign_digest failed: {e}"));
+            verify_signature(info.public_key.der(), scheme, &message, &sig)
+                .unwrap_or_else(|e| panic!("sign_digest(): {e}"));
+
+            let short = &digest[..digest.len() - 1];
+            let err = key.sign_digest(scheme, short).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "short digest: {err}");
+        }
+        self.cleanup(&info).await;
+    }
+
+    /// Asks a key for every scheme its algorithm cannot do and expects `Unsupported`.
+    pub async fn unsupported_schemes(&self, alg: KeyAlgorithm) {
+        let key = self.generate(alg, "unsupported").await;
+        for scheme in SignatureScheme::ALL {
+            if alg.signature_schemes().contains(&scheme) {
+                continue;
+            }
+            let digest = encoding::digest(scheme.hash(), b"x");
+            let err = key.sign_digest(scheme, &digest).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Unsupported,
+                "{alg} with {scheme}: {err}"
+            );
+        }
+        if alg.family() == KeyFamily::Ec {
+            let err = key
+                .decrypt(DecryptScheme::RsaOaepSha256, &[0; 32])
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "EC decrypt: {err}");
+        }
+        self.cleanup(key.info()).await;
+    }
+
+    /// RSA only: OAEP-SHA-256 decryption of a ciphertext made by the `rsa` crate; legacy
+    /// PKCS#1 v1.5 refused by default; wrong ciphertext length refused.
+    pub async fn decrypt_round_trip(&self, alg: KeyAlgorithm) {
+        if alg.family() != KeyFamily::Rsa {
+            return;
+        }
+        let key = self.generate(alg, "decrypt").await;
+        let public = rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap();
+        let secret = b"pre-master secret, 48 bytes long, for the test!!";
+        let ct = public
+            .encrypt(&mut OsRng, rsa::Oaep::new::<sha2::Sha256>(), secret)
+            .unwrap();
+        let plain = key
+            .decrypt(DecryptScheme::RsaOaepSha256, &ct)
+            .await
+            .unwrap_or_else(|e| panic!("OAEP decrypt failed: {e}"));
+        assert_eq!(plain.as_slice(), secret.as_slice(), "OAEP round trip");
+
+        let legacy = public
+            .encrypt(&mut OsRng, rsa::Pkcs1v15Encrypt, secret)
+            .unwrap();
+        let err = key
+            .decrypt(DecryptScheme::RsaPkcs1v15Legacy, &legacy)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Unsupported,
+            "legacy decrypt must be opt-in: {err}"
+        );
+
+        let err = key
+            .decrypt(DecryptScheme::RsaOaepSha256, &ct[1..])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "short ciphertext: {err}"
+        );
+        self.cleanup(key.info()).await;
+    }
+
+    /// Keeps `concurrency` signatures in flight at once; every one must verify.
+    pub async fn concurrent_signs(&self, alg: KeyAlgorithm) {
+        let key = self.generate(alg, "concurrent").await;
+        let scheme = alg.signature_schemes()[0];
+        let messages: Vec<Vec<u8>> = (0..self.concurrency)
+            .map(|i| format!("message {i}").into_bytes())
+            .collect();
+        let futures = messages.iter().map(|m| key.sign(scheme, m));
+        let sigs = join_all(futures).await;
+        for (i, (m, sig)) in messages.iter().zip(sigs).enumerate() {
+            let sig = sig.unwrap_or_else(|e| panic!("concurrent sign {i} failed: {e}"));
+            verify_signature(key.info().public_key.der(), scheme, m, &sig)
+                .unwrap_or_else(|e| panic!("concurrent sign {i}: {e}"));
+        }
+        self.cleanup(key.info()).await;
+    }
+
+    /// Starts 500 signatures, drops their futures mid-flight, then checks that later
+    /// operations all succeed (no leaked slot, session or handle; no stuck worker).
+    pub async fn dropped_futures(&self, alg: KeyAlgorithm) {
+        let key = self.generate(alg, "dropped").await;
+        let scheme = alg.signature_schemes()[0];
+        for i in 0..500u32 {
+            let mut fut = Box::pin(key.sign(scheme, &i.to_be_bytes()));
+            // Poll once so the job is queued (or running), then drop it.
+            let _ = futures::poll!(fut.as_mut());
+            drop(fut);
+        }
+        let later = (0..100u32).map(|i| key.sign(scheme, &i.to_le_bytes()));
+        for (i, sig) in join_all(later).await.into_iter().enumerate() {
+            let sig = sig.unwrap_or_else(|e| panic!("sign after drops {i} failed: {e}"));
+            verify_signature(
+                key.info().public_key.der(),
+                scheme,
+                &(i as u32).to_le_bytes(),
+                &sig,
+            )
+            .unwrap();
+        }
+        self.cleanup(key.info()).await;
+    }
+
+    /// Opens a generated key again by id and (if it has one) by URI; both give the same key.
+    pub async fn reopen(&self, alg: KeyAlgorithm) {
+        let key = self.generate(alg, "reopen").await;
+        let info = key.info().clone();
+        let mut reopened = vec![self.store.open_id(&info.id).await.unwrap()];
+        if let Some(uri) = &info.uri {
+            reopened.push(
+                self.store
+                    .open(uri)
+                    .await
+                    .unwrap_or_else(|e| panic!("reopening {uri}: {e}")),
+            );
+        }
+        for again in reopened {
+            assert_eq!(again.info().id, info.id);
+            assert_eq!(again.info().public_key, info.public_key);
+            let scheme = alg.signature_schemes()[0];
+            let sig = again.sign(scheme, b"reopened").await.unwrap();
+            verify_signature(info.public_key.der(), scheme, b"reopened", &sig).unwrap();
+        }
+        self.cleanup(&info).await;
+    }
+
+    /// Imports a PKCS#8 key made elsewhere; its public key and signatures must match.
+    pub async fn import_pkcs8(&self, alg: KeyAlgorithm) {
+        if !self.import {
+            return;
+        }
+        let (pkcs8, spki) = make_pkcs8(alg);
+        let key = self
+            .store
+            .import(ImportRequest::new(pkcs8).label(self.label("import")))
+            .await
+            .unwrap_or_else(|e| panic!("importing a {alg} key: {e}"));
+        assert_eq!(
+            key.info().public_key.der(),
+            spki.as_slice(),
+            "imported public key"
+        );
+        let scheme = alg.signature_schemes()[0];
+        let sig = key.sign(scheme, b"imported").await.unwrap();
+        verify_signature(&spki, scheme, b"imported", &sig).unwrap();
+        self.cleanup(key.info()).await;
+    }
+
+    /// Generates two keys, lists, deletes one, lists again; deleted keys cannot be opened.
+    pub async fn list_and_delete(&self) {
+        let alg = self.store.algorithms()[0];
+        let a = self.generate(alg, "list-a").await.info().clone();
+        let b = self.generate(alg, "list-b").await.info().clone();
+        let listed = self.store.list().await.unwrap();
+        for info in [&a, &b] {
+            let found = listed
+                .iter()
+                .find(|i| i.id == info.id)
+                .unwrap_or_else(|| panic!("list() lacks key {}", info.display_name()));
+            assert_eq!(found.label, info.label);
+            assert_eq!(found.algorithm, info.algorithm);
+            assert_eq!(found.public_key, info.public_key);
+        }
+        self.store.delete(&a.id).await.unwrap();
+        let listed = self.store.list().await.unwrap();
+        assert!(
+            listed.iter().all(|i| i.id != a.id),
+            "deleted key still listed"
+        );
+        assert!(
+            listed.iter().any(|i| i.id == b.id),
+            "delete removed the wrong key"
+        );
+        let err = self.store.delete(&a.id).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "second delete: {err}");
+        let err = self.store.open_id(&a.id).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "open deleted id: {err}");
+        if let Some(uri) = &a.uri {
+            let err = self.store.open(uri).await.err().unwrap();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "open deleted {uri}: {err}");
+        }
+        self.cleanup(&b).await;
+    }
+
+    /// A URI or id that names no key fails with `NotFound`.
+    pub async fn unknown_key(&self) {
+        let err = self.store.open(&self.missing).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{}: {err}", self.missing);
+        let err = self
+            .store
+            .open_id(&KeyId::new(*b"no such key id!!"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "unknown id: {err}");
+    }
+
+    /// Generating an algorithm the store does not list fails with `Unsupported`.
+    pub async fn unsupported_algorithms(&self) {
+        for alg in KeyAlgorithm::ALL {
+            if self.store.algorithms().contains(&alg) {
+                continue;
+            }
+            let err = self
+                .store
+                .generate(GenerateRequest::new(alg))
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Unsupported,
+                "generating {alg}: {err}"
+            );
+        }
+    }
+}
+
+/// Instantiates the conformance suite as `#[test]` functions.
+///
+/// `$suite` is the name of a function, in the invoking module, returning a [`Suite`]; each `name => Algorithm` pair makes a
+/// module of per-algorithm tests. Store-level tests go in a module named `store`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($suite:ident; $($name:ident => $alg:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                const ALG: $crate::KeyAlgorithm = $crate::KeyAlgorithm::$alg;
+                #[test]
+                fn sign_and_verify_every_scheme() {
+                    $crate::testkit::block_on(super::$suite().sign_and_verify(ALG));
+                }
+                #[test]
+                fn unsupported_schemes_are_refused() {
+                    $crate::testkit::block_on(super::$suite().unsupported_schemes(ALG));
+                }
+                #[test]
+                fn decrypt_round_trip() {
+                    $crate::testkit::block_on(super::$suite().decrypt_round_trip(ALG));
+                }
+                #[test]
+                fn concurrent_signs_all_verify() {
+                    $crate::testkit::block_on(super::$suite().concurrent_signs(ALG));
+                }
+                #[test]
+                fn dropped_futures_leave_the_device_usable() {
+                    $crate::testkit::block_on(super::$suite().dropped_futures(ALG));
+                }
+                #[test]
+                fn reopen_by_id_and_uri() {
+                    $crate::testkit::block_on(super::$suite().reopen(ALG));
+                }
+                #[test]
+                fn import_pkcs8() {
+                    $crate::testkit::block_on(super::$suite().import_pkcs8(ALG));
+                }
+            }
+        )+
+        mod store {
+            #[test]
+            fn list_and_delete() {
+                $crate::testkit::block_on(super::$suite().list_and_delete());
+            }
+            #[test]
+            fn unknown_key_is_not_found() {
+                $crate::testkit::block_on(super::$suite().unknown_key());
+            }
+            #[test]
+            fn unsupported_algorithms_are_refused() {
+                $crate::testkit::block_on(super::$suite().unsupported_algorithms());
+            }
+        }
+    };
+}
