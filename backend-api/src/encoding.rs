@@ -390,7 +390,7 @@ pub const fn ecdsa_field_len(alg: KeyAlgorithm) -> Option<usize> {
 /// odd-length or too-long input, and when `r` or `s` is zero.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     const WHAT: &str = "raw ECDSA signature (r || s)";
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(malformed(WHAT, "length must be even and non-zero"));
     }
     if raw.len() > MAX_ECDSA_RAW_LEN {

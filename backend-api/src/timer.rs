@@ -9,15 +9,22 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 struct Entry {
     fired: AtomicBool,
+    /// Set when the `Sleep` is dropped before firing: the heap entry is dead weight.
+    cancelled: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
+
+/// Dead entries in the heap; when they are the majority the heap is compacted, so completed
+/// operations' deadlines do not pile up until they expire.
+static CANCELLED: AtomicUsize = AtomicUsize::new(0);
+const COMPACT_MIN: usize = 1024;
 
 struct Timed {
     at: Instant,
@@ -80,6 +87,10 @@ impl TimerThread {
                     break;
                 }
                 if let Some(Reverse(due)) = heap.entries.pop() {
+                    if due.entry.cancelled.load(Ordering::Relaxed) {
+                        CANCELLED.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                     due.entry.fired.store(true, Ordering::Release);
                     if let Some(w) = lock(&due.entry.waker).take() {
                         w.wake();
@@ -104,6 +115,12 @@ impl TimerThread {
 
     fn register(&self, at: Instant, entry: Arc<Entry>) {
         let mut heap = lock(&self.heap);
+        let len = heap.entries.len();
+        if len >= COMPACT_MIN && CANCELLED.load(Ordering::Relaxed) * 2 > len {
+            heap.entries
+                .retain(|Reverse(t)| !t.entry.cancelled.load(Ordering::Relaxed));
+            CANCELLED.fetch_sub(len - heap.entries.len(), Ordering::Relaxed);
+        }
         let earliest = heap.entries.peek().map(|Reverse(t)| t.at);
         heap.seq += 1;
         let seq = heap.seq;
@@ -169,6 +186,7 @@ impl Future for Sleep {
         }
         let entry = Arc::new(Entry {
             fired: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
             waker: Mutex::new(Some(cx.waker().clone())),
         });
         timer().register(self.at, entry.clone());
@@ -179,9 +197,15 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        // Release the waker now; the heap entry itself is dropped when its time comes.
+        // Release the waker now and mark the heap entry dead; it is dropped when its time
+        // comes or when the heap is compacted.
         if let Some(entry) = &self.entry {
             lock(&entry.waker).take();
+            if !entry.fired.load(Ordering::Acquire)
+                && !entry.cancelled.swap(true, Ordering::Relaxed)
+            {
+                CANCELLED.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -210,6 +234,25 @@ mod tests {
             start.elapsed()
         );
         assert!(start.elapsed() >= Duration::from_millis(26));
+    }
+
+    #[test]
+    fn cancelled_sleeps_do_not_pile_up() {
+        use std::task::Waker;
+        let mut cx = Context::from_waker(Waker::noop());
+        // Register many far-future sleeps and drop them, as completed operations do.
+        for _ in 0..20 {
+            let sleeps: Vec<Sleep> = (0..COMPACT_MIN)
+                .map(|_| {
+                    let mut s = sleep(Duration::from_secs(3600));
+                    assert!(Pin::new(&mut s).poll(&mut cx).is_pending());
+                    s
+                })
+                .collect();
+            drop(sleeps);
+        }
+        let len = lock(&timer().heap).entries.len();
+        assert!(len < 4 * COMPACT_MIN, "heap kept {len} dead entries");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,1 +1,134 @@
-fn main() {}
+//! DevicePool overhead: ECDSA P-256 signatures through the pool (1 and 2 workers) against the
+//! same software signer called directly, measured in one run.
+//!
+//! `cargo bench -p hardkey-soft --bench pool_overhead` (or `make bench`). Each configuration is
+//! measured in several interleaved rounds and the median is reported, because the machines
+//! this runs on are shared and noisy; compare the ratios, not the absolute times.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "benchmark"
+)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::executor::block_on;
+use futures::stream::FuturesUnordered;
+use hardkey_api::{
+    Backend, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme, encoding,
+};
+use hardkey_soft::{SoftConfig, SoftDevice, SoftKey, SoftStore};
+
+const SCHEME: SignatureScheme = SignatureScheme::EcdsaP256Sha256;
+const ROUNDS: usize = 7;
+const IN_FLIGHT: usize = 64;
+
+fn store(workers: usize) -> (SoftStore, SoftKey) {
+    let store = SoftStore::new(SoftConfig::default().workers(workers)).unwrap();
+    let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap();
+    (store, key)
+}
+
+/// The baseline: the software signer the pool workers call, called on this thread.
+fn direct(key: &SoftKey, digest: &[u8], ops: usize) -> Duration {
+    let mut device = SoftDevice::default();
+    let start = Instant::now();
+    for _ in 0..ops {
+        let sig = device.sign_digest(key.key_ref(), SCHEME, digest).unwrap();
+        std::hint::black_box(sig);
+    }
+    start.elapsed()
+}
+
+/// One operation at a time through the pool: submit, wait, repeat (latency view).
+fn pool_sequential(key: &SoftKey, digest: &[u8], ops: usize) -> Duration {
+    let start = Instant::now();
+    block_on(async {
+        for _ in 0..ops {
+            std::hint::black_box(key.sign_digest(SCHEME, digest).await.unwrap());
+        }
+    });
+    start.elapsed()
+}
+
+/// `IN_FLIGHT` operations kept in flight through the pool (throughput view).
+fn pool_pipelined(key: &SoftKey, digest: &[u8], ops: usize) -> Duration {
+    let start = Instant::now();
+    block_on(async {
+        let mut pending = FuturesUnordered::new();
+        let mut submitted = 0;
+        while submitted < ops.min(IN_FLIGHT) {
+            pending.push(key.sign_digest(SCHEME, digest));
+            submitted += 1;
+        }
+        while let Some(sig) = pending.next().await {
+            std::hint::black_box(sig.unwrap());
+            if submitted < ops {
+                pending.push(key.sign_digest(SCHEME, digest));
+                submitted += 1;
+            }
+        }
+    });
+    start.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn per_op_us(d: Duration, ops: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / ops as f64
+}
+
+fn main() {
+    let digest = encoding::digest(SCHEME.hash(), b"hardkey pool overhead benchmark");
+    let (_s1, key1) = store(1);
+    let (_s2, key2) = store(2);
+
+    // Calibrate so that one measurement takes about 150 ms.
+    let probe = per_op_us(direct(&key1, &digest, 200), 200);
+    let ops = ((150_000.0 / probe) as usize).clamp(500, 20_000);
+    println!("ECDSA P-256 sign, {ops} ops per measurement, median of {ROUNDS} interleaved rounds");
+
+    let (mut d, mut seq1, mut pipe1, mut pipe2) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        d.push(per_op_us(direct(&key1, &digest, ops), ops));
+        seq1.push(per_op_us(pool_sequential(&key1, &digest, ops), ops));
+        pipe1.push(per_op_us(pool_pipelined(&key1, &digest, ops), ops));
+        pipe2.push(per_op_us(pool_pipelined(&key2, &digest, ops), ops));
+    }
+    let (d, seq1, pipe1, pipe2) = (median(d), median(seq1), median(pipe1), median(pipe2));
+    let row = |name: &str, us: f64| {
+        println!(
+            "{name:<44} {us:>8.2} us/op {:>9.0} ops/s  {:>5.2}x direct",
+            1e6 / us,
+            d / us
+        );
+    };
+    println!();
+    row("direct call, 1 thread (baseline)", d);
+    row("pool, 1 worker, 1 in flight", seq1);
+    row(&format!("pool, 1 worker, {IN_FLIGHT} in flight"), pipe1);
+    row(&format!("pool, 2 workers, {IN_FLIGHT} in flight"), pipe2);
+    println!();
+    println!(
+        "added per operation, 1 worker, pipelined: {:>6.2} us   (target < 10 us)",
+        pipe1 - d
+    );
+    println!(
+        "added per operation, 1 worker, 1 in flight: {:>5.2} us   (thread hand-off both ways)",
+        seq1 - d
+    );
+    println!(
+        "throughput, 2 workers vs 1 worker:        {:>5.2}x      (target >= 1.7x)",
+        pipe1 / pipe2
+    );
+    let stats = key2.pool().stats();
+    println!(
+        "pool stats (2 workers): {} ok, {} failed, latency p50 {:?} p99 {:?}",
+        stats.completed, stats.failed, stats.latency.p50, stats.latency.p99
+    );
+}

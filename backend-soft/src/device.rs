@@ -37,15 +37,11 @@ fn failed(op: Operation, e: impl std::error::Error + Send + Sync + 'static) -> E
 }
 
 fn mismatch(scheme: SignatureScheme, key: &KeyMaterial) -> Error {
-    let alg = match key {
-        KeyMaterial::Rsa(k) => {
-            KeyAlgorithm::rsa_with_bits(rsa::traits::PublicKeyParts::n(k.as_ref()).bits())
-                .unwrap_or(KeyAlgorithm::Rsa2048)
-        }
-        KeyMaterial::P256(_) => KeyAlgorithm::EcP256,
-        KeyMaterial::P384(_) => KeyAlgorithm::EcP384,
-    };
-    Unsupported::SignatureScheme { scheme, key: alg }.into()
+    Unsupported::SignatureScheme {
+        scheme,
+        key: key.algorithm(),
+    }
+    .into()
 }
 
 impl Backend for SoftDevice {

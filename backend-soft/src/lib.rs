@@ -14,5 +14,5 @@ mod material;
 mod store;
 
 // Public interface.
-pub use device::SoftDevice;
+pub use device::{SoftDevice, SoftKeyRef};
 pub use store::{SoftConfig, SoftKey, SoftStore};

@@ -1,8 +1,6 @@
 //! Key material: generation, PKCS#8 / PKCS#1 / SEC1 decoding, PKCS#8 encoding, public keys.
 
-use hardkey_api::{
-    Error, InvalidInput, KeyAlgorithm, KeyFamily, Operation, PublicKey, Result, Unsupported,
-};
+use hardkey_api::{Error, InvalidInput, KeyAlgorithm, Operation, PublicKey, Result, Unsupported};
 use pkcs8::der::Decode;
 use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding, ObjectIdentifier};
 use rand_core::OsRng;
@@ -171,10 +169,14 @@ impl KeyMaterial {
         PublicKey::from_spki_der(der.as_bytes())
     }
 
-    pub(crate) fn family(&self) -> KeyFamily {
+    /// The key's algorithm (sizes are checked when the material is made or decoded).
+    pub(crate) fn algorithm(&self) -> KeyAlgorithm {
         match self {
-            Self::Rsa(_) => KeyFamily::Rsa,
-            Self::P256(_) | Self::P384(_) => KeyFamily::Ec,
+            Self::Rsa(k) => {
+                KeyAlgorithm::rsa_with_bits(k.n().bits()).unwrap_or(KeyAlgorithm::Rsa2048)
+            }
+            Self::P256(_) => KeyAlgorithm::EcP256,
+            Self::P384(_) => KeyAlgorithm::EcP384,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -170,20 +170,21 @@ fn register(
     Ok(entry)
 }
 
-fn file_location(location: &Option<KeyUri>, op: Operation) -> Result<Option<std::path::PathBuf>> {
-    match location {
-        None => Ok(None),
-        Some(KeyUri::File(f)) => Ok(Some(f.path.clone())),
-        Some(other) => {
-            let _ = op;
-            Err(Unsupported::UriScheme {
-                uri: other.to_string(),
-                store: NAME,
-                serves: "file:",
-            }
-            .into())
+/// The path a `file:` URI names; other URIs are not for this store.
+fn file_path(uri: &KeyUri) -> Result<PathBuf> {
+    match uri {
+        KeyUri::File(f) => Ok(f.path.clone()),
+        other => Err(Unsupported::UriScheme {
+            uri: other.to_string(),
+            store: NAME,
+            serves: "file:",
         }
+        .into()),
     }
+}
+
+fn optional_file_path(location: Option<&KeyUri>) -> Result<Option<PathBuf>> {
+    location.map(file_path).transpose()
 }
 
 fn label_of(path: &Path) -> Option<String> {
@@ -214,39 +215,20 @@ impl KeyStore for SoftStore {
     }
 
     fn open(&self, uri: &KeyUri) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
-        let path = match uri {
-            KeyUri::File(f) => Ok(f.path.clone()),
-            other => Err(Error::from(Unsupported::UriScheme {
-                uri: other.to_string(),
-                store: NAME,
-                serves: "file:",
-            })),
-        };
-        let keys = Arc::clone(&self.keys);
-        let policy = self.policy;
-        let uri = uri.clone();
-        let run = self.run_entry(JobOptions::idempotent(Operation::Open), move |_| {
-            let path = path.as_ref().map_err(|e| {
-                Error::from(Unsupported::UriScheme {
-                    uri: e.to_string(),
-                    store: NAME,
-                    serves: "file:",
-                })
-            })?;
-            let pem = read_key_file(path)?;
-            let what = format!("private key in {}", path.display());
-            let material = KeyMaterial::from_pem(&pem, &what)?;
-            let usages = KeyUsages::default_for(material.public_key()?.algorithm());
-            register(
-                &keys,
-                material,
-                label_of(path),
-                Some(uri.clone()),
-                usages,
-                policy,
-            )
+        let run = file_path(uri).map(|path| {
+            let keys = Arc::clone(&self.keys);
+            let policy = self.policy;
+            let uri = uri.clone();
+            self.run_entry(JobOptions::idempotent(Operation::Open), move |_| {
+                let pem = read_key_file(&path)?;
+                let what = format!("private key in {}", path.display());
+                let material = KeyMaterial::from_pem(&pem, &what)?;
+                let usages = KeyUsages::default_for(material.algorithm());
+                let label = label_of(&path);
+                register(&keys, material, label, Some(uri.clone()), usages, policy)
+            })
         });
-        async move { run.await }
+        async move { run?.await }
     }
 
     fn open_id(
@@ -274,46 +256,47 @@ impl KeyStore for SoftStore {
         &self,
         request: GenerateRequest,
     ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
-        let keys = Arc::clone(&self.keys);
-        let policy = self.policy;
-        let location = file_location(&request.location, Operation::Generate);
-        let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
-        let run = self.run_entry(options, move |_| {
-            let path = location.as_ref().map_err(clone_error)?.clone();
-            let material = KeyMaterial::generate(request.algorithm)?;
-            save(&material, path.as_deref())?;
-            let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
-            let label = request
-                .label
-                .clone()
-                .or_else(|| path.as_deref().and_then(label_of));
-            register(&keys, material, label, uri, request.usages, policy)
+        let run = optional_file_path(request.location.as_ref()).map(|path| {
+            let keys = Arc::clone(&self.keys);
+            let policy = self.policy;
+            let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
+            self.run_entry(options, move |_| {
+                let material = KeyMaterial::generate(request.algorithm)?;
+                save(&material, path.as_deref())?;
+                let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
+                let label = request
+                    .label
+                    .clone()
+                    .or_else(|| path.as_deref().and_then(label_of));
+                register(&keys, material, label, uri, request.usages, policy)
+            })
         });
-        async move { run.await }
+        async move { run?.await }
     }
 
     fn import(
         &self,
         request: ImportRequest,
     ) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {
-        let keys = Arc::clone(&self.keys);
-        let policy = self.policy;
-        let location = file_location(&request.location, Operation::Import);
-        let run = self.run_entry(JobOptions::new(Operation::Import), move |_| {
-            let path = location.as_ref().map_err(clone_error)?.clone();
-            let material = KeyMaterial::from_pkcs8_der(&request.pkcs8_der, "imported PKCS#8 key")?;
-            save(&material, path.as_deref())?;
-            let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
-            let usages = request
-                .usages
-                .unwrap_or_else(|| KeyUsages::default_for(family_alg(&material)));
-            let label = request
-                .label
-                .clone()
-                .or_else(|| path.as_deref().and_then(label_of));
-            register(&keys, material, label, uri, usages, policy)
+        let run = optional_file_path(request.location.as_ref()).map(|path| {
+            let keys = Arc::clone(&self.keys);
+            let policy = self.policy;
+            self.run_entry(JobOptions::new(Operation::Import), move |_| {
+                let material =
+                    KeyMaterial::from_pkcs8_der(&request.pkcs8_der, "imported PKCS#8 key")?;
+                save(&material, path.as_deref())?;
+                let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
+                let usages = request
+                    .usages
+                    .unwrap_or_else(|| KeyUsages::default_for(material.algorithm()));
+                let label = request
+                    .label
+                    .clone()
+                    .or_else(|| path.as_deref().and_then(label_of));
+                register(&keys, material, label, uri, usages, policy)
+            })
         });
-        async move { run.await }
+        async move { run?.await }
     }
 
     fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
@@ -339,28 +322,5 @@ impl KeyStore for SoftStore {
             }
             Ok(())
         })
-    }
-}
-
-/// Errors are not `Clone`; a location error computed before the job is re-created inside it.
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Unsupported(Unsupported::UriScheme { uri, store, serves }) => {
-            Unsupported::UriScheme {
-                uri: uri.clone(),
-                store,
-                serves,
-            }
-            .into()
-        }
-        other => Error::backend(NAME, Operation::Admin, other.to_string()),
-    }
-}
-
-/// A representative algorithm of the material's family, for default usages.
-fn family_alg(material: &KeyMaterial) -> KeyAlgorithm {
-    match material.family() {
-        hardkey_api::KeyFamily::Rsa => KeyAlgorithm::Rsa2048,
-        _ => KeyAlgorithm::EcP256,
     }
 }

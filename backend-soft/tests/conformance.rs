@@ -1,4 +1,5 @@
 //! The hardkey-api conformance suite, run against software keys.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use hardkey_api::testkit::Suite;
 use hardkey_api::{FileUri, KeyUri};

@@ -1,0 +1,37 @@
+# hardkey: `make test` runs every check CI runs; `make demo` runs the tour on this machine.
+
+# Debian packages the tests and the demo need (openssl: independent signature checks).
+APT_PACKAGES := openssl ca-certificates pkg-config
+
+CARGO ?= cargo
+
+.PHONY: all deps test fmt-check clippy doc unit demo bench clean
+
+all: test
+
+deps:
+	@scripts/ensure-deps.sh $(APT_PACKAGES)
+
+test: deps fmt-check clippy doc unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --all-features --no-deps --quiet
+
+unit:
+	$(CARGO) test --workspace --all-features
+
+demo: deps
+	$(CARGO) run --release --quiet -p hardkey-soft --example demo
+
+bench: deps
+	$(CARGO) bench -p hardkey-soft --bench pool_overhead
+
+clean:
+	$(CARGO) clean
+	rm -rf target/demo
