@@ -665,21 +665,37 @@ impl<D: 'static> Shared<D> {
                 Err(p) => p.into_inner().0,
             };
         }
+        let exited_workers = *exited;
         drop(exited);
         // Anything still queued (workers stuck in the device, or the grace period over).
         let failed_queued = self.fail_queued(|op| self.shut_down(op));
-        let mut detached_workers = 0;
-        for handle in std::mem::take(&mut *lock(&self.threads)) {
-            if handle.is_finished() {
+        // A worker counts itself in `exited` just before its thread ends, so its handle may not
+        // be `is_finished()` yet: count the workers that did not report their exit as detached
+        // (not the unfinished handles), and join every handle once all have reported.
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        let detached_workers = handles.len().saturating_sub(exited_workers);
+        for handle in handles {
+            if detached_workers == 0 || handle.is_finished() {
                 let _ = handle.join();
-            } else {
-                detached_workers += 1;
             }
         }
         ShutdownReport {
             failed_queued,
             detached_workers,
         }
+    }
+
+    /// Builds worker `index`'s device state. A panicking factory becomes an error: unwinding
+    /// would end the worker thread while it still counts as healthy (and, mid-job, in flight),
+    /// so the pool would accept jobs that nobody serves until their deadline.
+    fn build(&self, index: usize) -> Result<D> {
+        catch_unwind(AssertUnwindSafe(|| (self.factory)(index))).unwrap_or_else(|_panic| {
+            Err(Error::backend(
+                self.name(),
+                Operation::Connect,
+                "the device factory panicked",
+            ))
+        })
     }
 
     fn set_last_failure(&self, e: Error) {
@@ -889,7 +905,7 @@ impl<D: 'static> Worker<D> {
             index,
             state: None,
         };
-        match (worker.shared.factory)(index) {
+        match worker.shared.build(index) {
             Ok(state) => {
                 worker.state = Some(state);
                 worker.shared.healthy.fetch_add(1, Relaxed);
@@ -991,7 +1007,7 @@ impl<D: 'static> Worker<D> {
 
     /// One immediate attempt to rebuild the device state.
     fn reconnect_now(&mut self) -> bool {
-        match (self.shared.factory)(self.index) {
+        match self.shared.build(self.index) {
             Ok(state) => {
                 self.state = Some(state);
                 self.shared.counters.recoveries.fetch_add(1, Relaxed);
@@ -1026,7 +1042,7 @@ impl<D: 'static> Worker<D> {
                 return false;
             }
             drop(q);
-            match (shared.factory)(self.index) {
+            match shared.build(self.index) {
                 Ok(state) => {
                     self.state = Some(state);
                     shared.counters.recoveries.fetch_add(1, Relaxed);
