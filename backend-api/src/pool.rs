@@ -241,9 +241,11 @@ pub struct PoolStats {
     pub completed: u64,
     /// Jobs that ran and failed (after any retry).
     pub failed: u64,
-    /// Jobs skipped because their caller had gone before they started.
+    /// Jobs skipped because their caller dropped its future before they started (callers that
+    /// timed out are counted in `timed_out` only).
     pub cancelled: u64,
-    /// Jobs that missed their deadline (queued or running).
+    /// Jobs that missed their deadline (queued or running; a job still running when its caller
+    /// timed out is also counted as completed or failed when the device returns).
     pub timed_out: u64,
     /// Submissions refused with [`Error::Busy`].
     pub rejected_busy: u64,
@@ -821,7 +823,7 @@ trait Job<D>: Send {
     fn submitted(&self) -> Instant;
     fn release_slot(&mut self);
     fn caller_gone(&self) -> bool;
-    fn attempt(&mut self, device: &mut D) -> Attempt;
+    fn attempt(&mut self, device: &mut D, device_name: &str) -> Attempt;
     fn fail(&mut self, err: Error);
     fn expire(&mut self, device: &str);
 }
@@ -857,7 +859,7 @@ where
     fn caller_gone(&self) -> bool {
         self.reply.as_ref().is_none_or(|r| r.is_closed())
     }
-    fn attempt(&mut self, device: &mut D) -> Attempt {
+    fn attempt(&mut self, device: &mut D, device_name: &str) -> Attempt {
         match catch_unwind(AssertUnwindSafe(|| (self.job)(device))) {
             Ok(Err(e)) if e.is_device_lost() => Attempt::DeviceLost(e),
             Ok(result) => {
@@ -869,7 +871,7 @@ where
             }
             Err(_panic) => {
                 self.fail(Error::backend(
-                    "device worker",
+                    device_name,
                     self.options.op,
                     "the backend panicked; its device state is being rebuilt",
                 ));
@@ -940,11 +942,14 @@ impl<D: 'static> Worker<D> {
         let shared = Arc::clone(&self.shared);
         let c = &shared.counters;
         job.release_slot();
+        let started = Instant::now();
         if job.caller_gone() {
-            c.cancelled.fetch_add(1, Relaxed);
+            // A caller whose deadline passed gave up with a Timeout it already counted.
+            if !job.deadline().is_some_and(|d| started >= d) {
+                c.cancelled.fetch_add(1, Relaxed);
+            }
             return;
         }
-        let started = Instant::now();
         if job.deadline().is_some_and(|d| started >= d) {
             c.timed_out.fetch_add(1, Relaxed);
             job.expire(shared.name());
@@ -970,7 +975,7 @@ impl<D: 'static> Worker<D> {
             job.fail(self.shared.unavailable());
             return None;
         };
-        let lost = match job.attempt(device) {
+        let lost = match job.attempt(device, self.shared.name()) {
             Attempt::Replied { ok } => return Some(ok),
             Attempt::Panicked => {
                 self.lose_state();
@@ -986,7 +991,7 @@ impl<D: 'static> Worker<D> {
         }
         self.shared.counters.retried.fetch_add(1, Relaxed);
         let device = self.state.as_mut()?;
-        match job.attempt(device) {
+        match job.attempt(device, self.shared.name()) {
             Attempt::Replied { ok } => Some(ok),
             Attempt::Panicked => {
                 self.lose_state();
@@ -1001,7 +1006,9 @@ impl<D: 'static> Worker<D> {
     }
 
     fn lose_state(&mut self) {
-        self.state = None;
+        // Closing a broken session may itself fail loudly; never let that kill the worker.
+        let lost = self.state.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(lost)));
         self.shared.counters.device_lost.fetch_add(1, Relaxed);
     }
 
