@@ -496,3 +496,158 @@ impl PrivateKey for SharedKey {
         (**self).decrypt_boxed(scheme, ciphertext)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+    use rsa::pkcs8::EncodePublicKey;
+
+    fn spki(alg: KeyAlgorithm) -> Vec<u8> {
+        match alg {
+            KeyAlgorithm::EcP256 => p256::SecretKey::random(&mut OsRng)
+                .public_key()
+                .to_public_key_der()
+                .unwrap()
+                .into_vec(),
+            KeyAlgorithm::EcP384 => p384::SecretKey::random(&mut OsRng)
+                .public_key()
+                .to_public_key_der()
+                .unwrap()
+                .into_vec(),
+            _ => rsa::RsaPrivateKey::new(&mut OsRng, alg.bits())
+                .unwrap()
+                .to_public_key()
+                .to_public_key_der()
+                .unwrap()
+                .into_vec(),
+        }
+    }
+
+    #[test]
+    fn spki_algorithm_is_detected() {
+        for alg in [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Rsa2048,
+        ] {
+            let der = spki(alg);
+            let pk = PublicKey::from_spki_der(&der).unwrap();
+            assert_eq!(pk.algorithm(), alg);
+            assert_eq!(pk.der(), der.as_slice());
+            let pem = pk.to_pem();
+            assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+        }
+    }
+
+    #[test]
+    fn bad_spki_is_rejected_without_panic() {
+        let der = spki(KeyAlgorithm::EcP256);
+        for cut in 0..der.len() {
+            assert!(PublicKey::from_spki_der(&der[..cut]).is_err());
+        }
+        let small_rsa = rsa::RsaPrivateKey::new(&mut OsRng, 1024)
+            .unwrap()
+            .to_public_key()
+            .to_public_key_der()
+            .unwrap();
+        let err = PublicKey::from_spki_der(small_rsa.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("2048, 3072 or 4096"), "{err}");
+    }
+
+    fn info(alg: KeyAlgorithm, policy: KeyPolicy) -> KeyInfo {
+        let pk = PublicKey::from_spki_der(&spki(alg)).unwrap();
+        KeyInfo::new(
+            KeyId::from_public_key(&pk),
+            pk,
+            KeyUsages::default_for(alg),
+            policy,
+        )
+    }
+
+    #[test]
+    fn schemes_follow_algorithm_usages_and_policy() {
+        let ec = info(KeyAlgorithm::EcP256, KeyPolicy::default());
+        assert_eq!(ec.signature_schemes, [SignatureScheme::EcdsaP256Sha256]);
+        assert!(ec.decrypt_schemes.is_empty());
+        let rsa = info(KeyAlgorithm::Rsa2048, KeyPolicy::default());
+        assert_eq!(rsa.decrypt_schemes, [DecryptScheme::RsaOaepSha256]);
+        let legacy = info(
+            KeyAlgorithm::Rsa2048,
+            KeyPolicy::default().with_legacy_rsa_pkcs1v15_decrypt(true),
+        );
+        assert!(
+            legacy
+                .decrypt_schemes
+                .contains(&DecryptScheme::RsaPkcs1v15Legacy)
+        );
+        // TLS negotiation: the key's preference among what the peer offers.
+        let offered = [
+            SignatureScheme::RsaPkcs1Sha256,
+            SignatureScheme::RsaPssSha384,
+        ];
+        assert_eq!(
+            rsa.choose_scheme(&offered),
+            Some(SignatureScheme::RsaPssSha384)
+        );
+        assert_eq!(ec.choose_scheme(&offered), None);
+    }
+
+    #[test]
+    fn checks_refuse_with_the_right_kinds() {
+        use crate::ErrorKind;
+        let rsa = info(KeyAlgorithm::Rsa2048, KeyPolicy::default());
+        let d32 = [0u8; 32];
+        assert!(rsa.check_sign(SignatureScheme::RsaPssSha256, &d32).is_ok());
+        let kind = |r: Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(rsa.check_sign(SignatureScheme::RsaPssSha384, &d32)),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(rsa.check_sign(SignatureScheme::EcdsaP256Sha256, &d32)),
+            ErrorKind::Unsupported
+        );
+        let restricted = rsa
+            .clone()
+            .retain_signature_schemes(|s| s != SignatureScheme::RsaPssSha256);
+        let err = restricted
+            .check_sign(SignatureScheme::RsaPssSha256, &d32)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported(Unsupported::SchemeOnDevice { .. })),
+            "{err}"
+        );
+        let ct = [0u8; 256];
+        assert!(rsa.check_decrypt(DecryptScheme::RsaOaepSha256, &ct).is_ok());
+        assert_eq!(
+            kind(rsa.check_decrypt(DecryptScheme::RsaOaepSha256, &ct[1..])),
+            ErrorKind::InvalidInput
+        );
+        let err = rsa
+            .check_decrypt(DecryptScheme::RsaPkcs1v15Legacy, &ct)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported(Unsupported::LegacyDecryptDisabled)),
+            "{err}"
+        );
+        let sign_only = KeyInfo::new(
+            rsa.id.clone(),
+            rsa.public_key.clone(),
+            KeyUsages::SIGN,
+            KeyPolicy::default(),
+        );
+        assert_eq!(
+            kind(sign_only.check_decrypt(DecryptScheme::RsaOaepSha256, &ct)),
+            ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn key_id_hex_round_trip() {
+        let id = KeyId::new(vec![0x01, 0xab, 0xff]);
+        assert_eq!(id.to_string(), "01abff");
+        assert_eq!(KeyId::from_hex("01ABff").unwrap(), id);
+        assert!(KeyId::from_hex("abc").is_err());
+    }
+}
