@@ -945,7 +945,7 @@ impl<D: 'static> Worker<D> {
         let started = Instant::now();
         if job.caller_gone() {
             // A caller whose deadline passed gave up with a Timeout it already counted.
-            if !job.deadline().is_some_and(|d| started >= d) {
+            if job.deadline().is_none_or(|d| started < d) {
                 c.cancelled.fetch_add(1, Relaxed);
             }
             return;

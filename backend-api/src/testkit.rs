@@ -5,7 +5,7 @@
 //! backend under test. Each check runs under a plain `block_on`, which also proves that the
 //! backend's futures need no particular async runtime.
 //!
-//! Instantiate it in a backend's integration tests with [`conformance_tests!`]:
+//! Instantiate it in a backend's integration tests with [`conformance_tests!`](crate::conformance_tests):
 //!
 //! ```ignore
 //! fn suite() -> hardkey_api::testkit::Suite<MyStore> {
