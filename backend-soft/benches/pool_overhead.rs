@@ -17,7 +17,8 @@ use futures::StreamExt;
 use futures::executor::block_on;
 use futures::stream::FuturesUnordered;
 use hardkey_api::{
-    Backend, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme, encoding,
+    Backend, DevicePool, GenerateRequest, JobOptions, KeyAlgorithm, KeyStore, Operation,
+    PoolConfig, PrivateKey, SignatureScheme, encoding,
 };
 use hardkey_soft::{SoftConfig, SoftDevice, SoftKey, SoftStore};
 
@@ -74,6 +75,29 @@ fn pool_pipelined(key: &SoftKey, digest: &[u8], ops: usize) -> Duration {
     start.elapsed()
 }
 
+/// `IN_FLIGHT` no-op jobs kept in flight through a 1-worker pool: the pool's own cost per job
+/// (queue, hand-off to the worker, completion and wake-up of the caller), with no device work.
+fn pool_noop(pool: &DevicePool<()>, ops: usize) -> Duration {
+    let start = Instant::now();
+    block_on(async {
+        let mut pending = FuturesUnordered::new();
+        let job = || pool.run(JobOptions::new(Operation::Sign), |_: &mut ()| Ok(()));
+        let mut submitted = 0;
+        while submitted < ops.min(IN_FLIGHT) {
+            pending.push(job());
+            submitted += 1;
+        }
+        while let Some(r) = pending.next().await {
+            r.unwrap();
+            if submitted < ops {
+                pending.push(job());
+                submitted += 1;
+            }
+        }
+    });
+    start.elapsed()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -93,14 +117,19 @@ fn main() {
     let ops = ((150_000.0 / probe) as usize).clamp(500, 20_000);
     println!("ECDSA P-256 sign, {ops} ops per measurement, median of {ROUNDS} interleaved rounds");
 
-    let (mut d, mut seq1, mut pipe1, mut pipe2) = (vec![], vec![], vec![], vec![]);
+    let noop_pool =
+        DevicePool::new(PoolConfig::new("noop").queue_capacity(1024), |_| Ok(())).unwrap();
+    let (mut d, mut seq1, mut pipe1, mut pipe2, mut noop) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
+        noop.push(per_op_us(pool_noop(&noop_pool, 20_000), 20_000));
         d.push(per_op_us(direct(&key1, &digest, ops), ops));
         seq1.push(per_op_us(pool_sequential(&key1, &digest, ops), ops));
         pipe1.push(per_op_us(pool_pipelined(&key1, &digest, ops), ops));
         pipe2.push(per_op_us(pool_pipelined(&key2, &digest, ops), ops));
     }
     let (d, seq1, pipe1, pipe2) = (median(d), median(seq1), median(pipe1), median(pipe2));
+    let noop = median(noop);
     let row = |name: &str, us: f64| {
         println!(
             "{name:<44} {us:>8.2} us/op {:>9.0} ops/s  {:>5.2}x direct",
@@ -119,12 +148,22 @@ fn main() {
         pipe1 - d
     );
     println!(
+        "pool cost of a no-op job, 1 worker, pipelined: {noop:>5.2} us ({:.0} jobs/s)",
+        1e6 / noop
+    );
+    println!(
         "added per operation, 1 worker, 1 in flight: {:>5.2} us   (thread hand-off both ways)",
         seq1 - d
     );
     println!(
         "throughput, 2 workers vs 1 worker:        {:>5.2}x      (target >= 1.7x)",
         pipe1 / pipe2
+    );
+    let s1 = key1.pool().stats();
+    println!(
+        "time inside the sign job on the worker (service time, 1 worker): mean {:.2} us, p50 {:.2} us",
+        s1.service_time.mean.as_secs_f64() * 1e6,
+        s1.service_time.p50.as_secs_f64() * 1e6
     );
     let stats = key2.pool().stats();
     println!(
