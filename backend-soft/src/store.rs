@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use hardkey_api::{
     DevicePool, Error, FileUri, GenerateRequest, ImportRequest, JobOptions, JobTimeout,
@@ -25,37 +24,33 @@ pub type SoftKey = PooledKey<SoftDevice>;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SoftConfig {
-    /// Worker threads signing in parallel (default: the number of CPUs, at most 8).
-    pub workers: usize,
-    /// Queue capacity (default 1024).
-    pub queue_capacity: usize,
-    /// Deadline of each operation (default 30 s).
-    pub op_timeout: Option<Duration>,
+    /// The worker pool: by default named "soft", one worker per CPU (at most 8), 1024 queue
+    /// slots, 30 s deadline.
+    pub pool: PoolConfig,
     /// Policy applied to every key the store opens.
     pub policy: KeyPolicy,
 }
 
 impl Default for SoftConfig {
     fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         Self {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-            queue_capacity: 1024,
-            op_timeout: Some(Duration::from_secs(30)),
+            pool: PoolConfig::new("soft").workers(cpus).queue_capacity(1024),
             policy: KeyPolicy::default(),
         }
     }
 }
 
 impl SoftConfig {
-    /// Sets the number of workers.
+    /// Sets the number of workers signing in parallel.
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
+        self.pool = self.pool.workers(n);
         self
     }
 
-    /// Sets the queue capacity.
-    pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.queue_capacity = n;
+    /// Replaces the pool configuration.
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
         self
     }
 
@@ -101,12 +96,8 @@ impl std::fmt::Debug for SoftStore {
 impl SoftStore {
     /// Starts a store with its worker pool.
     pub fn new(config: SoftConfig) -> Result<Self> {
-        let pool_config = PoolConfig::new("soft")
-            .workers(config.workers)
-            .queue_capacity(config.queue_capacity)
-            .op_timeout(config.op_timeout);
         Ok(Self {
-            pool: DevicePool::new(pool_config, |_| Ok(SoftDevice))?,
+            pool: DevicePool::new(config.pool, |_| Ok(SoftDevice))?,
             keys: Arc::default(),
             policy: config.policy,
         })
