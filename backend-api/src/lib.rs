@@ -30,7 +30,6 @@ pub use pool::{
     ShutdownReport,
 };
 pub use store::{DynKeyStore, GenerateRequest, ImportRequest, KeyStore};
-pub use timer::{Sleep, sleep, sleep_until};
 pub use uri::{
     FileUri, KeyUri, LibraryVersion, ObjectType, Pkcs11Uri, TokenAttrs, Tpm2Key, Tpm2Uri, UriError,
     UriErrorReason, UriParseOptions,

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::error::{BoxError, Error, InvalidInput, Operation, Result};
+use crate::error::{Error, InvalidInput, Operation, Result};
 use crate::timer::{lock, sleep_until};
 
 /// What a caller does when the queue is full.
@@ -127,7 +127,7 @@ impl PoolConfig {
             return bad("pool workers", "must be between 1 and 1024");
         }
         if self.queue_capacity == 0 || self.queue_capacity > Semaphore::MAX_PERMITS {
-            return bad("pool queue capacity", "must be at least 1");
+            return bad("pool queue capacity", "must be between 1 and 2^61");
         }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return bad(
@@ -334,6 +334,15 @@ impl<D: 'static> Drop for Handle<D> {
 }
 
 const DROP_GRACE: Duration = Duration::from_secs(5);
+const STARTUP_FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// Stands for "no deadline" where an `Instant` is needed and `now + duration` overflows.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
 
 struct Shared<D: 'static> {
     config: PoolConfig,
@@ -345,6 +354,10 @@ struct Shared<D: 'static> {
     /// Signalled when the pool closes; recovering workers sleep on it between attempts.
     wake_recovering: Condvar,
     healthy: AtomicUsize,
+    /// Bumped by [`DevicePool::reconnect`]: workers blocked on an auth failure try again.
+    reconnects: AtomicU64,
+    /// The last `reconnects` value a worker claimed to make its one attempt for.
+    reconnect_claimed: AtomicU64,
     last_failure: Mutex<Option<Arc<Error>>>,
     counters: Counters,
     histograms: Vec<Mutex<Histograms>>,
@@ -419,6 +432,8 @@ impl<D: 'static> DevicePool<D> {
             work: Condvar::new(),
             wake_recovering: Condvar::new(),
             healthy: AtomicUsize::new(0),
+            reconnects: AtomicU64::new(0),
+            reconnect_claimed: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             counters: Counters::default(),
             histograms,
@@ -434,38 +449,42 @@ impl<D: 'static> DevicePool<D> {
             }),
         };
 
+        // Worker 0 builds its state (logs in) first: if the credentials are wrong, the device
+        // sees one failed attempt, not one per worker (a token may lock after three).
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        for index in 0..shared.config.workers {
-            let worker_shared = Arc::clone(&shared);
-            let ready = ready_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("hardkey-{}-{index}", shared.config.name))
-                .spawn(move || Worker::start(worker_shared, index, ready));
-            match spawned {
-                Ok(handle) => lock(&shared.threads).push(handle),
-                Err(e) => {
-                    pool.shutdown(Duration::ZERO);
-                    return Err(Error::backend(
-                        &shared.config.name,
-                        Operation::Connect,
-                        format!("cannot start worker thread: {e}"),
-                    ));
+        let mut first_error = None;
+        for batch in [0..1, 1..shared.config.workers] {
+            let mut started = 0;
+            for index in batch {
+                match shared.spawn_worker(index, ready_tx.clone()) {
+                    Ok(()) => started += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        break;
+                    }
                 }
             }
-        }
-        drop(ready_tx);
-        for _ in 0..shared.config.workers {
-            let started = ready_rx.recv().unwrap_or_else(|_| {
-                Err(Error::backend(
-                    &shared.config.name,
-                    Operation::Connect,
-                    "a worker thread ended while building its device state",
-                ))
-            });
-            if let Err(e) = started {
-                pool.shutdown(Duration::ZERO);
-                return Err(e);
+            // Wait for every started worker, so none is left building state behind our back.
+            for _ in 0..started {
+                let result = ready_rx.recv().unwrap_or_else(|_| {
+                    Err(Error::backend(
+                        &shared.config.name,
+                        Operation::Connect,
+                        "a worker thread ended while building its device state",
+                    ))
+                });
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
             }
+            if first_error.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = first_error {
+            // Every started worker has reported: the healthy ones are idle and exit at once.
+            pool.shutdown(STARTUP_FAILURE_GRACE);
+            return Err(e);
         }
         Ok(pool)
     }
@@ -494,8 +513,10 @@ impl<D: 'static> DevicePool<D> {
         T: Send + 'static,
         F: FnMut(&mut D) -> Result<T> + Send + 'static,
     {
-        let shared = Arc::clone(&self.handle.shared);
-        async move { shared.submit(options, job).await }
+        // The future holds a pool handle: a key dropped while its operation is pending does
+        // not shut the pool down under it.
+        let pool = self.clone();
+        async move { Arc::clone(&pool.handle.shared).submit(options, job).await }
     }
 
     /// A snapshot of the pool's state, counters and latency percentiles.
@@ -505,9 +526,22 @@ impl<D: 'static> DevicePool<D> {
 
     /// Stops accepting jobs, serves the queue for up to `grace`, fails what is left with
     /// [`Error::ShutDown`], and joins the workers. Workers still inside a device call after
-    /// `grace` are detached (their results are discarded). Idempotent.
+    /// `grace` are detached (their results are discarded). Idempotent. Blocks the calling
+    /// thread for up to `grace`: from async code, call it on a blocking thread.
     pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.handle.shared.shutdown(grace)
+    }
+
+    /// Lets workers try to rebuild their device state again after an authentication failure.
+    ///
+    /// A factory that fails with an auth error ([`Error::is_auth`]) is never retried on its
+    /// own: retrying a wrong PIN would lock the token. Until this is called (after fixing the
+    /// PIN source, say), jobs fail with that auth error.
+    pub fn reconnect(&self) {
+        let shared = &self.handle.shared;
+        shared.reconnects.fetch_add(1, Relaxed);
+        let _guard = lock(&shared.queue);
+        shared.wake_recovering.notify_all();
     }
 }
 
@@ -528,7 +562,7 @@ impl<D: 'static> Shared<D> {
             JobTimeout::After(t) => Some(t),
         };
         let submitted = Instant::now();
-        let deadline = timeout.map(|t| submitted + t);
+        let deadline = timeout.map(|t| after(submitted, t));
         self.check_accepting(op)?;
 
         let permit = match self.config.backpressure {
@@ -650,10 +684,29 @@ impl<D: 'static> Shared<D> {
         self.slots.close();
         self.work.notify_all();
         self.wake_recovering.notify_all();
+        if self.healthy.load(Relaxed) == 0 {
+            // No worker will serve the queue (all are reconnecting, or gone).
+            self.fail_queued(|op| self.shut_down(op));
+        }
+    }
+
+    fn spawn_worker(
+        self: &Arc<Self>,
+        index: usize,
+        ready: std::sync::mpsc::Sender<Result<()>>,
+    ) -> Result<()> {
+        let shared = Arc::clone(self);
+        // Linux keeps 15 bytes of a thread name: index first so that it survives.
+        let handle = std::thread::Builder::new()
+            .name(format!("hk{index}:{}", self.config.name))
+            .spawn(move || Worker::start(shared, index, ready))
+            .map_err(|e| Error::backend(self.name(), Operation::Connect, e))?;
+        lock(&self.threads).push(handle);
+        Ok(())
     }
 
     fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + grace;
+        let deadline = after(Instant::now(), grace);
         self.close(deadline);
         let total = self.config.workers;
         let mut exited = lock(&self.exited);
@@ -704,15 +757,47 @@ impl<D: 'static> Shared<D> {
         *lock(&self.last_failure) = Some(Arc::new(e));
     }
 
+    /// The error for jobs no worker can serve: the last device failure, keeping its kind when
+    /// it is an authentication problem (so that callers do not retry a wrong PIN).
     fn unavailable(&self) -> Error {
-        let cause: BoxError = match lock(&self.last_failure).clone() {
-            Some(e) => Box::new(SharedCause(e)),
-            None => "no worker has a live device session".into(),
+        let device = self.name().to_owned();
+        let Some(last) = lock(&self.last_failure).clone() else {
+            return Error::DeviceUnavailable {
+                device,
+                source: "no worker has a live device session".into(),
+            };
         };
-        Error::DeviceUnavailable {
-            device: self.name().to_owned(),
-            source: cause,
+        match &*last {
+            Error::AuthFailed { target, .. } => Error::AuthFailed {
+                target: target.clone(),
+                source: Box::new(SharedCause(last.clone())),
+            },
+            Error::PinLocked { target, remedy, .. } => Error::PinLocked {
+                target: target.clone(),
+                remedy,
+                source: Some(Box::new(SharedCause(last.clone()))),
+            },
+            _ => Error::DeviceUnavailable {
+                device,
+                source: Box::new(SharedCause(last)),
+            },
         }
+    }
+
+    /// A worker built its state: forget the last failure and release workers waiting on an
+    /// authentication failure (the credentials work again).
+    fn built(&self) {
+        let was_auth = lock(&self.last_failure).take().is_some_and(|e| e.is_auth());
+        if was_auth {
+            let _guard = lock(&self.queue);
+            self.wake_recovering.notify_all();
+        }
+    }
+
+    fn auth_blocked(&self) -> bool {
+        lock(&self.last_failure)
+            .as_ref()
+            .is_some_and(|e| e.is_auth())
     }
 
     fn shut_down(&self, op: Operation) -> Error {
@@ -775,15 +860,32 @@ impl<D: 'static> Shared<D> {
 #[derive(Debug)]
 struct SharedCause(Arc<Error>);
 
+impl SharedCause {
+    /// The part worth repeating: for the wrapper variants, their cause (so that messages do not
+    /// say "device X is unavailable: device X is unavailable: ...").
+    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        match &*self.0 {
+            Error::DeviceUnavailable { source, .. } | Error::AuthFailed { source, .. } => {
+                source.as_ref()
+            }
+            Error::PinLocked {
+                source: Some(source),
+                ..
+            } => source.as_ref(),
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for SharedCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(self.inner(), f)
     }
 }
 
 impl std::error::Error for SharedCause {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&*self.0)
+        self.inner().source()
     }
 }
 
@@ -911,6 +1013,7 @@ impl<D: 'static> Worker<D> {
             Ok(state) => {
                 worker.state = Some(state);
                 worker.shared.healthy.fetch_add(1, Relaxed);
+                worker.shared.built();
                 let _ = ready.send(Ok(()));
                 drop(ready);
                 worker.serve_until_closed();
@@ -925,7 +1028,13 @@ impl<D: 'static> Worker<D> {
             shared.healthy.fetch_sub(1, Relaxed);
         }
         drop(worker);
-        *lock(&shared.exited) += 1;
+        let mut exited = lock(&shared.exited);
+        *exited += 1;
+        let last_out = *exited >= lock(&shared.threads).len();
+        drop(exited);
+        if last_out {
+            shared.fail_queued(|op| shared.shut_down(op));
+        }
         shared.exited_cv.notify_all();
     }
 
@@ -1018,6 +1127,7 @@ impl<D: 'static> Worker<D> {
             Ok(state) => {
                 self.state = Some(state);
                 self.shared.counters.recoveries.fetch_add(1, Relaxed);
+                self.shared.built();
                 true
             }
             Err(e) => {
@@ -1037,14 +1147,35 @@ impl<D: 'static> Worker<D> {
             if shared.healthy.load(Relaxed) == 0 {
                 shared.fail_queued(|_| shared.unavailable());
             }
-            let q = lock(&shared.queue);
+            let mut q = lock(&shared.queue);
             if q.closed {
                 return false;
             }
-            let (q, _) = shared
-                .wake_recovering
-                .wait_timeout(q, delay)
-                .unwrap_or_else(|p| p.into_inner());
+            if shared.auth_blocked() {
+                // Retrying a wrong PIN could lock the token: wait until DevicePool::reconnect
+                // is called or another worker got in, and let one worker try per reconnect.
+                let asked = shared.reconnects.load(Relaxed);
+                while !q.closed && shared.reconnects.load(Relaxed) == asked && shared.auth_blocked()
+                {
+                    q = shared
+                        .wake_recovering
+                        .wait(q)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                let bump = shared.reconnects.load(Relaxed);
+                if !q.closed
+                    && shared.auth_blocked()
+                    && shared.reconnect_claimed.fetch_max(bump, Relaxed) >= bump
+                {
+                    continue; // another worker makes this attempt
+                }
+            } else {
+                q = shared
+                    .wake_recovering
+                    .wait_timeout(q, delay)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
             if q.closed {
                 return false;
             }
@@ -1054,11 +1185,12 @@ impl<D: 'static> Worker<D> {
                     self.state = Some(state);
                     shared.counters.recoveries.fetch_add(1, Relaxed);
                     shared.healthy.fetch_add(1, Relaxed);
+                    shared.built();
                     return true;
                 }
                 Err(e) => {
                     shared.set_last_failure(e);
-                    delay = (delay * 2).min(shared.config.backoff_max);
+                    delay = delay.saturating_mul(2).min(shared.config.backoff_max);
                 }
             }
         }

@@ -67,9 +67,9 @@ fn timer() -> &'static TimerThread {
             heap: Mutex::new(Heap::default()),
             changed: Condvar::new(),
         }));
-        // If the thread cannot be spawned, sleeping futures still complete when re-polled
-        // after their deadline; they just are not woken. Spawning fails only when the process
-        // is out of threads, which the pool would report first.
+        // If the thread cannot be spawned, sleeping futures still complete when polled after
+        // their deadline (each poll checks the clock); they are just not woken. Spawning fails
+        // only when the process is out of threads, which the pool would report first.
         let _ = std::thread::Builder::new()
             .name("hardkey-timer".into())
             .spawn(move || t.run());
@@ -139,26 +139,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A future that completes at a given instant, on any executor.
-pub struct Sleep {
+pub(crate) struct Sleep {
     at: Instant,
     entry: Option<Arc<Entry>>,
 }
 
-/// Sleeps for `duration` without occupying a thread.
-pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now() + duration)
+/// Sleeps for `duration` without occupying a thread (a duration too large for the clock sleeps
+/// for a century).
+pub(crate) fn sleep(duration: Duration) -> Sleep {
+    let now = Instant::now();
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    sleep_until(
+        now.checked_add(duration)
+            .or_else(|| now.checked_add(century))
+            .unwrap_or(now),
+    )
 }
 
 /// Sleeps until `at` without occupying a thread.
-pub fn sleep_until(at: Instant) -> Sleep {
+pub(crate) fn sleep_until(at: Instant) -> Sleep {
     Sleep { at, entry: None }
-}
-
-impl Sleep {
-    /// The instant this sleep ends.
-    pub fn deadline(&self) -> Instant {
-        self.at
-    }
 }
 
 impl Future for Sleep {
@@ -166,7 +166,7 @@ impl Future for Sleep {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(entry) = &self.entry {
-            if entry.fired.load(Ordering::Acquire) {
+            if entry.fired.load(Ordering::Acquire) || Instant::now() >= self.at {
                 return Poll::Ready(());
             }
             let mut slot = lock(&entry.waker);
@@ -213,9 +213,10 @@ impl Drop for Sleep {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Waker;
 
     #[test]
-    fn sleeps_complete_in_order_under_block_on() {
+    fn a_sleep_completes_under_block_on() {
         let start = Instant::now();
         futures::executor::block_on(sleep(Duration::from_millis(30)));
         let waited = start.elapsed();
@@ -237,8 +238,17 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_do_not_overflow() {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            Pin::new(&mut sleep(Duration::MAX))
+                .poll(&mut cx)
+                .is_pending()
+        );
+    }
+
+    #[test]
     fn cancelled_sleeps_do_not_pile_up() {
-        use std::task::Waker;
         let mut cx = Context::from_waker(Waker::noop());
         // Register many far-future sleeps and drop them, as completed operations do.
         for _ in 0..20 {

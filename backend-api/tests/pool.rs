@@ -553,7 +553,8 @@ fn dropping_the_last_handle_still_serves_queued_jobs() {
         .map(|i| Box::pin(pool.run(sign(), move |_| Ok(i))) as Job<usize>)
         .collect();
     queued.iter_mut().for_each(enqueue);
-    // Created but never polled before the pool went away: refused, not lost.
+    // Created but not yet polled when the last handle went: the future holds the pool, so it
+    // is still served.
     let late = pool.run(sign(), |_| Ok(99));
     drop(pool);
 
@@ -562,7 +563,7 @@ fn dropping_the_last_handle_still_serves_queued_jobs() {
     for (i, job) in queued.into_iter().enumerate() {
         assert_eq!(block_on(job).unwrap(), i);
     }
-    assert_eq!(block_on(late).unwrap_err().kind(), ErrorKind::ShutDown);
+    assert_eq!(block_on(late).unwrap(), 99);
 }
 
 // 10.
@@ -733,4 +734,102 @@ fn panicking_factory_during_recovery_does_not_kill_the_worker() {
     wait_for(&pool, "idle pool", |s| s.in_flight == 0 && s.completed == 1);
     let report = bounded("shutdown", move || pool.shutdown(PATIENCE));
     assert_eq!(report.detached_workers, 0, "{report:?}");
+}
+
+/// A factory whose credentials can be made wrong: counts every attempt.
+#[derive(Clone, Default)]
+struct Token {
+    attempts: Arc<AtomicUsize>,
+    wrong_pin: Arc<AtomicBool>,
+}
+
+impl Token {
+    fn factory(&self) -> impl Fn(usize) -> Result<TestDevice> + Send + Sync + 'static {
+        let attempts = Arc::clone(&self.attempts);
+        let wrong_pin = Arc::clone(&self.wrong_pin);
+        move |id| {
+            let generation = attempts.fetch_add(1, SeqCst) + 1;
+            if wrong_pin.load(SeqCst) {
+                return Err(Error::AuthFailed {
+                    target: "token 'test'".into(),
+                    source: "CKR_PIN_INCORRECT".into(),
+                });
+            }
+            Ok(TestDevice { id, generation })
+        }
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts.load(SeqCst)
+    }
+}
+
+#[test]
+fn a_wrong_pin_is_tried_once_at_startup_not_once_per_worker() {
+    let token = Token::default();
+    token.wrong_pin.store(true, SeqCst);
+    let err = DevicePool::new(PoolConfig::new("pin").workers(4), token.factory()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed);
+    assert_eq!(
+        token.attempts(),
+        1,
+        "each failed login counts against the PIN"
+    );
+}
+
+#[test]
+fn auth_failures_are_never_retried_until_reconnect() {
+    let token = Token::default();
+    let config = PoolConfig::new("pin")
+        .workers(3)
+        .backoff(Duration::from_millis(2), Duration::from_millis(5));
+    let pool = DevicePool::new(config, token.factory()).unwrap();
+    assert_eq!(token.attempts(), 3);
+
+    // The PIN changes under us and every session drops.
+    token.wrong_pin.store(true, SeqCst);
+    for _ in 0..3 {
+        let err = block_on(pool.run(sign(), |_: &mut TestDevice| -> Result<()> { Err(lost()) }))
+            .unwrap_err();
+        assert!(err.is_device_lost() || err.is_auth(), "{err}");
+    }
+    wait_for(&pool, "all workers unhealthy", |s| s.healthy_workers == 0);
+    let after_loss = token.attempts();
+    // Far more than the backoff: a retrying worker would have tried dozens of times.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        token.attempts(),
+        after_loss,
+        "a wrong PIN was retried automatically"
+    );
+    // Callers are told it is the PIN, not a retriable outage.
+    let err = block_on(pool.run(sign(), |d: &mut TestDevice| Ok(d.id))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("CKR_PIN_INCORRECT"), "{err}");
+
+    // reconnect() with the PIN still wrong: exactly one more attempt, not one per worker.
+    pool.reconnect();
+    let deadline = Instant::now() + PATIENCE;
+    while token.attempts() == after_loss && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(token.attempts(), after_loss + 1);
+
+    // Fixed: one reconnect brings every worker back.
+    token.wrong_pin.store(false, SeqCst);
+    pool.reconnect();
+    wait_for(&pool, "all workers back", |s| s.healthy_workers == 3);
+    assert!(block_on(pool.run(sign(), |d: &mut TestDevice| Ok(d.id))).is_ok());
+}
+
+#[test]
+fn huge_durations_do_not_overflow() {
+    let (pool, _device) = start_pool(PoolConfig::new("huge").op_timeout(Some(Duration::MAX)));
+    assert_eq!(block_on(pool.run(sign(), |_| Ok(1))).unwrap(), 1);
+    let job = sign().with_timeout(JobTimeout::After(Duration::MAX));
+    assert_eq!(block_on(pool.run(job, |_| Ok(2))).unwrap(), 2);
+    let report = pool.shutdown(Duration::MAX);
+    assert_eq!(report.detached_workers, 0);
 }
