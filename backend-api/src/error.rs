@@ -303,8 +303,8 @@ pub enum Unsupported {
     /// Legacy PKCS#1 v1.5 decryption was asked for without the explicit opt-in.
     #[error(
         "RSA PKCS#1 v1.5 decryption is disabled: it is a padding oracle kept only for legacy \
-         TLS 1.2 RSA key exchange; open the key with KeyPolicy::allow_legacy_rsa_pkcs1v15_decrypt \
-         if you really need it, or use rsa-oaep-sha256"
+         TLS 1.2 RSA key exchange; use rsa-oaep-sha256, or open the key from a store configured \
+         with KeyPolicy::allow_legacy_rsa_pkcs1v15_decrypt if you really need it"
     )]
     LegacyDecryptDisabled,
 
@@ -335,6 +335,29 @@ pub enum Unsupported {
         store: &'static str,
         /// The URI scheme it does serve.
         serves: &'static str,
+    },
+
+    /// The store did not create this key's file and will not destroy it.
+    #[error(
+        "key {key} was opened from {location}, a file hardkey did not create; \
+         remove the file yourself if you mean to destroy the key"
+    )]
+    NotOwned {
+        /// The key.
+        key: String,
+        /// Where it came from.
+        location: String,
+    },
+
+    /// The key's device or policy does not offer a scheme its algorithm allows.
+    #[error("key {key} does not offer {scheme}; it offers: {offered}")]
+    SchemeNotOffered {
+        /// The requested scheme.
+        scheme: SignatureScheme,
+        /// The key (label or id).
+        key: String,
+        /// The schemes it does offer.
+        offered: String,
     },
 
     /// The store or device does not implement this operation.
@@ -414,6 +437,15 @@ pub enum InvalidInput {
         what: &'static str,
         /// What was wrong with it.
         reason: &'static str,
+    },
+
+    /// Something that must be new already exists.
+    #[error("{what} already exists: {remedy}")]
+    AlreadyExists {
+        /// What exists (e.g. "key 'web' in this store").
+        what: String,
+        /// What to do.
+        remedy: &'static str,
     },
 
     /// A configuration value out of range.

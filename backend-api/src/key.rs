@@ -331,10 +331,15 @@ impl KeyInfo {
         }
         if !self.supports(scheme) {
             return Err(if scheme.is_compatible_with(self.algorithm) {
-                Unsupported::SchemeOnDevice {
+                Unsupported::SchemeNotOffered {
                     scheme,
-                    device: self.display_name(),
-                    reason: "the device or key policy does not offer it; see the key's schemes",
+                    key: self.display_name(),
+                    offered: self
+                        .signature_schemes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 }
             } else {
                 Unsupported::SignatureScheme {
@@ -615,7 +620,10 @@ mod tests {
             .check_sign(SignatureScheme::RsaPssSha256, &d32)
             .unwrap_err();
         assert!(
-            matches!(err, Error::Unsupported(Unsupported::SchemeOnDevice { .. })),
+            matches!(
+                err,
+                Error::Unsupported(Unsupported::SchemeNotOffered { .. })
+            ),
             "{err}"
         );
         let ct = [0u8; 256];

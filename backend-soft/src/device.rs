@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use hardkey_api::{
-    Backend, DecryptScheme, Error, HashAlgorithm, KeyAlgorithm, Operation, Result, SignatureKind,
+    Backend, DecryptScheme, Error, HashAlgorithm, Operation, Result, SignatureKind,
     SignatureScheme, Unsupported,
 };
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -12,9 +12,8 @@ use rsa::{Oaep, Pkcs1v15Encrypt, Pkcs1v15Sign, Pss};
 use sha2::{Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
+use crate::DEVICE;
 use crate::material::KeyMaterial;
-
-const DEVICE: &str = "software keys";
 
 /// Per-worker state of the software backend. Software keys need none: the key material travels
 /// with each job as an `Arc`, so any worker can serve any key.
@@ -102,7 +101,7 @@ impl Backend for SoftDevice {
         let KeyMaterial::Rsa(k) = &*key.0 else {
             return Err(Unsupported::DecryptScheme {
                 scheme,
-                key: KeyAlgorithm::EcP256,
+                key: key.0.algorithm(),
             }
             .into());
         };

@@ -3,11 +3,15 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hardkey_api::{Error, Operation, Result};
 use zeroize::Zeroizing;
 
-const DEVICE: &str = "software keys";
+use crate::DEVICE;
+
+/// Makes temporary file names unique within the process (concurrent writes of one path).
+static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
 /// Reads a key file. A missing file is `NotFound`; other I/O errors name the path.
 pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
@@ -35,8 +39,7 @@ pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
 /// Writes `contents` to `path`, which must not exist: a temporary file with mode 0600 in the
 /// same directory is written and synced, then hard-linked to `path` (which fails, leaving
 /// nothing behind, if `path` appeared meanwhile) and removed. No reader ever sees a partial key.
-pub(crate) fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<()> {
-    let op = Operation::Generate;
+pub(crate) fn write_new_key_file(path: &Path, contents: &[u8], op: Operation) -> Result<()> {
     let fail = |what, e| Error::backend(DEVICE, op, PathError::new(what, path, e));
     if path.exists() {
         return Err(fail(
@@ -55,19 +58,24 @@ pub(crate) fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    })();
-    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    // Only a temporary file this call created is ever removed.
+    let mut file = options.open(&tmp).map_err(|e| fail("cannot write", e))?;
+    let linked = file
+        .write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, path));
+    drop(file);
     let _ = fs::remove_file(&tmp);
-    linked.map_err(|e| fail("cannot write", e))?;
+    linked.map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => fail("refusing to overwrite", e),
+        _ => fail("cannot write", e),
+    })?;
     if let Ok(d) = fs::File::open(&dir) {
         let _ = d.sync_all();
     }
@@ -112,7 +120,7 @@ mod tests {
     fn writes_0600_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
-        write_new_key_file(&path, b"one").unwrap();
+        write_new_key_file(&path, b"one", Operation::Generate).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"one");
         #[cfg(unix)]
         {
@@ -120,7 +128,9 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        let err = write_new_key_file(&path, b"two").unwrap_err().to_string();
+        let err = write_new_key_file(&path, b"two", Operation::Generate)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"one");
         // No temporary file is left behind.
@@ -129,8 +139,36 @@ mod tests {
 
     #[test]
     fn unwritable_directory_leaves_nothing() {
-        let err = write_new_key_file(Path::new("/nonexistent-dir/k.pem"), b"x").unwrap_err();
+        let err = write_new_key_file(Path::new("/nonexistent-dir/k.pem"), b"x", Operation::Import)
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent-dir/k.pem"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_path_leave_exactly_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.pem");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || write_new_key_file(path, &[i; 64], Operation::Generate))
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        let winner = results.iter().position(Result::is_ok).unwrap() as u8;
+        assert_eq!(fs::read(&path).unwrap(), vec![winner; 64]);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary files left"
+        );
     }
 
     #[test]

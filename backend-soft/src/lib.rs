@@ -8,6 +8,9 @@
 //! attack): do not expose software RSA decryption to untrusted timing measurements.
 #![forbid(unsafe_code)]
 
+/// The device name used in errors and stats.
+const DEVICE: &str = "software keys";
+
 mod device;
 mod file;
 mod material;

@@ -93,10 +93,8 @@ impl KeyMaterial {
     /// Decodes a PEM private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
     /// (`EC PRIVATE KEY`), as `openssl genpkey`, `genrsa` and `ecparam -genkey` write them.
     pub(crate) fn from_pem(pem: &str, what: &str) -> Result<Self> {
-        let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes())
-            .map_err(|e| encoding_error(what, pkcs8::der::Error::from(e)))?;
-        let der = Zeroizing::new(der);
-        let material = match label {
+        let (label, der) = private_key_block(pem, what)?;
+        let material = match label.as_str() {
             "PRIVATE KEY" => return Self::from_pkcs8_der(&der, what),
             "RSA PRIVATE KEY" => Self::Rsa(Box::new(
                 RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| encoding_error(what, e))?,
@@ -179,4 +177,43 @@ impl KeyMaterial {
             Self::P384(_) => KeyAlgorithm::EcP384,
         }
     }
+}
+
+const KEY_LABELS: [&str; 4] = [
+    "PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+];
+
+/// The first private-key block of a PEM file, skipping others (`openssl ecparam -genkey`
+/// writes an `EC PARAMETERS` block first; a bundle may hold certificates).
+fn private_key_block(pem: &str, what: &str) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    let mut rest = pem;
+    let mut seen = Vec::new();
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let block = &rest[start..];
+        // The block ends with the dashes closing its "-----END <label>-----" line.
+        let end = block
+            .find("-----END ")
+            .and_then(|e| block[e + 9..].find("-----").map(|d| e + 9 + d + 5))
+            .unwrap_or(block.len());
+        let (label, der) = pkcs8::der::pem::decode_vec(block[..end].as_bytes())
+            .map_err(|e| encoding_error(what, pkcs8::der::Error::from(e)))?;
+        let der = Zeroizing::new(der);
+        if KEY_LABELS.contains(&label) {
+            return Ok((label.to_owned(), der));
+        }
+        seen.push(label.to_owned());
+        rest = &block[end..];
+    }
+    Err(InvalidInput::KeyEncoding {
+        what: what.to_owned(),
+        source: if seen.is_empty() {
+            "no PEM block found: expected a 'PRIVATE KEY' PEM file".into()
+        } else {
+            format!("no private key among its PEM blocks ({})", seen.join(", ")).into()
+        },
+    }
+    .into())
 }

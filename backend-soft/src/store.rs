@@ -6,16 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hardkey_api::{
-    DevicePool, Error, FileUri, GenerateRequest, ImportRequest, JobOptions, JobTimeout,
-    KeyAlgorithm, KeyId, KeyInfo, KeyPolicy, KeyStore, KeyUri, KeyUsages, Operation, PoolConfig,
-    PooledKey, Result, Unsupported,
+    DevicePool, Error, FileUri, GenerateRequest, ImportRequest, InvalidInput, JobOptions,
+    JobTimeout, KeyAlgorithm, KeyId, KeyInfo, KeyPolicy, KeyStore, KeyUri, KeyUsages, Operation,
+    PoolConfig, PooledKey, Result, Unsupported,
 };
 
+use crate::DEVICE as NAME;
 use crate::device::{SoftDevice, SoftKeyRef};
 use crate::file::{read_key_file, write_new_key_file};
 use crate::material::KeyMaterial;
-
-const NAME: &str = "software keys";
 
 /// A software key, served by the store's pool.
 pub type SoftKey = PooledKey<SoftDevice>;
@@ -65,6 +64,9 @@ impl SoftConfig {
 struct Entry {
     info: KeyInfo,
     material: SoftKeyRef,
+    /// The store wrote the key's file (generate or import with a location), so `delete` may
+    /// remove it. Files the store only opened are the user's.
+    owns_file: bool,
 }
 
 type Keys = Arc<Mutex<BTreeMap<KeyId, Entry>>>;
@@ -135,30 +137,62 @@ impl SoftStore {
     }
 }
 
-/// Registers key material (or finds the same key already registered).
+/// Where a new key comes from, for [`register`].
+enum Origin {
+    /// Opened from a file the user owns.
+    Opened(KeyUri),
+    /// Generated or imported; written to this file if any.
+    Created(Option<PathBuf>, Operation),
+}
+
+/// Registers key material. Opening a key already registered returns it; creating one that is
+/// already registered (importing the same key twice) is refused before anything is written.
 fn register(
     keys: &Keys,
     material: KeyMaterial,
     label: Option<String>,
-    uri: Option<KeyUri>,
+    origin: Origin,
     usages: KeyUsages,
     policy: KeyPolicy,
 ) -> Result<Entry> {
     let public_key = material.public_key()?;
     let id = KeyId::from_public_key(&public_key);
-    let mut keys = lock(keys);
-    if let Some(existing) = keys.get(&id) {
-        return Ok(existing.clone());
+    if let Some(existing) = lock(keys).get(&id) {
+        return match origin {
+            Origin::Opened(_) => Ok(existing.clone()),
+            Origin::Created(..) => Err(InvalidInput::AlreadyExists {
+                what: format!(
+                    "key {} (id {id}) in this store",
+                    existing.info.display_name()
+                ),
+                remedy: "use the key already there, or delete it first",
+            }
+            .into()),
+        };
     }
+    let (uri, owns_file) = match origin {
+        Origin::Opened(uri) => (Some(uri), false),
+        Origin::Created(path, op) => {
+            if let Some(path) = &path {
+                write_new_key_file(path, material.to_pkcs8_pem()?.as_bytes(), op)?;
+            }
+            (path.map(|p| KeyUri::File(FileUri::new(p))), true)
+        }
+    };
     let info = KeyInfo::new(id.clone(), public_key, usages, policy)
         .with_label(label)
         .with_uri(uri);
     let entry = Entry {
         info,
         material: SoftKeyRef(Arc::new(material)),
+        owns_file,
     };
-    keys.insert(id, entry.clone());
-    Ok(entry)
+    // A concurrent registration of the same key may have won meanwhile: keep the first.
+    Ok(lock(keys).entry(id).or_insert(entry).clone())
+}
+
+fn label_or_file_stem(label: Option<&String>, path: Option<&Path>) -> Option<String> {
+    label.cloned().or_else(|| path.and_then(label_of))
 }
 
 /// The path a `file:` URI names; other URIs are not for this store.
@@ -180,14 +214,6 @@ fn optional_file_path(location: Option<&KeyUri>) -> Result<Option<PathBuf>> {
 
 fn label_of(path: &Path) -> Option<String> {
     path.file_stem().map(|s| s.to_string_lossy().into_owned())
-}
-
-/// Saves `material` to `path` (if any) as PKCS#8 PEM, atomically, never overwriting.
-fn save(material: &KeyMaterial, path: Option<&Path>) -> Result<()> {
-    match path {
-        Some(path) => write_new_key_file(path, material.to_pkcs8_pem()?.as_bytes()),
-        None => Ok(()),
-    }
 }
 
 fn ready<T: Send + 'static>(value: Result<T>) -> impl Future<Output = Result<T>> + Send + 'static {
@@ -216,7 +242,14 @@ impl KeyStore for SoftStore {
                 let material = KeyMaterial::from_pem(&pem, &what)?;
                 let usages = KeyUsages::default_for(material.algorithm());
                 let label = label_of(&path);
-                register(&keys, material, label, Some(uri.clone()), usages, policy)
+                register(
+                    &keys,
+                    material,
+                    label,
+                    Origin::Opened(uri.clone()),
+                    usages,
+                    policy,
+                )
             })
         });
         async move { run?.await }
@@ -253,13 +286,9 @@ impl KeyStore for SoftStore {
             let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
             self.run_entry(options, move |_| {
                 let material = KeyMaterial::generate(request.algorithm)?;
-                save(&material, path.as_deref())?;
-                let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
-                let label = request
-                    .label
-                    .clone()
-                    .or_else(|| path.as_deref().and_then(label_of));
-                register(&keys, material, label, uri, request.usages, policy)
+                let label = label_or_file_stem(request.label.as_ref(), path.as_deref());
+                let origin = Origin::Created(path.clone(), Operation::Generate);
+                register(&keys, material, label, origin, request.usages, policy)
             })
         });
         async move { run?.await }
@@ -275,16 +304,12 @@ impl KeyStore for SoftStore {
             self.run_entry(JobOptions::new(Operation::Import), move |_| {
                 let material =
                     KeyMaterial::from_pkcs8_der(&request.pkcs8_der, "imported PKCS#8 key")?;
-                save(&material, path.as_deref())?;
-                let uri = path.clone().map(|p| KeyUri::File(FileUri::new(p)));
                 let usages = request
                     .usages
                     .unwrap_or_else(|| KeyUsages::default_for(material.algorithm()));
-                let label = request
-                    .label
-                    .clone()
-                    .or_else(|| path.as_deref().and_then(label_of));
-                register(&keys, material, label, uri, usages, policy)
+                let label = label_or_file_stem(request.label.as_ref(), path.as_deref());
+                let origin = Origin::Created(path.clone(), Operation::Import);
+                register(&keys, material, label, origin, usages, policy)
             })
         });
         async move { run?.await }
@@ -294,7 +319,30 @@ impl KeyStore for SoftStore {
         let keys = Arc::clone(&self.keys);
         let id = id.clone();
         self.pool.run(JobOptions::new(Operation::Delete), move |_| {
-            let Some(entry) = lock(&keys).remove(&id) else {
+            let mut map = lock(&keys);
+            let entry = match map.get(&id) {
+                None => {
+                    return Err(Error::not_found(
+                        format!("id {id}"),
+                        "list the keys of this store",
+                    ));
+                }
+                Some(e) if !e.owns_file && e.info.uri.is_some() => {
+                    return Err(Unsupported::NotOwned {
+                        key: e.info.display_name(),
+                        location: e
+                            .info
+                            .uri
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    }
+                    .into());
+                }
+                Some(_) => map.remove(&id),
+            };
+            drop(map);
+            let Some(entry) = entry else {
                 return Err(Error::not_found(
                     format!("id {id}"),
                     "list the keys of this store",

@@ -159,8 +159,22 @@ fn legacy_pem_formats_load_too() {
         p(&sec1),
     ]);
     let pkcs1 = dir.path().join("pkcs1.pem");
+    // Without -noout, openssl writes an EC PARAMETERS block before the key.
+    let with_params = dir.path().join("params.pem");
+    openssl(&[
+        "ecparam",
+        "-name",
+        "secp384r1",
+        "-genkey",
+        "-out",
+        p(&with_params),
+    ]);
     openssl(&["genrsa", "-traditional", "-out", p(&pkcs1), "2048"]);
-    for (path, alg) in [(sec1, KeyAlgorithm::EcP256), (pkcs1, KeyAlgorithm::Rsa2048)] {
+    for (path, alg) in [
+        (sec1, KeyAlgorithm::EcP256),
+        (with_params, KeyAlgorithm::EcP384),
+        (pkcs1, KeyAlgorithm::Rsa2048),
+    ] {
         let key = block_on(store.open(&KeyUri::File(FileUri::new(&path)))).unwrap();
         assert_eq!(key.info().algorithm, alg, "{}", path.display());
     }
@@ -231,4 +245,48 @@ fn bad_key_files_get_clear_errors() {
     assert_eq!(std::fs::read(&plain).unwrap(), before);
     // Nothing half-made: the failed generation registered no key.
     assert!(block_on(store.list()).unwrap().is_empty());
+}
+
+#[test]
+fn delete_removes_only_files_the_store_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SoftStore::in_memory().unwrap();
+
+    // A key file the user made: hardkey uses it but will not destroy it.
+    let theirs = genpkey(dir.path(), KeyAlgorithm::EcP256);
+    let key = block_on(store.open(&KeyUri::File(FileUri::new(&theirs)))).unwrap();
+    let err = block_on(store.delete(&key.info().id)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(
+        err.to_string().contains("remove the file yourself"),
+        "{err}"
+    );
+    assert!(theirs.exists());
+
+    // A key file hardkey generated: delete removes it.
+    let ours = dir.path().join("ours.pem");
+    let request =
+        GenerateRequest::new(KeyAlgorithm::EcP256).location(KeyUri::File(FileUri::new(&ours)));
+    let key = block_on(store.generate(request)).unwrap();
+    assert!(ours.exists());
+    block_on(store.delete(&key.info().id)).unwrap();
+    assert!(!ours.exists());
+}
+
+#[test]
+fn importing_a_key_twice_writes_nothing_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SoftStore::in_memory().unwrap();
+    let (pkcs8, _) = hardkey_api::testkit::make_pkcs8(KeyAlgorithm::EcP256);
+    let first = dir.path().join("first.pem");
+    let request =
+        hardkey_api::ImportRequest::new(pkcs8.clone()).location(KeyUri::File(FileUri::new(&first)));
+    block_on(store.import(request)).unwrap();
+    let second = dir.path().join("second.pem");
+    let request =
+        hardkey_api::ImportRequest::new(pkcs8).location(KeyUri::File(FileUri::new(&second)));
+    let err = block_on(store.import(request)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(!second.exists(), "a second private-key file was written");
 }
