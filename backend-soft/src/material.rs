@@ -198,7 +198,7 @@ fn private_key_block(pem: &str, what: &str) -> Result<(String, Zeroizing<Vec<u8>
             .find("-----END ")
             .and_then(|e| block[e + 9..].find("-----").map(|d| e + 9 + d + 5))
             .unwrap_or(block.len());
-        let (label, der) = pkcs8::der::pem::decode_vec(block[..end].as_bytes())
+        let (label, der) = pkcs8::der::pem::decode_vec(&block.as_bytes()[..end])
             .map_err(|e| encoding_error(what, pkcs8::der::Error::from(e)))?;
         let der = Zeroizing::new(der);
         if KEY_LABELS.contains(&label) {

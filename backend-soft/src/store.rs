@@ -140,7 +140,7 @@ impl SoftStore {
 /// Where a new key comes from, for [`register`].
 enum Origin {
     /// Opened from a file the user owns.
-    Opened(KeyUri),
+    Opened(Box<KeyUri>),
     /// Generated or imported; written to this file if any.
     Created(Option<PathBuf>, Operation),
 }
@@ -171,7 +171,7 @@ fn register(
         };
     }
     let (uri, owns_file) = match origin {
-        Origin::Opened(uri) => (Some(uri), false),
+        Origin::Opened(uri) => (Some(*uri), false),
         Origin::Created(path, op) => {
             if let Some(path) = &path {
                 write_new_key_file(path, material.to_pkcs8_pem()?.as_bytes(), op)?;
@@ -246,7 +246,7 @@ impl KeyStore for SoftStore {
                     &keys,
                     material,
                     label,
-                    Origin::Opened(uri.clone()),
+                    Origin::Opened(Box::new(uri.clone())),
                     usages,
                     policy,
                 )
