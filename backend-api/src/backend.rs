@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::algorithm::{DecryptScheme, SignatureScheme};
 use crate::error::{Operation, Result};
 use crate::key::{KeyInfo, PrivateKey};
-use crate::pool::{DevicePool, JobOptions};
+use crate::pool::{DevicePool, JobOptions, PoolStats};
 
 /// Per-worker device state: a PKCS#11 session, a TPM context, or nothing for software keys.
 ///
@@ -93,6 +93,10 @@ impl<B: Backend> fmt::Debug for PooledKey<B> {
 impl<B: Backend> PrivateKey for PooledKey<B> {
     fn info(&self) -> &KeyInfo {
         &self.info
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(self.pool.stats())
     }
 
     fn sign_digest(

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::algorithm::{DecryptScheme, SignatureScheme};
 use crate::error::{Operation, Result};
 use crate::key::{KeyInfo, PrivateKey};
-use crate::pool::{DevicePool, JobOptions, JobTimeout, PoolConfig};
+use crate::pool::{DevicePool, JobOptions, JobTimeout, PoolConfig, PoolStats};
 use crate::timer::sleep;
 
 /// How long each operation is delayed.
@@ -116,6 +116,10 @@ impl<K> fmt::Debug for Delayed<K> {
 impl<K: PrivateKey> PrivateKey for Delayed<K> {
     fn info(&self) -> &KeyInfo {
         self.inner.info()
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        self.inner.pool_stats()
     }
 
     fn sign_digest(

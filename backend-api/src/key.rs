@@ -6,14 +6,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use der::asn1::{ObjectIdentifier, UintRef};
-use der::{Decode, Sequence};
-use spki::SubjectPublicKeyInfoRef;
+use der::asn1::{AnyRef, BitStringRef, UintRef};
+use der::{Decode, Encode, Sequence};
+use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use zeroize::Zeroizing;
 
 use crate::algorithm::{DecryptScheme, KeyAlgorithm, KeyFamily, SignatureScheme};
 use crate::encoding;
 use crate::error::{Error, InvalidInput, Operation, Result, Unsupported};
+use crate::oid::{EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1};
+use crate::pool::PoolStats;
 use crate::uri::KeyUri;
 
 /// A boxed, `Send`, `'static` future: what the dyn-compatible traits return.
@@ -135,11 +137,6 @@ pub struct PublicKey {
     algorithm: KeyAlgorithm,
 }
 
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-
 #[derive(Sequence)]
 struct RsaPublicKeyDer<'a> {
     modulus: UintRef<'a>,
@@ -197,6 +194,69 @@ impl PublicKey {
             der: der.into(),
             algorithm,
         })
+    }
+
+    /// An RSA public key from its modulus and public exponent (big-endian unsigned integers,
+    /// as PKCS#11 `CKA_MODULUS` / `CKA_PUBLIC_EXPONENT` and a TPM's `TPM2B_PUBLIC` hold them).
+    pub fn from_rsa_components(modulus: &[u8], public_exponent: &[u8]) -> Result<Self> {
+        let encode = |source: der::Error| {
+            Error::from(InvalidInput::KeyEncoding {
+                what: "RSA public key components".into(),
+                source: Box::new(source),
+            })
+        };
+        let key = RsaPublicKeyDer {
+            modulus: UintRef::new(modulus).map_err(encode)?,
+            public_exponent: UintRef::new(public_exponent).map_err(encode)?,
+        }
+        .to_der()
+        .map_err(encode)?;
+        let spki = SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid: RSA_ENCRYPTION,
+                parameters: Some(AnyRef::NULL),
+            },
+            subject_public_key: BitStringRef::from_bytes(&key).map_err(encode)?,
+        };
+        Self::from_spki_der(&spki.to_der().map_err(encode)?)
+    }
+
+    /// An EC public key from its uncompressed SEC1 point `04 || X || Y` (the content of
+    /// PKCS#11 `CKA_EC_POINT` once its DER OCTET STRING wrapper is removed, or a TPM's x and y
+    /// coordinates after a 0x04 byte).
+    pub fn from_ec_point(algorithm: KeyAlgorithm, point: &[u8]) -> Result<Self> {
+        let (curve, field) = match algorithm {
+            KeyAlgorithm::EcP256 => (SECP256R1, 32),
+            KeyAlgorithm::EcP384 => (SECP384R1, 48),
+            _ => {
+                return Err(InvalidInput::Malformed {
+                    what: "EC public key",
+                    reason: "the algorithm is not an EC curve",
+                }
+                .into());
+            }
+        };
+        if point.len() != 1 + 2 * field || point.first() != Some(&0x04) {
+            return Err(InvalidInput::Malformed {
+                what: "EC public key",
+                reason: "expected an uncompressed point: 0x04 followed by X and Y",
+            }
+            .into());
+        }
+        let encode = |source: der::Error| {
+            Error::from(InvalidInput::KeyEncoding {
+                what: "EC public key point".into(),
+                source: Box::new(source),
+            })
+        };
+        let spki = SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid: EC_PUBLIC_KEY,
+                parameters: Some(AnyRef::from(&curve)),
+            },
+            subject_public_key: BitStringRef::from_bytes(point).map_err(encode)?,
+        };
+        Self::from_spki_der(&spki.to_der().map_err(encode)?)
     }
 
     /// The DER SubjectPublicKeyInfo.
@@ -400,10 +460,16 @@ impl KeyInfo {
 /// ECDSA signatures are DER-encoded (`Ecdsa-Sig-Value`, the TLS and X.509 form); RSA
 /// signatures are the raw `k`-byte signature.
 ///
-/// For `Arc<dyn ...>` use, every `PrivateKey` is also a [`DynPrivateKey`].
+/// For `Arc<dyn ...>` use, every `PrivateKey` is also a [`DynPrivateKey`]; [`SharedKey`]
+/// (`Arc<dyn DynPrivateKey>`) is a `PrivateKey` again.
 pub trait PrivateKey: Send + Sync + 'static {
     /// The key's cached description: no device I/O.
     fn info(&self) -> &KeyInfo;
+
+    /// Statistics of the device pool serving this key, if it has one.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
 
     /// Signs a digest computed by the caller with `scheme`'s hash.
     fn sign_digest(
@@ -432,20 +498,21 @@ pub trait PrivateKey: Send + Sync + 'static {
 }
 
 /// The dyn-compatible form of [`PrivateKey`], with boxed futures. Implemented for every
-/// `PrivateKey`; hold keys as [`SharedKey`] (`Arc<dyn DynPrivateKey>`).
+/// `PrivateKey`. Hold keys as [`SharedKey`] (`Arc<dyn DynPrivateKey>`) and call the
+/// [`PrivateKey`] methods on it; the `dyn_` names keep the two traits from clashing when both
+/// are in scope.
 pub trait DynPrivateKey: Send + Sync + 'static {
     /// See [`PrivateKey::info`].
-    fn info(&self) -> &KeyInfo;
+    fn dyn_info(&self) -> &KeyInfo;
+    /// See [`PrivateKey::pool_stats`].
+    fn dyn_pool_stats(&self) -> Option<PoolStats>;
     /// See [`PrivateKey::sign_digest`].
-    fn sign_digest_boxed(
-        &self,
-        scheme: SignatureScheme,
-        digest: &[u8],
-    ) -> BoxFuture<Result<Vec<u8>>>;
+    fn dyn_sign_digest(&self, scheme: SignatureScheme, digest: &[u8])
+    -> BoxFuture<Result<Vec<u8>>>;
     /// See [`PrivateKey::sign`].
-    fn sign_boxed(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>>;
+    fn dyn_sign(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>>;
     /// See [`PrivateKey::decrypt`].
-    fn decrypt_boxed(
+    fn dyn_decrypt(
         &self,
         scheme: DecryptScheme,
         ciphertext: &[u8],
@@ -453,20 +520,23 @@ pub trait DynPrivateKey: Send + Sync + 'static {
 }
 
 impl<K: PrivateKey> DynPrivateKey for K {
-    fn info(&self) -> &KeyInfo {
-        PrivateKey::info(self)
+    fn dyn_info(&self) -> &KeyInfo {
+        self.info()
     }
-    fn sign_digest_boxed(
+    fn dyn_pool_stats(&self) -> Option<PoolStats> {
+        self.pool_stats()
+    }
+    fn dyn_sign_digest(
         &self,
         scheme: SignatureScheme,
         digest: &[u8],
     ) -> BoxFuture<Result<Vec<u8>>> {
         Box::pin(self.sign_digest(scheme, digest))
     }
-    fn sign_boxed(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>> {
+    fn dyn_sign(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>> {
         Box::pin(self.sign(scheme, message))
     }
-    fn decrypt_boxed(
+    fn dyn_decrypt(
         &self,
         scheme: DecryptScheme,
         ciphertext: &[u8],
@@ -477,28 +547,31 @@ impl<K: PrivateKey> DynPrivateKey for K {
 
 impl PrivateKey for SharedKey {
     fn info(&self) -> &KeyInfo {
-        (**self).info()
+        (**self).dyn_info()
+    }
+    fn pool_stats(&self) -> Option<PoolStats> {
+        (**self).dyn_pool_stats()
     }
     fn sign_digest(
         &self,
         scheme: SignatureScheme,
         digest: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
-        (**self).sign_digest_boxed(scheme, digest)
+        (**self).dyn_sign_digest(scheme, digest)
     }
     fn sign(
         &self,
         scheme: SignatureScheme,
         message: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
-        (**self).sign_boxed(scheme, message)
+        (**self).dyn_sign(scheme, message)
     }
     fn decrypt(
         &self,
         scheme: DecryptScheme,
         ciphertext: &[u8],
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>>> + Send + 'static + use<> {
-        (**self).decrypt_boxed(scheme, ciphertext)
+        (**self).dyn_decrypt(scheme, ciphertext)
     }
 }
 
@@ -543,6 +616,30 @@ mod tests {
             let pem = pk.to_pem();
             assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
         }
+    }
+
+    #[test]
+    fn components_build_the_same_spki_as_the_rsa_and_p256_crates() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use rsa::traits::PublicKeyParts;
+        let rsa_key = rsa::RsaPrivateKey::new(&mut OsRng, 2048)
+            .unwrap()
+            .to_public_key();
+        let built =
+            PublicKey::from_rsa_components(&rsa_key.n().to_bytes_be(), &rsa_key.e().to_bytes_be())
+                .unwrap();
+        assert_eq!(built.der(), rsa_key.to_public_key_der().unwrap().as_bytes());
+        assert_eq!(built.algorithm(), KeyAlgorithm::Rsa2048);
+
+        let ec = p256::SecretKey::random(&mut OsRng).public_key();
+        let point = ec.to_encoded_point(false);
+        let built = PublicKey::from_ec_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap();
+        assert_eq!(built.der(), ec.to_public_key_der().unwrap().as_bytes());
+        // Wrong curve, compressed point, garbage: refused, no panic.
+        assert!(PublicKey::from_ec_point(KeyAlgorithm::EcP384, point.as_bytes()).is_err());
+        let compressed = ec.to_encoded_point(true);
+        assert!(PublicKey::from_ec_point(KeyAlgorithm::EcP256, compressed.as_bytes()).is_err());
+        assert!(PublicKey::from_rsa_components(&[], &[1, 0, 1]).is_err());
     }
 
     #[test]
@@ -657,5 +754,17 @@ mod tests {
         assert_eq!(id.to_string(), "01abff");
         assert_eq!(KeyId::from_hex("01ABff").unwrap(), id);
         assert!(KeyId::from_hex("abc").is_err());
+    }
+}
+
+#[cfg(test)]
+mod dyn_tests {
+    // Both traits in scope at once must not make `info()` ambiguous.
+    #[allow(unused_imports)]
+    use super::{DynPrivateKey, PrivateKey, SharedKey};
+
+    #[allow(dead_code)]
+    fn both_traits_in_scope(key: &SharedKey) -> &super::KeyInfo {
+        key.info()
     }
 }

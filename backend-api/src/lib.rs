@@ -7,6 +7,7 @@ mod delayed;
 pub mod encoding;
 mod error;
 mod key;
+pub mod oid;
 mod pool;
 mod store;
 #[cfg(feature = "testkit")]

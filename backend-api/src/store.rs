@@ -151,24 +151,25 @@ pub trait KeyStore: Send + Sync + 'static {
     fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<Self>;
 }
 
-/// The dyn-compatible form of [`KeyStore`]; implemented for every `KeyStore`.
+/// The dyn-compatible form of [`KeyStore`]; implemented for every `KeyStore`. The `dyn_`
+/// names keep the two traits from clashing when both are in scope.
 pub trait DynKeyStore: Send + Sync + 'static {
     /// See [`KeyStore::name`].
-    fn name(&self) -> &str;
+    fn dyn_name(&self) -> &str;
     /// See [`KeyStore::algorithms`].
-    fn algorithms(&self) -> &[KeyAlgorithm];
+    fn dyn_algorithms(&self) -> &[KeyAlgorithm];
     /// See [`KeyStore::open`].
-    fn open_boxed(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>>;
+    fn dyn_open(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>>;
     /// See [`KeyStore::open_id`].
-    fn open_id_boxed(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>>;
+    fn dyn_open_id(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>>;
     /// See [`KeyStore::list`].
-    fn list_boxed(&self) -> BoxFuture<Result<Vec<KeyInfo>>>;
+    fn dyn_list(&self) -> BoxFuture<Result<Vec<KeyInfo>>>;
     /// See [`KeyStore::generate`].
-    fn generate_boxed(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>>;
+    fn dyn_generate(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>>;
     /// See [`KeyStore::import`].
-    fn import_boxed(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>>;
+    fn dyn_import(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>>;
     /// See [`KeyStore::delete`].
-    fn delete_boxed(&self, id: &KeyId) -> BoxFuture<Result<()>>;
+    fn dyn_delete(&self, id: &KeyId) -> BoxFuture<Result<()>>;
 }
 
 fn shared<K: PrivateKey>(
@@ -178,28 +179,28 @@ fn shared<K: PrivateKey>(
 }
 
 impl<S: KeyStore> DynKeyStore for S {
-    fn name(&self) -> &str {
-        KeyStore::name(self)
+    fn dyn_name(&self) -> &str {
+        self.name()
     }
-    fn algorithms(&self) -> &[KeyAlgorithm] {
-        KeyStore::algorithms(self)
+    fn dyn_algorithms(&self) -> &[KeyAlgorithm] {
+        self.algorithms()
     }
-    fn open_boxed(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>> {
+    fn dyn_open(&self, uri: &KeyUri) -> BoxFuture<Result<SharedKey>> {
         shared(self.open(uri))
     }
-    fn open_id_boxed(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>> {
+    fn dyn_open_id(&self, id: &KeyId) -> BoxFuture<Result<SharedKey>> {
         shared(self.open_id(id))
     }
-    fn list_boxed(&self) -> BoxFuture<Result<Vec<KeyInfo>>> {
+    fn dyn_list(&self) -> BoxFuture<Result<Vec<KeyInfo>>> {
         Box::pin(self.list())
     }
-    fn generate_boxed(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>> {
+    fn dyn_generate(&self, request: GenerateRequest) -> BoxFuture<Result<SharedKey>> {
         shared(self.generate(request))
     }
-    fn import_boxed(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>> {
+    fn dyn_import(&self, request: ImportRequest) -> BoxFuture<Result<SharedKey>> {
         shared(self.import(request))
     }
-    fn delete_boxed(&self, id: &KeyId) -> BoxFuture<Result<()>> {
+    fn dyn_delete(&self, id: &KeyId) -> BoxFuture<Result<()>> {
         Box::pin(self.delete(id))
     }
 }

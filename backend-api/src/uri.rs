@@ -1,8 +1,9 @@
 //! Key URIs: `pkcs11:` (RFC 7512), `tpm2:` (hardkey's own scheme) and `file:` (RFC 8089).
 //!
 //! [`KeyUri`] parses with [`FromStr`] and prints with [`Display`](fmt::Display); the two
-//! round-trip: `parse(display(x)) == x` for every value, and `display(parse(s)) == s` when `s` is
-//! in canonical form (attributes in the canonical order, only the characters the grammar requires
+//! round-trip: `parse(display(x)) == x` for every value that parsing can produce, except that
+//! Display leaves out a `pin-value` (use [`Pkcs11Uri::to_string_with_pin`]), and
+//! `display(parse(s)) == s` when `s` is in canonical form (attributes in the canonical order, only the characters the grammar requires
 //! percent-encoded, upper-case hex). The scheme is matched case-insensitively.
 //!
 //! ```
@@ -1346,6 +1347,8 @@ pub enum UriErrorReason {
     },
     /// A `file:` URI without a path.
     EmptyPath,
+    /// A malformed part in or after a `pin-value`, not described because it could hold the PIN.
+    Redacted,
 }
 
 impl fmt::Display for UriErrorReason {
@@ -1422,11 +1425,29 @@ impl fmt::Display for UriErrorReason {
                 write!(f, "file: URI names the remote host \"{}\"", Escaped(host))
             }
             Self::EmptyPath => f.write_str("empty path"),
+            Self::Redacted => f.write_str(
+                "malformed attribute in or after pin-value (details withheld: they could hold \
+                 the PIN)",
+            ),
         }
     }
 }
 
 fn error(input: &str, position: usize, reason: UriErrorReason, expected: &'static str) -> UriError {
+    // An error inside or after a PIN value could quote part of the PIN (a PIN holding ';' or
+    // '&' splits into bogus "attributes"): keep only where it is.
+    let reason = match pin_value_start(input) {
+        Some(start)
+            if position >= start
+                && !matches!(
+                    reason,
+                    UriErrorReason::PinValueRefused | UriErrorReason::MalformedSecret { .. }
+                ) =>
+        {
+            UriErrorReason::Redacted
+        }
+        _ => reason,
+    };
     UriError {
         position,
         expected,
@@ -1435,28 +1456,24 @@ fn error(input: &str, position: usize, reason: UriErrorReason, expected: &'stati
     }
 }
 
+/// Byte offset of the first `pin-value=` value in `input` (case-insensitive).
+fn pin_value_start(input: &str) -> Option<usize> {
+    const KEY: &str = "pin-value=";
+    input
+        .to_ascii_lowercase()
+        .find(KEY)
+        .map(|found| found + KEY.len())
+}
+
 /// `input` with the value of every `pin-value=` replaced by `[redacted]`.
 fn redact(input: &str) -> String {
-    const KEY: &str = "pin-value=";
-    // ASCII lower-casing keeps every byte offset, so offsets found in `lower` are char
-    // boundaries of `input` (they sit on ASCII characters).
-    let lower = input.to_ascii_lowercase();
-    let mut out = String::with_capacity(input.len());
-    let mut copied = 0;
-    let mut from = 0;
-    while let Some(found) = lower.get(from..).and_then(|s| s.find(KEY)) {
-        let value_start = from + found + KEY.len();
-        let value_end = lower
-            .get(value_start..)
-            .and_then(|s| s.find(['&', ';', '#']))
-            .map_or(input.len(), |i| value_start + i);
-        out.push_str(input.get(copied..value_start).unwrap_or_default());
-        out.push_str("[redacted]");
-        copied = value_end;
-        from = value_end;
+    // Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but
+    // it is still the PIN), so no separator can be trusted to end it. ASCII lower-casing keeps
+    // byte offsets, so the offset is a char boundary of `input`.
+    match pin_value_start(input) {
+        Some(start) => format!("{}[redacted]", input.get(..start).unwrap_or_default()),
+        None => input.to_owned(),
     }
-    out.push_str(input.get(copied..).unwrap_or_default());
-    out
 }
 
 /// Shows untrusted text with control characters escaped, so that an error message cannot
@@ -2778,8 +2795,22 @@ mod tests {
         );
         assert_eq!(
             redact("pkcs11:?PIN-Value=12&module-name=x&pin-value=\u{e9}"),
-            "pkcs11:?PIN-Value=[redacted]&module-name=x&pin-value=[redacted]"
+            "pkcs11:?PIN-Value=[redacted]"
         );
+        // A PIN holding separators leaks no fragment, in the input or the reason.
+        for uri in [
+            "pkcs11:?pin-value=ab;cd",
+            "pkcs11:?pin-value=ab&cd",
+            "pkcs11:?pin-value=ab#cd",
+        ] {
+            let opts = UriParseOptions::new().allow_pin_value(true);
+            if let Err(e) = KeyUri::parse_with(uri, &opts) {
+                let msg = e.to_string();
+                assert!(!msg.contains("Q7xZ") && !msg.contains("K9wP"), "{msg}");
+            }
+            let msg = uri.parse::<KeyUri>().unwrap_err().to_string();
+            assert!(!msg.contains("Q7xZ") && !msg.contains("K9wP"), "{msg}");
+        }
         assert_eq!(redact("pkcs11:token=a"), "pkcs11:token=a");
     }
 }

@@ -1,18 +1,14 @@
 //! Key material: generation, PKCS#8 / PKCS#1 / SEC1 decoding, PKCS#8 encoding, public keys.
 
+use hardkey_api::oid::{EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1};
 use hardkey_api::{Error, InvalidInput, KeyAlgorithm, Operation, PublicKey, Result, Unsupported};
 use pkcs8::der::Decode;
-use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding, ObjectIdentifier};
+use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rand_core::OsRng;
 use rsa::RsaPrivateKey;
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use zeroize::Zeroizing;
-
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// A private key held in memory; zeroized on drop by the underlying crates.
 pub(crate) enum KeyMaterial {
