@@ -156,3 +156,22 @@ impl<K: PrivateKey> PrivateKey for Delayed<K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_latency_stays_within_its_bounds() {
+        let (min, max) = (Duration::from_millis(20), Duration::from_millis(60));
+        let latency = Latency::Uniform { min, max };
+        let samples: Vec<Duration> = (0..2000).map(|_| latency.sample()).collect();
+        assert!(samples.iter().all(|d| (min..=max).contains(d)));
+        // Spread over the range, not stuck at one end.
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(30)));
+        assert!(samples.iter().any(|d| *d > Duration::from_millis(50)));
+        let inverted = Latency::Uniform { min: max, max: min };
+        assert_eq!(inverted.sample(), max);
+        assert_eq!(Latency::Fixed(min).sample(), min);
+    }
+}

@@ -23,8 +23,8 @@
 )]
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use futures::future::join_all;
 use p256::ecdsa::signature::Verifier;
@@ -44,10 +44,37 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
 }
 
+/// A signature that did not verify, and why.
+#[derive(Debug)]
+pub struct VerifyError {
+    /// The scheme the signature claimed.
+    pub scheme: SignatureScheme,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} signature rejected: {}", self.scheme, self.reason)
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
 /// Verifies `signature` over `message` with the public key `spki_der`, using the `rsa`,
 /// `p256` and `p384` crates. For RSA-PSS it also checks that the salt length equals the hash
-/// length (what TLS 1.3 requires). Returns a description of the failure.
+/// length (what TLS 1.3 requires).
 pub fn verify_signature(
+    spki_der: &[u8],
+    scheme: SignatureScheme,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), VerifyError> {
+    verify_inner(spki_der, scheme, message, signature)
+        .map_err(|reason| VerifyError { scheme, reason })
+}
+
+fn verify_inner(
     spki_der: &[u8],
     scheme: SignatureScheme,
     message: &[u8],
@@ -160,9 +187,16 @@ pub fn make_pkcs8(alg: KeyAlgorithm) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
 
 static LABELS: AtomicU64 = AtomicU64::new(0);
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The conformance suite bound to one store.
 pub struct Suite<S: KeyStore> {
-    store: Arc<S>,
+    store: S,
+    /// Keys this suite created and has not deleted yet: deleted when the suite is dropped, so
+    /// a failing check does not leave keys (TPM persistent handles, token objects) behind.
+    created: Mutex<Vec<KeyId>>,
     missing: KeyUri,
     import: bool,
     concurrency: usize,
@@ -173,7 +207,8 @@ impl<S: KeyStore> Suite<S> {
     /// A suite for `store`; `missing` is a URI that names no key on it.
     pub fn new(store: S, missing: KeyUri) -> Self {
         Self {
-            store: Arc::new(store),
+            store,
+            created: Mutex::new(Vec::new()),
             missing,
             import: true,
             concurrency: 1000,
@@ -226,10 +261,12 @@ impl<S: KeyStore> Suite<S> {
             "label not kept"
         );
         assert!(!info.id.as_bytes().is_empty(), "key id is empty");
+        lock(&self.created).push(info.id.clone());
         key
     }
 
     async fn cleanup(&self, info: &KeyInfo) {
+        lock(&self.created).retain(|id| *id != info.id);
         self.store
             .delete(&info.id)
             .await
@@ -241,12 +278,30 @@ impl<S: KeyStore> Suite<S> {
     pub async fn sign_and_verify(&self, alg: KeyAlgorithm) {
         let key = self.generate(alg, "sign").await;
         let info = key.info().clone();
-        assert_eq!(
-            info.signature_schemes,
-            alg.signature_schemes(),
-            "a {alg} key should serve every scheme of its algorithm"
+        // A device may offer fewer schemes than the algorithm allows (a TPM whose PSS salt
+        // differs, say), never none and never others.
+        assert!(
+            !info.signature_schemes.is_empty(),
+            "a {alg} key offers no scheme"
         );
+        for scheme in &info.signature_schemes {
+            assert!(
+                alg.signature_schemes().contains(scheme),
+                "{alg} key offers {scheme}"
+            );
+        }
         for &scheme in alg.signature_schemes() {
+            if !info.supports(scheme) {
+                let digest = encoding::digest(scheme.hash(), b"x");
+                let err = key.sign_digest(scheme, &digest).await.unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    ErrorKind::Unsupported,
+                    "{scheme} not offered: {err}"
+                );
+            }
+        }
+        for scheme in info.signature_schemes.clone() {
             let message = format!("hardkey conformance: {scheme}").into_bytes();
             let sig = key
                 .sign(scheme, &message)
@@ -341,7 +396,7 @@ impl<S: KeyStore> Suite<S> {
     /// Keeps `concurrency` signatures in flight at once; every one must verify.
     pub async fn concurrent_signs(&self, alg: KeyAlgorithm) {
         let key = self.generate(alg, "concurrent").await;
-        let scheme = alg.signature_schemes()[0];
+        let scheme = key.info().signature_schemes[0];
         let messages: Vec<Vec<u8>> = (0..self.concurrency)
             .map(|i| format!("message {i}").into_bytes())
             .collect();
@@ -359,7 +414,7 @@ impl<S: KeyStore> Suite<S> {
     /// operations all succeed (no leaked slot, session or handle; no stuck worker).
     pub async fn dropped_futures(&self, alg: KeyAlgorithm) {
         let key = self.generate(alg, "dropped").await;
-        let scheme = alg.signature_schemes()[0];
+        let scheme = key.info().signature_schemes[0];
         for i in 0..500u32 {
             let mut fut = Box::pin(key.sign(scheme, &i.to_be_bytes()));
             // Poll once so the job is queued (or running), then drop it.
@@ -376,6 +431,15 @@ impl<S: KeyStore> Suite<S> {
                 &sig,
             )
             .unwrap();
+        }
+        if let Some(stats) = key.pool_stats() {
+            // Each future was dropped right after queuing its job, long before a worker could
+            // wake for it; the queue is FIFO, so by now every dropped job has been dequeued and
+            // the pool must have skipped most of them rather than run them.
+            assert!(
+                stats.cancelled > 0,
+                "none of 500 dropped jobs was skipped: {stats}"
+            );
         }
         self.cleanup(key.info()).await;
     }
@@ -396,7 +460,7 @@ impl<S: KeyStore> Suite<S> {
         for again in reopened {
             assert_eq!(again.info().id, info.id);
             assert_eq!(again.info().public_key, info.public_key);
-            let scheme = alg.signature_schemes()[0];
+            let scheme = key.info().signature_schemes[0];
             let sig = again.sign(scheme, b"reopened").await.unwrap();
             verify_signature(info.public_key.der(), scheme, b"reopened", &sig).unwrap();
         }
@@ -414,12 +478,13 @@ impl<S: KeyStore> Suite<S> {
             .import(ImportRequest::new(pkcs8).label(self.label("import")))
             .await
             .unwrap_or_else(|e| panic!("importing a {alg} key: {e}"));
+        lock(&self.created).push(key.info().id.clone());
         assert_eq!(
             key.info().public_key.der(),
             spki.as_slice(),
             "imported public key"
         );
-        let scheme = alg.signature_schemes()[0];
+        let scheme = key.info().signature_schemes[0];
         let sig = key.sign(scheme, b"imported").await.unwrap();
         verify_signature(&spki, scheme, b"imported", &sig).unwrap();
         self.cleanup(key.info()).await;
@@ -440,6 +505,7 @@ impl<S: KeyStore> Suite<S> {
             assert_eq!(found.algorithm, info.algorithm);
             assert_eq!(found.public_key, info.public_key);
         }
+        lock(&self.created).retain(|id| *id != a.id);
         self.store.delete(&a.id).await.unwrap();
         let listed = self.store.list().await.unwrap();
         assert!(
@@ -491,6 +557,15 @@ impl<S: KeyStore> Suite<S> {
                 ErrorKind::Unsupported,
                 "generating {alg}: {err}"
             );
+        }
+    }
+}
+
+impl<S: KeyStore> Drop for Suite<S> {
+    fn drop(&mut self) {
+        // Runs after a check returned or panicked, outside its executor.
+        for id in std::mem::take(&mut *lock(&self.created)) {
+            let _ = block_on(self.store.delete(&id));
         }
     }
 }

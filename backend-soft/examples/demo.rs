@@ -36,13 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key_path = dir.join("demo-p256.pem");
     let _ = std::fs::remove_file(&key_path);
 
+    // Starting a store starts its worker threads (for a token: logs in), which blocks: do it
+    // before the event loop, not on it.
+    let store = SoftStore::in_memory()?;
     // One thread runs every future below: the event loop a TLS server would have.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let store = SoftStore::in_memory()?;
-
         println!("== 1. generate, sign, verify");
         let request = GenerateRequest::new(KeyAlgorithm::EcP256)
             .label("demo")
@@ -79,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "signature ({} bytes, DER) verified with the p256 crate: ok",
             sig.len()
         );
-        openssl_verify(&dir, &info.public_key.to_pem(), message, &sig);
+        openssl_verify(&dir, &info.public_key.to_pem(), message, &sig)?;
 
         println!();
         println!(
@@ -152,7 +153,12 @@ fn hardkey_api_verify(key: &SharedKey, message: &[u8], sig: &[u8]) {
 }
 
 /// Verifies with the openssl command line, an implementation independent of ours.
-fn openssl_verify(dir: &std::path::Path, pem: &str, message: &[u8], sig: &[u8]) {
+fn openssl_verify(
+    dir: &std::path::Path,
+    pem: &str,
+    message: &[u8],
+    sig: &[u8],
+) -> Result<(), Box<dyn std::error::Error>> {
     let (pub_path, msg_path, sig_path) = (
         dir.join("demo-pub.pem"),
         dir.join("demo-msg.txt"),
@@ -169,10 +175,20 @@ fn openssl_verify(dir: &std::path::Path, pem: &str, message: &[u8], sig: &[u8]) 
         .arg(&msg_path)
         .output();
     match out {
-        Ok(o) => println!(
-            "openssl dgst -sha256 -verify: {}",
-            String::from_utf8_lossy(&o.stdout).trim()
-        ),
-        Err(e) => println!("openssl not available ({e}); skipped the openssl check"),
+        Ok(o) if o.status.success() => {
+            let verdict = String::from_utf8_lossy(&o.stdout);
+            println!("openssl dgst -sha256 -verify: {}", verdict.trim());
+            Ok(())
+        }
+        Ok(o) => Err(format!(
+            "openssl rejected the signature: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .into()),
+        Err(e) => {
+            println!("openssl not available ({e}); skipped the openssl check");
+            Ok(())
+        }
     }
 }
