@@ -218,6 +218,10 @@ impl Error {
     }
 
     /// Whether the same request may succeed if retried later (device back, queue drained).
+    ///
+    /// For operations that change the device (generate, import, delete), a timeout or a lost
+    /// device does not tell whether the device acted before failing: list the keys before
+    /// retrying. Sign and decrypt are safe to retry.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
