@@ -1,7 +1,8 @@
 # hardkey: `make test` runs every check CI runs; `make demo` runs the tour on this machine.
 
-# Debian packages the tests and the demo need (openssl: independent signature checks).
-APT_PACKAGES := openssl ca-certificates pkg-config
+# Debian packages the tests and the demo need: openssl (independent signature checks),
+# softhsm2 (a PKCS#11 token), opensc (pkcs11-tool) and p11-kit (remote modules).
+APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules
 
 CARGO ?= cargo
 

@@ -1,0 +1,430 @@
+//! Key objects on the token: finding them, describing them, and the templates that create them.
+
+use std::sync::Arc;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::types::Ulong;
+use der::{Decode, Encode};
+use hardkey_api::oid::{SECP256R1, SECP384R1};
+use hardkey_api::uri::{ObjectType, Pkcs11Uri};
+use hardkey_api::{
+    Error, InvalidInput, KeyAlgorithm, KeyFamily, KeyId, KeyInfo, KeyPolicy, KeyUri, KeyUsages,
+    Operation, PublicKey, Result, Unsupported,
+};
+use rand::RngCore;
+use zeroize::Zeroize;
+
+use crate::error::mapper;
+
+/// How a worker finds a key on the token: its CKA_ID and/or CKA_LABEL. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pkcs11KeyRef {
+    /// CKA_ID.
+    pub id: Option<Arc<[u8]>>,
+    /// CKA_LABEL.
+    pub label: Option<Arc<str>>,
+}
+
+impl Pkcs11KeyRef {
+    /// The search template for the private key.
+    pub(crate) fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class)];
+        if let Some(id) = &self.id {
+            t.push(Attribute::Id(id.to_vec()));
+        }
+        if let Some(label) = &self.label {
+            t.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        t
+    }
+}
+
+/// What the store knows about where its keys live, to build their URIs.
+#[derive(Clone, Debug)]
+pub(crate) struct UriBase {
+    pub(crate) token: String,
+    pub(crate) module_path: Option<String>,
+    pub(crate) pin_source: Option<String>,
+}
+
+impl UriBase {
+    fn uri(&self, label: Option<&str>, id: Option<&[u8]>) -> KeyUri {
+        let mut uri = Pkcs11Uri::new()
+            .with_token(self.token.clone())
+            .with_object_type(ObjectType::Private);
+        if let Some(label) = label {
+            uri = uri.with_object(label);
+        }
+        if let Some(id) = id {
+            uri = uri.with_id(id.to_vec());
+        }
+        if let Some(path) = &self.module_path {
+            uri = uri.with_module_path(path.clone());
+        }
+        if let Some(source) = &self.pin_source {
+            uri = uri.with_pin_source(source.clone());
+        }
+        KeyUri::Pkcs11(uri)
+    }
+}
+
+/// Private-key handles matching a URI's `object` / `id` (and `type`, which must allow private
+/// keys).
+pub(crate) fn find_private(
+    session: &Session,
+    device: &str,
+    uri: &Pkcs11Uri,
+) -> Result<Vec<ObjectHandle>> {
+    if uri.has_unrecognized() || uri.object_type().is_some_and(|t| t != ObjectType::Private) {
+        // As in p11-kit: attributes we do not understand match nothing.
+        return Ok(Vec::new());
+    }
+    let key = Pkcs11KeyRef {
+        id: uri.id().map(Arc::from),
+        label: uri.object().map(Arc::from),
+    };
+    session
+        .find_objects(&key.template(ObjectClass::PRIVATE_KEY))
+        .map_err(mapper(device, Operation::Open))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end().to_owned()
+}
+
+/// Decodes CKA_EC_POINT: a DER OCTET STRING holding the point (PKCS#11), or the bare point
+/// (some tokens).
+fn ec_point(raw: &[u8], field: usize) -> Option<Vec<u8>> {
+    if raw.len() == 1 + 2 * field && raw.first() == Some(&0x04) {
+        return Some(raw.to_vec());
+    }
+    der::asn1::OctetStringRef::from_der(raw)
+        .ok()
+        .map(|o| o.as_bytes().to_vec())
+}
+
+/// Describes a private key: algorithm, public key (from the key or its public object), usages.
+pub(crate) fn describe(
+    session: &Session,
+    device: &str,
+    handle: ObjectHandle,
+    base: &UriBase,
+    policy: KeyPolicy,
+) -> Result<(KeyInfo, Pkcs11KeyRef)> {
+    let map = mapper(device, Operation::Open);
+    let wanted = [
+        AttributeType::KeyType,
+        AttributeType::Id,
+        AttributeType::Label,
+        AttributeType::Sign,
+        AttributeType::Decrypt,
+        AttributeType::Modulus,
+        AttributeType::PublicExponent,
+        AttributeType::EcParams,
+    ];
+    let (mut key_type, mut id, mut label) = (None, None, None);
+    let (mut sign, mut decrypt) = (false, false);
+    let (mut modulus, mut exponent, mut ec_params) = (None, None, None);
+    for attr in session.get_attributes(handle, &wanted).map_err(&map)? {
+        match attr {
+            Attribute::KeyType(t) => key_type = Some(t),
+            Attribute::Id(v) if !v.is_empty() => id = Some(v),
+            Attribute::Label(v) if !v.is_empty() => label = Some(text(&v)),
+            Attribute::Sign(b) => sign = b,
+            Attribute::Decrypt(b) => decrypt = b,
+            Attribute::Modulus(v) => modulus = Some(v),
+            Attribute::PublicExponent(v) => exponent = Some(v),
+            Attribute::EcParams(v) => ec_params = Some(v),
+            _ => {}
+        }
+    }
+    let key_ref = Pkcs11KeyRef {
+        id: id.as_deref().map(Arc::from),
+        label: label.as_deref().map(Arc::from),
+    };
+    let unsupported = || {
+        Error::from(InvalidInput::Malformed {
+            what: "token key",
+            reason: "not an RSA 2048/3072/4096 or EC P-256/P-384 private key",
+        })
+    };
+    let public_key = match key_type {
+        Some(KeyType::RSA) => match (modulus, exponent) {
+            (Some(n), Some(e)) => PublicKey::from_rsa_components(&n, &e)?,
+            _ => public_object_key(session, device, &key_ref, None)?,
+        },
+        Some(KeyType::EC) => {
+            let params = ec_params.ok_or_else(unsupported)?;
+            let curve =
+                der::asn1::ObjectIdentifier::from_der(&params).map_err(|_| unsupported())?;
+            let alg = if curve == SECP256R1 {
+                KeyAlgorithm::EcP256
+            } else if curve == SECP384R1 {
+                KeyAlgorithm::EcP384
+            } else {
+                return Err(unsupported());
+            };
+            public_object_key(session, device, &key_ref, Some(alg))?
+        }
+        _ => return Err(unsupported()),
+    };
+    let key_id = match &id {
+        Some(id) => KeyId::new(id.clone()),
+        None => KeyId::from_public_key(&public_key),
+    };
+    let mut usages = KeyUsages::default_for(public_key.algorithm());
+    usages.sign = sign;
+    usages.decrypt = decrypt && public_key.algorithm().family() == KeyFamily::Rsa;
+    let uri = base.uri(label.as_deref(), id.as_deref());
+    let info = KeyInfo::new(key_id, public_key, usages, policy)
+        .with_label(label)
+        .with_uri(Some(uri));
+    Ok((info, key_ref))
+}
+
+/// The public key from the public-key object with the same CKA_ID / label.
+fn public_object_key(
+    session: &Session,
+    device: &str,
+    key: &Pkcs11KeyRef,
+    ec: Option<KeyAlgorithm>,
+) -> Result<PublicKey> {
+    let map = mapper(device, Operation::Open);
+    let missing = || {
+        Error::from(InvalidInput::Malformed {
+            what: "token key",
+            reason: "its public key cannot be read: no public-key object with the same CKA_ID",
+        })
+    };
+    let handle = *session
+        .find_objects(&key.template(ObjectClass::PUBLIC_KEY))
+        .map_err(&map)?
+        .first()
+        .ok_or_else(missing)?;
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::EcPoint,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )
+        .map_err(&map)?;
+    let find = |want: AttributeType| {
+        attrs.iter().find_map(|a| match (a, want) {
+            (Attribute::EcPoint(v), AttributeType::EcPoint) => Some(v.clone()),
+            (Attribute::Modulus(v), AttributeType::Modulus) => Some(v.clone()),
+            (Attribute::PublicExponent(v), AttributeType::PublicExponent) => Some(v.clone()),
+            _ => None,
+        })
+    };
+    match ec {
+        Some(alg) => {
+            let field = if alg == KeyAlgorithm::EcP256 { 32 } else { 48 };
+            let raw = find(AttributeType::EcPoint).ok_or_else(missing)?;
+            let point = ec_point(&raw, field).ok_or_else(missing)?;
+            PublicKey::from_ec_point(alg, &point)
+        }
+        None => match (
+            find(AttributeType::Modulus),
+            find(AttributeType::PublicExponent),
+        ) {
+            (Some(n), Some(e)) => PublicKey::from_rsa_components(&n, &e),
+            _ => Err(missing()),
+        },
+    }
+}
+
+/// A fresh random 16-byte CKA_ID.
+pub(crate) fn new_id() -> Vec<u8> {
+    let mut id = vec![0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    id
+}
+
+fn curve_params(alg: KeyAlgorithm) -> Result<Vec<u8>> {
+    let oid = match alg {
+        KeyAlgorithm::EcP256 => SECP256R1,
+        _ => SECP384R1,
+    };
+    oid.to_der().map_err(|e| {
+        InvalidInput::KeyEncoding {
+            what: "curve parameters".into(),
+            source: Box::new(e),
+        }
+        .into()
+    })
+}
+
+/// Key-pair generation templates: token objects; the private key sensitive, not extractable.
+pub(crate) fn generate_templates(
+    alg: KeyAlgorithm,
+    id: &[u8],
+    label: &str,
+    usages: KeyUsages,
+) -> Result<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>)> {
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    let mut public = common(false);
+    let mut private = common(true);
+    private.extend([
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(usages.sign),
+    ]);
+    public.push(Attribute::Verify(usages.sign));
+    let mechanism = match alg.family() {
+        KeyFamily::Rsa => {
+            public.extend([
+                Attribute::ModulusBits(Ulong::new(alg.bits() as _)),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Encrypt(usages.decrypt),
+            ]);
+            private.push(Attribute::Decrypt(usages.decrypt));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        _ => {
+            public.push(Attribute::EcParams(curve_params(alg)?));
+            Mechanism::EccKeyPairGen
+        }
+    };
+    Ok((mechanism, public, private))
+}
+
+/// Object templates that import a PKCS#8 private key (and its public key). Secret values are
+/// zeroized by [`wipe`] once the objects exist.
+pub(crate) fn import_templates(
+    pkcs8_der: &[u8],
+    id: &[u8],
+    label: &str,
+    usages: Option<KeyUsages>,
+) -> Result<(KeyAlgorithm, Vec<Attribute>, Vec<Attribute>)> {
+    use pkcs8::DecodePrivateKey;
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::from(InvalidInput::KeyEncoding {
+            what: "PKCS#8 private key to import".into(),
+            source: e.to_string().into(),
+        })
+    };
+    let info = pkcs8::PrivateKeyInfo::from_der(pkcs8_der).map_err(|e| bad(&e))?;
+    let base = |class, key_type| {
+        vec![
+            Attribute::Class(class),
+            Attribute::KeyType(key_type),
+            Attribute::Token(true),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    if info.algorithm.oid == hardkey_api::oid::RSA_ENCRYPTION {
+        let key = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8_der).map_err(|e| bad(&e))?;
+        let alg = KeyAlgorithm::rsa_with_bits(key.n().bits()).ok_or_else(|| {
+            Error::from(InvalidInput::Malformed {
+                what: "RSA key to import",
+                reason: "modulus size is not 2048, 3072 or 4096 bits",
+            })
+        })?;
+        let usages = usages.unwrap_or(KeyUsages::default_for(alg));
+        let primes = key.primes();
+        let (Some(p), Some(q), Some(dp), Some(dq), Some(qinv)) = (
+            primes.first(),
+            primes.get(1),
+            key.dp(),
+            key.dq(),
+            key.qinv(),
+        ) else {
+            return Err(bad(&"RSA key without CRT parameters"));
+        };
+        let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
+        let mut private = base(ObjectClass::PRIVATE_KEY, KeyType::RSA);
+        private.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(usages.sign),
+            Attribute::Decrypt(usages.decrypt),
+            Attribute::Modulus(n.clone()),
+            Attribute::PublicExponent(e.clone()),
+            Attribute::PrivateExponent(key.d().to_bytes_be()),
+            Attribute::Prime1(p.to_bytes_be()),
+            Attribute::Prime2(q.to_bytes_be()),
+            Attribute::Exponent1(dp.to_bytes_be()),
+            Attribute::Exponent2(dq.to_bytes_be()),
+            Attribute::Coefficient(qinv.to_bytes_be().1),
+        ]);
+        let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::RSA);
+        public.extend([
+            Attribute::Verify(usages.sign),
+            Attribute::Encrypt(usages.decrypt),
+            Attribute::Modulus(n),
+            Attribute::PublicExponent(e),
+        ]);
+        return Ok((alg, public, private));
+    }
+    let curve = info.algorithm.parameters_oid().map_err(|e| bad(&e))?;
+    let (alg, secret, point) = if curve == SECP256R1 {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let k = p256::SecretKey::from_pkcs8_der(pkcs8_der).map_err(|e| bad(&e))?;
+        let point = k.public_key().to_encoded_point(false).as_bytes().to_vec();
+        (KeyAlgorithm::EcP256, k.to_bytes().to_vec(), point)
+    } else if curve == SECP384R1 {
+        use p384::elliptic_curve::sec1::ToEncodedPoint;
+        let k = p384::SecretKey::from_pkcs8_der(pkcs8_der).map_err(|e| bad(&e))?;
+        let point = k.public_key().to_encoded_point(false).as_bytes().to_vec();
+        (KeyAlgorithm::EcP384, k.to_bytes().to_vec(), point)
+    } else {
+        return Err(Unsupported::Algorithm {
+            algorithm: KeyAlgorithm::EcP256,
+            device: "this PKCS#11 backend (only P-256 and P-384 curves)".into(),
+        }
+        .into());
+    };
+    let usages = usages.unwrap_or(KeyUsages::default_for(alg));
+    let params = curve_params(alg)?;
+    let mut private = base(ObjectClass::PRIVATE_KEY, KeyType::EC);
+    private.extend([
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(usages.sign),
+        Attribute::EcParams(params.clone()),
+        Attribute::Value(secret),
+    ]);
+    let point_der = der::asn1::OctetStringRef::new(&point)
+        .and_then(|o| o.to_der())
+        .map_err(|e| bad(&e))?;
+    let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::EC);
+    public.extend([
+        Attribute::Verify(usages.sign),
+        Attribute::EcParams(params),
+        Attribute::EcPoint(point_der),
+    ]);
+    Ok((alg, public, private))
+}
+
+/// Zeroizes the secret values in a template.
+pub(crate) fn wipe(template: &mut [Attribute]) {
+    for attr in template {
+        match attr {
+            Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v)
+            | Attribute::Value(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}

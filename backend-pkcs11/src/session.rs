@@ -1,0 +1,216 @@
+//! [`Pkcs11Device`]: one worker's session on the token, logged in, with its key-handle cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
+use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use hardkey_api::{Backend, DecryptScheme, Error, KeyPolicy, Operation, Result, SignatureScheme};
+use zeroize::Zeroizing;
+
+use crate::error::{is_rv, map, mapper};
+use crate::keys::{Pkcs11KeyRef, UriBase};
+use crate::mechanism::{decrypt_mechanism, sign_input, sign_output};
+use crate::module::Module;
+use crate::pin::PinSource;
+
+/// The token a store serves, shared by its workers.
+pub(crate) struct Target {
+    pub(crate) module: Arc<Module>,
+    pub(crate) slot: Slot,
+    /// "token 'web'": the device name in errors and stats.
+    pub(crate) name: String,
+    pub(crate) pin: PinSource,
+    pub(crate) policy: KeyPolicy,
+    pub(crate) uri_base: UriBase,
+}
+
+/// One pool worker's device state: a read-write session on the token, logged in as the user,
+/// and the object handles of the keys it has used.
+///
+/// Sessions are never shared between threads, never opened per operation, and a session whose
+/// operation failed is replaced (it might still hold an active operation).
+pub struct Pkcs11Device {
+    target: Arc<Target>,
+    session: Session,
+    handles: HashMap<Pkcs11KeyRef, ObjectHandle>,
+}
+
+impl std::fmt::Debug for Pkcs11Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Device")
+            .field("token", &self.target.name)
+            .field("cached_handles", &self.handles.len())
+            .finish()
+    }
+}
+
+impl Pkcs11Device {
+    /// Opens a session on the target's token and logs in.
+    pub(crate) fn connect(target: Arc<Target>) -> Result<Self> {
+        let session = open_session(&target)?;
+        login(&target, &session)?;
+        Ok(Self {
+            target,
+            session,
+            handles: HashMap::new(),
+        })
+    }
+
+    /// The session, for store jobs.
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Forgets cached handles (after keys were deleted).
+    pub(crate) fn forget(&mut self, key: &Pkcs11KeyRef) {
+        self.handles.remove(key);
+    }
+
+    /// Replaces the session: the new one is opened before the old one closes, so the token's
+    /// login (which lasts while any session is open) is kept.
+    fn replace_session(&mut self) -> Result<()> {
+        let fresh = open_session(&self.target)?;
+        login(&self.target, &fresh)?;
+        self.session = fresh;
+        Ok(())
+    }
+
+    fn handle(&mut self, key: &Pkcs11KeyRef, op: Operation) -> Result<ObjectHandle> {
+        if let Some(h) = self.handles.get(key) {
+            return Ok(*h);
+        }
+        let found = self
+            .session
+            .find_objects(&key.template(ObjectClass::PRIVATE_KEY))
+            .map_err(mapper(&self.target.name, op))?;
+        match found.as_slice() {
+            [h] => {
+                self.handles.insert(key.clone(), *h);
+                Ok(*h)
+            }
+            [] => Err(Error::not_found(
+                format!("{key:?} on {}", self.target.name),
+                "the key was deleted from the token; list the keys (hardkey list)",
+            )),
+            _ => Err(Error::not_found(
+                format!(
+                    "a single key: {key:?} matches {} keys on {}",
+                    found.len(),
+                    self.target.name
+                ),
+                "give both id= and object= in the URI",
+            )),
+        }
+    }
+
+    /// Runs a private-key operation: refreshes a stale handle once; replaces the session after
+    /// any other failure.
+    fn with_key<T>(
+        &mut self,
+        op: Operation,
+        key: &Pkcs11KeyRef,
+        f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
+    ) -> Result<T> {
+        let handle = self.handle(key, op)?;
+        let result = match f(&self.session, handle) {
+            Err(e) if is_rv(&e, RvError::ObjectHandleInvalid, None) => {
+                self.handles.remove(key);
+                let handle = self.handle(key, op)?;
+                f(&self.session, handle)
+            }
+            other => other,
+        };
+        result.map_err(|e| {
+            let err = map(&self.target.name, op, e);
+            if !err.is_device_lost() {
+                // The session may still hold the failed operation: never reuse it. If a new
+                // one cannot be opened, report the device as lost so the pool rebuilds it.
+                if let Err(lost) = self.replace_session() {
+                    return lost;
+                }
+            }
+            err
+        })
+    }
+}
+
+fn open_session(target: &Target) -> Result<Session> {
+    target
+        .module
+        .ctx
+        .open_rw_session(target.slot)
+        .map_err(mapper(&target.name, Operation::Connect))
+}
+
+/// Logs the user in, once per token: `CKR_USER_ALREADY_LOGGED_IN` (another worker did) is
+/// success. Never tries a PIN the token reports locked or on its final try: a wrong PIN then
+/// would lock the token, and hardkey never guesses.
+fn login(target: &Target, session: &Session) -> Result<()> {
+    let info = target
+        .module
+        .ctx
+        .get_token_info(target.slot)
+        .map_err(mapper(&target.name, Operation::Connect))?;
+    if info.user_pin_locked() {
+        return Err(Error::PinLocked {
+            target: target.name.clone(),
+            remedy: "the user PIN is locked: unlock it with the SO PIN (hardkey token init-pin)",
+            source: None,
+        });
+    }
+    if info.user_pin_final_try() {
+        return Err(Error::PinLocked {
+            target: target.name.clone(),
+            remedy: "one PIN attempt is left, so hardkey will not try: check the PIN source, \
+                     then log in once by hand or reset the PIN with the SO PIN",
+            source: None,
+        });
+    }
+    if !info.login_required() {
+        return Ok(());
+    }
+    let pin = target.pin.load(&target.name)?;
+    match session.login(UserType::User, pin.as_ref()) {
+        Ok(()) => Ok(()),
+        Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
+        Err(e) => Err(map(&target.name, Operation::Connect, e)),
+    }
+}
+
+impl Backend for Pkcs11Device {
+    type KeyRef = Pkcs11KeyRef;
+
+    fn sign_digest(
+        &mut self,
+        key: &Pkcs11KeyRef,
+        scheme: SignatureScheme,
+        digest: &[u8],
+    ) -> Result<Vec<u8>> {
+        let (mechanism, data) = sign_input(scheme, digest)?;
+        let raw = self.with_key(Operation::Sign, key, |session, handle| {
+            session.sign(&mechanism, handle, &data)
+        })?;
+        sign_output(scheme, raw)
+    }
+
+    fn decrypt(
+        &mut self,
+        key: &Pkcs11KeyRef,
+        scheme: DecryptScheme,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let mechanism = decrypt_mechanism(scheme);
+        self.with_key(Operation::Decrypt, key, |session, handle| {
+            session.decrypt(&mechanism, handle, ciphertext)
+        })
+        .map(Zeroizing::new)
+    }
+}

@@ -1,0 +1,405 @@
+//! [`Pkcs11Store`]: the keys of one PKCS#11 token, served by a pool of sessions.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use hardkey_api::uri::{Pkcs11Uri, TokenAttrs};
+use hardkey_api::{
+    DevicePool, Error, GenerateRequest, ImportRequest, JobOptions, JobTimeout, KeyAlgorithm, KeyId,
+    KeyInfo, KeyPolicy, KeyStore, KeyUri, Operation, PoolConfig, PooledKey, Result, Unsupported,
+};
+
+use crate::error::mapper;
+use crate::keys::{
+    Pkcs11KeyRef, UriBase, describe, find_private, generate_templates, import_templates, new_id,
+    wipe,
+};
+use crate::module;
+use crate::pin::{PIN_ENV, PinSource};
+use crate::session::{Pkcs11Device, Target};
+use crate::token::{self, TokenSummary};
+
+/// A key on a PKCS#11 token.
+pub type Pkcs11Key = PooledKey<Pkcs11Device>;
+
+/// How to reach a token.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Pkcs11Config {
+    /// The module; `None` looks for SoftHSM in the usual places.
+    pub module: Option<PathBuf>,
+    /// Which token: the token attributes of this URI (token, serial, manufacturer, model,
+    /// slot-id) must match exactly one initialized token.
+    pub token: Pkcs11Uri,
+    /// Where the user PIN comes from.
+    pub pin: PinSource,
+    /// Sessions (pool workers) to open: how many operations run on the token at once.
+    pub sessions: usize,
+    /// Deadline of each operation, queue wait included.
+    pub op_timeout: Option<Duration>,
+    /// Policy applied to every key.
+    pub policy: KeyPolicy,
+}
+
+/// Default number of sessions per token (`max-sessions` in a URI overrides it).
+pub const DEFAULT_SESSIONS: usize = 4;
+
+impl Pkcs11Config {
+    /// A token selected by `token`, with the PIN from `pin`.
+    pub fn new(token: Pkcs11Uri, pin: PinSource) -> Self {
+        Self {
+            module: None,
+            token,
+            pin,
+            sessions: DEFAULT_SESSIONS,
+            op_timeout: Some(Duration::from_secs(30)),
+            policy: KeyPolicy::default(),
+        }
+    }
+
+    /// Everything a key URI says: token attributes, `module-path`, `pin-source` (or an allowed
+    /// `pin-value`; else the `HARDKEY_PIN` environment variable) and `max-sessions`.
+    pub fn from_uri(uri: &Pkcs11Uri) -> Result<Self> {
+        let pin = match (uri.pin_value(), uri.pin_source()) {
+            (Some(value), _) => PinSource::Value(value.clone()),
+            (None, Some(source)) => PinSource::parse(source)?,
+            (None, None) => PinSource::Env(PIN_ENV.to_owned()),
+        };
+        let mut config = Self::new(uri.clone(), pin);
+        config.module = uri.module_path().map(PathBuf::from);
+        if let Some(n) = uri.max_sessions() {
+            config.sessions = n.get();
+        }
+        Ok(config)
+    }
+
+    /// Sets the module path.
+    pub fn module(mut self, path: impl Into<PathBuf>) -> Self {
+        self.module = Some(path.into());
+        self
+    }
+
+    /// Sets the number of sessions.
+    pub fn sessions(mut self, n: usize) -> Self {
+        self.sessions = n;
+        self
+    }
+
+    /// Sets the key policy.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// The keys of one token. Opening it loads and initializes the module (once per process),
+/// finds the token, opens `sessions` sessions and logs in once.
+pub struct Pkcs11Store {
+    pool: DevicePool<Pkcs11Device>,
+    target: Arc<Target>,
+    token: TokenSummary,
+}
+
+impl std::fmt::Debug for Pkcs11Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Store")
+            .field("token", &self.token)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Pkcs11Store {
+    /// Connects to the token. Blocks (module load, login): call it before the event loop or
+    /// on a blocking thread.
+    pub fn open(config: Pkcs11Config) -> Result<Self> {
+        let module = module::load(config.module.as_deref())?;
+        let (slot, token) = token::find(&module, &config.token)?;
+        let name = format!("token '{}'", token.label);
+        let target = Arc::new(Target {
+            slot,
+            name: name.clone(),
+            pin: config.pin.clone(),
+            policy: config.policy,
+            uri_base: UriBase {
+                token: token.label.clone(),
+                module_path: config
+                    .module
+                    .as_ref()
+                    .map(|_| module.path.display().to_string()),
+                pin_source: config.token.pin_source().map(str::to_owned),
+            },
+            module,
+        });
+        let pool_config = PoolConfig::new(name)
+            .workers(config.sessions)
+            .queue_capacity(1024)
+            .op_timeout(config.op_timeout);
+        let for_workers = Arc::clone(&target);
+        let pool = DevicePool::new(pool_config, move |_| {
+            Pkcs11Device::connect(Arc::clone(&for_workers))
+        })?;
+        Ok(Self {
+            pool,
+            target,
+            token,
+        })
+    }
+
+    /// The token this store serves.
+    pub fn token(&self) -> &TokenSummary {
+        &self.token
+    }
+
+    /// The session pool (stats, shutdown, reconnect after fixing a PIN).
+    pub fn pool(&self) -> &DevicePool<Pkcs11Device> {
+        &self.pool
+    }
+
+    /// Runs a job that yields one key description and turns it into a key.
+    fn run_key<F>(
+        &self,
+        options: JobOptions,
+        job: F,
+    ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<F>
+    where
+        F: FnMut(&mut Pkcs11Device) -> Result<(KeyInfo, Pkcs11KeyRef)> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let run = self.pool.run(options, job);
+        async move {
+            let (info, key) = run.await?;
+            Ok(PooledKey::new(info, key, pool))
+        }
+    }
+
+    fn names_this_token(&self, uri: &Pkcs11Uri) -> bool {
+        let t = &self.token;
+        uri.matches_token(&TokenAttrs {
+            label: &t.label,
+            manufacturer: &t.manufacturer,
+            serial: &t.serial,
+            model: &t.model,
+        })
+    }
+}
+
+fn one_key(
+    dev: &Pkcs11Device,
+    handles: &[ObjectHandle],
+    selector: &dyn std::fmt::Display,
+) -> Result<(KeyInfo, Pkcs11KeyRef)> {
+    let t = dev.target();
+    match handles {
+        [h] => describe(dev.session(), &t.name, *h, &t.uri_base, t.policy),
+        [] => Err(Error::NotFound {
+            selector: format!("{selector} on {}", t.name),
+            hint: "list the token's keys (hardkey list) and check object= and id=",
+        }),
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .filter_map(|h| describe(dev.session(), &t.name, *h, &t.uri_base, t.policy).ok())
+                .map(|(info, _)| info.uri.map(|u| u.to_string()).unwrap_or_default())
+                .collect();
+            Err(Error::NotFound {
+                selector: format!(
+                    "a single key: {selector} matches {} keys ({})",
+                    several.len(),
+                    names.join(", ")
+                ),
+                hint: "add id= or object= to the URI to choose one",
+            })
+        }
+    }
+}
+
+fn id_template(class: ObjectClass, id: &[u8]) -> Vec<Attribute> {
+    vec![Attribute::Class(class), Attribute::Id(id.to_vec())]
+}
+
+impl KeyStore for Pkcs11Store {
+    type Key = Pkcs11Key;
+
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    fn algorithms(&self) -> &[KeyAlgorithm] {
+        &KeyAlgorithm::ALL
+    }
+
+    fn open(
+        &self,
+        uri: &KeyUri,
+    ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
+        let checked = match uri {
+            KeyUri::Pkcs11(p) if self.names_this_token(p) => Ok(p.clone()),
+            KeyUri::Pkcs11(p) => Err(Error::not_found(
+                p,
+                "the URI names a different token than this store serves",
+            )),
+            other => Err(Unsupported::UriScheme {
+                uri: other.to_string(),
+                store: "the PKCS#11 backend",
+                serves: "pkcs11:",
+            }
+            .into()),
+        };
+        let run = checked.map(|p| {
+            self.run_key(JobOptions::idempotent(Operation::Open), move |dev| {
+                let handles = find_private(dev.session(), &dev.target().name, &p)?;
+                one_key(dev, &handles, &p)
+            })
+        });
+        async move { run?.await }
+    }
+
+    fn open_id(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
+        let id = id.clone();
+        self.run_key(JobOptions::idempotent(Operation::Open), move |dev| {
+            let handles = dev
+                .session()
+                .find_objects(&id_template(ObjectClass::PRIVATE_KEY, id.as_bytes()))
+                .map_err(mapper(&dev.target().name, Operation::Open))?;
+            one_key(dev, &handles, &format!("id {id}"))
+        })
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<KeyInfo>>> + Send + 'static + use<> {
+        self.pool.run(
+            JobOptions::idempotent(Operation::List),
+            |dev: &mut Pkcs11Device| {
+                let t = dev.target();
+                let handles = dev
+                    .session()
+                    .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                    .map_err(mapper(&t.name, Operation::List))?;
+                // Keys of algorithms hardkey does not serve (Ed25519, RSA-1024...) are left out.
+                Ok(handles
+                    .iter()
+                    .filter_map(|h| {
+                        describe(dev.session(), &t.name, *h, &t.uri_base, t.policy).ok()
+                    })
+                    .map(|(info, _)| info)
+                    .collect())
+            },
+        )
+    }
+
+    fn generate(
+        &self,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
+        let label = match (&request.label, &request.location) {
+            (Some(l), _) => Ok(l.clone()),
+            (None, Some(KeyUri::Pkcs11(p))) if p.object().is_some() => {
+                Ok(p.object().unwrap_or_default().to_owned())
+            }
+            (None, None) => Ok(String::new()),
+            (None, Some(other)) => Err(Error::from(Unsupported::UriScheme {
+                uri: other.to_string(),
+                store: "the PKCS#11 backend",
+                serves: "pkcs11:",
+            })),
+        };
+        let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
+        let run = label.map(|label| {
+            self.run_key(options, move |dev| {
+                let t = dev.target();
+                let id = new_id();
+                let label = if label.is_empty() {
+                    format!("hardkey-{}", hex_prefix(&id))
+                } else {
+                    label.clone()
+                };
+                let (mechanism, public, private) =
+                    generate_templates(request.algorithm, &id, &label, request.usages)?;
+                let (_, private) = dev
+                    .session()
+                    .generate_key_pair(&mechanism, &public, &private)
+                    .map_err(mapper(&t.name, Operation::Generate))?;
+                describe(dev.session(), &t.name, private, &t.uri_base, t.policy)
+            })
+        });
+        async move { run?.await }
+    }
+
+    fn import(
+        &self,
+        request: ImportRequest,
+    ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
+        self.run_key(JobOptions::new(Operation::Import), move |dev| {
+            let t = dev.target();
+            let map = mapper(&t.name, Operation::Import);
+            let id = new_id();
+            let label = request
+                .label
+                .clone()
+                .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
+            let (_, public, mut private) =
+                import_templates(&request.pkcs8_der, &id, &label, request.usages)?;
+            let public_handle = dev.session().create_object(&public).map_err(&map)?;
+            let created = dev.session().create_object(&private);
+            wipe(&mut private);
+            let private_handle = match created {
+                Ok(h) => h,
+                Err(e) => {
+                    // Never leave half a key behind.
+                    let _ = dev.session().destroy_object(public_handle);
+                    return Err(map(e));
+                }
+            };
+            describe(
+                dev.session(),
+                &t.name,
+                private_handle,
+                &t.uri_base,
+                t.policy,
+            )
+        })
+    }
+
+    fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
+        let id = id.clone();
+        self.pool.run(
+            JobOptions::new(Operation::Delete),
+            move |dev: &mut Pkcs11Device| {
+                let name = dev.target().name.clone();
+                let map = mapper(&name, Operation::Delete);
+                let private = dev
+                    .session()
+                    .find_objects(&id_template(ObjectClass::PRIVATE_KEY, id.as_bytes()))
+                    .map_err(&map)?;
+                if private.is_empty() {
+                    return Err(Error::not_found(
+                        format!("id {id} on {name}"),
+                        "list the token's keys (hardkey list)",
+                    ));
+                }
+                let public = dev
+                    .session()
+                    .find_objects(&id_template(ObjectClass::PUBLIC_KEY, id.as_bytes()))
+                    .map_err(&map)?;
+                for handle in private.iter().chain(public.iter()) {
+                    dev.session().destroy_object(*handle).map_err(&map)?;
+                }
+                dev.forget(&Pkcs11KeyRef {
+                    id: Some(Arc::from(id.as_bytes())),
+                    label: None,
+                });
+                Ok(())
+            },
+        )
+    }
+}
+
+fn hex_prefix(id: &[u8]) -> String {
+    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,98 @@
+//! Finding the slot whose token a URI names, and describing tokens in errors.
+
+use cryptoki::slot::Slot;
+use hardkey_api::uri::{Pkcs11Uri, TokenAttrs};
+use hardkey_api::{Error, Operation, Result};
+
+use crate::error::mapper;
+use crate::module::Module;
+
+/// A token as its slot reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenSummary {
+    /// The slot id.
+    pub slot_id: u64,
+    /// Token label (trailing spaces removed).
+    pub label: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// Whether the token has been initialized.
+    pub initialized: bool,
+    /// Whether the user PIN has been set.
+    pub user_pin_initialized: bool,
+}
+
+/// Lists the tokens a module's slots hold.
+pub(crate) fn tokens(module: &Module) -> Result<Vec<(Slot, TokenSummary)>> {
+    let device = module.path.display().to_string();
+    let map = mapper(&device, Operation::Connect);
+    let mut out = Vec::new();
+    for slot in module.ctx.get_slots_with_token().map_err(&map)? {
+        let info = module.ctx.get_token_info(slot).map_err(&map)?;
+        out.push((
+            slot,
+            TokenSummary {
+                slot_id: slot.id(),
+                label: info.label().trim_end().to_owned(),
+                manufacturer: info.manufacturer_id().trim_end().to_owned(),
+                model: info.model().trim_end().to_owned(),
+                serial: info.serial_number().trim_end().to_owned(),
+                initialized: info.token_initialized(),
+                user_pin_initialized: info.user_pin_initialized(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The one initialized token the URI names; an error listing the tokens present otherwise.
+pub(crate) fn find(module: &Module, uri: &Pkcs11Uri) -> Result<(Slot, TokenSummary)> {
+    let all = tokens(module)?;
+    let matching: Vec<_> = all
+        .iter()
+        .filter(|(slot, t)| {
+            t.initialized
+                && uri.matches_slot(slot.id(), "", "")
+                && uri.matches_token(&TokenAttrs {
+                    label: &t.label,
+                    manufacturer: &t.manufacturer,
+                    serial: &t.serial,
+                    model: &t.model,
+                })
+        })
+        .cloned()
+        .collect();
+    let present = || {
+        let list: Vec<String> = all
+            .iter()
+            .filter(|(_, t)| t.initialized)
+            .map(|(_, t)| format!("'{}' (serial {}, slot {})", t.label, t.serial, t.slot_id))
+            .collect();
+        if list.is_empty() {
+            "none (initialize one with hardkey token init)".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut found = matching.into_iter();
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(one),
+        (None, _) => Err(Error::NotFound {
+            selector: format!(
+                "{uri} in {}: tokens present: {}",
+                module.path.display(),
+                present()
+            ),
+            hint: "name the token with token=LABEL or serial=SERIAL",
+        }),
+        (Some(_), Some(_)) => Err(Error::NotFound {
+            selector: format!("a single token: {uri} matches several of {}", present()),
+            hint: "add token=LABEL or serial=SERIAL to the URI to choose one",
+        }),
+    }
+}
