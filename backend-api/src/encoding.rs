@@ -19,6 +19,7 @@
 
 use rand::RngCore;
 use sha2::Digest;
+use zeroize::Zeroizing;
 
 use crate::algorithm::{HashAlgorithm, KeyAlgorithm, SignatureScheme};
 use crate::error::{Error, InvalidInput, Operation, Result};
@@ -593,6 +594,67 @@ const fn pss_scheme(hash: HashAlgorithm) -> SignatureScheme {
         HashAlgorithm::Sha384 => SignatureScheme::RsaPssSha384,
         HashAlgorithm::Sha512 => SignatureScheme::RsaPssSha512,
     }
+}
+
+/// EME-OAEP decoding (RFC 8017 section 7.1.2, step 3) of a `k`-byte block `em` produced by a
+/// raw RSA private-key operation, with `hash` for the label hash and MGF1, and an empty label.
+///
+/// For tokens that decrypt with raw RSA but reject OAEP parameters (SoftHSM 2.6 does OAEP only
+/// with SHA-1). The checks run in constant time and every failure is the same error, so the
+/// caller learns nothing about which check failed (Manger's attack).
+pub fn oaep_decode(hash: HashAlgorithm, em: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+    let h_len = hash.output_len();
+    let k = em.len();
+    let failed = || {
+        Error::from(InvalidInput::Malformed {
+            what: "RSA-OAEP ciphertext",
+            reason: "decryption error",
+        })
+    };
+    if k < 2 * h_len + 2 {
+        return Err(failed());
+    }
+    let (y, rest) = em.split_at(1);
+    let (masked_seed, masked_db) = rest.split_at(h_len);
+    let seed_mask = Zeroizing::new(mgf1(hash, masked_db, h_len)?);
+    let seed: Zeroizing<Vec<u8>> = Zeroizing::new(
+        masked_seed
+            .iter()
+            .zip(seed_mask.iter())
+            .map(|(a, b)| a ^ b)
+            .collect(),
+    );
+    let db_mask = Zeroizing::new(mgf1(hash, &seed, k - h_len - 1)?);
+    let db: Zeroizing<Vec<u8>> = Zeroizing::new(
+        masked_db
+            .iter()
+            .zip(db_mask.iter())
+            .map(|(a, b)| a ^ b)
+            .collect(),
+    );
+    let label_hash = digest(hash, b"");
+
+    let mut good = y[0].ct_eq(&0) & db[..h_len].ct_eq(&label_hash[..]);
+    // Find the 0x01 that ends the zero padding, looking at every byte whatever is found.
+    let mut looking = Choice::from(1);
+    let mut index = 0u32;
+    let mut stray = Choice::from(0);
+    for (i, byte) in db[h_len..].iter().enumerate() {
+        let is_one = byte.ct_eq(&1);
+        let is_zero = byte.ct_eq(&0);
+        let position = u32::try_from(i).unwrap_or(u32::MAX);
+        index.conditional_assign(&position, looking & is_one);
+        looking &= !is_one;
+        stray |= looking & !is_zero;
+    }
+    good &= !looking & !stray;
+    if !bool::from(good) {
+        return Err(failed());
+    }
+    let start = h_len + index as usize + 1;
+    Ok(Zeroizing::new(db[start..].to_vec()))
 }
 
 #[cfg(test)]
@@ -1525,5 +1587,40 @@ caaI/nSxcxIi8hQ=
                 }
             }
         }
+    }
+
+    #[test]
+    fn oaep_decode_matches_the_rsa_crate() {
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
+        let public = key.to_public_key();
+        for message in [&b""[..], b"x", &[0xAB; 48], &[0x01; 190]] {
+            let ct = public
+                .encrypt(
+                    &mut rand_core::OsRng,
+                    rsa::Oaep::new::<sha2::Sha256>(),
+                    message,
+                )
+                .unwrap();
+            // Raw RSA private operation, as CKM_RSA_X_509 gives it: EM left-padded to k bytes.
+            let m = rsa::BigUint::from_bytes_be(&ct)
+                .modpow(key.d(), key.n())
+                .to_bytes_be();
+            let mut em = vec![0u8; key.size() - m.len()];
+            em.extend_from_slice(&m);
+            let plain = oaep_decode(HashAlgorithm::Sha256, &em).unwrap();
+            assert_eq!(plain.as_slice(), message);
+            // Any flipped byte fails, with one and the same error.
+            for i in [0, 1, 40, 200, em.len() - 1] {
+                let mut bad = em.clone();
+                bad[i] ^= 0x40;
+                let err = oaep_decode(HashAlgorithm::Sha256, &bad).unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    "malformed RSA-OAEP ciphertext: decryption error"
+                );
+            }
+        }
+        assert!(oaep_decode(HashAlgorithm::Sha256, &[0; 10]).is_err());
     }
 }

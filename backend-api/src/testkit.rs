@@ -561,6 +561,80 @@ impl<S: KeyStore> Suite<S> {
     }
 }
 
+type CheckFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// One named conformance check, for test harnesses other than libtest (e.g. a
+/// `harness = false` binary that must set up a device before any thread starts).
+pub struct Check {
+    /// `algorithm::check` or `store::check`, as [`conformance_tests!`](crate::conformance_tests)
+    /// names its tests.
+    pub name: String,
+    /// Runs the check; panics on failure.
+    pub run: Box<dyn FnOnce() + Send>,
+}
+
+/// Every conformance check for `algorithms` (each paired with a module-style name), each run
+/// on a fresh suite from `suite`.
+pub fn checks<S, F>(suite: F, algorithms: &[(&str, KeyAlgorithm)]) -> Vec<Check>
+where
+    S: KeyStore,
+    F: Fn() -> Suite<S> + Send + Sync + 'static,
+{
+    type Job<S> = fn(&Suite<S>, KeyAlgorithm) -> CheckFuture<'_>;
+    type StoreJob<S> = fn(&Suite<S>) -> CheckFuture<'_>;
+    let per_algorithm: [(&str, Job<S>); 7] = [
+        ("sign_and_verify_every_scheme", |s, a| {
+            Box::pin(s.sign_and_verify(a))
+        }),
+        ("unsupported_schemes_are_refused", |s, a| {
+            Box::pin(s.unsupported_schemes(a))
+        }),
+        ("decrypt_round_trip", |s, a| {
+            Box::pin(s.decrypt_round_trip(a))
+        }),
+        ("concurrent_signs_all_verify", |s, a| {
+            Box::pin(s.concurrent_signs(a))
+        }),
+        ("dropped_futures_leave_the_device_usable", |s, a| {
+            Box::pin(s.dropped_futures(a))
+        }),
+        ("reopen_by_id_and_uri", |s, a| Box::pin(s.reopen(a))),
+        ("import_pkcs8", |s, a| Box::pin(s.import_pkcs8(a))),
+    ];
+    let store_level: [(&str, StoreJob<S>); 3] = [
+        ("list_and_delete", |s| Box::pin(s.list_and_delete())),
+        ("unknown_key_is_not_found", |s| Box::pin(s.unknown_key())),
+        ("unsupported_algorithms_are_refused", |s| {
+            Box::pin(s.unsupported_algorithms())
+        }),
+    ];
+    let suite = std::sync::Arc::new(suite);
+    let mut out = Vec::new();
+    for &(module, alg) in algorithms {
+        for (name, job) in per_algorithm {
+            let suite = std::sync::Arc::clone(&suite);
+            out.push(Check {
+                name: format!("{module}::{name}"),
+                run: Box::new(move || {
+                    let s = suite();
+                    block_on(job(&s, alg));
+                }),
+            });
+        }
+    }
+    for (name, job) in store_level {
+        let suite = std::sync::Arc::clone(&suite);
+        out.push(Check {
+            name: format!("store::{name}"),
+            run: Box::new(move || {
+                let s = suite();
+                block_on(job(&s));
+            }),
+        });
+    }
+    out
+}
+
 impl<S: KeyStore> Drop for Suite<S> {
     fn drop(&mut self) {
         // Runs after a check returned or panicked, outside its executor.

@@ -2,13 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use hardkey_api::{Backend, DecryptScheme, Error, KeyPolicy, Operation, Result, SignatureScheme};
+use hardkey_api::{
+    Backend, DecryptScheme, Error, HashAlgorithm, KeyPolicy, Operation, Result, SignatureScheme,
+    encoding,
+};
 use zeroize::Zeroizing;
 
 use crate::error::{is_rv, map, mapper};
@@ -26,6 +31,24 @@ pub(crate) struct Target {
     pub(crate) pin: PinSource,
     pub(crate) policy: KeyPolicy,
     pub(crate) uri_base: UriBase,
+    /// Whether the token takes `CKM_RSA_PKCS_OAEP` with SHA-256 (learned on first use).
+    pub(crate) oaep_sha256: AtomicU8,
+}
+
+/// `Target::oaep_sha256` values.
+pub(crate) const OAEP_UNKNOWN: u8 = 0;
+const OAEP_NATIVE: u8 = 1;
+const OAEP_HOST_DECODE: u8 = 2;
+
+/// The token refused the mechanism's parameters (not the key or the data).
+fn rejects_parameters(e: &cryptoki::error::Error) -> bool {
+    [
+        RvError::ArgumentsBad,
+        RvError::MechanismParamInvalid,
+        RvError::MechanismInvalid,
+    ]
+    .into_iter()
+    .any(|rv| is_rv(e, rv, None))
 }
 
 /// One pool worker's device state: a read-write session on the token, logged in as the user,
@@ -207,10 +230,42 @@ impl Backend for Pkcs11Device {
         scheme: DecryptScheme,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let mechanism = decrypt_mechanism(scheme);
-        self.with_key(Operation::Decrypt, key, |session, handle| {
-            session.decrypt(&mechanism, handle, ciphertext)
-        })
-        .map(Zeroizing::new)
+        let op = Operation::Decrypt;
+        if scheme != DecryptScheme::RsaOaepSha256 {
+            let mechanism = decrypt_mechanism(scheme);
+            return self
+                .with_key(op, key, |session, handle| {
+                    session.decrypt(&mechanism, handle, ciphertext)
+                })
+                .map(Zeroizing::new);
+        }
+        if self.target.oaep_sha256.load(Ordering::Relaxed) != OAEP_HOST_DECODE {
+            let mechanism = decrypt_mechanism(scheme);
+            let native = self.with_key(op, key, |session, handle| {
+                match session.decrypt(&mechanism, handle, ciphertext) {
+                    Ok(plain) => Ok(Some(plain)),
+                    Err(e) if rejects_parameters(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if let Some(plain) = native {
+                self.target
+                    .oaep_sha256
+                    .store(OAEP_NATIVE, Ordering::Relaxed);
+                return Ok(Zeroizing::new(plain));
+            }
+            // E.g. SoftHSM 2.6, which does OAEP only with SHA-1.
+            self.target
+                .oaep_sha256
+                .store(OAEP_HOST_DECODE, Ordering::Relaxed);
+        }
+        // Raw RSA on the token, OAEP decoding (constant time) on the host: the private key
+        // never leaves the token.
+        let raw = Zeroizing::new(self.with_key(op, key, |session, handle| {
+            session.decrypt(&Mechanism::RsaX509, handle, ciphertext)
+        })?);
+        let mut em = Zeroizing::new(vec![0u8; ciphertext.len().saturating_sub(raw.len())]);
+        em.extend_from_slice(&raw);
+        encoding::oaep_decode(HashAlgorithm::Sha256, &em)
     }
 }

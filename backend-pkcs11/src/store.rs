@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
@@ -19,7 +20,7 @@ use crate::keys::{
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
-use crate::session::{Pkcs11Device, Target};
+use crate::session::{OAEP_UNKNOWN, Pkcs11Device, Target};
 use crate::token::{self, TokenSummary};
 
 /// A key on a PKCS#11 token.
@@ -133,6 +134,7 @@ impl Pkcs11Store {
                 pin_source: config.token.pin_source().map(str::to_owned),
             },
             module,
+            oaep_sha256: AtomicU8::new(OAEP_UNKNOWN),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)

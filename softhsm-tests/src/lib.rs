@@ -1,1 +1,180 @@
-//! Test support for the SoftHSM integration suites.
+//! Test support for hardkey's PKCS#11 backend: a SoftHSM2 token for one test binary.
+//!
+//! [`SoftHsm::start`] makes a temporary directory with its own `softhsm2.conf` (file object
+//! store), points the process at it, and initializes a token with test PINs through PKCS#11
+//! itself (no PIN on any command line). Dropping the fixture removes the directory.
+
+mod env;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::UserType;
+use hardkey_api::uri::Pkcs11Uri;
+use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store, default_module_path};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A SoftHSM2 token in a temporary directory, removed on drop.
+pub struct SoftHsm {
+    dir: tempfile::TempDir,
+    module: PathBuf,
+    label: String,
+    user_pin: SecretString,
+    so_pin: SecretString,
+}
+
+impl std::fmt::Debug for SoftHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftHsm")
+            .field("dir", &self.dir.path())
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// A failure to set up the fixture, with what to do.
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    #[allow(
+        clippy::panic,
+        reason = "a fixture that cannot start fails the test run"
+    )]
+    {
+        panic!("SoftHSM fixture: {what}: {e} (is softhsm2 installed? make test installs it)")
+    }
+}
+
+impl SoftHsm {
+    /// Creates the token. Call it first in `main`, before any thread starts (it sets
+    /// `SOFTHSM2_CONF` for the process).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hardkey-softhsm-")
+            .tempdir()
+            .unwrap_or_else(|e| fail("temporary directory", e));
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap_or_else(|e| fail("token directory", e));
+        let conf = dir.path().join("softhsm2.conf");
+        let text = format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
+             slots.removable = false\n",
+            tokens.display()
+        );
+        std::fs::write(&conf, text).unwrap_or_else(|e| fail("softhsm2.conf", e));
+        env::set_softhsm_conf(&conf);
+
+        let module = default_module_path().unwrap_or_else(|e| fail("SoftHSM module", e));
+        let hsm = Self {
+            dir,
+            module,
+            label: format!("hk-test-{}", std::process::id()),
+            user_pin: SecretString::from("user-1234"),
+            so_pin: SecretString::from("so-5678"),
+        };
+        hsm.init_token();
+        hsm
+    }
+
+    /// Initializes the token in the first free slot and sets the user PIN, through PKCS#11.
+    fn init_token(&self) {
+        let ctx = Pkcs11::new(&self.module).unwrap_or_else(|e| fail("loading the module", e));
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => {}
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => fail("C_Initialize", e),
+        }
+        let slots = ctx
+            .get_all_slots()
+            .unwrap_or_else(|e| fail("C_GetSlotList", e));
+        let free = slots
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).is_ok_and(|t| !t.token_initialized()))
+            .unwrap_or_else(|| fail("free slot", "none"));
+        ctx.init_token(free, &self.so_pin, &self.label)
+            .unwrap_or_else(|e| fail("C_InitToken", e));
+        // SoftHSM gives an initialized token a new slot id: find it by label.
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .unwrap_or_else(|e| fail("C_GetSlotList", e))
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .is_ok_and(|t| t.label().trim_end() == self.label)
+            })
+            .unwrap_or_else(|| fail("initialized token", "not found"));
+        let session = ctx
+            .open_rw_session(slot)
+            .unwrap_or_else(|e| fail("C_OpenSession", e));
+        session
+            .login(UserType::So, Some(&self.so_pin))
+            .unwrap_or_else(|e| fail("SO login", e));
+        session
+            .init_pin(&self.user_pin)
+            .unwrap_or_else(|e| fail("C_InitPIN", e));
+        session.logout().unwrap_or_else(|e| fail("C_Logout", e));
+    }
+
+    /// The SoftHSM module.
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
+    /// The token label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The user PIN.
+    pub fn user_pin(&self) -> &SecretString {
+        &self.user_pin
+    }
+
+    /// The SO PIN.
+    pub fn so_pin(&self) -> &SecretString {
+        &self.so_pin
+    }
+
+    /// The fixture's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A URI naming the token and the module.
+    pub fn token_uri(&self) -> Pkcs11Uri {
+        Pkcs11Uri::new()
+            .with_token(self.label.clone())
+            .with_module_path(self.module.display().to_string())
+    }
+
+    /// A store configuration for the token, with the user PIN.
+    pub fn config(&self) -> Pkcs11Config {
+        Pkcs11Config::new(self.token_uri(), PinSource::Value(self.user_pin.clone()))
+            .module(&self.module)
+    }
+
+    /// Opens a store on the token with `sessions` sessions.
+    pub fn store(&self, sessions: usize) -> Pkcs11Store {
+        Pkcs11Store::open(self.config().sessions(sessions))
+            .unwrap_or_else(|e| fail("opening the token", e))
+    }
+
+    /// `pkcs11-tool` on this token, logged in: the PIN travels in an environment variable
+    /// (`--pin env:...`), never on the command line.
+    pub fn pkcs11_tool(&self) -> Command {
+        let mut cmd = Command::new("pkcs11-tool");
+        cmd.env("HARDKEY_TEST_PIN", self.user_pin.expose_secret())
+            .arg("--module")
+            .arg(&self.module)
+            .args([
+                "--token-label",
+                &self.label,
+                "--login",
+                "--pin",
+                "env:HARDKEY_TEST_PIN",
+            ]);
+        cmd
+    }
+}
