@@ -7,7 +7,8 @@
 mod env;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
@@ -177,4 +178,37 @@ impl SoftHsm {
             ]);
         cmd
     }
+}
+
+/// Runs the trials `make` builds with the started fixture under libtest-mimic, then drops
+/// the fixture. The whole `main` of a SoftHSM test binary.
+pub fn run(make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
+    run_with(libtest_mimic::Arguments::from_args(), make)
+}
+
+/// As [`run`], one trial at a time: for suites that compare the token's whole contents before
+/// and after.
+pub fn run_serial(make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    run_with(args, make)
+}
+
+fn run_with(
+    args: libtest_mimic::Arguments,
+    make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>,
+) -> ExitCode {
+    let hsm = Arc::new(SoftHsm::start());
+    let trials = make(Arc::clone(&hsm));
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(hsm);
+    conclusion.exit_code()
+}
+
+/// A trial from a closure that panics on failure.
+pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        test();
+        Ok(())
+    })
 }
