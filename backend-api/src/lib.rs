@@ -3,6 +3,7 @@
 
 mod algorithm;
 mod backend;
+mod completion;
 mod delayed;
 pub mod encoding;
 mod error;

@@ -23,6 +23,11 @@
 //!   past the grace period is detached, never waited for forever.
 //! - **Stats**: queue depth, in-flight jobs, counters and latency percentiles
 //!   ([`DevicePool::stats`]).
+//! - **Coalesced wake-ups under load**: waking a caller's thread costs as much as a fast
+//!   device operation (a cross-CPU interrupt, dearer still in a virtual machine). When more
+//!   jobs wait than there are workers and operations are fast (≤ 250 µs), a worker wakes its
+//!   callers in batches (up to 32, none more than 4 ms after its result was ready). At light
+//!   load, or for slow devices, every caller is woken at once.
 //!
 //! A TPM executes one command at a time: give TPM pools one worker. PKCS#11 tokens can serve
 //! several sessions in parallel; one worker per session.
@@ -35,13 +40,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::completion;
 use crate::error::{Error, InvalidInput, Operation, Result};
 use crate::timer::{lock, sleep_until};
 
@@ -586,10 +592,11 @@ impl<D: 'static> Shared<D> {
             }
         };
 
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = completion::channel();
         let job = Box::new(TypedJob {
             job,
             reply: Some(tx),
+            waker: None,
             permit: Some(permit),
             options,
             deadline,
@@ -599,8 +606,8 @@ impl<D: 'static> Shared<D> {
         });
         self.enqueue(job)?;
         match with_deadline(rx, deadline).await {
-            Some(Ok(result)) => result,
-            Some(Err(_dropped)) => Err(Error::backend(
+            Some(Some(result)) => result,
+            Some(None) => Err(Error::backend(
                 self.name(),
                 op,
                 "the worker ended without replying (it panicked or was detached)",
@@ -633,8 +640,16 @@ impl<D: 'static> Shared<D> {
         Ok(())
     }
 
+    /// Jobs waiting in the queue (not counting running ones).
+    fn queued(&self) -> usize {
+        self.config
+            .queue_capacity
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// The next job for a healthy worker; `None` when the pool is closed and drained.
-    fn next_job(&self) -> Option<Box<dyn Job<D>>> {
+    /// `before_wait` runs before the worker blocks for lack of work.
+    fn next_job(&self, before_wait: &mut dyn FnMut()) -> Option<Box<dyn Job<D>>> {
         let mut q = lock(&self.queue);
         loop {
             if q.closed && q.drain_until.is_none_or(|t| Instant::now() >= t) {
@@ -648,6 +663,12 @@ impl<D: 'static> Shared<D> {
             }
             if q.closed {
                 return None;
+            }
+            drop(q);
+            before_wait();
+            q = lock(&self.queue);
+            if !q.jobs.is_empty() || q.closed {
+                continue;
             }
             q.idle_workers += 1;
             q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -926,13 +947,17 @@ trait Job<D>: Send {
     fn release_slot(&mut self);
     fn caller_gone(&self) -> bool;
     fn attempt(&mut self, device: &mut D, device_name: &str) -> Attempt;
+    /// The waker of a caller that got its reply from `attempt` and has not been woken yet.
+    fn take_waker(&mut self) -> Option<Waker>;
     fn fail(&mut self, err: Error);
     fn expire(&mut self, device: &str);
 }
 
 struct TypedJob<D, T, F> {
     job: F,
-    reply: Option<oneshot::Sender<Result<T>>>,
+    reply: Option<completion::Sender<Result<T>>>,
+    /// Set when a reply was delivered without waking its caller yet.
+    waker: Option<Waker>,
     permit: Option<OwnedSemaphorePermit>,
     options: JobOptions,
     deadline: Option<Instant>,
@@ -967,7 +992,7 @@ where
             Ok(result) => {
                 let ok = result.is_ok();
                 if let Some(reply) = self.reply.take() {
-                    let _ = reply.send(result);
+                    self.waker = reply.send(result);
                 }
                 Attempt::Replied { ok }
             }
@@ -981,9 +1006,13 @@ where
             }
         }
     }
+    fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
     fn fail(&mut self, err: Error) {
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(Err(err));
+        // Errors are rare: their callers are woken at once.
+        if let Some(waker) = self.reply.take().and_then(|reply| reply.send(Err(err))) {
+            waker.wake();
         }
     }
     fn expire(&mut self, device: &str) {
@@ -995,9 +1024,26 @@ where
     }
 }
 
+/// Most callers a worker lets wait for their wake-up (see [`Worker::wake`]).
+const WAKE_BATCH: usize = 32;
+/// Wake-ups are batched only after operations at most this long.
+const WAKE_BATCH_MAX_SERVICE: Duration = Duration::from_micros(250);
+/// No caller waits longer than this for its wake-up once its result is ready.
+const WAKE_BATCH_MAX_DELAY: Duration = Duration::from_millis(4);
+
+fn flush(deferred: &mut Vec<Waker>) {
+    for waker in deferred.drain(..) {
+        waker.wake();
+    }
+}
+
 /// One worker thread and the device state it owns.
 struct Worker<D: 'static> {
     shared: Arc<Shared<D>>,
+    /// Callers whose results are delivered but who have not been woken yet.
+    deferred: Vec<Waker>,
+    /// When the oldest of them got its result.
+    deferred_since: Option<Instant>,
     index: usize,
     state: Option<D>,
 }
@@ -1006,6 +1052,8 @@ impl<D: 'static> Worker<D> {
     fn start(shared: Arc<Shared<D>>, index: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
         let mut worker = Worker {
             shared,
+            deferred: Vec::with_capacity(WAKE_BATCH),
+            deferred_since: None,
             index,
             state: None,
         };
@@ -1039,11 +1087,48 @@ impl<D: 'static> Worker<D> {
     }
 
     fn serve_until_closed(&mut self) {
-        while let Some(job) = self.shared.next_job() {
+        let shared = Arc::clone(&self.shared);
+        loop {
+            let (deferred, since) = (&mut self.deferred, &mut self.deferred_since);
+            let Some(job) = shared.next_job(&mut || {
+                flush(deferred);
+                *since = None;
+            }) else {
+                break;
+            };
             self.serve(job);
-            if self.state.is_none() && !self.recover() {
-                return;
+            if self.state.is_none() {
+                flush(&mut self.deferred);
+                self.deferred_since = None;
+                if !self.recover() {
+                    break;
+                }
             }
+        }
+        flush(&mut self.deferred);
+    }
+
+    /// Wakes the caller of a finished job now, or later with others.
+    ///
+    /// Waking a thread costs several microseconds (more on virtual machines), as much as a
+    /// fast device operation. While more jobs wait than there are workers (saturation, when
+    /// queueing already delays every caller) and the device is fast, a worker wakes its callers
+    /// in batches of up to [`WAKE_BATCH`], none later than [`WAKE_BATCH_MAX_DELAY`] after its
+    /// result was ready: throughput is not spent on wake-ups. Otherwise (light load, slow
+    /// device) callers are woken at once. Batched wake-ups are always flushed before the
+    /// worker waits for work, recovers or exits.
+    fn wake(&mut self, waker: Waker, service: Duration) {
+        let now = Instant::now();
+        self.deferred.push(waker);
+        let since = *self.deferred_since.get_or_insert(now);
+        let busy = self.shared.queued() > self.shared.config.workers;
+        if !busy
+            || service > WAKE_BATCH_MAX_SERVICE
+            || self.deferred.len() >= WAKE_BATCH
+            || now.duration_since(since) >= WAKE_BATCH_MAX_DELAY
+        {
+            flush(&mut self.deferred);
+            self.deferred_since = None;
         }
     }
 
@@ -1075,6 +1160,10 @@ impl<D: 'static> Worker<D> {
         let mut h = lock(&shared.histograms[self.index]);
         let _ = h.latency.record(nanos(done - job.submitted()));
         let _ = h.service.record(nanos(done - started));
+        drop(h);
+        if let Some(waker) = job.take_waker() {
+            self.wake(waker, done - started);
+        }
     }
 
     /// Runs the job; on device loss rebuilds the state at once and retries an idempotent job
@@ -1194,6 +1283,13 @@ impl<D: 'static> Worker<D> {
                 }
             }
         }
+    }
+}
+
+impl<D: 'static> Drop for Worker<D> {
+    fn drop(&mut self) {
+        // Whatever path ends the worker, no caller is left unwoken.
+        flush(&mut self.deferred);
     }
 }
 
