@@ -32,6 +32,7 @@ demo: deps
 
 bench: deps
 	$(CARGO) bench -p hardkey-soft --bench pool_overhead
+	$(CARGO) bench -p softhsm-tests --bench pkcs11_throughput
 
 clean:
 	$(CARGO) clean
