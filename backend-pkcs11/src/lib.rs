@@ -15,6 +15,7 @@
 //! attempt at all; tokens are never initialized unless asked.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod error;
 mod keys;
 mod mechanism;
@@ -25,6 +26,7 @@ mod store;
 mod token;
 
 // Public interface.
+pub use admin::{PinRole, SlotSummary, TokenAdmin, TokenDetails};
 pub use error::Pkcs11Error;
 pub use keys::Pkcs11KeyRef;
 pub use module::{SOFTHSM_PATHS, default_module_path};
