@@ -169,7 +169,7 @@ impl TokenAdmin {
             }
             .into());
         }
-        let slot = Slot::try_from(slot_id).map_err(|e| map(e))?;
+        let slot = Slot::try_from(slot_id).map_err(&map)?;
         let info = self.module.ctx.get_token_info(slot).map_err(|e| {
             if is_rv(&e, RvError::SlotIdInvalid, None) {
                 Error::not_found(
@@ -200,8 +200,7 @@ impl TokenAdmin {
         tokens
             .into_iter()
             .map(|(_, t)| t)
-            .filter(|t| t.initialized && t.label == label)
-            .last()
+            .rfind(|t| t.initialized && t.label == label)
             .ok_or_else(|| Error::not_found(label, "the token vanished after initialization"))
     }
 
