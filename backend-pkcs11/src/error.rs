@@ -62,6 +62,7 @@ pub(crate) fn is_lost(rv: RvError) -> bool {
             | RvError::CryptokiNotInitialized
             | RvError::GeneralError
             | RvError::UserNotLoggedIn
+            | RvError::SlotIdInvalid
     )
 }
 

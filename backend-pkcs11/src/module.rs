@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::RvError;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 use hardkey_api::{Error, InvalidInput, Result};
 
 use crate::error::{Pkcs11Error, is_rv};
@@ -23,6 +25,73 @@ pub const SOFTHSM_PATHS: [&str; 5] = [
 pub(crate) struct Module {
     pub(crate) ctx: Pkcs11,
     pub(crate) path: PathBuf,
+    /// Sessions open on this module by every store: the module is re-initialized only when
+    /// none is (never `C_Finalize` under a call in flight).
+    sessions: Mutex<usize>,
+}
+
+/// A session counted on its module; closing it (drop) uncounts it.
+pub(crate) struct TrackedSession {
+    session: Option<Session>,
+    module: Arc<Module>,
+}
+
+impl std::ops::Deref for TrackedSession {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        // Present from construction until drop.
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| unreachable_session())
+    }
+}
+
+#[allow(clippy::panic, reason = "the session is only taken in drop")]
+fn unreachable_session() -> &'static Session {
+    panic!("session used after close")
+}
+
+impl Drop for TrackedSession {
+    fn drop(&mut self) {
+        // Close first, then uncount: a re-initialization must not overtake the close.
+        drop(self.session.take());
+        let mut n = self
+            .module
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+    }
+}
+
+impl Module {
+    /// Opens a read-write session on `slot`, counted.
+    pub(crate) fn open_session(
+        self: &Arc<Self>,
+        slot: Slot,
+    ) -> cryptoki::error::Result<TrackedSession> {
+        let mut n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let session = self.ctx.open_rw_session(slot)?;
+        *n += 1;
+        Ok(TrackedSession {
+            session: Some(session),
+            module: Arc::clone(self),
+        })
+    }
+
+    /// Re-initializes the module (`C_Finalize`, `C_Initialize`) if no session is open on it:
+    /// how a client module whose server went away (p11-kit remoting) reconnects. Returns
+    /// whether it did.
+    pub(crate) fn reinitialize_if_idle(&self) -> bool {
+        let n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if *n > 0 {
+            return false;
+        }
+        let _ = self.ctx.clone().finalize();
+        let ok = initialize(&self.ctx).is_ok();
+        drop(n);
+        ok
+    }
 }
 
 /// The default module: SoftHSM from its usual paths.
@@ -72,6 +141,7 @@ pub(crate) fn load(path: Option<&Path>) -> Result<Arc<Module>> {
     let module = Arc::new(Module {
         ctx,
         path: canonical.clone(),
+        sessions: Mutex::new(0),
     });
     modules.insert(canonical, Arc::clone(&module));
     Ok(module)

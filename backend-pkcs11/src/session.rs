@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
@@ -10,6 +10,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
+use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
     Backend, DecryptScheme, Error, HashAlgorithm, KeyPolicy, Operation, Result, SignatureScheme,
     encoding,
@@ -19,13 +20,16 @@ use zeroize::Zeroizing;
 use crate::error::{is_rv, map, mapper};
 use crate::keys::{Pkcs11KeyRef, UriBase};
 use crate::mechanism::{decrypt_mechanism, sign_input, sign_output};
-use crate::module::Module;
+use crate::module::{Module, TrackedSession};
 use crate::pin::PinSource;
 
 /// The token a store serves, shared by its workers.
 pub(crate) struct Target {
     pub(crate) module: Arc<Module>,
-    pub(crate) slot: Slot,
+    /// The token's slot id; may change when a module is re-initialized.
+    pub(crate) slot: AtomicU64,
+    /// The URI attributes that select the token, to find it again.
+    pub(crate) token_uri: Pkcs11Uri,
     /// "token 'web'": the device name in errors and stats.
     pub(crate) name: String,
     pub(crate) pin: PinSource,
@@ -58,7 +62,7 @@ fn rejects_parameters(e: &cryptoki::error::Error) -> bool {
 /// operation failed is replaced (it might still hold an active operation).
 pub struct Pkcs11Device {
     target: Arc<Target>,
-    session: Session,
+    session: TrackedSession,
     handles: HashMap<Pkcs11KeyRef, ObjectHandle>,
 }
 
@@ -72,9 +76,18 @@ impl std::fmt::Debug for Pkcs11Device {
 }
 
 impl Pkcs11Device {
-    /// Opens a session on the target's token and logs in.
+    /// Opens a session on the target's token and logs in. If the module itself is gone (a
+    /// remote module whose server restarted), re-initializes it once no session uses it, and
+    /// finds the token again.
     pub(crate) fn connect(target: Arc<Target>) -> Result<Self> {
-        let session = open_session(&target)?;
+        let session = match open_session(&target) {
+            Err(e) if e.is_device_lost() && target.module.reinitialize_if_idle() => {
+                let (slot, _) = crate::token::find(&target.module, &target.token_uri)?;
+                target.slot.store(slot.id(), Ordering::Relaxed);
+                open_session(&target)?
+            }
+            other => other?,
+        };
         login(&target, &session)?;
         Ok(Self {
             target,
@@ -165,11 +178,17 @@ impl Pkcs11Device {
     }
 }
 
-fn open_session(target: &Target) -> Result<Session> {
+impl Target {
+    pub(crate) fn slot(&self) -> Result<Slot> {
+        Slot::try_from(self.slot.load(Ordering::Relaxed))
+            .map_err(mapper(&self.name, Operation::Connect))
+    }
+}
+
+fn open_session(target: &Target) -> Result<TrackedSession> {
     target
         .module
-        .ctx
-        .open_rw_session(target.slot)
+        .open_session(target.slot()?)
         .map_err(mapper(&target.name, Operation::Connect))
 }
 
@@ -180,7 +199,7 @@ fn login(target: &Target, session: &Session) -> Result<()> {
     let info = target
         .module
         .ctx
-        .get_token_info(target.slot)
+        .get_token_info(target.slot()?)
         .map_err(mapper(&target.name, Operation::Connect))?;
     if info.user_pin_locked() {
         return Err(Error::PinLocked {

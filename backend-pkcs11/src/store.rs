@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
@@ -121,7 +121,8 @@ impl Pkcs11Store {
         let (slot, token) = token::find(&module, &config.token)?;
         let name = format!("token '{}'", token.label);
         let target = Arc::new(Target {
-            slot,
+            slot: AtomicU64::new(slot.id()),
+            token_uri: config.token.clone(),
             name: name.clone(),
             pin: config.pin.clone(),
             policy: config.policy,

@@ -212,3 +212,85 @@ pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic:
         Ok(())
     })
 }
+
+/// The p11-kit client module: a PKCS#11 module whose calls run in a `p11-kit server` process.
+pub const P11_KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+
+/// A `p11-kit server` exporting the fixture's token on a unix socket, killed on drop. Models a
+/// remote HSM or an isolated key process.
+#[derive(Debug)]
+pub struct P11KitServer {
+    child: Option<std::process::Child>,
+    socket: PathBuf,
+    softhsm_conf: PathBuf,
+    module: PathBuf,
+    token: String,
+}
+
+impl P11KitServer {
+    /// Starts the server for `hsm`'s token and points this process's p11-kit client at it.
+    /// Call it in `main` right after [`SoftHsm::start`], before any thread starts.
+    pub fn start(hsm: &SoftHsm) -> Self {
+        let mut server = Self {
+            child: None,
+            socket: hsm.dir().join("p11-kit.sock"),
+            softhsm_conf: hsm.dir().join("softhsm2.conf"),
+            module: hsm.module().to_path_buf(),
+            token: hsm.label().to_owned(),
+        };
+        let address = format!("unix:path={}", server.socket.display());
+        env::set_before_threads("P11_KIT_SERVER_ADDRESS", address.as_ref());
+        server.restart();
+        server
+    }
+
+    /// The client module to load.
+    pub fn client_module(&self) -> &Path {
+        Path::new(P11_KIT_CLIENT)
+    }
+
+    /// Kills the server and the processes it forked for each client connection (as a crash of
+    /// the remote side would), and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The server runs in its own process group: kill the group.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// (Re)starts the server on the same socket and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child =
+            std::os::unix::process::CommandExt::process_group(&mut Command::new("p11-kit"), 0)
+                .args(["server", "-f", "--provider"])
+                .arg(&self.module)
+                .arg("-n")
+                .arg(&self.socket)
+                .arg(format!("pkcs11:token={}", self.token))
+                .env("SOFTHSM2_CONF", &self.softhsm_conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| fail("starting p11-kit server", e));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if std::time::Instant::now() > deadline {
+                fail("p11-kit server", "did not listen within 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for P11KitServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
