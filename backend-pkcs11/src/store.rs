@@ -94,6 +94,12 @@ impl Pkcs11Config {
         self.policy = policy;
         self
     }
+
+    /// Sets the deadline of each operation.
+    pub fn op_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
 }
 
 /// The keys of one token. Opening it loads and initializes the module (once per process),

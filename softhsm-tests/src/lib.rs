@@ -294,3 +294,77 @@ impl Drop for P11KitServer {
         self.kill();
     }
 }
+
+/// The fault-injecting PKCS#11 module (`pkcs11-fault-shim`) in front of the fixture's SoftHSM:
+/// forced return codes, PIN states and latency on demand, and a log of logins and sessions.
+#[derive(Debug)]
+pub struct FaultShim {
+    dir: PathBuf,
+    module: PathBuf,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl FaultShim {
+    /// Points the shim at the fixture's SoftHSM. Call it in `main` right after
+    /// [`SoftHsm::start`], before any thread starts.
+    pub fn start(hsm: &SoftHsm) -> Self {
+        let dir = hsm.dir().join("shim");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail("shim directory", e));
+        env::set_before_threads("HARDKEY_SHIM_DIR", dir.as_os_str());
+        env::set_before_threads("HARDKEY_SHIM_MODULE", hsm.module().as_os_str());
+        Self {
+            dir,
+            module: shim_library(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The shim module to load instead of SoftHSM.
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
+    /// Replaces the injected faults (`key=value` lines, see the shim's docs); re-arms counters.
+    pub fn set(&self, control: &str) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let text = format!("generation={generation}\n{control}\n");
+        let tmp = self.dir.join("control.tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| fail("shim control", e));
+        std::fs::rename(&tmp, self.dir.join("control")).unwrap_or_else(|e| fail("shim control", e));
+    }
+
+    /// How many times `call` (e.g. "C_Login") reached the shim so far.
+    pub fn calls(&self, call: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .map(|log| log.lines().filter(|l| *l == call).count())
+            .unwrap_or(0)
+    }
+}
+
+/// The built shim library, next to the test binaries; built on demand when a test runs alone.
+fn shim_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| fail("test binary path", e));
+    // target/<profile>/deps/<test binary> -> target/<profile>/libpkcs11_fault_shim.so
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| fail("target directory", "not found"));
+    let library = profile_dir.join("libpkcs11_fault_shim.so");
+    if !library.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "pkcs11-fault-shim"])
+            .status()
+            .unwrap_or_else(|e| fail("building pkcs11-fault-shim", e));
+        if !status.success() || !library.exists() {
+            fail(
+                "pkcs11-fault-shim",
+                "not built: run cargo build -p pkcs11-fault-shim",
+            );
+        }
+    }
+    library
+}

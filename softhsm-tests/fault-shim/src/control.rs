@@ -1,0 +1,89 @@
+//! The shim's control file and call log.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// What the test asked for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Control {
+    pub(crate) generation: u64,
+    pub(crate) final_try: bool,
+    pub(crate) locked: bool,
+    pub(crate) login_rv: Option<u64>,
+    pub(crate) sign_rv: Option<u64>,
+    pub(crate) sign_times: u64,
+    pub(crate) sign_delay: Duration,
+}
+
+struct State {
+    generation: u64,
+    sign_failures_left: u64,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    generation: u64::MAX,
+    sign_failures_left: 0,
+});
+
+fn dir() -> Option<&'static PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| std::env::var_os("HARDKEY_SHIM_DIR").map(PathBuf::from))
+        .as_ref()
+}
+
+/// Reads the control file (no file: no faults).
+pub(crate) fn read() -> Control {
+    let mut c = Control::default();
+    let Some(text) = dir().and_then(|d| std::fs::read_to_string(d.join("control")).ok()) else {
+        return c;
+    };
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let number = value.trim().parse::<u64>().ok();
+        match key.trim() {
+            "generation" => c.generation = number.unwrap_or(0),
+            "token_flags" => {
+                c.final_try = value.contains("final_try");
+                c.locked = value.contains("locked");
+            }
+            "login_rv" => c.login_rv = number,
+            "sign_rv" => c.sign_rv = number,
+            "sign_times" => c.sign_times = number.unwrap_or(0),
+            "sign_delay_ms" => c.sign_delay = Duration::from_millis(number.unwrap_or(0)),
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Whether this `C_Sign` should fail, counting down the armed failures.
+pub(crate) fn take_sign_failure(c: &Control) -> Option<u64> {
+    let rv = c.sign_rv?;
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if state.generation != c.generation {
+        state.generation = c.generation;
+        state.sign_failures_left = c.sign_times;
+    }
+    if state.sign_failures_left == 0 {
+        return None;
+    }
+    state.sign_failures_left -= 1;
+    Some(rv)
+}
+
+/// Appends a call name to `calls.log`.
+pub(crate) fn log(call: &str) {
+    if let Some(d) = dir() {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("calls.log"))
+        {
+            let _ = writeln!(f, "{call}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The module's C interface: `C_GetFunctionList` hands out the real module's function list
+//! with a few entries replaced.
+#![allow(
+    unsafe_code,
+    reason = "a PKCS#11 module is an FFI boundary; every block is commented"
+)]
+
+use std::sync::OnceLock;
+
+use cryptoki_sys::{
+    CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_PTR_PTR, CK_NOTIFY, CK_RV, CK_SESSION_HANDLE,
+    CK_SESSION_HANDLE_PTR, CK_SLOT_ID, CK_TOKEN_INFO_PTR, CK_ULONG, CK_ULONG_PTR, CK_USER_TYPE,
+    CK_UTF8CHAR_PTR, CK_VOID_PTR, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED, CKR_ARGUMENTS_BAD,
+    CKR_GENERAL_ERROR, CKR_OK,
+};
+
+use crate::control;
+
+const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The real module and our copy of its function list.
+struct Shim {
+    _library: libloading::Library,
+    real: CK_FUNCTION_LIST,
+    ours: CK_FUNCTION_LIST,
+}
+
+// SAFETY: the function lists are tables of function pointers and a version, never mutated
+// after construction; PKCS#11 modules initialized with OS locking are callable from any thread.
+unsafe impl Send for Shim {}
+// SAFETY: as above: shared read-only data.
+unsafe impl Sync for Shim {}
+
+static SHIM: OnceLock<Option<Shim>> = OnceLock::new();
+
+fn shim() -> Option<&'static Shim> {
+    SHIM.get_or_init(load).as_ref()
+}
+
+fn load() -> Option<Shim> {
+    let path = std::env::var_os("HARDKEY_SHIM_MODULE").unwrap_or_else(|| DEFAULT_MODULE.into());
+    // SAFETY: loading a PKCS#11 module runs its initializers; the module is the one the test
+    // named (SoftHSM), which has no unsound global constructors.
+    let library = unsafe { libloading::Library::new(path) }.ok()?;
+    // SAFETY: `C_GetFunctionList` has this signature in every PKCS#11 module.
+    let get: libloading::Symbol<'_, unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV> =
+        unsafe { library.get(b"C_GetFunctionList\0") }.ok()?;
+    let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: `list` is a valid out-pointer; the module fills it with a pointer to its static
+    // function list.
+    if unsafe { get(&mut list) } != CKR_OK || list.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, points to the module's function list, which lives as long as the
+    // library (kept in the Shim).
+    let real = unsafe { *list };
+    let mut ours = real;
+    ours.C_GetFunctionList = Some(C_GetFunctionList);
+    ours.C_GetTokenInfo = Some(get_token_info);
+    ours.C_Login = Some(login);
+    ours.C_OpenSession = Some(open_session);
+    ours.C_Sign = Some(sign);
+    Some(Shim {
+        _library: library,
+        real,
+        ours,
+    })
+}
+
+/// The module's entry point.
+///
+/// # Safety
+///
+/// `list` must be a valid pointer to write a function-list pointer to (PKCS#11 contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK_RV {
+    let Some(shim) = shim() else {
+        return CKR_GENERAL_ERROR;
+    };
+    if list.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    // SAFETY: `list` is non-null and the caller's out-pointer; `ours` is 'static (in SHIM).
+    unsafe { *list = std::ptr::from_ref(&shim.ours).cast_mut() };
+    CKR_OK
+}
+
+unsafe extern "C" fn get_token_info(slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR) -> CK_RV {
+    let Some(real) = shim().and_then(|s| s.real.C_GetTokenInfo) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    let rv = unsafe { real(slot, info) };
+    if rv == CKR_OK && !info.is_null() {
+        let c = control::read();
+        let mut add: CK_FLAGS = 0;
+        if c.final_try {
+            add |= CKF_USER_PIN_FINAL_TRY;
+        }
+        if c.locked {
+            add |= CKF_USER_PIN_LOCKED;
+        }
+        // SAFETY: `info` is non-null and was just filled by the real module.
+        unsafe { (*info).flags |= add };
+    }
+    rv
+}
+
+unsafe extern "C" fn login(
+    session: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+) -> CK_RV {
+    control::log("C_Login");
+    if let Some(rv) = control::read().login_rv {
+        return rv;
+    }
+    let Some(real) = shim().and_then(|s| s.real.C_Login) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(session, user, pin, len) }
+}
+
+unsafe extern "C" fn open_session(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    application: CK_VOID_PTR,
+    notify: CK_NOTIFY,
+    session: CK_SESSION_HANDLE_PTR,
+) -> CK_RV {
+    control::log("C_OpenSession");
+    let Some(real) = shim().and_then(|s| s.real.C_OpenSession) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(slot, flags, application, notify, session) }
+}
+
+unsafe extern "C" fn sign(
+    session: CK_SESSION_HANDLE,
+    data: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+    signature: CK_UTF8CHAR_PTR,
+    signature_len: CK_ULONG_PTR,
+) -> CK_RV {
+    let c = control::read();
+    if !c.sign_delay.is_zero() && !signature.is_null() {
+        std::thread::sleep(c.sign_delay);
+    }
+    if let Some(rv) = control::take_sign_failure(&c) {
+        return rv;
+    }
+    let Some(real) = shim().and_then(|s| s.real.C_Sign) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(session, data, len, signature, signature_len) }
+}

@@ -1,0 +1,215 @@
+//! Device failures SoftHSM cannot produce, injected by `pkcs11-fault-shim`: a PIN on its final
+//! try or locked gets no login attempt at all; a wrong PIN is tried once, never again; a lost
+//! session is rebuilt and the sign retried once; a failed operation's session is replaced; a
+//! slow device misses deadlines with a timeout, not a hang.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::executor::block_on;
+use futures::future::join_all;
+use hardkey_api::testkit::verify_signature;
+use hardkey_api::uri::Pkcs11Uri;
+use hardkey_api::{
+    ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme,
+};
+use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Key, Pkcs11Store};
+use libtest_mimic::{Arguments, Trial};
+use softhsm_tests::{FaultShim, SoftHsm};
+
+const SCHEME: SignatureScheme = SignatureScheme::EcdsaP256Sha256;
+const CKR_FUNCTION_FAILED: u64 = 0x06;
+const CKR_DEVICE_ERROR: u64 = 0x30;
+const CKR_PIN_INCORRECT: u64 = 0xa0;
+const CKR_SESSION_HANDLE_INVALID: u64 = 0xb3;
+
+type FaultTest = fn(&Env);
+
+struct Env {
+    hsm: SoftHsm,
+    shim: FaultShim,
+}
+
+impl Env {
+    fn config(&self, sessions: usize) -> Pkcs11Config {
+        Pkcs11Config::new(
+            Pkcs11Uri::new().with_token(self.hsm.label()),
+            PinSource::Value(self.hsm.user_pin().clone()),
+        )
+        .module(self.shim.module())
+        .sessions(sessions)
+    }
+
+    fn store_and_key(&self, sessions: usize) -> (Pkcs11Store, Pkcs11Key) {
+        self.shim.set("");
+        let store = Pkcs11Store::open(self.config(sessions)).unwrap();
+        let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap();
+        (store, key)
+    }
+}
+
+fn final_try_gets_no_login(env: &Env) {
+    env.shim.set("token_flags=final_try");
+    let before = env.shim.calls("C_Login");
+    let err = Pkcs11Store::open(env.config(4)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PinLocked, "{err}");
+    assert!(err.to_string().contains("one PIN attempt is left"), "{err}");
+    assert_eq!(
+        env.shim.calls("C_Login"),
+        before,
+        "a login was attempted on the final try"
+    );
+}
+
+fn locked_pin_gets_no_login(env: &Env) {
+    env.shim.set("token_flags=locked");
+    let before = env.shim.calls("C_Login");
+    let err = Pkcs11Store::open(env.config(4)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PinLocked, "{err}");
+    assert!(
+        err.to_string().contains("SO PIN"),
+        "says how to unlock: {err}"
+    );
+    assert_eq!(env.shim.calls("C_Login"), before);
+}
+
+fn wrong_pin_is_tried_once(env: &Env) {
+    env.shim.set(&format!("login_rv={CKR_PIN_INCORRECT}"));
+    let before = env.shim.calls("C_Login");
+    let err = Pkcs11Store::open(env.config(4)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        env.shim.calls("C_Login") - before,
+        1,
+        "4 sessions, but one login attempt"
+    );
+}
+
+fn lost_session_is_rebuilt_and_sign_retried(env: &Env) {
+    let (store, key) = env.store_and_key(1);
+    let sessions = env.shim.calls("C_OpenSession");
+    env.shim.set(&format!(
+        "sign_rv={CKR_SESSION_HANDLE_INVALID}\nsign_times=1"
+    ));
+    let sig = block_on(key.sign(SCHEME, b"after a lost session")).expect("retried transparently");
+    verify_signature(
+        key.info().public_key.der(),
+        SCHEME,
+        b"after a lost session",
+        &sig,
+    )
+    .unwrap();
+    let stats = store.pool().stats();
+    assert!(stats.retried >= 1 && stats.recoveries >= 1, "{stats}");
+    assert!(
+        env.shim.calls("C_OpenSession") > sessions,
+        "the session was reopened"
+    );
+}
+
+fn device_error_twice_fails_the_caller_then_recovers(env: &Env) {
+    let (_store, key) = env.store_and_key(1);
+    env.shim
+        .set(&format!("sign_rv={CKR_DEVICE_ERROR}\nsign_times=2"));
+    let err = block_on(key.sign(SCHEME, b"x")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeviceUnavailable, "{err}");
+    assert!(err.is_retryable());
+    // The worker rebuilds its session after a short backoff; meanwhile callers get the same
+    // fast, retriable error. Within a bounded time, signing works again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = block_on(key.sign(SCHEME, b"y")) {
+        assert_eq!(e.kind(), ErrorKind::DeviceUnavailable, "{e}");
+        assert!(Instant::now() < deadline, "not back within 5 s: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        block_on(key.sign(SCHEME, b"z")).is_ok(),
+        "the device is back"
+    );
+}
+
+fn failed_operation_replaces_the_session(env: &Env) {
+    let (_store, key) = env.store_and_key(1);
+    let sessions = env.shim.calls("C_OpenSession");
+    env.shim
+        .set(&format!("sign_rv={CKR_FUNCTION_FAILED}\nsign_times=1"));
+    let err = block_on(key.sign(SCHEME, b"x")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert!(err.to_string().contains("CKR_FUNCTION_FAILED"), "{err}");
+    assert_eq!(
+        env.shim.calls("C_OpenSession"),
+        sessions + 1,
+        "the session was replaced"
+    );
+    assert!(block_on(key.sign(SCHEME, b"y")).is_ok());
+}
+
+fn slow_device_times_out_without_hanging(env: &Env) {
+    env.shim.set("");
+    let store =
+        Pkcs11Store::open(env.config(2).op_timeout(Some(Duration::from_millis(300)))).unwrap();
+    let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap();
+    env.shim.set("sign_delay_ms=100");
+    // 2 sessions, 100 ms each: 8 signatures need 400 ms, so the last ones miss 300 ms.
+    let start = Instant::now();
+    let results = block_on(join_all((0..8u8).map(|i| key.sign(SCHEME, &[i]))));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let timed_out = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Timeout))
+        .count();
+    assert!(
+        ok >= 2 && timed_out >= 1 && ok + timed_out == 8,
+        "{ok} ok, {timed_out} timed out"
+    );
+    env.shim.set("");
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1); // one control file: faults apply to whoever calls
+    let hsm = SoftHsm::start();
+    let shim = FaultShim::start(&hsm);
+    let env = Arc::new(Env { hsm, shim });
+    let tests: [(&str, FaultTest); 7] = [
+        ("final_try_gets_no_login", final_try_gets_no_login),
+        ("locked_pin_gets_no_login", locked_pin_gets_no_login),
+        ("wrong_pin_is_tried_once", wrong_pin_is_tried_once),
+        (
+            "lost_session_is_rebuilt_and_sign_retried",
+            lost_session_is_rebuilt_and_sign_retried,
+        ),
+        (
+            "device_error_twice_fails_the_caller_then_recovers",
+            device_error_twice_fails_the_caller_then_recovers,
+        ),
+        (
+            "failed_operation_replaces_the_session",
+            failed_operation_replaces_the_session,
+        ),
+        (
+            "slow_device_times_out_without_hanging",
+            slow_device_times_out_without_hanging,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let env = Arc::clone(&env);
+            Trial::test(name, move || {
+                test(&env);
+                Ok(())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit_code()
+}
