@@ -245,11 +245,97 @@ fn bad_input_changes_nothing(hsm: &SoftHsm) {
     assert_eq!(objects(hsm), before, "bad input changed the token");
 }
 
+fn stale_handles_are_refreshed(hsm: &SoftHsm) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hsm.store(1);
+    let mut keygen = hsm.pkcs11_tool();
+    keygen.args([
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "c1",
+        "--label",
+        "rotated",
+    ]);
+    ok(keygen);
+    let uri = KeyUri::Pkcs11(
+        Pkcs11Uri::new()
+            .with_token(hsm.label())
+            .with_object("rotated"),
+    );
+    let key = block_on(store.open(&uri)).unwrap();
+    block_on(key.sign(SignatureScheme::EcdsaP256Sha256, b"cached")).unwrap();
+
+    // Another application replaces the key: same CKA_ID and label, new object and handle.
+    for ty in ["privkey", "pubkey"] {
+        let mut delete = hsm.pkcs11_tool();
+        delete.args(["--delete-object", "--type", ty, "--id", "c1"]);
+        ok(delete);
+    }
+    let mut keygen = hsm.pkcs11_tool();
+    keygen.args([
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "c1",
+        "--label",
+        "rotated",
+    ]);
+    ok(keygen);
+    let der = dir.path().join("new.der");
+    let mut read = hsm.pkcs11_tool();
+    read.args([
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        "c1",
+        "-o",
+        p(&der),
+    ]);
+    ok(read);
+
+    // The worker's cached handle is stale (CKR_OBJECT_HANDLE_INVALID): it finds the key again.
+    let sig = block_on(key.sign(SignatureScheme::EcdsaP256Sha256, b"refreshed")).unwrap();
+    let fresh = block_on(store.open(&uri)).unwrap();
+    assert_eq!(
+        fresh.info().public_key.der(),
+        std::fs::read(&der).unwrap().as_slice()
+    );
+    verify_signature(
+        fresh.info().public_key.der(),
+        SignatureScheme::EcdsaP256Sha256,
+        b"refreshed",
+        &sig,
+    )
+    .expect("signed with the new key");
+    block_on(store.delete(&fresh.info().id)).unwrap();
+}
+
+fn legacy_decrypt_needs_the_opt_in(hsm: &SoftHsm) {
+    use hardkey_api::{DecryptScheme, KeyPolicy};
+    use rsa::pkcs8::DecodePublicKey;
+    let secret = [0x03u8; 48];
+    let policy = KeyPolicy::default().with_legacy_rsa_pkcs1v15_decrypt(true);
+    let store = Pkcs11Store::open(hsm.config().sessions(1).policy(policy)).unwrap();
+    let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::Rsa2048).label("legacy")))
+        .unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap();
+    let ct = public
+        .encrypt(&mut rand_core::OsRng, rsa::Pkcs1v15Encrypt, &secret)
+        .unwrap();
+    let plain = block_on(key.decrypt(DecryptScheme::RsaPkcs1v15Legacy, &ct)).unwrap();
+    assert_eq!(plain.as_slice(), secret.as_slice());
+    block_on(store.delete(&key.info().id)).unwrap();
+}
+
 fn main() -> std::process::ExitCode {
     // Serial: the bad-input trial compares the whole token before and after.
     run_serial(|hsm: Arc<SoftHsm>| {
         let h = || Arc::clone(&hsm);
-        let (a, b, c, d, e) = (h(), h(), h(), h(), h());
+        let (a, b, c, d, e, f, g) = (h(), h(), h(), h(), h(), h(), h());
         vec![
             trial("pkcs11_tool_ec_key_used_by_hardkey", move || {
                 tool_key_is_used_by_hardkey(&a, "EC:prime256v1", "a1", "tool-ec")
@@ -267,6 +353,12 @@ fn main() -> std::process::ExitCode {
                 "bad_input_gets_clear_errors_and_changes_nothing",
                 move || bad_input_changes_nothing(&e),
             ),
+            trial("stale_handles_are_refreshed", move || {
+                stale_handles_are_refreshed(&f)
+            }),
+            trial("legacy_decrypt_needs_the_opt_in", move || {
+                legacy_decrypt_needs_the_opt_in(&g)
+            }),
         ]
     })
 }
