@@ -19,8 +19,3 @@ mod store;
 // Public interface.
 pub use device::{SoftDevice, SoftKeyRef};
 pub use store::{SoftConfig, SoftKey, SoftStore};
-
-/// The workspace README's examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

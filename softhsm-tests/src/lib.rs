@@ -6,6 +6,11 @@
 
 mod env;
 
+/// The workspace README's examples, compiled as doctests (this crate sees every backend).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
