@@ -1031,9 +1031,29 @@ const WAKE_BATCH_MAX_SERVICE: Duration = Duration::from_micros(250);
 /// No caller waits longer than this for its wake-up once its result is ready.
 const WAKE_BATCH_MAX_DELAY: Duration = Duration::from_millis(4);
 
-fn flush(deferred: &mut Vec<Waker>) {
-    for waker in deferred.drain(..) {
-        waker.wake();
+/// Callers whose results are delivered but who have not been woken yet. Shared with the
+/// timer thread, which flushes a batch [`WAKE_BATCH_MAX_DELAY`] after it started whatever the
+/// worker is doing then (a slow next job, a reconnect, a hung device).
+#[derive(Default)]
+struct Deferred {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Deferred {
+    fn flush(&self) {
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+impl std::task::Wake for Deferred {
+    fn wake(self: Arc<Self>) {
+        self.flush();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flush();
     }
 }
 
@@ -1041,9 +1061,7 @@ fn flush(deferred: &mut Vec<Waker>) {
 struct Worker<D: 'static> {
     shared: Arc<Shared<D>>,
     /// Callers whose results are delivered but who have not been woken yet.
-    deferred: Vec<Waker>,
-    /// When the oldest of them got its result.
-    deferred_since: Option<Instant>,
+    deferred: Arc<Deferred>,
     index: usize,
     state: Option<D>,
 }
@@ -1052,8 +1070,7 @@ impl<D: 'static> Worker<D> {
     fn start(shared: Arc<Shared<D>>, index: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
         let mut worker = Worker {
             shared,
-            deferred: Vec::with_capacity(WAKE_BATCH),
-            deferred_since: None,
+            deferred: Arc::default(),
             index,
             state: None,
         };
@@ -1089,23 +1106,19 @@ impl<D: 'static> Worker<D> {
     fn serve_until_closed(&mut self) {
         let shared = Arc::clone(&self.shared);
         loop {
-            let (deferred, since) = (&mut self.deferred, &mut self.deferred_since);
-            let Some(job) = shared.next_job(&mut || {
-                flush(deferred);
-                *since = None;
-            }) else {
+            let deferred = Arc::clone(&self.deferred);
+            let Some(job) = shared.next_job(&mut || deferred.flush()) else {
                 break;
             };
             self.serve(job);
             if self.state.is_none() {
-                flush(&mut self.deferred);
-                self.deferred_since = None;
+                self.deferred.flush();
                 if !self.recover() {
                     break;
                 }
             }
         }
-        flush(&mut self.deferred);
+        self.deferred.flush();
     }
 
     /// Wakes the caller of a finished job now, or later with others.
@@ -1118,17 +1131,23 @@ impl<D: 'static> Worker<D> {
     /// device) callers are woken at once. Batched wake-ups are always flushed before the
     /// worker waits for work, recovers or exits.
     fn wake(&mut self, waker: Waker, service: Duration) {
-        let now = Instant::now();
-        self.deferred.push(waker);
-        let since = *self.deferred_since.get_or_insert(now);
         let busy = self.shared.queued() > self.shared.config.workers;
-        if !busy
-            || service > WAKE_BATCH_MAX_SERVICE
-            || self.deferred.len() >= WAKE_BATCH
-            || now.duration_since(since) >= WAKE_BATCH_MAX_DELAY
-        {
-            flush(&mut self.deferred);
-            self.deferred_since = None;
+        if !busy || service > WAKE_BATCH_MAX_SERVICE {
+            self.deferred.flush();
+            waker.wake();
+            return;
+        }
+        let mut wakers = lock(&self.deferred.wakers);
+        let first = wakers.is_empty();
+        wakers.push(waker);
+        let full = wakers.len() >= WAKE_BATCH;
+        drop(wakers);
+        if full {
+            self.deferred.flush();
+        } else if first {
+            // The batch's deadline: the timer thread flushes it then, if nothing did before.
+            let flusher = Waker::from(Arc::clone(&self.deferred));
+            crate::timer::wake_at(Instant::now() + WAKE_BATCH_MAX_DELAY, flusher);
         }
     }
 
@@ -1210,8 +1229,12 @@ impl<D: 'static> Worker<D> {
         self.shared.counters.device_lost.fetch_add(1, Relaxed);
     }
 
-    /// One immediate attempt to rebuild the device state.
+    /// One immediate attempt to rebuild the device state (none while an authentication
+    /// failure stands: that waits for [`DevicePool::reconnect`]).
     fn reconnect_now(&mut self) -> bool {
+        if self.shared.auth_blocked() {
+            return false;
+        }
         match self.shared.build(self.index) {
             Ok(state) => {
                 self.state = Some(state);
@@ -1289,7 +1312,7 @@ impl<D: 'static> Worker<D> {
 impl<D: 'static> Drop for Worker<D> {
     fn drop(&mut self) {
         // Whatever path ends the worker, no caller is left unwoken.
-        flush(&mut self.deferred);
+        self.deferred.flush();
     }
 }
 

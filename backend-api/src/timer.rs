@@ -132,6 +132,16 @@ impl TimerThread {
     }
 }
 
+/// Wakes `waker` at `at`, from the timer thread, whatever its owner is doing then.
+pub(crate) fn wake_at(at: Instant, waker: Waker) {
+    let entry = Arc::new(Entry {
+        fired: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
+        waker: Mutex::new(Some(waker)),
+    });
+    timer().register(at, entry);
+}
+
 /// Locks a mutex, ignoring poisoning (the protected data stays consistent: every critical
 /// section here is a single push, pop or swap).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -833,3 +833,45 @@ fn huge_durations_do_not_overflow() {
     let report = pool.shutdown(Duration::MAX);
     assert_eq!(report.detached_workers, 0);
 }
+
+/// Coalesced wake-ups are bounded in time: fast jobs queued ahead of a slow one reach their
+/// callers long before the slow job ends, however the worker batches its wake-ups.
+#[test]
+fn batched_wake_ups_do_not_wait_for_the_next_job() {
+    let (pool, _device) = start_pool(PoolConfig::new("wake").op_timeout(None));
+    let held = hold(&pool);
+    let mut fast: Vec<Job<usize>> = (0..10_usize)
+        .map(|i| Box::pin(pool.run(sign(), move |_| Ok(i))) as Job<usize>)
+        .collect();
+    fast.iter_mut().for_each(enqueue);
+    let mut slow: Job<usize> = Box::pin(pool.run(
+        sign().with_timeout(JobTimeout::Never),
+        |_: &mut TestDevice| {
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(99)
+        },
+    ));
+    enqueue(&mut slow);
+    // One more behind the slow job keeps the queue deeper than the worker count, so the
+    // worker keeps batching when it starts the slow job.
+    let mut after: Job<usize> = Box::pin(pool.run(sign(), |_| Ok(100)));
+    enqueue(&mut after);
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let results = block_on(futures::future::join_all(fast));
+        (start.elapsed(), results)
+    });
+    let released = Instant::now();
+    block_on(held.release()).unwrap();
+    let (_, results) = waiter.join().unwrap();
+    let woken_after = released.elapsed();
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i);
+    }
+    assert!(
+        woken_after < Duration::from_millis(1000),
+        "fast jobs' callers waited {woken_after:?} behind the slow job"
+    );
+    assert_eq!(block_on(slow).unwrap(), 99);
+    assert_eq!(block_on(after).unwrap(), 100);
+}

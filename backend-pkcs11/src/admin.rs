@@ -214,11 +214,13 @@ impl TokenAdmin {
     ) -> Result<()> {
         let (slot, summary) = token::find(&self.module, token)?;
         let session = self.session(slot)?;
-        self.login(&session, &summary, UserType::So, so_pin)?;
+        let logged_in = self.login(slot, &session, &summary, UserType::So, so_pin)?;
         let result = session
             .init_pin(user_pin)
             .map_err(mapper(&self.device(), Operation::Admin));
-        let _ = session.logout();
+        if logged_in {
+            let _ = session.logout();
+        }
         result
     }
 
@@ -236,11 +238,15 @@ impl TokenAdmin {
             PinRole::User => UserType::User,
             PinRole::SecurityOfficer => UserType::So,
         };
-        self.login(&session, &summary, user, old)?;
+        let logged_in = self.login(slot, &session, &summary, user, old)?;
         let result = session
             .set_pin(old, new)
             .map_err(|e| map_auth(e, &auth_target(&summary, role_name(role)), &self.device()));
-        let _ = session.logout();
+        // Logging out ends the login for every session of this process (a store's too): only
+        // undo a login this call made.
+        if logged_in {
+            let _ = session.logout();
+        }
         result
     }
 
@@ -251,21 +257,43 @@ impl TokenAdmin {
             .map_err(mapper(&self.device(), Operation::Admin))
     }
 
+    /// Logs in as `user`; returns whether this call did (false: already logged in). Makes no
+    /// attempt when that PIN is locked or on its final try.
     fn login(
         &self,
+        slot: Slot,
         session: &Session,
         token: &TokenSummary,
         user: UserType,
         pin: &SecretString,
-    ) -> Result<()> {
-        let role = if matches!(user, UserType::So) {
-            "SO PIN"
+    ) -> Result<bool> {
+        let so = matches!(user, UserType::So);
+        let role = if so { "SO PIN" } else { "user PIN" };
+        let info = self
+            .module
+            .ctx
+            .get_token_info(slot)
+            .map_err(mapper(&self.device(), Operation::Admin))?;
+        let (locked, final_try) = if so {
+            (info.so_pin_locked(), info.so_pin_final_try())
         } else {
-            "user PIN"
+            (info.user_pin_locked(), info.user_pin_final_try())
         };
+        if locked || final_try {
+            return Err(Error::PinLocked {
+                target: auth_target(token, role),
+                remedy: if locked {
+                    "it is locked: the user PIN is unlocked with the SO PIN (hardkey token \
+                     init-pin); a locked SO PIN means re-initializing the token"
+                } else {
+                    "one attempt is left, so hardkey will not try: check the PIN first"
+                },
+                source: None,
+            });
+        }
         match session.login(user, Some(pin)) {
-            Ok(()) => Ok(()),
-            Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(false),
             Err(e) => Err(map_auth(e, &auth_target(token, role), &self.device())),
         }
     }

@@ -60,7 +60,6 @@ pub(crate) fn is_lost(rv: RvError) -> bool {
             | RvError::TokenNotPresent
             | RvError::DeviceError
             | RvError::CryptokiNotInitialized
-            | RvError::GeneralError
             | RvError::UserNotLoggedIn
             | RvError::SlotIdInvalid
     )

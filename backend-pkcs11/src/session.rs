@@ -8,7 +8,7 @@ use cryptoki::context::Function;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
@@ -37,6 +37,13 @@ pub(crate) struct Target {
     pub(crate) uri_base: UriBase,
     /// Whether the token takes `CKM_RSA_PKCS_OAEP` with SHA-256 (learned on first use).
     pub(crate) oaep_sha256: AtomicU8,
+    /// Held across the PIN-state check and `C_Login`, so workers log in one at a time.
+    pub(crate) login_lock: std::sync::Mutex<()>,
+    /// Bumped when keys are deleted: workers drop their cached handles.
+    pub(crate) key_epoch: AtomicU64,
+    /// Set when `C_Login` refused the PIN: no worker tries it again until
+    /// [`Pkcs11Store::reconnect`](crate::Pkcs11Store::reconnect) clears it.
+    pub(crate) login_refused: std::sync::atomic::AtomicBool,
 }
 
 /// `Target::oaep_sha256` values.
@@ -64,6 +71,8 @@ pub struct Pkcs11Device {
     target: Arc<Target>,
     session: TrackedSession,
     handles: HashMap<Pkcs11KeyRef, ObjectHandle>,
+    /// The target's `key_epoch` these handles were found at.
+    handles_epoch: u64,
 }
 
 impl std::fmt::Debug for Pkcs11Device {
@@ -90,6 +99,7 @@ impl Pkcs11Device {
         };
         login(&target, &session)?;
         Ok(Self {
+            handles_epoch: target.key_epoch.load(Ordering::Relaxed),
             target,
             session,
             handles: HashMap::new(),
@@ -105,9 +115,11 @@ impl Pkcs11Device {
         &self.target
     }
 
-    /// Forgets cached handles (after keys were deleted).
-    pub(crate) fn forget(&mut self, key: &Pkcs11KeyRef) {
-        self.handles.remove(key);
+    /// Tells every worker that keys were deleted: their cached handles may now name nothing,
+    /// or (on tokens that reuse handles) another key.
+    pub(crate) fn keys_deleted(&mut self) {
+        self.target.key_epoch.fetch_add(1, Ordering::Relaxed);
+        self.handles.clear();
     }
 
     /// Replaces the session: the new one is opened before the old one closes, so the token's
@@ -116,10 +128,16 @@ impl Pkcs11Device {
         let fresh = open_session(&self.target)?;
         login(&self.target, &fresh)?;
         self.session = fresh;
+        self.handles.clear();
         Ok(())
     }
 
     fn handle(&mut self, key: &Pkcs11KeyRef, op: Operation) -> Result<ObjectHandle> {
+        let epoch = self.target.key_epoch.load(Ordering::Relaxed);
+        if epoch != self.handles_epoch {
+            self.handles.clear();
+            self.handles_epoch = epoch;
+        }
         if let Some(h) = self.handles.get(key) {
             return Ok(*h);
         }
@@ -157,7 +175,10 @@ impl Pkcs11Device {
     ) -> Result<T> {
         let handle = self.handle(key, op)?;
         let result = match f(&self.session, handle) {
-            Err(e) if is_rv(&e, RvError::ObjectHandleInvalid, None) => {
+            Err(e)
+                if is_rv(&e, RvError::ObjectHandleInvalid, None)
+                    || is_rv(&e, RvError::KeyHandleInvalid, None) =>
+            {
                 self.handles.remove(key);
                 let handle = self.handle(key, op)?;
                 f(&self.session, handle)
@@ -165,12 +186,20 @@ impl Pkcs11Device {
             other => other,
         };
         result.map_err(|e| {
+            // A decryption that failed on bad data ends its operation (PKCS#11 5.2) and must
+            // answer exactly as fast as a good one: replacing the session here would time the
+            // padding check (a Bleichenbacher oracle).
+            let ended = is_rv(&e, RvError::EncryptedDataInvalid, None)
+                || is_rv(&e, RvError::EncryptedDataLenRange, None);
             let err = map(&self.target.name, op, e);
-            if !err.is_device_lost() {
+            if !err.is_device_lost() && !ended {
                 // The session may still hold the failed operation: never reuse it. If a new
-                // one cannot be opened, report the device as lost so the pool rebuilds it.
-                if let Err(lost) = self.replace_session() {
-                    return lost;
+                // one cannot be had, report the device as lost so the pool drops this state.
+                if let Err(cause) = self.replace_session() {
+                    return Error::DeviceUnavailable {
+                        device: self.target.name.clone(),
+                        source: Box::new(cause),
+                    };
                 }
             }
             err
@@ -196,6 +225,25 @@ fn open_session(target: &Target) -> Result<TrackedSession> {
 /// success. Never tries a PIN the token reports locked or on its final try: a wrong PIN then
 /// would lock the token, and hardkey never guesses.
 fn login(target: &Target, session: &Session) -> Result<()> {
+    // Another session of this application already logged the user in: nothing to do, and no
+    // PIN to read.
+    if session.get_session_info().is_ok_and(|i| {
+        matches!(
+            i.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        )
+    }) {
+        return Ok(());
+    }
+    let _one_at_a_time = target.login_lock.lock().unwrap_or_else(|p| p.into_inner());
+    if target.login_refused.load(Ordering::Relaxed) {
+        return Err(Error::AuthFailed {
+            target: target.name.clone(),
+            source: "the token refused this PIN before; hardkey will not try it again: fix the \
+                     PIN source, then call Pkcs11Store::reconnect"
+                .into(),
+        });
+    }
     let info = target
         .module
         .ctx
@@ -223,7 +271,13 @@ fn login(target: &Target, session: &Session) -> Result<()> {
     match session.login(UserType::User, pin.as_ref()) {
         Ok(()) => Ok(()),
         Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
-        Err(e) => Err(map(&target.name, Operation::Connect, e)),
+        Err(e) => {
+            let err = map(&target.name, Operation::Connect, e);
+            if err.is_auth() {
+                target.login_refused.store(true, Ordering::Relaxed);
+            }
+            Err(err)
+        }
     }
 }
 

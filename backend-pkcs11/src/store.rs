@@ -142,6 +142,9 @@ impl Pkcs11Store {
             },
             module,
             oaep_sha256: AtomicU8::new(OAEP_UNKNOWN),
+            login_lock: std::sync::Mutex::new(()),
+            key_epoch: AtomicU64::new(0),
+            login_refused: std::sync::atomic::AtomicBool::new(false),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)
@@ -163,9 +166,18 @@ impl Pkcs11Store {
         &self.token
     }
 
-    /// The session pool (stats, shutdown, reconnect after fixing a PIN).
+    /// The session pool (stats, shutdown).
     pub fn pool(&self) -> &DevicePool<Pkcs11Device> {
         &self.pool
+    }
+
+    /// After a refused PIN, lets the workers log in again: call it once the PIN source is
+    /// fixed. Until then hardkey makes no login attempt at all (a token may lock after three).
+    pub fn reconnect(&self) {
+        self.target
+            .login_refused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.pool.reconnect();
     }
 
     /// Runs a job that yields one key description and turns it into a key.
@@ -224,6 +236,21 @@ fn one_key(
             })
         }
     }
+}
+
+/// The new key's description; if it cannot be read, the objects just made are destroyed, so a
+/// failed generate or import leaves nothing behind.
+fn described_or_destroyed(
+    dev: &Pkcs11Device,
+    objects: [ObjectHandle; 2],
+    private: ObjectHandle,
+) -> Result<(KeyInfo, Pkcs11KeyRef)> {
+    let t = dev.target();
+    describe(dev.session(), &t.name, private, &t.uri_base, t.policy).inspect_err(|_| {
+        for handle in objects {
+            let _ = dev.session().destroy_object(handle);
+        }
+    })
 }
 
 fn id_template(class: ObjectClass, id: &[u8]) -> Vec<Attribute> {
@@ -330,11 +357,11 @@ impl KeyStore for Pkcs11Store {
                 };
                 let (mechanism, public, private) =
                     generate_templates(request.algorithm, &id, &label, request.usages)?;
-                let (_, private) = dev
+                let (public, private) = dev
                     .session()
                     .generate_key_pair(&mechanism, &public, &private)
                     .map_err(mapper(&t.name, Operation::Generate))?;
-                describe(dev.session(), &t.name, private, &t.uri_base, t.policy)
+                described_or_destroyed(dev, [public, private], private)
             })
         });
         async move { run?.await }
@@ -354,24 +381,22 @@ impl KeyStore for Pkcs11Store {
                 .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
             let (_, public, mut private) =
                 import_templates(&request.pkcs8_der, &id, &label, request.usages)?;
-            let public_handle = dev.session().create_object(&public).map_err(&map)?;
-            let created = dev.session().create_object(&private);
+            let created = dev
+                .session()
+                .create_object(&public)
+                .and_then(|public_handle| {
+                    dev.session()
+                        .create_object(&private)
+                        .map(|private_handle| (public_handle, private_handle))
+                        .inspect_err(|_| {
+                            // Never leave half a key behind.
+                            let _ = dev.session().destroy_object(public_handle);
+                        })
+                });
+            // The secret values are wiped whatever happened.
             wipe(&mut private);
-            let private_handle = match created {
-                Ok(h) => h,
-                Err(e) => {
-                    // Never leave half a key behind.
-                    let _ = dev.session().destroy_object(public_handle);
-                    return Err(map(e));
-                }
-            };
-            describe(
-                dev.session(),
-                &t.name,
-                private_handle,
-                &t.uri_base,
-                t.policy,
-            )
+            let (public_handle, private_handle) = created.map_err(&map)?;
+            described_or_destroyed(dev, [public_handle, private_handle], private_handle)
         })
     }
 
@@ -399,10 +424,7 @@ impl KeyStore for Pkcs11Store {
                 for handle in private.iter().chain(public.iter()) {
                     dev.session().destroy_object(*handle).map_err(&map)?;
                 }
-                dev.forget(&Pkcs11KeyRef {
-                    id: Some(Arc::from(id.as_bytes())),
-                    label: None,
-                });
+                dev.keys_deleted();
                 Ok(())
             },
         )

@@ -87,6 +87,35 @@ fn wrong_pin_is_tried_once(env: &Env) {
     );
 }
 
+fn wrong_pin_during_recovery_is_tried_once(env: &Env) {
+    let (store, key) = env.store_and_key(4);
+    // Every session is lost and the PIN stops working (changed by another application).
+    let before = env.shim.calls("C_Login");
+    env.shim.set(&format!(
+        "sign_rv={CKR_SESSION_HANDLE_INVALID}\nsign_times=1000\nlogin_rv={CKR_PIN_INCORRECT}"
+    ));
+    let results = block_on(join_all((0..16u8).map(|i| key.sign(SCHEME, &[i]))));
+    assert!(results.iter().all(Result::is_err));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        env.shim.calls("C_Login") - before,
+        1,
+        "4 workers recovering, one login attempt"
+    );
+    let err = block_on(key.sign(SCHEME, b"still refused")).unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    assert_eq!(env.shim.calls("C_Login") - before, 1);
+
+    // The PIN works again and the operator says so: the same store serves again.
+    env.shim.set("");
+    store.reconnect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = block_on(key.sign(SCHEME, b"back")) {
+        assert!(Instant::now() < deadline, "not back after reconnect: {e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn lost_session_is_rebuilt_and_sign_retried(env: &Env) {
     let (store, key) = env.store_and_key(1);
     let sessions = env.shim.calls("C_OpenSession");
@@ -178,7 +207,11 @@ fn main() -> std::process::ExitCode {
     let hsm = SoftHsm::start();
     let shim = FaultShim::start(&hsm);
     let env = Arc::new(Env { hsm, shim });
-    let tests: [(&str, FaultTest); 7] = [
+    let tests: [(&str, FaultTest); 8] = [
+        (
+            "wrong_pin_during_recovery_is_tried_once",
+            wrong_pin_during_recovery_is_tried_once,
+        ),
         ("final_try_gets_no_login", final_try_gets_no_login),
         ("locked_pin_gets_no_login", locked_pin_gets_no_login),
         ("wrong_pin_is_tried_once", wrong_pin_is_tried_once),
