@@ -98,6 +98,7 @@ impl TokenAdmin {
 
     /// The initialized tokens.
     pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
+        let _calls = self.module.calls();
         Ok(token::tokens(&self.module)?
             .into_iter()
             .map(|(_, t)| t)
@@ -107,6 +108,7 @@ impl TokenAdmin {
 
     /// Every slot, with its token if one is present.
     pub fn slots(&self) -> Result<Vec<SlotSummary>> {
+        let _calls = self.module.calls();
         let device = self.device();
         let map = mapper(&device, Operation::Admin);
         let with_tokens = token::tokens(&self.module)?;
@@ -128,6 +130,7 @@ impl TokenAdmin {
 
     /// Details of the token a URI names.
     pub fn details(&self, token: &Pkcs11Uri) -> Result<TokenDetails> {
+        let _calls = self.module.calls();
         let (slot, summary) = token::find(&self.module, token)?;
         let info = self
             .module
@@ -160,6 +163,7 @@ impl TokenAdmin {
         so_pin: &SecretString,
         reinitialize: bool,
     ) -> Result<TokenSummary> {
+        let _calls = self.module.calls();
         let device = self.device();
         let map = mapper(&device, Operation::Admin);
         if label.is_empty() || label.len() > 32 {
@@ -212,6 +216,7 @@ impl TokenAdmin {
         so_pin: &SecretString,
         user_pin: &SecretString,
     ) -> Result<()> {
+        let _calls = self.module.calls();
         let (slot, summary) = token::find(&self.module, token)?;
         let session = self.session(slot)?;
         let logged_in = self.login(slot, &session, &summary, UserType::So, so_pin)?;
@@ -232,6 +237,7 @@ impl TokenAdmin {
         old: &SecretString,
         new: &SecretString,
     ) -> Result<()> {
+        let _calls = self.module.calls();
         let (slot, summary) = token::find(&self.module, token)?;
         let session = self.session(slot)?;
         let user = match role {

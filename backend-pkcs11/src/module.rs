@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::RvError;
@@ -25,71 +26,96 @@ pub const SOFTHSM_PATHS: [&str; 5] = [
 pub(crate) struct Module {
     pub(crate) ctx: Pkcs11,
     pub(crate) path: PathBuf,
-    /// Sessions open on this module by every store: the module is re-initialized only when
-    /// none is (never `C_Finalize` under a call in flight).
-    sessions: Mutex<usize>,
+    /// Read-held by every sequence of calls into the module, write-held while it is
+    /// re-initialized: `C_Finalize` never runs under a call in flight.
+    calls: RwLock<()>,
+    /// Bumped by each re-initialization. Sessions (and their handle numbers, which the module
+    /// may reuse) from an older generation are gone.
+    generation: AtomicU64,
 }
 
-/// A session counted on its module; closing it (drop) uncounts it.
+/// A session with the module generation it belongs to. Closed on drop only if that generation
+/// is current: after a re-initialization its handle number may belong to a new session.
 pub(crate) struct TrackedSession {
+    /// Always `Some` until dropped (closing consumes it).
     session: Option<Session>,
     module: Arc<Module>,
+    generation: u64,
 }
 
 impl std::ops::Deref for TrackedSession {
     type Target = Session;
     fn deref(&self) -> &Session {
-        // Present from construction until drop.
-        self.session
-            .as_ref()
-            .unwrap_or_else(|| unreachable_session())
+        match &self.session {
+            Some(session) => session,
+            None => closed_session(),
+        }
     }
 }
 
-#[allow(clippy::panic, reason = "the session is only taken in drop")]
-fn unreachable_session() -> &'static Session {
-    panic!("session used after close")
+#[allow(clippy::panic, reason = "the session is only taken by drop")]
+fn closed_session() -> &'static Session {
+    panic!("PKCS#11 session used after it was closed")
+}
+
+impl TrackedSession {
+    /// Whether the module was re-initialized since this session was opened.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.module.generation() != self.generation
+    }
 }
 
 impl Drop for TrackedSession {
     fn drop(&mut self) {
-        // Close first, then uncount: a re-initialization must not overtake the close.
-        drop(self.session.take());
-        let mut n = self
-            .module
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
+        // Never block here: a re-initialization pending or under way (try_read fails) ends
+        // every session anyway.
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if let Ok(_calls) = self.module.calls.try_read() {
+            if !self.is_stale() {
+                let _ = session.close();
+            }
+        }
     }
 }
 
 impl Module {
-    /// Opens a read-write session on `slot`, counted.
+    /// Holds off re-initialization while calls are made.
+    pub(crate) fn calls(&self) -> RwLockReadGuard<'_, ()> {
+        self.calls.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Opens a read-write session on `slot`. The caller holds [`Module::calls`].
     pub(crate) fn open_session(
         self: &Arc<Self>,
         slot: Slot,
     ) -> cryptoki::error::Result<TrackedSession> {
-        let mut n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let session = self.ctx.open_rw_session(slot)?;
-        *n += 1;
+        let session = self.ctx.open_rw_session_no_drop(slot)?;
         Ok(TrackedSession {
             session: Some(session),
             module: Arc::clone(self),
+            generation: self.generation(),
         })
     }
 
-    /// Re-initializes the module (`C_Finalize`, `C_Initialize`) if no session is open on it:
-    /// how a client module whose server went away (p11-kit remoting) reconnects. Returns
-    /// whether it did.
-    pub(crate) fn reinitialize_if_idle(&self) -> bool {
-        let n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if *n > 0 {
-            return false;
+    /// Re-initializes the module (`C_Finalize`, `C_Initialize`): how a client module whose
+    /// server went away (p11-kit remoting) reconnects. Waits for calls in flight to end. Does
+    /// nothing if another caller already re-initialized since `seen` (the generation the
+    /// caller saw fail). Returns whether the module is initialized afterwards.
+    pub(crate) fn reinitialize(&self, seen: u64) -> bool {
+        let _exclusive = self.calls.write().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != seen {
+            return true;
         }
         let _ = self.ctx.clone().finalize();
         let ok = initialize(&self.ctx).is_ok();
-        drop(n);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         ok
     }
 }
@@ -117,8 +143,8 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Module>>> {
 }
 
 /// Loads and initializes the module at `path` (or the default), once per process. Modules stay
-/// loaded for the life of the process: `C_Finalize` is never called, so nothing in flight can
-/// be pulled from under a session.
+/// loaded for the life of the process; `C_Finalize` is called only to re-initialize a module
+/// whose connection was lost, under [`Module::reinitialize`]'s exclusive lock.
 pub(crate) fn load(path: Option<&Path>) -> Result<Arc<Module>> {
     let path = match path {
         Some(p) => p.to_path_buf(),
@@ -141,7 +167,8 @@ pub(crate) fn load(path: Option<&Path>) -> Result<Arc<Module>> {
     let module = Arc::new(Module {
         ctx,
         path: canonical.clone(),
-        sessions: Mutex::new(0),
+        calls: RwLock::new(()),
+        generation: AtomicU64::new(0),
     });
     modules.insert(canonical, Arc::clone(&module));
     Ok(module)

@@ -85,25 +85,67 @@ impl std::fmt::Debug for Pkcs11Device {
 }
 
 impl Pkcs11Device {
-    /// Opens a session on the target's token and logs in. If the module itself is gone (a
-    /// remote module whose server restarted), re-initializes it once no session uses it, and
+    /// Opens a session on the target's token and logs in. If the module's connection is gone
+    /// (a remote module whose server restarted), re-initializes the module (once, whichever
+    /// worker gets there first) and finds the token again; if only the token's slot changed,
     /// finds the token again.
     pub(crate) fn connect(target: Arc<Target>) -> Result<Self> {
-        let session = match open_session(&target) {
-            Err(e) if e.is_device_lost() && target.module.reinitialize_if_idle() => {
-                let (slot, _) = crate::token::find(&target.module, &target.token_uri)?;
-                target.slot.store(slot.id(), Ordering::Relaxed);
-                open_session(&target)?
-            }
-            other => other?,
+        let seen = target.module.generation();
+        let failure = match Self::open_and_login(&target) {
+            Ok(device) => return Ok(device),
+            Err(Failure::Other(e)) => return Err(e),
+            Err(failure) => failure,
         };
-        login(&target, &session)?;
+        // Perhaps only the token's slot moved.
+        if matches!(failure, Failure::Slot(_)) && target.find_token_again().is_ok() {
+            if let Ok(device) = Self::open_and_login(&target) {
+                return Ok(device);
+            }
+        }
+        // The module's connection is gone, or it came back without the token (a client
+        // re-initialized while its server was down): re-initialize it, once for all workers.
+        target.module.reinitialize(seen);
+        target.find_token_again()?;
+        Self::open_and_login(&target).map_err(Failure::into_error)
+    }
+
+    fn open_and_login(target: &Arc<Target>) -> std::result::Result<Self, Failure> {
+        let _calls = target.module.calls();
+        let slot = target.slot().map_err(Failure::Other)?;
+        let session = target.module.open_session(slot).map_err(|e| {
+            let rv = crate::error::rv_of(&e);
+            let err = map(&target.name, Operation::Connect, e);
+            match rv {
+                Some(
+                    RvError::DeviceError
+                    | RvError::CryptokiNotInitialized
+                    | RvError::GeneralError
+                    | RvError::DeviceRemoved,
+                ) => Failure::Module(err),
+                Some(RvError::SlotIdInvalid | RvError::TokenNotPresent) => Failure::Slot(err),
+                _ => Failure::Other(err),
+            }
+        })?;
+        login(target, &session).map_err(Failure::Other)?;
         Ok(Self {
             handles_epoch: target.key_epoch.load(Ordering::Relaxed),
-            target,
+            target: Arc::clone(target),
             session,
             handles: HashMap::new(),
         })
+    }
+
+    /// Runs `f` with re-initialization held off, if this worker's session is still current.
+    pub(crate) fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let module = Arc::clone(&self.target.module);
+        let _calls = module.calls();
+        if self.session.is_stale() {
+            return Err(Error::device_unavailable(
+                &self.target.name,
+                "the PKCS#11 module was re-initialized after losing its connection",
+            ));
+        }
+        f(self)
     }
 
     /// The session, for store jobs.
@@ -127,6 +169,7 @@ impl Pkcs11Device {
     fn replace_session(&mut self) -> Result<()> {
         let fresh = open_session(&self.target)?;
         login(&self.target, &fresh)?;
+        // (The caller holds the module's call guard.)
         self.session = fresh;
         self.handles.clear();
         Ok(())
@@ -173,6 +216,15 @@ impl Pkcs11Device {
         key: &Pkcs11KeyRef,
         f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
     ) -> Result<T> {
+        self.guarded(|dev| dev.with_key_guarded(op, key, f))
+    }
+
+    fn with_key_guarded<T>(
+        &mut self,
+        op: Operation,
+        key: &Pkcs11KeyRef,
+        f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
+    ) -> Result<T> {
         let handle = self.handle(key, op)?;
         let result = match f(&self.session, handle) {
             Err(e)
@@ -207,7 +259,32 @@ impl Pkcs11Device {
     }
 }
 
+/// Why a session could not be opened.
+enum Failure {
+    /// The module's connection is gone: re-initialize it.
+    Module(Error),
+    /// The token's slot is gone: find the token again.
+    Slot(Error),
+    Other(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Self::Module(e) | Self::Slot(e) | Self::Other(e) => e,
+        }
+    }
+}
+
 impl Target {
+    /// Finds the token again (its slot id may have changed).
+    fn find_token_again(&self) -> Result<()> {
+        let _calls = self.module.calls();
+        let (slot, _) = crate::token::find(&self.module, &self.token_uri)?;
+        self.slot.store(slot.id(), Ordering::Relaxed);
+        Ok(())
+    }
+
     pub(crate) fn slot(&self) -> Result<Slot> {
         Slot::try_from(self.slot.load(Ordering::Relaxed))
             .map_err(mapper(&self.name, Operation::Connect))

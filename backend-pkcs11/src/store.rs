@@ -124,7 +124,10 @@ impl Pkcs11Store {
     /// on a blocking thread.
     pub fn open(config: Pkcs11Config) -> Result<Self> {
         let module = module::load(config.module.as_deref())?;
-        let (slot, token) = token::find(&module, &config.token)?;
+        let (slot, token) = {
+            let _calls = module.calls();
+            token::find(&module, &config.token)?
+        };
         let name = format!("token '{}'", token.label);
         let target = Arc::new(Target {
             slot: AtomicU64::new(slot.id()),
@@ -190,7 +193,7 @@ impl Pkcs11Store {
         F: FnMut(&mut Pkcs11Device) -> Result<(KeyInfo, Pkcs11KeyRef)> + Send + 'static,
     {
         let pool = self.pool.clone();
-        let run = self.pool.run(options, job);
+        let run = self.pool.run(options, guard(job));
         async move {
             let (info, key) = run.await?;
             Ok(PooledKey::new(info, key, pool))
@@ -253,6 +256,13 @@ fn described_or_destroyed(
     })
 }
 
+/// A store job that runs with the module's re-initialization held off, on a current session.
+fn guard<T>(
+    mut job: impl FnMut(&mut Pkcs11Device) -> Result<T> + Send + 'static,
+) -> impl FnMut(&mut Pkcs11Device) -> Result<T> + Send + 'static {
+    move |dev: &mut Pkcs11Device| dev.guarded(|dev| job(dev))
+}
+
 fn id_template(class: ObjectClass, id: &[u8]) -> Vec<Attribute> {
     vec![Attribute::Class(class), Attribute::Id(id.to_vec())]
 }
@@ -311,7 +321,7 @@ impl KeyStore for Pkcs11Store {
     fn list(&self) -> impl Future<Output = Result<Vec<KeyInfo>>> + Send + 'static + use<> {
         self.pool.run(
             JobOptions::idempotent(Operation::List),
-            |dev: &mut Pkcs11Device| {
+            guard(|dev: &mut Pkcs11Device| {
                 let t = dev.target();
                 let handles = dev
                     .session()
@@ -325,7 +335,7 @@ impl KeyStore for Pkcs11Store {
                     })
                     .map(|(info, _)| info)
                     .collect())
-            },
+            }),
         )
     }
 
@@ -404,7 +414,7 @@ impl KeyStore for Pkcs11Store {
         let id = id.clone();
         self.pool.run(
             JobOptions::new(Operation::Delete),
-            move |dev: &mut Pkcs11Device| {
+            guard(move |dev: &mut Pkcs11Device| {
                 let name = dev.target().name.clone();
                 let map = mapper(&name, Operation::Delete);
                 let private = dev
@@ -426,7 +436,7 @@ impl KeyStore for Pkcs11Store {
                 }
                 dev.keys_deleted();
                 Ok(())
-            },
+            }),
         )
     }
 }
