@@ -120,14 +120,12 @@ mod tests {
 
     #[test]
     fn reads_the_first_line_and_never_shows_the_pin() {
-        let dir = std::env::temp_dir().join(format!("hk-pin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("pin");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
         std::fs::write(&file, "1234\n").unwrap();
         let pin = PinSource::File(file).load("t").unwrap().unwrap();
         assert_eq!(pin.expose_secret(), "1234");
         let value = PinSource::Value(SecretString::from("secret-pin"));
         assert!(!format!("{value:?}").contains("secret-pin"));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

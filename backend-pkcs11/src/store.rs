@@ -131,7 +131,9 @@ impl Pkcs11Store {
         let name = format!("token '{}'", token.label);
         let target = Arc::new(Target {
             slot: AtomicU64::new(slot.id()),
-            token_uri: config.token.clone(),
+            // Found again by serial too, so that a re-initialized token that merely has the
+            // same label is never taken for this one.
+            token_uri: config.token.clone().with_serial(token.serial.clone()),
             name: name.clone(),
             pin: config.pin.clone(),
             policy: config.policy,
@@ -327,14 +329,17 @@ impl KeyStore for Pkcs11Store {
                     .session()
                     .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
                     .map_err(mapper(&t.name, Operation::List))?;
-                // Keys of algorithms hardkey does not serve (Ed25519, RSA-1024...) are left out.
-                Ok(handles
-                    .iter()
-                    .filter_map(|h| {
-                        describe(dev.session(), &t.name, *h, &t.uri_base, t.policy).ok()
-                    })
-                    .map(|(info, _)| info)
-                    .collect())
+                // Keys of algorithms hardkey does not serve (Ed25519, RSA-1024...) are left
+                // out; a lost session fails the listing rather than shortening it.
+                let mut infos = Vec::with_capacity(handles.len());
+                for h in &handles {
+                    match describe(dev.session(), &t.name, *h, &t.uri_base, t.policy) {
+                        Ok((info, _)) => infos.push(info),
+                        Err(e) if e.is_device_lost() => return Err(e),
+                        Err(_) => {}
+                    }
+                }
+                Ok(infos)
             }),
         )
     }

@@ -218,8 +218,14 @@ pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic:
     })
 }
 
-/// The p11-kit client module: a PKCS#11 module whose calls run in a `p11-kit server` process.
-pub const P11_KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+/// Where distributions install the p11-kit client module (a PKCS#11 module whose calls run in
+/// a `p11-kit server` process).
+pub const P11_KIT_CLIENT_PATHS: [&str; 4] = [
+    "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib64/pkcs11/p11-kit-client.so",
+    "/usr/lib/pkcs11/p11-kit-client.so",
+];
 
 /// A `p11-kit server` exporting the fixture's token on a unix socket, killed on drop. Models a
 /// remote HSM or an isolated key process.
@@ -251,7 +257,16 @@ impl P11KitServer {
 
     /// The client module to load.
     pub fn client_module(&self) -> &Path {
-        Path::new(P11_KIT_CLIENT)
+        P11_KIT_CLIENT_PATHS
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                fail(
+                    "p11-kit-client.so",
+                    "not found (apt install p11-kit-modules)",
+                )
+            })
     }
 
     /// Kills the server and the processes it forked for each client connection (as a crash of
@@ -360,8 +375,12 @@ fn shim_library() -> PathBuf {
     let library = profile_dir.join("libpkcs11_fault_shim.so");
     if !library.exists() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "pkcs11-fault-shim"])
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "pkcs11-fault-shim"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build
             .status()
             .unwrap_or_else(|e| fail("building pkcs11-fault-shim", e));
         if !status.success() || !library.exists() {
