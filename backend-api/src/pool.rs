@@ -1037,6 +1037,9 @@ const WAKE_BATCH_MAX_DELAY: Duration = Duration::from_millis(4);
 #[derive(Default)]
 struct Deferred {
     wakers: Mutex<Vec<Waker>>,
+    /// A timer-thread flush is pending. One at a time per worker: it may flush a younger batch
+    /// early (harmless), and the timer thread wakes at most every [`WAKE_BATCH_MAX_DELAY`].
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl Deferred {
@@ -1050,9 +1053,10 @@ impl Deferred {
 
 impl std::task::Wake for Deferred {
     fn wake(self: Arc<Self>) {
-        self.flush();
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
+        self.armed.store(false, Relaxed);
         self.flush();
     }
 }
@@ -1144,7 +1148,7 @@ impl<D: 'static> Worker<D> {
         drop(wakers);
         if full {
             self.deferred.flush();
-        } else if first {
+        } else if first && !self.deferred.armed.swap(true, Relaxed) {
             // The batch's deadline: the timer thread flushes it then, if nothing did before.
             let flusher = Waker::from(Arc::clone(&self.deferred));
             crate::timer::wake_at(Instant::now() + WAKE_BATCH_MAX_DELAY, flusher);
