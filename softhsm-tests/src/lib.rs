@@ -392,3 +392,29 @@ fn shim_library() -> PathBuf {
     }
     library
 }
+
+/// The hardkey-api conformance suite as trials, each on a fresh store opened with `config`
+/// (P-256, P-384, RSA-2048, RSA-3072).
+pub fn conformance_trials(config: Pkcs11Config, token_label: &str) -> Vec<libtest_mimic::Trial> {
+    use hardkey_api::KeyAlgorithm::{EcP256, EcP384, Rsa2048, Rsa3072};
+    let missing = hardkey_api::KeyUri::Pkcs11(
+        Pkcs11Uri::new()
+            .with_token(token_label)
+            .with_object("no-such-key"),
+    );
+    let suite = move || {
+        let store =
+            Pkcs11Store::open(config.clone()).unwrap_or_else(|e| fail("opening the token", e));
+        hardkey_api::testkit::Suite::new(store, missing.clone())
+    };
+    let algorithms = [
+        ("p256", EcP256),
+        ("p384", EcP384),
+        ("rsa2048", Rsa2048),
+        ("rsa3072", Rsa3072),
+    ];
+    hardkey_api::testkit::checks(suite, &algorithms)
+        .into_iter()
+        .map(|check| trial(&check.name, check.run))
+        .collect()
+}

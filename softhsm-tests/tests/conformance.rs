@@ -1,43 +1,7 @@
 //! The hardkey-api conformance suite against a SoftHSM2 token (token objects, two sessions).
-#![allow(clippy::expect_used, reason = "test code")]
 
-use hardkey_api::KeyAlgorithm::{EcP256, EcP384, Rsa2048, Rsa3072};
-use hardkey_api::testkit::{Suite, checks};
-use hardkey_api::{KeyUri, uri::Pkcs11Uri};
-use hardkey_pkcs11::Pkcs11Store;
-use libtest_mimic::{Arguments, Trial};
-use softhsm_tests::SoftHsm;
+use softhsm_tests::{conformance_trials, run};
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let hsm = SoftHsm::start();
-    let config = hsm.config().sessions(2);
-    let missing = KeyUri::Pkcs11(
-        Pkcs11Uri::new()
-            .with_token(hsm.label())
-            .with_object("no-such-key"),
-    );
-    let suite = move || {
-        let store = Pkcs11Store::open(config.clone()).expect("open the SoftHSM token");
-        Suite::new(store, missing.clone())
-    };
-    let algorithms = [
-        ("p256", EcP256),
-        ("p384", EcP384),
-        ("rsa2048", Rsa2048),
-        ("rsa3072", Rsa3072),
-    ];
-    let trials = checks(suite, &algorithms)
-        .into_iter()
-        .map(|check| {
-            let run = check.run;
-            Trial::test(check.name, move || {
-                run();
-                Ok(())
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(hsm);
-    conclusion.exit_code()
+    run(|hsm| conformance_trials(hsm.config().sessions(2), hsm.label()))
 }
