@@ -1,8 +1,10 @@
 # hardkey: `make test` runs every check CI runs; `make demo` runs the tour on this machine.
 
 # Debian packages the tests and the demo need: openssl (independent signature checks),
-# softhsm2 (a PKCS#11 token), opensc (pkcs11-tool) and p11-kit (remote modules).
-APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules
+# softhsm2 (a PKCS#11 token), opensc (pkcs11-tool), p11-kit (remote modules), swtpm and
+# libtss2-dev (a TPM 2.0 emulator and the TSS it is driven through), tpm2-tools.
+APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
+	swtpm swtpm-tools libtss2-dev tpm2-tools
 
 CARGO ?= cargo
 
