@@ -62,8 +62,8 @@ fn openssl_verify(scheme: SignatureScheme, pub_pem: &Path, msg: &Path, sig: &Pat
     );
 }
 
-fn tool_key_is_used_by_hardkey(hsm: &SoftHsm, key_type: &str, id: &str, label: &str) {
-    let dir = tempfile::tempdir().unwrap();
+/// A key pair generated on the token by `pkcs11-tool`, as another application would.
+fn tool_keygen(hsm: &SoftHsm, key_type: &str, id: &str, label: &str) {
     let mut keygen = hsm.pkcs11_tool();
     keygen.args([
         "--keypairgen",
@@ -75,6 +75,11 @@ fn tool_key_is_used_by_hardkey(hsm: &SoftHsm, key_type: &str, id: &str, label: &
         label,
     ]);
     ok(keygen);
+}
+
+fn tool_key_is_used_by_hardkey(hsm: &SoftHsm, key_type: &str, id: &str, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    tool_keygen(hsm, key_type, id, label);
     // The public key as pkcs11-tool exports it, converted by openssl.
     let der = dir.path().join("pub.der");
     let mut read = hsm.pkcs11_tool();
@@ -248,17 +253,7 @@ fn bad_input_changes_nothing(hsm: &SoftHsm) {
 fn stale_handles_are_refreshed(hsm: &SoftHsm) {
     let dir = tempfile::tempdir().unwrap();
     let store = hsm.store(1);
-    let mut keygen = hsm.pkcs11_tool();
-    keygen.args([
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--id",
-        "c1",
-        "--label",
-        "rotated",
-    ]);
-    ok(keygen);
+    tool_keygen(hsm, "EC:prime256v1", "c1", "rotated");
     let uri = KeyUri::Pkcs11(
         Pkcs11Uri::new()
             .with_token(hsm.label())
@@ -273,17 +268,7 @@ fn stale_handles_are_refreshed(hsm: &SoftHsm) {
         delete.args(["--delete-object", "--type", ty, "--id", "c1"]);
         ok(delete);
     }
-    let mut keygen = hsm.pkcs11_tool();
-    keygen.args([
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--id",
-        "c1",
-        "--label",
-        "rotated",
-    ]);
-    ok(keygen);
+    tool_keygen(hsm, "EC:prime256v1", "c1", "rotated");
     let der = dir.path().join("new.der");
     let mut read = hsm.pkcs11_tool();
     read.args([
