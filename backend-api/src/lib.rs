@@ -10,6 +10,7 @@ mod error;
 mod key;
 pub mod oid;
 mod pool;
+pub mod secret;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -31,6 +32,7 @@ pub use pool::{
     Backpressure, DevicePool, JobOptions, JobTimeout, LatencySummary, PoolConfig, PoolStats,
     ShutdownReport,
 };
+pub use secret::SecretSource;
 pub use store::{DynKeyStore, GenerateRequest, ImportRequest, KeyStore};
 pub use uri::{
     FileUri, KeyUri, LibraryVersion, ObjectType, Pkcs11Uri, TokenAttrs, Tpm2Key, Tpm2Uri, UriError,

@@ -344,7 +344,7 @@ fn login(target: &Target, session: &Session) -> Result<()> {
     if !info.login_required() {
         return Ok(());
     }
-    let pin = target.pin.load(&target.name)?;
+    let pin = crate::pin::load(&target.pin, &target.name)?;
     match session.login(UserType::User, pin.as_ref()) {
         Ok(()) => Ok(()),
         Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
