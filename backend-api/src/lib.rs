@@ -7,6 +7,7 @@ mod completion;
 mod delayed;
 pub mod encoding;
 mod error;
+pub mod fs;
 mod key;
 pub mod oid;
 mod pool;

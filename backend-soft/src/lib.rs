@@ -12,7 +12,6 @@
 const DEVICE: &str = "software keys";
 
 mod device;
-mod file;
 mod material;
 mod store;
 

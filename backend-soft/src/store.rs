@@ -13,8 +13,8 @@ use hardkey_api::{
 
 use crate::DEVICE as NAME;
 use crate::device::{SoftDevice, SoftKeyRef};
-use crate::file::{read_key_file, write_new_key_file};
 use crate::material::KeyMaterial;
+use hardkey_api::fs::{read_key_file, write_new_file};
 
 /// A software key, served by the store's pool.
 pub type SoftKey = PooledKey<SoftDevice>;
@@ -174,7 +174,7 @@ fn register(
         Origin::Opened(uri) => (Some(*uri), false),
         Origin::Created(path, op) => {
             if let Some(path) = &path {
-                write_new_key_file(path, material.to_pkcs8_pem()?.as_bytes(), op)?;
+                write_new_file(path, material.to_pkcs8_pem()?.as_bytes(), NAME, op)?;
             }
             (path.map(|p| KeyUri::File(FileUri::new(p))), true)
         }
@@ -237,7 +237,7 @@ impl KeyStore for SoftStore {
             let policy = self.policy;
             let uri = uri.clone();
             self.run_entry(JobOptions::idempotent(Operation::Open), move |_| {
-                let pem = read_key_file(&path)?;
+                let pem = read_key_file(&path, NAME)?;
                 let what = format!("private key in {}", path.display());
                 let material = KeyMaterial::from_pem(&pem, &what)?;
                 let usages = KeyUsages::default_for(material.algorithm());

@@ -7,8 +7,11 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hardkey_tpm::{TpmConfig, TpmStore};
 
 /// A running swtpm, killed and reaped on drop.
 #[derive(Debug)]
@@ -27,6 +30,22 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     {
         panic!("swtpm fixture: {what}: {e} (is swtpm installed? make test installs it)")
     }
+}
+
+fn spawn(port: u16, state: &Path, log: std::fs::File) -> Child {
+    Command::new("swtpm")
+        .args(["socket", "--tpm2"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .args(["--flags", "not-need-init,startup-clear"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| fail("starting swtpm", e))
 }
 
 /// A free port `p` with `p + 1` free too (swtpm's command and control ports).
@@ -57,21 +76,10 @@ impl Swtpm {
             let port = free_port_pair();
             let log = std::fs::File::create(state.path().join("swtpm.log"))
                 .unwrap_or_else(|e| fail("log file", e));
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2"])
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .arg("--tpmstate")
-                .arg(format!("dir={}", state.path().display()))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| fail("starting swtpm", e));
+            let child = spawn(port, state.path(), log);
             let mut swtpm = Self { child, port, state };
             if swtpm.wait_ready(Duration::from_secs(10)) {
+                swtpm.relax_dictionary_attack();
                 return swtpm;
             }
             // Dropping it kills the process and removes its state.
@@ -92,6 +100,56 @@ impl Swtpm {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    /// Relaxes the dictionary-attack parameters (1000 tries, 1 s recovery) with
+    /// `tpm2_dictionarylockout`, so that an unclean restart or a test's deliberate wrong auth
+    /// does not lock the TPM for the tests after it. The lockout test sets its own.
+    pub fn relax_dictionary_attack(&self) {
+        let status = Command::new("tpm2_dictionarylockout")
+            .args([
+                "--setup-parameters",
+                "--max-tries=1000",
+                "--recovery-time=1",
+            ])
+            .arg("--lockout-recovery-time=1")
+            .arg(format!("--tcti={}", self.tcti()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| fail("running tpm2_dictionarylockout", e));
+        if !status.success() {
+            fail("relaxing dictionary-attack parameters", status);
+        }
+    }
+
+    /// Kills the emulator and starts it again on the same ports and state: a TPM reset
+    /// (transient objects and saved contexts gone, persistent keys kept).
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.state.path().join("swtpm.log"))
+            .unwrap_or_else(|e| fail("log file", e));
+        // The old process's ports may linger briefly.
+        for _ in 0..50 {
+            self.child = spawn(
+                self.port,
+                self.state.path(),
+                log.try_clone().unwrap_or_else(|e| fail("log file", e)),
+            );
+            if self.wait_ready(Duration::from_secs(10)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        fail("restarting swtpm", "it did not listen again")
+    }
+
+    /// Kills the emulator (a TPM that went away); [`Swtpm::restart`] brings it back.
+    pub fn kill(&mut self) {
+        self.stop();
     }
 
     fn stop(&mut self) {
@@ -124,4 +182,76 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs a `harness = false` test binary: one emulator for the whole binary, the trials made
+/// by `make`, one at a time (swtpm serves one connection at a time, and a store opening on a
+/// TPM without resource manager flushes the objects left loaded), then the emulator stops.
+pub fn run(make: impl FnOnce(Arc<Swtpm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    let tpm = Arc::new(Swtpm::start());
+    let trials = make(Arc::clone(&tpm));
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(tpm);
+    conclusion.exit_code()
+}
+
+/// A trial from a closure that panics on failure.
+pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        test();
+        Ok(())
+    })
+}
+
+impl Swtpm {
+    /// A store configuration for this emulator, keys as files in `key_dir`.
+    pub fn config(&self, key_dir: &Path) -> TpmConfig {
+        TpmConfig::new(self.tcti()).key_dir(key_dir)
+    }
+}
+
+/// Opens a store, failing the test with the reason.
+pub fn open_store(config: TpmConfig) -> TpmStore {
+    TpmStore::open(config).unwrap_or_else(|e| fail("opening the TPM store", e))
+}
+
+/// The conformance suite's checks for P-256, P-384, RSA-2048 and RSA-3072 on `tpm`, with
+/// keys kept as files in a directory that lives as long as the trials.
+pub fn conformance_trials(
+    tpm: &Arc<Swtpm>,
+    configure: fn(TpmConfig) -> TpmConfig,
+) -> Vec<libtest_mimic::Trial> {
+    use hardkey_api::KeyAlgorithm::{EcP256, EcP384, Rsa2048, Rsa3072};
+    let dir = Arc::new(
+        tempfile::Builder::new()
+            .prefix("hardkey-tpm-keys-")
+            .tempdir()
+            .unwrap_or_else(|e| fail("key directory", e)),
+    );
+    let tpm = Arc::clone(tpm);
+    let suite = move || {
+        let config = configure(tpm.config(dir.path()));
+        let missing = hardkey_api::KeyUri::Tpm2(
+            hardkey_api::Tpm2Uri::new(hardkey_api::Tpm2Key::File(
+                dir.path().join("no-such-key.tss2.pem"),
+            ))
+            .with_tcti(tpm.tcti()),
+        );
+        // swtpm signs a few thousand times a second: 200 signatures in flight is plenty.
+        hardkey_api::testkit::Suite::new(open_store(config), missing)
+            .without_import()
+            .concurrency(200)
+    };
+    let algorithms = [
+        ("p256", EcP256),
+        ("p384", EcP384),
+        ("rsa2048", Rsa2048),
+        ("rsa3072", Rsa3072),
+    ];
+    hardkey_api::testkit::checks(suite, &algorithms)
+        .into_iter()
+        .map(|check| trial(&check.name, check.run))
+        .collect()
 }

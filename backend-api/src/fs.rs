@@ -1,25 +1,24 @@
-//! Private-key files: read into zeroized memory, written atomically with mode 0600.
+//! Private files (keys, sealed data, PINs): read into zeroized memory, written atomically with
+//! mode 0600 and never over an existing file.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hardkey_api::{Error, Operation, Result};
+use crate::error::{Error, InvalidInput, Operation, Result};
 use zeroize::Zeroizing;
-
-use crate::DEVICE;
 
 /// Makes temporary file names unique within the process (concurrent writes of one path).
 static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
-/// Reads a key file. A missing file is `NotFound`; other I/O errors name the path.
-pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
+/// Reads a PEM key file (text). A missing file is `NotFound`; other I/O errors name the path.
+pub fn read_key_file(path: &Path, device: &str) -> Result<Zeroizing<String>> {
     match fs::read(path) {
         Ok(bytes) => String::from_utf8(bytes).map(Zeroizing::new).map_err(|e| {
             // Zeroize the bytes that were not UTF-8 too.
             drop(Zeroizing::new(e.into_bytes()));
-            Error::from(hardkey_api::InvalidInput::Malformed {
+            Error::from(InvalidInput::Malformed {
                 what: "private key file",
                 reason: "it is not a PEM text file",
             })
@@ -29,7 +28,7 @@ pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
             "check the path of the key file",
         )),
         Err(e) => Err(Error::backend(
-            DEVICE,
+            device,
             Operation::Open,
             PathError::new("cannot read", path, e),
         )),
@@ -39,8 +38,8 @@ pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
 /// Writes `contents` to `path`, which must not exist: a temporary file with mode 0600 in the
 /// same directory is written and synced, then hard-linked to `path` (which fails, leaving
 /// nothing behind, if `path` appeared meanwhile) and removed. No reader ever sees a partial key.
-pub(crate) fn write_new_key_file(path: &Path, contents: &[u8], op: Operation) -> Result<()> {
-    let fail = |what, e| Error::backend(DEVICE, op, PathError::new(what, path, e));
+pub fn write_new_file(path: &Path, contents: &[u8], device: &str, op: Operation) -> Result<()> {
+    let fail = |what, e| Error::backend(device, op, PathError::new(what, path, e));
     if path.exists() {
         return Err(fail(
             "refusing to overwrite",
@@ -82,9 +81,9 @@ pub(crate) fn write_new_key_file(path: &Path, contents: &[u8], op: Operation) ->
     Ok(())
 }
 
-/// An I/O error with the path it concerns.
+/// An I/O error with the path it concerns: the cause kept in [`Error::Backend`].
 #[derive(Debug)]
-struct PathError {
+pub struct PathError {
     what: &'static str,
     path: PathBuf,
     source: io::Error,
@@ -120,7 +119,7 @@ mod tests {
     fn writes_0600_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
-        write_new_key_file(&path, b"one", Operation::Generate).unwrap();
+        write_new_file(&path, b"one", "test", Operation::Generate).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"one");
         #[cfg(unix)]
         {
@@ -128,7 +127,7 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        let err = write_new_key_file(&path, b"two", Operation::Generate)
+        let err = write_new_file(&path, b"two", "test", Operation::Generate)
             .unwrap_err()
             .to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
@@ -139,8 +138,13 @@ mod tests {
 
     #[test]
     fn unwritable_directory_leaves_nothing() {
-        let err = write_new_key_file(Path::new("/nonexistent-dir/k.pem"), b"x", Operation::Import)
-            .unwrap_err();
+        let err = write_new_file(
+            Path::new("/nonexistent-dir/k.pem"),
+            b"x",
+            "test",
+            Operation::Import,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent-dir/k.pem"), "{err}");
     }
 
@@ -152,7 +156,7 @@ mod tests {
             let writers: Vec<_> = (0..8u8)
                 .map(|i| {
                     let path = &path;
-                    s.spawn(move || write_new_key_file(path, &[i; 64], Operation::Generate))
+                    s.spawn(move || write_new_file(path, &[i; 64], "test", Operation::Generate))
                 })
                 .collect();
             writers.into_iter().map(|w| w.join().unwrap()).collect()
@@ -173,7 +177,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_not_found() {
-        let err = read_key_file(Path::new("/nonexistent/key.pem")).unwrap_err();
-        assert_eq!(err.kind(), hardkey_api::ErrorKind::NotFound);
+        let err = read_key_file(Path::new("/nonexistent/key.pem"), "test").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::NotFound);
     }
 }

@@ -1,0 +1,250 @@
+//! TPM and TSS response codes mapped to hardkey error kinds, with what to do about each.
+//!
+//! A TSS2 return code carries its layer in bits 16..24: 0 for the TPM itself, then the
+//! software stack's layers (ESAPI, SAPI, marshalling, TCTI, resource manager). Anything from
+//! below the TPM means the ESAPI context can no longer be trusted (after a TCTI or
+//! unmarshalling error every later call fails with a bad-sequence error), so it maps to
+//! [`Error::DeviceUnavailable`] and the pool rebuilds the context.
+
+use bitfield::BitRange;
+use hardkey_api::{Error, Operation};
+use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+/// A tss-esapi error with the TPM command that returned it: the cause kept inside
+/// [`hardkey_api::Error`].
+#[derive(Debug)]
+pub struct TpmError {
+    /// The TPM command (`TPM2_Sign`, `TPM2_Load`, ...).
+    pub command: &'static str,
+    /// What tss-esapi returned.
+    pub error: tss_esapi::Error,
+}
+
+impl std::fmt::Display for TpmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match rc_of(&self.error) {
+            Some(rc) => write!(f, "{} returned {} ({rc:#x})", self.command, rc_name(rc)),
+            None => write!(f, "{}: {}", self.command, self.error),
+        }
+    }
+}
+
+impl std::error::Error for TpmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The raw TSS2 return code of an error from the stack (not tss-esapi's own wrapper errors).
+pub(crate) fn rc_of(e: &tss_esapi::Error) -> Option<u32> {
+    match e {
+        tss_esapi::Error::Tss2Error(code) => match code {
+            Tss2ResponseCode::Success => Some(0),
+            Tss2ResponseCode::FormatZero(rc) => Some(rc.bit_range(31, 0)),
+            Tss2ResponseCode::FormatOne(rc) => Some(rc.bit_range(31, 0)),
+        },
+        tss_esapi::Error::WrapperError(_) => None,
+    }
+}
+
+/// The layer of a TSS2 return code (bits 16..24).
+const fn layer(rc: u32) -> u32 {
+    (rc >> 16) & 0xff
+}
+
+/// TPM-layer response codes hardkey treats specially (TPM 2.0 Part 2, 6.6.3).
+pub(crate) mod rc {
+    /// `TPM_RC_INITIALIZE`: the TPM was reset and not started (power cycle without startup).
+    pub(crate) const INITIALIZE: u32 = 0x100;
+    /// `TPM_RC_FAILURE`: the TPM is in failure mode.
+    pub(crate) const FAILURE: u32 = 0x101;
+    /// `TPM_RC_OBJECT_MEMORY`: no transient object slot free.
+    pub(crate) const OBJECT_MEMORY: u32 = 0x902;
+    /// `TPM_RC_SESSION_MEMORY`: no session slot free.
+    pub(crate) const SESSION_MEMORY: u32 = 0x903;
+    /// `TPM_RC_YIELDED`: the TPM suspended the command; send it again.
+    pub(crate) const YIELDED: u32 = 0x908;
+    /// `TPM_RC_TESTING`: the TPM is self-testing; send it again.
+    pub(crate) const TESTING: u32 = 0x90A;
+    /// `TPM_RC_NV_RATE`: NV writes are rate limited; send it again later.
+    pub(crate) const NV_RATE: u32 = 0x920;
+    /// `TPM_RC_LOCKOUT`: dictionary-attack lockout.
+    pub(crate) const LOCKOUT: u32 = 0x921;
+    /// `TPM_RC_RETRY`: the TPM was busy; send it again.
+    pub(crate) const RETRY: u32 = 0x922;
+    /// `TPM_RC_NV_UNAVAILABLE`.
+    pub(crate) const NV_UNAVAILABLE: u32 = 0x923;
+}
+
+/// The format-one error number (bits 0..6) when `rc` is a TPM-layer format-one code.
+fn format_one(rc: u32) -> Option<u32> {
+    (layer(rc) == 0 && rc & 0x80 != 0).then_some(rc & 0x3f)
+}
+
+/// The format-zero code (without handle/parameter numbers) of a TPM-layer code.
+fn format_zero(rc: u32) -> Option<u32> {
+    (layer(rc) == 0 && rc & 0x80 == 0).then_some(rc & 0xfff)
+}
+
+/// `TPM_RC_AUTH_FAIL` or `TPM_RC_BAD_AUTH`: a wrong auth value (counts against DA).
+pub(crate) fn is_auth_failure(rc: u32) -> bool {
+    matches!(format_one(rc), Some(0x0e | 0x22))
+}
+
+/// `TPM_RC_INTEGRITY`/`TPM_RC_HANDLE`/... on `TPM2_ContextLoad`: the saved context died
+/// (TPM reset or restart).
+pub(crate) fn is_stale_context(rc: u32) -> bool {
+    matches!(format_one(rc), Some(0x1f | 0x0b | 0x04 | 0x15))
+        || matches!(format_zero(rc), Some(0x150 | 0x14e))
+}
+
+/// Whether the command should simply be sent again (the TPM said so).
+pub(crate) fn is_transient(rc: u32) -> bool {
+    matches!(
+        format_zero(rc),
+        Some(rc::YIELDED | rc::TESTING | rc::RETRY | rc::NV_RATE)
+    )
+}
+
+/// `TPM_RC_OBJECT_MEMORY`: recovered by flushing a loaded object, never surfaced.
+pub(crate) fn is_object_memory(rc: u32) -> bool {
+    format_zero(rc) == Some(rc::OBJECT_MEMORY)
+}
+
+/// Whether the ESAPI context is unusable after this code: anything below the TPM (TCTI,
+/// marshalling, ESAPI sequence) or a TPM that needs a restart.
+pub(crate) fn is_context_lost(rc: u32) -> bool {
+    match layer(rc) {
+        0 => matches!(format_zero(rc), Some(rc::INITIALIZE | rc::FAILURE)),
+        // ESAPI (7), SAPI (8), MU (9), TCTI (10), resource manager (11, 12: its TPM side).
+        7..=12 => !is_esys_input_error(rc),
+        _ => false,
+    }
+}
+
+/// ESAPI codes that mean "the caller passed something wrong" rather than "the stack broke".
+fn is_esys_input_error(rc: u32) -> bool {
+    // TSS2_BASE_RC_: NOT_IMPLEMENTED 2, BAD_REFERENCE 5, BAD_VALUE 11, NO_DECRYPT_PARAM 14,
+    // NO_ENCRYPT_PARAM 15, BAD_SIZE 16, BAD_TR 24, MULTIPLE_DECRYPT/ENCRYPT_SESSIONS 25/26.
+    layer(rc) == 7 && matches!(rc & 0xffff, 2 | 5 | 11 | 14 | 15 | 16 | 24 | 25 | 26)
+}
+
+/// A readable name for common codes.
+pub(crate) fn rc_name(rc: u32) -> &'static str {
+    if let Some(n) = format_one(rc) {
+        return match n {
+            0x01 => "TPM_RC_ASYMMETRIC",
+            0x02 => "TPM_RC_ATTRIBUTES",
+            0x03 => "TPM_RC_HASH",
+            0x04 => "TPM_RC_VALUE",
+            0x05 => "TPM_RC_HIERARCHY",
+            0x07 => "TPM_RC_KEY_SIZE",
+            0x0a => "TPM_RC_TYPE",
+            0x0b => "TPM_RC_HANDLE",
+            0x0e => "TPM_RC_AUTH_FAIL",
+            0x12 => "TPM_RC_SCHEME",
+            0x15 => "TPM_RC_SIZE",
+            0x1d => "TPM_RC_POLICY_FAIL",
+            0x1f => "TPM_RC_INTEGRITY",
+            0x22 => "TPM_RC_BAD_AUTH",
+            0x26 => "TPM_RC_CURVE",
+            _ => "a TPM format-one error",
+        };
+    }
+    if let Some(code) = format_zero(rc) {
+        return match code {
+            rc::INITIALIZE => "TPM_RC_INITIALIZE",
+            rc::FAILURE => "TPM_RC_FAILURE",
+            0x126 => "TPM_RC_POLICY",
+            0x127 => "TPM_RC_PCR",
+            0x128 => "TPM_RC_PCR_CHANGED",
+            0x14b => "TPM_RC_NV_SPACE",
+            0x14c => "TPM_RC_NV_DEFINED",
+            0x143 => "TPM_RC_COMMAND_CODE",
+            rc::OBJECT_MEMORY => "TPM_RC_OBJECT_MEMORY",
+            rc::SESSION_MEMORY => "TPM_RC_SESSION_MEMORY",
+            rc::YIELDED => "TPM_RC_YIELDED",
+            rc::TESTING => "TPM_RC_TESTING",
+            rc::NV_RATE => "TPM_RC_NV_RATE",
+            rc::LOCKOUT => "TPM_RC_LOCKOUT",
+            rc::RETRY => "TPM_RC_RETRY",
+            rc::NV_UNAVAILABLE => "TPM_RC_NV_UNAVAILABLE",
+            _ => "a TPM error",
+        };
+    }
+    match layer(rc) {
+        7 => "an ESAPI error",
+        8 => "a SAPI error",
+        9 => "a marshalling error",
+        10 => "a TCTI (connection) error",
+        11 | 12 => "a resource manager error",
+        _ => "a TSS error",
+    }
+}
+
+/// Maps an error of `command` during `op` on `device` to a hardkey error.
+pub(crate) fn map(
+    device: &str,
+    op: Operation,
+    command: &'static str,
+    error: tss_esapi::Error,
+) -> Error {
+    let cause = TpmError { command, error };
+    let Some(rc) = rc_of(&cause.error) else {
+        return Error::backend(device, op, cause);
+    };
+    if is_auth_failure(rc) {
+        return Error::AuthFailed {
+            target: device.to_owned(),
+            source: cause.into(),
+        };
+    }
+    if format_zero(rc) == Some(rc::LOCKOUT) {
+        return Error::PinLocked {
+            target: device.to_owned(),
+            remedy: "the TPM is in dictionary-attack lockout; wait for the recovery time \
+                     (hardkey tpm status) or reset it with the lockout auth \
+                     (hardkey tpm lockout reset)",
+            source: Some(cause.into()),
+        };
+    }
+    if is_context_lost(rc) {
+        return Error::device_unavailable(device, cause);
+    }
+    Error::backend(device, op, cause)
+}
+
+/// A closure for `map_err`: `ctx.sign(..).map_err(mapper(&name, Operation::Sign, "TPM2_Sign"))`.
+pub(crate) fn mapper<'a>(
+    device: &'a str,
+    op: Operation,
+    command: &'static str,
+) -> impl FnOnce(tss_esapi::Error) -> Error + 'a {
+    move |e| map(device, op, command, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_codes() {
+        // TPM_RC_AUTH_FAIL on session 1 (0x98e), TPM_RC_BAD_AUTH on session 1 (0x9a2).
+        assert!(is_auth_failure(0x98e));
+        assert!(is_auth_failure(0x9a2));
+        assert!(!is_auth_failure(0x902));
+        assert!(is_object_memory(0x902));
+        assert!(is_transient(0x922) && is_transient(0x908) && is_transient(0x90a));
+        assert!(!is_transient(0x921));
+        // TCTI IO error, ESAPI bad sequence: the context is gone.
+        assert!(is_context_lost(0x000a_000a));
+        assert!(is_context_lost(0x0007_0007));
+        assert!(is_context_lost(0x100));
+        // A bad value passed to ESAPI is the caller's, not the connection's.
+        assert!(!is_context_lost(0x0007_000b));
+        assert!(!is_context_lost(0x1df));
+        assert_eq!(rc_name(0x9a2), "TPM_RC_BAD_AUTH");
+        assert_eq!(rc_name(0x921), "TPM_RC_LOCKOUT");
+        assert_eq!(rc_name(0x000a_000a), "a TCTI (connection) error");
+    }
+}

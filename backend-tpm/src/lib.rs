@@ -1,0 +1,35 @@
+//! hardkey keys on TPM 2.0 (swtpm, `/dev/tpmrm0`, tabrmd), through the `tss-esapi` crate.
+//!
+//! A [`TpmStore`] serves one TPM from one worker thread that owns the ESAPI context: a TPM
+//! executes one command at a time, and the pool's bounded queue in front of the worker gives
+//! backpressure. Keys live in persistent handles or in `TSS2 PRIVATE KEY` files (the format
+//! of tpm2-openssl), under the standard storage root key (ECC P-256, persistent at
+//! 0x81000001 when provisioned, else created from the template tpm2-openssl uses).
+//!
+//! Signing hashes on the host and calls `TPM2_Sign` with a null ticket: RSA PKCS#1 v1.5,
+//! RSA-PSS (salt = hash length, host-encoded when the TPM's own PSS differs), ECDSA (DER
+//! output). Decryption is RSA-OAEP (SHA-256) with the result encrypted on the bus by a salted
+//! HMAC session.
+//!
+//! Rules kept: a TPM holds about three transient objects, so hot keys stay loaded in an LRU
+//! that leaves a slot free, and every object hardkey loads is flushed on every path;
+//! `TPM_RC_OBJECT_MEMORY` is recovered by flushing; after a TCTI or unmarshalling error the
+//! context is rebuilt; a wrong auth value is never retried automatically (the
+//! dictionary-attack counter is real).
+#![forbid(unsafe_code)]
+
+mod connect;
+mod device;
+mod error;
+mod keyfile;
+mod keys;
+mod pss;
+mod store;
+
+// Public interface.
+pub use connect::{DEFAULT_TCTI, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti};
+pub use device::TpmDevice;
+pub use error::TpmError;
+pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL};
+pub use keys::TpmKeyRef;
+pub use store::{KeyHome, PssMode, TpmConfig, TpmKey, TpmStore};
