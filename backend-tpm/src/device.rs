@@ -112,6 +112,17 @@ impl TpmDevice {
         &self.tpm.name
     }
 
+    /// The ESAPI object of a persistent handle, made once (ESAPI hands out one object per
+    /// TPM handle, so it is cached and closed only by [`TpmDevice::forget`]).
+    pub(crate) fn persistent_tr(&mut self, handle: u32, op: Operation) -> Result<ObjectHandle> {
+        if let Some(tr) = self.persistent.get(&handle) {
+            return Ok(*tr);
+        }
+        let tr = self.tpm.tr_from_public(handle, op)?;
+        self.persistent.insert(handle, tr);
+        Ok(tr)
+    }
+
     /// Flushes loaded keys until `free` more objects fit.
     fn make_room(&mut self, free: usize) -> Result<()> {
         while !self.loaded.is_empty() && self.loaded.len() + free > self.capacity {
@@ -148,6 +159,11 @@ impl TpmDevice {
         }
     }
 
+    /// Removes a persistent handle's ESAPI object from the cache without closing it.
+    pub(crate) fn take_persistent(&mut self, handle: u32) -> Option<ObjectHandle> {
+        self.persistent.remove(&handle)
+    }
+
     /// Flushes every key this worker loaded (the no-leak guarantee at shutdown).
     pub(crate) fn flush_all(&mut self) {
         while let Ok(true) = self.evict_one() {}
@@ -158,10 +174,7 @@ impl TpmDevice {
         let name = self.tpm.name.clone();
         match &key.location {
             Location::Persistent(h) => {
-                if let Some(tr) = self.persistent.get(h) {
-                    return Ok((*tr).into());
-                }
-                let tr = self.tpm.tr_from_public(*h, op).map_err(|e| {
+                let tr = self.persistent_tr(*h, op).map_err(|e| {
                     if e.kind() == hardkey_api::ErrorKind::Backend {
                         Error::not_found(
                             format_args!("persistent handle {h:#010x} on {name}"),
@@ -177,14 +190,12 @@ impl TpmDevice {
                         .tr_get_name(tr)
                         .map_err(mapper(&name, op, "Esys_TR_GetName"))?;
                 if actual.value() != key.name.as_slice() {
-                    let mut tr = tr;
-                    let _ = self.tpm.ctx.tr_close(&mut tr);
+                    self.forget(&[], Some(*h));
                     return Err(Error::not_found(
                         format_args!("persistent handle {h:#010x} on {name}"),
                         "the handle now holds a different key; open it again",
                     ));
                 }
-                self.persistent.insert(*h, tr);
                 Ok(tr.into())
             }
             Location::Blob {

@@ -412,15 +412,13 @@ impl TpmDevice {
             return Ok(None);
         }
         let name = self.name().to_owned();
-        let mut tr = self.tpm.tr_from_public(handle, op)?;
-        let read = retrying(|| {
+        let tr = self.persistent_tr(handle, op)?;
+        let (public, tpm_name_value, _) = retrying(|| {
             self.tpm
                 .ctx
                 .execute_without_session(|c| c.read_public(tr.into()))
         })
-        .map_err(mapper(&name, op, "TPM2_ReadPublic"));
-        let _ = self.tpm.ctx.tr_close(&mut tr);
-        let (public, tpm_name_value, _) = read?;
+        .map_err(mapper(&name, op, "TPM2_ReadPublic"))?;
         Ok(Some((public, tpm_name_value.value().to_vec())))
     }
 
@@ -748,10 +746,12 @@ impl TpmDevice {
         let name = self.name().to_owned();
         match &uri.key {
             Tpm2Key::Handle(h) => {
-                self.forget(id.as_bytes(), Some(*h));
                 let persistent = connect::persistent(*h)?;
                 let session = self.owner_session(op)?;
-                let tr = self.tpm.tr_from_public(*h, op)?;
+                let tr = self.persistent_tr(*h, op)?;
+                // EvictControl retires the ESAPI object itself: drop it from the cache only.
+                self.take_persistent(*h);
+                self.forget(id.as_bytes(), None);
                 retrying(|| {
                     self.tpm.ctx.execute_with_session(Some(session), |c| {
                         c.evict_control(Provision::Owner, tr, Persistent::Persistent(persistent))
