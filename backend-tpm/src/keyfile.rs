@@ -20,7 +20,7 @@
 //! privkey): it rejects files carrying any other.
 
 use der::asn1::{Any, ObjectIdentifier, OctetString};
-use der::{Decode, Encode, Sequence};
+use der::{Decode, Encode, Sequence, Tagged};
 use hardkey_api::{Error, InvalidInput, Result};
 use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -63,8 +63,9 @@ pub struct KeyFile {
 #[derive(Sequence)]
 struct TpmKeyAsn1 {
     key_type: ObjectIdentifier,
+    /// A BOOLEAN, read leniently: tpm2-openssl writes TRUE as 0x01 (BER), not DER's 0xFF.
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-    empty_auth: Option<bool>,
+    empty_auth: Option<Any>,
     #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
     policy: Option<Any>,
     #[asn1(context_specific = "2", tag_mode = "EXPLICIT", optional = "true")]
@@ -143,7 +144,11 @@ impl KeyFile {
                 .map_err(|e| bad(origin, format_args!("private blob: {e}")))?;
         Ok(Self {
             kind,
-            empty_auth: asn1.empty_auth.unwrap_or(false),
+            empty_auth: match &asn1.empty_auth {
+                None => false,
+                Some(any) if any.tag() == der::Tag::Boolean => any.value().iter().any(|b| *b != 0),
+                Some(_) => return Err(bad(origin, "emptyAuth is not a BOOLEAN")),
+            },
             parent: asn1.parent,
             public,
             private,
@@ -162,7 +167,10 @@ impl KeyFile {
                 KeyFileKind::Key => LOADABLE_KEY,
                 KeyFileKind::Sealed => SEALED_DATA,
             },
-            empty_auth: self.empty_auth.then_some(true),
+            empty_auth: match self.empty_auth {
+                true => Some(Any::encode_from(&true).map_err(encode)?),
+                false => None,
+            },
             policy: None,
             secret: None,
             auth_policy: None,
