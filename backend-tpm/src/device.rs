@@ -332,6 +332,20 @@ impl TpmDevice {
                     self.capacity = self.capacity.saturating_sub(1).max(1);
                     self.evict_one()?;
                 }
+                Err(e) if attempts < 3 && rc_of(&e).is_some_and(error::is_unloaded_handle) => {
+                    // Someone flushed our object (a tool on a TPM without resource manager):
+                    // forget it and load it again.
+                    let persistent = match key.location {
+                        Location::Persistent(h) => Some(h),
+                        Location::Blob { .. } => None,
+                    };
+                    if let Some(i) = self.loaded.iter().position(|(n, _)| *n == key.name) {
+                        self.loaded.remove(i);
+                    }
+                    if let Some(mut tr) = persistent.and_then(|h| self.take_persistent(h)) {
+                        let _ = self.tpm.ctx.tr_close(&mut tr);
+                    }
+                }
                 Err(e) => return Err(error::map(&name, op, command, e)),
             }
         }

@@ -98,6 +98,12 @@ pub(crate) fn is_stale_context(rc: u32) -> bool {
         || matches!(format_zero(rc), Some(0x150 | 0x14e))
 }
 
+/// `TPM_RC_REFERENCE_H0` or `TPM_RC_HANDLE` on the first handle: the object we think is
+/// loaded is not (flushed behind our back).
+pub(crate) fn is_unloaded_handle(rc: u32) -> bool {
+    format_zero(rc) == Some(0x910) || rc & 0xfff == 0x18b
+}
+
 /// Whether the command should simply be sent again (the TPM said so).
 pub(crate) fn is_transient(rc: u32) -> bool {
     matches!(
