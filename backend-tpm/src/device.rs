@@ -118,7 +118,22 @@ impl TpmDevice {
         if let Some(tr) = self.persistent.get(&handle) {
             return Ok(*tr);
         }
-        let tr = self.tpm.tr_from_public(handle, op)?;
+        let name = self.tpm.name.clone();
+        let tpm_handle = tss_esapi::handles::TpmHandle::try_from(handle).map_err(mapper(
+            &name,
+            op,
+            "Esys_TR_FromTPMPublic",
+        ))?;
+        // Reading a persistent object's public area takes a free slot in the TPM.
+        let tr = self
+            .with_object_memory(op, |tpm| {
+                retrying(|| {
+                    tpm.ctx
+                        .execute_without_session(|c| c.tr_from_tpm_public(tpm_handle))
+                })
+                .map_err(LoadError::Tpm)
+            })
+            .map_err(|e| e.into_error(&name, op, "Esys_TR_FromTPMPublic"))?;
         self.persistent.insert(handle, tr);
         Ok(tr)
     }
@@ -174,16 +189,19 @@ impl TpmDevice {
         let name = self.tpm.name.clone();
         match &key.location {
             Location::Persistent(h) => {
-                let tr = self.persistent_tr(*h, op).map_err(|e| {
-                    if e.kind() == hardkey_api::ErrorKind::Backend {
-                        Error::not_found(
+                let tr = match self.persistent_tr(*h, op) {
+                    Ok(tr) => tr,
+                    Err(e) if e.kind() == hardkey_api::ErrorKind::Backend => {
+                        if self.tpm.persistent_handles()?.contains(h) {
+                            return Err(e);
+                        }
+                        return Err(Error::not_found(
                             format_args!("persistent handle {h:#010x} on {name}"),
                             "the key was evicted; list the TPM's keys (hardkey list)",
-                        )
-                    } else {
-                        e
+                        ));
                     }
-                })?;
+                    Err(e) => return Err(e),
+                };
                 let actual =
                     self.tpm
                         .ctx

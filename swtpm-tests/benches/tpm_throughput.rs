@@ -27,8 +27,8 @@ use futures::StreamExt;
 use futures::executor::block_on;
 use futures::stream::FuturesUnordered;
 use hardkey_api::{
-    GenerateRequest, KeyAlgorithm, KeyStore, KeyUri, PrivateKey, SignatureScheme, Tpm2Key,
-    Tpm2Uri, encoding,
+    GenerateRequest, KeyAlgorithm, KeyStore, KeyUri, PrivateKey, SignatureScheme, Tpm2Key, Tpm2Uri,
+    encoding,
 };
 use hardkey_tpm::{KeyFile, TpmKey, TpmStore};
 use swtpm_tests::Swtpm;
@@ -152,7 +152,10 @@ fn hardkey_loop(
     let store = TpmStore::open(tpm.config(dir)).unwrap();
     let keys: Vec<TpmKey> = files
         .iter()
-        .map(|f| block_on(store.open(&KeyUri::Tpm2(Tpm2Uri::new(Tpm2Key::File(f.to_path_buf()))))).unwrap())
+        .map(|f| {
+            block_on(store.open(&KeyUri::Tpm2(Tpm2Uri::new(Tpm2Key::File(f.to_path_buf())))))
+                .unwrap()
+        })
         .collect();
     let digest = encoding::digest(scheme.hash(), b"bench");
     for key in &keys {
@@ -230,7 +233,11 @@ fn one_shot(tpm: &Swtpm, dir: &Path, alg: KeyAlgorithm, scheme: SignatureScheme,
             .arg(format!("--tcti={}", tpm.tcti()))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         tools.push(t.elapsed());
     }
     let med = |mut v: Vec<Duration>| {
@@ -257,15 +264,22 @@ fn main() {
          requests queued; p50/p99 are per-signature device time"
     );
     for (alg, scheme, handle) in [
-        (KeyAlgorithm::EcP256, SignatureScheme::EcdsaP256Sha256, 0x8100_0050u32),
-        (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256, 0x8100_0051u32),
+        (
+            KeyAlgorithm::EcP256,
+            SignatureScheme::EcdsaP256Sha256,
+            0x8100_0050u32,
+        ),
+        (
+            KeyAlgorithm::Rsa2048,
+            SignatureScheme::RsaPkcs1Sha256,
+            0x8100_0051u32,
+        ),
     ] {
         let files: Vec<_> = (0..10)
             .map(|i| {
-                let key = block_on(
-                    store.generate(GenerateRequest::new(alg).label(format!("{alg}-{i}"))),
-                )
-                .unwrap();
+                let key =
+                    block_on(store.generate(GenerateRequest::new(alg).label(format!("{alg}-{i}"))))
+                        .unwrap();
                 key.key_ref().file().unwrap().to_path_buf()
             })
             .collect();

@@ -212,16 +212,107 @@ fn bad_input(tpm: &Swtpm) {
     assert!(block_on(store.transient_handles()).unwrap().is_empty());
 }
 
+/// Another client holds a slot (a TPM without resource manager): when the TPM answers
+/// `TPM_RC_OBJECT_MEMORY`, hardkey flushes one of its own keys and sends the command again;
+/// the caller never sees the error.
+fn object_memory_is_recovered(tpm: &Swtpm) {
+    use std::str::FromStr;
+    let dir = key_dir();
+    let mut config = tpm.config(dir.path());
+    config.flush_leftovers = Some(false);
+    let store = open_store(config);
+    let make = |alg, location: Option<KeyUri>| {
+        let mut request = GenerateRequest::new(alg);
+        if let Some(l) = location {
+            request = request.location(l);
+        } else {
+            request = request.label(format!("om-{}", rand_label()));
+        }
+        block_on(store.generate(request)).unwrap()
+    };
+    let a = make(KeyAlgorithm::EcP256, None);
+    let b = make(KeyAlgorithm::EcP256, None);
+    let p = make(
+        KeyAlgorithm::EcP256,
+        Some(KeyUri::Tpm2(Tpm2Uri::new(Tpm2Key::Handle(0x8100_0077)))),
+    );
+    let scheme = SignatureScheme::EcdsaP256Sha256;
+    // Another client takes one of the 3 slots and keeps it.
+    let mut other =
+        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(&tpm.tcti()).unwrap())
+            .unwrap();
+    let foreign = other
+        .execute_with_session(
+            Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
+            |c| {
+                c.create_primary(
+                    tss_esapi::interface_types::resource_handles::Hierarchy::Owner,
+                    tss_esapi::utils::create_unrestricted_signing_ecc_public(
+                        tss_esapi::structures::EccScheme::EcDsa(
+                            tss_esapi::structures::HashScheme::new(
+                                tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256,
+                            ),
+                        ),
+                        tss_esapi::interface_types::ecc::EccCurve::NistP256,
+                    )
+                    .unwrap(),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            },
+        )
+        .unwrap()
+        .key_handle;
+    // a and b fill hardkey's two slots (a comes back from its saved context): the TPM is full.
+    for key in [&a, &b, &a] {
+        let sig = block_on(key.sign(scheme, b"fill")).unwrap();
+        verify_signature(key.info().public_key.der(), scheme, b"fill", &sig).unwrap();
+    }
+    assert_eq!(block_on(store.transient_handles()).unwrap().len(), 3);
+    // Using the persistent key needs a free slot: TPM_RC_OBJECT_MEMORY, recovered.
+    for _ in 0..3 {
+        let sig = block_on(p.sign(scheme, b"persistent")).unwrap();
+        verify_signature(p.info().public_key.der(), scheme, b"persistent", &sig).unwrap();
+        let sig = block_on(a.sign(scheme, b"again")).unwrap();
+        verify_signature(a.info().public_key.der(), scheme, b"again", &sig).unwrap();
+    }
+    other.flush_context(foreign.into()).unwrap();
+    drop(other);
+    block_on(store.delete(&p.info().id)).unwrap();
+    block_on(store.flush_loaded()).unwrap();
+    assert!(block_on(store.transient_handles()).unwrap().is_empty());
+}
+
+fn rand_label() -> String {
+    format!(
+        "{:08x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
 fn main() -> std::process::ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let t = [Arc::clone(&tpm), Arc::clone(&tpm), Arc::clone(&tpm)];
-        let [a, b, c] = t;
+        let t = [
+            Arc::clone(&tpm),
+            Arc::clone(&tpm),
+            Arc::clone(&tpm),
+            Arc::clone(&tpm),
+        ];
+        let [a, b, c, d] = t;
         vec![
             trial("no_leaks_with_20_keys_round_robin", move || {
                 no_leaks_with_20_keys(&a)
             }),
             trial("persistent_keys", move || persistent_keys(&b)),
             trial("bad_input", move || bad_input(&c)),
+            trial("object_memory_is_recovered", move || {
+                object_memory_is_recovered(&d)
+            }),
         ]
     })
 }
