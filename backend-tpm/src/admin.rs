@@ -69,7 +69,7 @@ impl TpmAdmin {
         })
     }
 
-    /// "TPM at <tcti>", as errors name it.
+    /// `TPM at <tcti>`, as errors name it.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -207,7 +207,7 @@ impl TpmAdmin {
         let result = match &mut self.conn {
             Conn::Bare(ctx) => f(ctx, &self.name),
             Conn::Full(tpm) => f(&mut tpm.ctx, &self.name),
-            Conn::Closed => unreachable_closed(&self.name),
+            Conn::Closed => Err(closed(&self.name)),
         };
         self.after(result)
     }
@@ -222,7 +222,7 @@ impl TpmAdmin {
         }
         let result = match &mut self.conn {
             Conn::Full(tpm) => f(tpm),
-            _ => unreachable_closed(&self.name),
+            _ => Err(closed(&self.name)),
         };
         self.after(result)
     }
@@ -235,11 +235,7 @@ impl TpmAdmin {
     }
 }
 
-/// The connection was just opened: never reached.
-fn unreachable_closed<T>(name: &str) -> Result<T> {
-    Err(hardkey_api::Error::backend(
-        name,
-        Operation::Connect,
-        "the connection closed unexpectedly",
-    ))
+/// For the match arm of a connection just opened, which cannot be closed.
+fn closed(name: &str) -> hardkey_api::Error {
+    hardkey_api::Error::backend(name, Operation::Connect, "the connection is closed")
 }

@@ -242,8 +242,8 @@ pub(crate) fn take_ownership(
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         return Err(InvalidInput::AlreadyExists {
-            what: format!("the {} auth of {device}", set.join(" and ")),
-            remedy: "the TPM is already owned: use change-auth (hardkey tpm change-auth) to \
+            what: format!("the {} auth on {device}", set.join("/")),
+            remedy: "the TPM is already owned; use change-auth (hardkey tpm change-auth) to \
                      change an auth, or clear the TPM with the lockout auth first",
         }
         .into());

@@ -176,9 +176,10 @@ pub(crate) fn seal(tpm: &mut Tpm, data: &[u8], options: &SealOptions) -> Result<
             policy.push(PolicyStep::AuthValue);
         }
     }
-    let auth_policy = match policy.is_empty() {
-        true => None,
-        false => Some(trial_policy(&mut tpm.ctx, &name, &policy)?),
+    let auth_policy = if policy.is_empty() {
+        None
+    } else {
+        Some(trial_policy(&mut tpm.ctx, &name, &policy)?)
     };
     let template = sealed_template(auth_policy).map_err(mapper(&name, OP, "sealed template"))?;
     let auth_value = auth_value(auth.as_ref().map(|a| a.as_bytes()))?;
@@ -223,13 +224,14 @@ pub(crate) fn unseal(
 ) -> Result<Zeroizing<Vec<u8>>> {
     let name = tpm.name.clone();
     let file = &sealed.file;
-    let auth = match file.empty_auth {
-        // An object with an empty auth value: a password given anyway is not used.
-        true => None,
-        false => Some(auth.load(&name)?.ok_or_else(|| Error::AuthFailed {
+    // An object with an empty auth value: a password given anyway is not used.
+    let auth = if file.empty_auth {
+        None
+    } else {
+        Some(auth.load(&name)?.ok_or_else(|| Error::AuthFailed {
             target: format!("sealed data on {name}"),
             source: "the data was sealed with a password and none was given".into(),
-        })?),
+        })?)
     };
     let auth = auth_value(auth.as_ref().map(|a| a.as_bytes()))?;
     tpm.with_srk(OP, |tpm, srk| {
@@ -243,9 +245,10 @@ pub(crate) fn unseal(
         flushing(&mut tpm.ctx, loaded.into(), &name, OP, |ctx| {
             ctx.tr_set_auth(loaded.into(), auth)
                 .map_err(mapper(&name, OP, "Esys_TR_SetAuth"))?;
-            let kind = match file.policy.is_empty() {
-                true => SessionType::Hmac,
-                false => SessionType::Policy,
+            let kind = if file.policy.is_empty() {
+                SessionType::Hmac
+            } else {
+                SessionType::Policy
             };
             let session = salted_session(ctx, &name, srk, kind)?;
             let handle = SessionHandle::from(session).into();
