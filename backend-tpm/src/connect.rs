@@ -439,3 +439,22 @@ pub(crate) fn persistent(handle: u32) -> Result<PersistentTpmHandle> {
         })
     })
 }
+
+/// Runs `f`, then flushes `handle` (a transient object or a session hardkey started) whatever
+/// `f` returned: the one way admin code (sealing, ownership) ends what it loads or starts.
+/// `f`'s error wins over a flush error.
+pub(crate) fn flushing<T>(
+    ctx: &mut Context,
+    handle: ObjectHandle,
+    device: &str,
+    op: Operation,
+    f: impl FnOnce(&mut Context) -> Result<T>,
+) -> Result<T> {
+    let result = f(ctx);
+    let flushed = ctx
+        .flush_context(handle)
+        .map_err(mapper(device, op, "TPM2_FlushContext"));
+    let value = result?;
+    flushed?;
+    Ok(value)
+}

@@ -35,6 +35,72 @@ impl std::error::Error for TpmError {
     }
 }
 
+/// Why sealed data would not unseal, when the TPM's answer alone would not say: the cause kept
+/// inside [`hardkey_api::Error::Backend`] (downcast the source to inspect it).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The PCR policy failed: the selected PCRs no longer hold the values they had when the
+    /// data was sealed.
+    PcrChanged {
+        /// The PCR selection of the policy (`sha256:0,7`).
+        pcrs: String,
+        /// The TPM's answer (`TPM2_PolicyPCR` returned `TPM_RC_VALUE`, or `TPM2_Unseal`
+        /// `TPM_RC_POLICY_FAIL` / `TPM_RC_PCR_CHANGED`).
+        cause: TpmError,
+    },
+    /// The sealed object does not load under this TPM's storage root key: it was sealed on
+    /// another TPM, or before this TPM was cleared.
+    OtherParent {
+        /// The TPM's answer to `TPM2_Load`.
+        cause: TpmError,
+    },
+}
+
+impl std::fmt::Display for SealError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PcrChanged { pcrs, cause } => write!(
+                f,
+                "the PCR values changed since sealing ({pcrs}; {cause}): the data unseals only \
+                 while those PCRs hold the values they had when it was sealed; boot the same \
+                 software again, or seal the data anew in the current state"
+            ),
+            Self::OtherParent { cause } => write!(
+                f,
+                "the sealed data does not belong to this TPM's storage root key ({cause}): it \
+                 was sealed on another TPM or before this TPM was cleared, and cannot be \
+                 unsealed here"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SealError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::PcrChanged { cause, .. } | Self::OtherParent { cause } => Some(cause),
+        }
+    }
+}
+
+/// `TPM_RC_VALUE` (format one, any parameter): on `TPM2_PolicyPCR` with a PCR digest, the
+/// current PCR values do not match it.
+pub(crate) fn is_value(rc: u32) -> bool {
+    format_one(rc) == Some(0x04)
+}
+
+/// `TPM_RC_POLICY_FAIL` or `TPM_RC_PCR_CHANGED`: a policy session's digest does not match,
+/// or the PCRs changed while the session ran.
+pub(crate) fn is_policy_failure(rc: u32) -> bool {
+    format_one(rc) == Some(0x1d) || format_zero(rc) == Some(0x128)
+}
+
+/// `TPM_RC_INTEGRITY` (format one): a blob was not made by this parent.
+pub(crate) fn is_integrity(rc: u32) -> bool {
+    format_one(rc) == Some(0x1f)
+}
+
 /// The raw TSS2 return code of an error from the stack (not tss-esapi's own wrapper errors).
 pub(crate) fn rc_of(e: &tss_esapi::Error) -> Option<u32> {
     match e {
@@ -252,5 +318,11 @@ mod tests {
         assert_eq!(rc_name(0x9a2), "TPM_RC_BAD_AUTH");
         assert_eq!(rc_name(0x921), "TPM_RC_LOCKOUT");
         assert_eq!(rc_name(0x000a_000a), "a TCTI (connection) error");
+        // TPM_RC_VALUE on parameter 1 (PolicyPCR's pcrDigest), TPM_RC_POLICY_FAIL on
+        // session 1, TPM_RC_PCR_CHANGED, TPM_RC_INTEGRITY on parameter 1.
+        assert!(is_value(0x1c4) && !is_value(0x1c5));
+        assert!(is_policy_failure(0x99d) && is_policy_failure(0x128));
+        assert!(!is_policy_failure(0x98e));
+        assert!(is_integrity(0x19f));
     }
 }

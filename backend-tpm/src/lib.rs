@@ -16,20 +16,33 @@
 //! `TPM_RC_OBJECT_MEMORY` is recovered by flushing; after a TCTI or unmarshalling error the
 //! context is rebuilt; a wrong auth value is never retried automatically (the
 //! dictionary-attack counter is real).
-#![forbid(unsafe_code)]
+//!
+//! [`TpmAdmin`] is the direct, blocking connection for administration: ownership and
+//! dictionary-attack status and settings, and sealing up to 128 bytes to a password and/or
+//! PCR values.
+#![deny(unsafe_code)]
 
+mod admin;
 mod connect;
+mod da;
 mod device;
 mod error;
 mod keyfile;
 mod keys;
+mod owner;
+mod pcr;
 mod pss;
+mod seal;
 mod store;
 
 // Public interface.
+pub use admin::TpmAdmin;
 pub use connect::{DEFAULT_TCTI, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti};
 pub use device::TpmDevice;
-pub use error::TpmError;
-pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL};
+pub use error::{SealError, TpmError};
+pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL, PolicyStep};
 pub use keys::TpmKeyRef;
+pub use owner::{Hierarchy, TpmStatus};
+pub use pcr::{PCR_COUNT, PcrBank, PcrSelection};
+pub use seal::{MAX_SEAL_SIZE, SealOptions, SealedData};
 pub use store::{KeyHome, PssMode, TpmConfig, TpmKey, TpmStore};

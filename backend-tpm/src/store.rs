@@ -642,6 +642,7 @@ impl TpmDevice {
                     parent: self.tpm.parent_number(),
                     public: public.clone(),
                     private: private.clone(),
+                    policy: Vec::new(),
                 };
                 let pem = file.to_pem()?;
                 hardkey_api::fs::write_new_file(&path, pem.as_bytes(), &name, op)?;

@@ -1,0 +1,313 @@
+//! Dictionary-attack administration (`TPM2_DictionaryAttackLockReset`,
+//! `TPM2_DictionaryAttackParameters`) through the ESAPI C library directly.
+//!
+//! tss-esapi 7 wraps neither command and does not expose its `ESYS_CONTEXT`, so this module
+//! opens its own: TCTI loader, ESAPI context, an unsalted HMAC session authorizing the
+//! lockout hierarchy (its auth value keys the HMAC and never crosses the bus), the command,
+//! then everything released in reverse order by guards, on every path. The lockout auth is
+//! copied into a `TPM2B_AUTH` that is zeroized on drop, and ESAPI's own copy is overwritten
+//! with an empty value before the context is finalized.
+//!
+//! The crate's only unsafe code lives here; every block says why it is sound.
+#![allow(
+    unsafe_code,
+    reason = "FFI to tss2-esys for two TPM commands tss-esapi 7 does not wrap"
+)]
+
+use std::ffi::CString;
+use std::ptr::{null, null_mut};
+
+use hardkey_api::{Error, InvalidInput, Operation, Result};
+use tss_esapi::constants::response_code::Tss2ResponseCode;
+use tss_esapi::constants::tss::{
+    TPM2_ALG_NULL, TPM2_ALG_SHA256, TPM2_SE_HMAC, TPMA_SESSION_CONTINUESESSION,
+};
+use tss_esapi_sys::{
+    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_RH_LOCKOUT, Esys_DictionaryAttackLockReset,
+    Esys_DictionaryAttackParameters, Esys_Finalize, Esys_FlushContext, Esys_Initialize,
+    Esys_StartAuthSession, Esys_TR_SetAuth, Esys_TRSess_SetAttributes, TPM2B_AUTH, TPMT_SYM_DEF,
+    TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize,
+    Tss2_TctiLdr_Initialize,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::connect::{auth_value, retrying};
+use crate::error::{TpmError, mapper};
+
+const OP: Operation = Operation::Admin;
+
+/// A dictionary-attack command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DaCommand {
+    /// `TPM2_DictionaryAttackLockReset`: failed tries back to 0, lockout ended.
+    LockReset,
+    /// `TPM2_DictionaryAttackParameters`.
+    Parameters {
+        /// `newMaxTries`.
+        max_tries: u32,
+        /// `newRecoveryTime`, seconds (0 disables dictionary-attack protection).
+        recovery_time_s: u32,
+        /// `lockoutRecovery`, seconds.
+        lockout_recovery_s: u32,
+    },
+}
+
+impl DaCommand {
+    fn name(self) -> &'static str {
+        match self {
+            Self::LockReset => "TPM2_DictionaryAttackLockReset",
+            Self::Parameters { .. } => "TPM2_DictionaryAttackParameters",
+        }
+    }
+}
+
+/// Runs `command` on the TPM at `tcti`, authorized by the lockout hierarchy. Opens its own
+/// connection: the caller must not hold another one to a TPM that serves one at a time
+/// (swtpm, `/dev/tpm0`).
+pub(crate) fn run(
+    tcti: &str,
+    device: &str,
+    lockout_auth: Option<&Zeroizing<String>>,
+    command: DaCommand,
+) -> Result<()> {
+    let conf = CString::new(tcti).map_err(|_| InvalidInput::Config {
+        what: "TCTI",
+        reason: "contains a NUL byte",
+    })?;
+    let auth = AuthValue::new(lockout_auth)?;
+    let mut esys = Esys::open(&conf).map_err(|error| {
+        Error::device_unavailable(
+            device,
+            TpmError {
+                command: "Esys_Initialize (opening the TCTI)",
+                error,
+            },
+        )
+    })?;
+    esys.set_lockout_auth(&auth)
+        .map_err(mapper(device, OP, "Esys_TR_SetAuth"))?;
+    let session = esys
+        .hmac_session()
+        .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?;
+    retrying(|| session.send(command)).map_err(mapper(device, OP, command.name()))
+}
+
+/// A TSS2 return code as tss-esapi's error.
+fn check(rc: TSS2_RC) -> tss_esapi::Result<()> {
+    match rc {
+        0 => Ok(()),
+        rc => Err(tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc))),
+    }
+}
+
+/// An auth value in the C structure, zeroized on drop.
+struct AuthValue(TPM2B_AUTH);
+
+impl AuthValue {
+    fn empty() -> Self {
+        Self(TPM2B_AUTH {
+            size: 0,
+            buffer: [0; 64],
+        })
+    }
+
+    fn new(secret: Option<&Zeroizing<String>>) -> Result<Self> {
+        // Checks the length; its buffer is zeroized on drop.
+        let auth = auth_value(secret.map(|s| s.as_bytes()))?;
+        let bytes = auth.value();
+        let mut out = Self::empty();
+        out.0.buffer[..bytes.len()].copy_from_slice(bytes);
+        out.0.size = bytes.len() as u16;
+        Ok(out)
+    }
+}
+
+impl Drop for AuthValue {
+    fn drop(&mut self) {
+        self.0.buffer.zeroize();
+        self.0.size = 0;
+    }
+}
+
+/// A TCTI and the ESAPI context on it, finalized (context first) on drop.
+struct Esys {
+    tcti: *mut TSS2_TCTI_CONTEXT,
+    ctx: *mut ESYS_CONTEXT,
+    auth_set: bool,
+}
+
+impl Esys {
+    fn open(conf: &CString) -> tss_esapi::Result<Self> {
+        let mut esys = Self {
+            tcti: null_mut(),
+            ctx: null_mut(),
+            auth_set: false,
+        };
+        // SAFETY: `conf` is a NUL-terminated string that outlives the call; `esys.tcti` is a
+        // valid out-pointer. On success the loader allocates a TCTI context that `esys`
+        // owns from here and releases in `Drop`; on failure it stays null.
+        check(unsafe { Tss2_TctiLdr_Initialize(conf.as_ptr(), &mut esys.tcti) })?;
+        // SAFETY: `esys.tcti` is the live TCTI context just initialized (it outlives the
+        // ESAPI context: `Drop` finalizes the context first); `esys.ctx` is a valid
+        // out-pointer; a null ABI version skips the version check. On failure `ctx` stays
+        // null and `Drop` releases only the TCTI.
+        check(unsafe { Esys_Initialize(&mut esys.ctx, esys.tcti, null_mut()) })?;
+        Ok(esys)
+    }
+
+    /// Sets the auth value ESAPI uses for the lockout hierarchy.
+    fn set_lockout_auth(&mut self, auth: &AuthValue) -> tss_esapi::Result<()> {
+        self.auth_set = true;
+        // SAFETY: `self.ctx` is a live ESAPI context (`open` succeeded); `auth.0` is a valid
+        // TPM2B_AUTH that ESAPI copies during the call.
+        check(unsafe { Esys_TR_SetAuth(self.ctx, ESYS_TR_RH_LOCKOUT, &auth.0) })
+    }
+
+    /// An unsalted, unbound HMAC session without parameter encryption (the DA commands have
+    /// no secret parameters), flushed when the guard drops.
+    fn hmac_session(&self) -> tss_esapi::Result<Session<'_>> {
+        let symmetric = TPMT_SYM_DEF {
+            algorithm: TPM2_ALG_NULL,
+            keyBits: TPMU_SYM_KEY_BITS { sym: 0 },
+            mode: TPMU_SYM_MODE { sym: TPM2_ALG_NULL },
+        };
+        let mut handle: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: `self.ctx` is a live ESAPI context; `symmetric` and `handle` are valid for
+        // the call; a null nonceCaller makes ESAPI generate the nonce; ESYS_TR_NONE for the
+        // salt key, bind entity and sessions is what ESAPI expects for "none".
+        check(unsafe {
+            Esys_StartAuthSession(
+                self.ctx,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                null(),
+                TPM2_SE_HMAC,
+                &symmetric,
+                TPM2_ALG_SHA256,
+                &mut handle,
+            )
+        })?;
+        // From here the guard flushes the session on every path.
+        let session = Session { esys: self, handle };
+        // SAFETY: `self.ctx` is live and `handle` is the session it just started.
+        check(unsafe {
+            Esys_TRSess_SetAttributes(
+                self.ctx,
+                handle,
+                TPMA_SESSION_CONTINUESESSION,
+                TPMA_SESSION_CONTINUESESSION,
+            )
+        })?;
+        Ok(session)
+    }
+}
+
+impl Drop for Esys {
+    fn drop(&mut self) {
+        if !self.ctx.is_null() {
+            if self.auth_set {
+                let empty = AuthValue::empty();
+                // SAFETY: `self.ctx` is live until finalized below; `empty.0` is valid for
+                // the call. Overwrites ESAPI's copy of the lockout auth before it is freed.
+                let _ = unsafe { Esys_TR_SetAuth(self.ctx, ESYS_TR_RH_LOCKOUT, &empty.0) };
+            }
+            // SAFETY: `self.ctx` was initialized by Esys_Initialize and is finalized once
+            // (Esys_Finalize sets it to null); no session guard borrowing `self` is alive.
+            unsafe { Esys_Finalize(&mut self.ctx) };
+        }
+        if !self.tcti.is_null() {
+            // SAFETY: `self.tcti` came from Tss2_TctiLdr_Initialize, is finalized once
+            // (the call sets it to null), and the ESAPI context using it is already gone.
+            unsafe { Tss2_TctiLdr_Finalize(&mut self.tcti) };
+        }
+    }
+}
+
+/// An HMAC session, flushed on drop. Borrows the context so it cannot outlive it.
+struct Session<'a> {
+    esys: &'a Esys,
+    handle: ESYS_TR,
+}
+
+impl Session<'_> {
+    /// Sends `command`, authorized by the lockout hierarchy through this session.
+    fn send(&self, command: DaCommand) -> tss_esapi::Result<()> {
+        let ctx = self.esys.ctx;
+        match command {
+            // SAFETY: `ctx` is live (borrowed through `self.esys`); `self.handle` is a live
+            // session of it; ESYS_TR_RH_LOCKOUT is ESAPI's permanent lockout handle.
+            DaCommand::LockReset => check(unsafe {
+                Esys_DictionaryAttackLockReset(
+                    ctx,
+                    ESYS_TR_RH_LOCKOUT,
+                    self.handle,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                )
+            }),
+            DaCommand::Parameters {
+                max_tries,
+                recovery_time_s,
+                lockout_recovery_s,
+            } => check(
+                // SAFETY: as above; the parameters are plain integers.
+                unsafe {
+                    Esys_DictionaryAttackParameters(
+                        ctx,
+                        ESYS_TR_RH_LOCKOUT,
+                        self.handle,
+                        ESYS_TR_NONE,
+                        ESYS_TR_NONE,
+                        max_tries,
+                        recovery_time_s,
+                        lockout_recovery_s,
+                    )
+                },
+            ),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the context is live (borrowed) and `self.handle` is a session it started
+        // with continueSession set, so it is still loaded; flushed once, here. A failure
+        // leaves a session slot used until the TCTI closes, which frees it on a resource
+        // manager and on swtpm.
+        let _ = unsafe { Esys_FlushContext(self.esys.ctx, self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_values_are_copied_and_length_checked() {
+        let secret = Zeroizing::new("lockout-secret".to_owned());
+        let auth = AuthValue::new(Some(&secret)).unwrap();
+        assert_eq!(usize::from(auth.0.size), secret.len());
+        assert_eq!(&auth.0.buffer[..secret.len()], secret.as_bytes());
+        assert_eq!(AuthValue::new(None).unwrap().0.size, 0);
+        let long = Zeroizing::new("x".repeat(65));
+        assert!(AuthValue::new(Some(&long)).is_err());
+    }
+
+    #[test]
+    fn unreachable_tcti_is_device_unavailable() {
+        // Port 1 on localhost: nothing listens (the TCTI fails to connect).
+        let err = run(
+            "swtpm:host=127.0.0.1,port=1",
+            "TPM at nowhere",
+            None,
+            DaCommand::LockReset,
+        )
+        .unwrap_err();
+        assert!(err.is_device_lost(), "{err}");
+        let err = run("swtpm\0", "t", None, DaCommand::LockReset).unwrap_err();
+        assert_eq!(err.kind(), hardkey_api::ErrorKind::InvalidInput);
+    }
+}
