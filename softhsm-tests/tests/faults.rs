@@ -199,6 +199,11 @@ fn slow_device_times_out_without_hanging(env: &Env) {
         "{ok} ok, {timed_out} timed out"
     );
     env.shim.set("");
+    // The timed-out signatures are still running in the module: wait for the workers, so the
+    // process never exits (unloading SoftHSM) under a thread inside C_Sign.
+    drop(key);
+    let report = store.pool().shutdown(Duration::from_secs(5));
+    assert_eq!(report.detached_workers, 0, "{report:?}");
 }
 
 fn main() -> std::process::ExitCode {
