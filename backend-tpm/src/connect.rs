@@ -66,7 +66,7 @@ pub(crate) enum Srk {
 /// The template tpm2-openssl and tpm2-tss-engine use for the owner primary
 /// (`TPM2B_PUBLIC_PRIMARY_ECC_TEMPLATE`): ECC P-256, AES-128-CFB, restricted decrypt, noDA,
 /// empty unique. Keys whose file names parent 0x40000001 were made under this key.
-pub(crate) fn srk_template() -> tss_esapi::Result<Public> {
+pub fn srk_template() -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)

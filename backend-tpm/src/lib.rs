@@ -37,7 +37,7 @@ mod store;
 
 // Public interface.
 pub use admin::TpmAdmin;
-pub use connect::{DEFAULT_TCTI, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti};
+pub use connect::{DEFAULT_TCTI, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti, srk_template};
 pub use device::TpmDevice;
 pub use error::{SealError, TpmError};
 pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL, PolicyStep};

@@ -33,17 +33,11 @@ use hardkey_api::{
 use hardkey_tpm::{KeyFile, TpmKey, TpmStore};
 use swtpm_tests::Swtpm;
 use tss_esapi::Context;
-use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme,
-    PublicBuilder, PublicEccParametersBuilder, SignatureScheme as TpmScheme,
-    SymmetricDefinitionObject,
-};
+use tss_esapi::structures::{Digest, HashScheme, HashcheckTicket, SignatureScheme as TpmScheme};
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
@@ -67,34 +61,7 @@ fn ms(d: Duration) -> String {
 
 /// The owner primary as tpm2-openssl builds it (the parent of hardkey's key files).
 fn srk(ctx: &mut Context) -> tss_esapi::handles::KeyHandle {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .unwrap();
-    let public = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::AES_128_CFB)
-                .with_ecc_scheme(EccScheme::Null)
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_decryption_key(true)
-                .with_restricted(true)
-                .build()
-                .unwrap(),
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .unwrap();
+    let public = hardkey_tpm::srk_template().unwrap();
     ctx.execute_with_session(Some(AuthSession::Password), |c| {
         c.create_primary(Hierarchy::Owner, public, None, None, None, None)
     })

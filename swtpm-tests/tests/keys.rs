@@ -73,18 +73,23 @@ fn no_leaks_with_20_keys(tpm: &Swtpm) {
     );
 }
 
-/// Transient handles seen by an independent tool.
-fn raw_transient_count(tpm: &Swtpm) -> usize {
+/// Handles of a kind (`handles-transient`, `handles-persistent`) seen by an independent tool.
+fn getcap_handles(tpm: &Swtpm, kind: &str) -> Vec<u32> {
     let out = std::process::Command::new("tpm2_getcap")
-        .arg("handles-transient")
+        .arg(kind)
         .arg(format!("--tcti={}", tpm.tcti()))
         .output()
         .expect("tpm2_getcap");
     assert!(out.status.success(), "tpm2_getcap failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.trim_start().starts_with("- 0x"))
-        .count()
+        .filter_map(|l| l.trim().strip_prefix("- 0x"))
+        .filter_map(|h| u32::from_str_radix(h, 16).ok())
+        .collect()
+}
+
+fn raw_transient_count(tpm: &Swtpm) -> usize {
+    getcap_handles(tpm, "handles-transient").len()
 }
 
 /// Keys kept in persistent handles: generated at the next free handle or a given one, listed,
@@ -140,19 +145,8 @@ fn persistent_keys(tpm: &Swtpm) {
     assert_ne!(err.kind(), ErrorKind::DeviceUnavailable, "{err}");
 }
 
-/// Persistent handles seen by tpm2_getcap.
 fn persistent_handles(tpm: &Swtpm) -> Vec<u32> {
-    let out = std::process::Command::new("tpm2_getcap")
-        .arg("handles-persistent")
-        .arg(format!("--tcti={}", tpm.tcti()))
-        .output()
-        .expect("tpm2_getcap");
-    assert!(out.status.success(), "tpm2_getcap failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- 0x"))
-        .filter_map(|h| u32::from_str_radix(h, 16).ok())
-        .collect()
+    getcap_handles(tpm, "handles-persistent")
 }
 
 /// Bad input: a missing key file, a file that is not a TPM key, a key file from another TPM,
