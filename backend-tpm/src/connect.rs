@@ -288,18 +288,14 @@ impl Tpm {
         if auth.is_none() {
             return Ok(AuthSession::Password);
         }
-        let name = self.name.clone();
-        self.ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(mapper(&name, Operation::Admin, "TPM2_StartAuthSession"))?
-            .ok_or_else(|| Error::backend(&name, Operation::Admin, "no session returned"))
+        start_session(
+            &mut self.ctx,
+            &self.name,
+            Operation::Admin,
+            None,
+            SessionType::Hmac,
+            Encryption::default(),
+        )
     }
 
     /// Flushes a session from [`Tpm::owner_session`] (nothing for the password session).
@@ -374,32 +370,17 @@ impl Tpm {
             return Ok(s);
         }
         let session = self.with_srk(Operation::Connect, |tpm, srk| {
-            let name = tpm.name.clone();
-            let session = retrying(|| {
-                tpm.ctx.start_auth_session(
-                    Some(srk),
-                    None,
-                    None,
-                    SessionType::Hmac,
-                    SymmetricDefinition::AES_128_CFB,
-                    HashingAlgorithm::Sha256,
-                )
-            })
-            .map_err(mapper(&name, Operation::Connect, "TPM2_StartAuthSession"))?
-            .ok_or_else(|| Error::backend(&name, Operation::Connect, "no session returned"))?;
-            let (attributes, mask) = SessionAttributesBuilder::new()
-                .with_continue_session(true)
-                .with_decrypt(true)
-                .with_encrypt(true)
-                .build();
-            tpm.ctx
-                .tr_sess_set_attributes(session, attributes, mask)
-                .map_err(mapper(
-                    &name,
-                    Operation::Connect,
-                    "Esys_TRSess_SetAttributes",
-                ))?;
-            Ok(session)
+            start_session(
+                &mut tpm.ctx,
+                &tpm.name,
+                Operation::Connect,
+                Some(srk),
+                SessionType::Hmac,
+                Encryption {
+                    decrypt: true,
+                    encrypt: true,
+                },
+            )
         })?;
         self.hmac = Some(session);
         Ok(session)
@@ -457,4 +438,47 @@ pub(crate) fn flushing<T>(
     let value = result?;
     flushed?;
     Ok(value)
+}
+
+/// Parameter encryption a session does: `decrypt` protects the command's first parameter,
+/// `encrypt` the response's.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Encryption {
+    pub(crate) decrypt: bool,
+    pub(crate) encrypt: bool,
+}
+
+/// Starts a session of `kind` (AES-128-CFB, SHA-256), salted with `salt_key` if given, with
+/// `continueSession` and the given parameter encryption. The one way hardkey starts sessions;
+/// on an error after the start the session is flushed.
+pub(crate) fn start_session(
+    ctx: &mut Context,
+    device: &str,
+    op: Operation,
+    salt_key: Option<KeyHandle>,
+    kind: SessionType,
+    encryption: Encryption,
+) -> Result<AuthSession> {
+    let session = retrying(|| {
+        ctx.start_auth_session(
+            salt_key,
+            None,
+            None,
+            kind,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+    })
+    .map_err(mapper(device, op, "TPM2_StartAuthSession"))?
+    .ok_or_else(|| Error::backend(device, op, "TPM2_StartAuthSession returned no session"))?;
+    let (attributes, mask) = SessionAttributesBuilder::new()
+        .with_continue_session(true)
+        .with_decrypt(encryption.decrypt)
+        .with_encrypt(encryption.encrypt)
+        .build();
+    if let Err(e) = ctx.tr_sess_set_attributes(session, attributes, mask) {
+        let _ = ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into());
+        return Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e));
+    }
+    Ok(session)
 }

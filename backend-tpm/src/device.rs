@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     /// One of the `PSS_*` values: found once per TPM by signing a probe.
     pub(crate) pss_salt: AtomicU8,
+    /// The key algorithms the TPM accepts (`TPM2_TestParms`), probed at the first connect.
+    pub(crate) algorithms: std::sync::OnceLock<Vec<hardkey_api::KeyAlgorithm>>,
 }
 
 /// The TPM as one pool worker sees it: the connection and the keys it keeps loaded.
@@ -80,8 +82,10 @@ fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
 }
 
 impl TpmDevice {
-    /// Connects (worker start or recovery).
-    pub(crate) fn connect(shared: Arc<Shared>, first: bool) -> Result<Self> {
+    /// Connects (worker start or recovery). The first connect flushes leftovers (when
+    /// configured) and probes the algorithms the TPM accepts.
+    pub(crate) fn connect(shared: Arc<Shared>) -> Result<Self> {
+        let first = shared.algorithms.get().is_none();
         let settings = &shared.settings;
         let owner_auth = settings.owner_auth.load(&settings.name)?;
         let mut tpm = Tpm::connect(
@@ -97,14 +101,19 @@ impl TpmDevice {
             .unwrap_or(usize::MAX)
             .min(slots.saturating_sub(1))
             .max(1);
-        Ok(Self {
+        let mut device = Self {
             tpm,
             shared,
             loaded: Vec::new(),
             saved: HashMap::new(),
             persistent: HashMap::new(),
             capacity,
-        })
+        };
+        if first {
+            let algorithms = device.supported_algorithms();
+            let _ = device.shared.algorithms.set(algorithms);
+        }
+        Ok(device)
     }
 
     /// The device name for messages.
@@ -126,7 +135,7 @@ impl TpmDevice {
         ))?;
         // Reading a persistent object's public area takes a free slot in the TPM.
         let tr = self
-            .with_object_memory(op, |tpm| {
+            .with_object_memory(|tpm| {
                 retrying(|| {
                     tpm.ctx
                         .execute_without_session(|c| c.tr_from_tpm_public(tpm_handle))
@@ -139,7 +148,7 @@ impl TpmDevice {
     }
 
     /// Flushes loaded keys until `free` more objects fit.
-    fn make_room(&mut self, free: usize) -> Result<()> {
+    pub(crate) fn make_room(&mut self, free: usize) -> Result<()> {
         while !self.loaded.is_empty() && self.loaded.len() + free > self.capacity {
             self.evict_one()?;
         }
@@ -227,7 +236,7 @@ impl TpmDevice {
                 }
                 self.make_room(1)?;
                 if let Some(saved) = self.saved.get(&key.name).cloned() {
-                    match self.with_object_memory(op, |tpm| {
+                    match self.with_object_memory(|tpm| {
                         retrying(|| tpm.ctx.context_load(saved.clone())).map_err(LoadError::Tpm)
                     }) {
                         Ok(handle) => {
@@ -261,7 +270,7 @@ impl TpmDevice {
                 let public = key.public.clone();
                 let private = private.clone();
                 let handle = self
-                    .with_object_memory(op, |tpm| {
+                    .with_object_memory(|tpm| {
                         tpm.with_srk(op, |tpm, srk| {
                             retrying(|| {
                                 tpm.ctx
@@ -293,16 +302,12 @@ impl TpmDevice {
     /// Runs `f`; on `TPM_RC_OBJECT_MEMORY` flushes one of our keys and runs it again.
     fn with_object_memory<T>(
         &mut self,
-        op: Operation,
         mut f: impl FnMut(&mut Tpm) -> std::result::Result<T, LoadError>,
     ) -> std::result::Result<T, LoadError> {
-        let _ = op;
         loop {
             match f(&mut self.tpm) {
                 Err(LoadError::Tpm(e)) if rc_of(&e).is_some_and(error::is_object_memory) => {
-                    // Another client (or a leftover) holds slots: use fewer ourselves.
-                    self.capacity = self.capacity.saturating_sub(1).max(1);
-                    match self.evict_one() {
+                    match self.yield_slot() {
                         Ok(true) => continue,
                         _ => return Err(LoadError::Tpm(e)),
                     }
@@ -310,6 +315,13 @@ impl TpmDevice {
                 other => return other,
             }
         }
+    }
+
+    /// After `TPM_RC_OBJECT_MEMORY`: another client (or a leftover) holds slots, so keep
+    /// fewer ourselves and flush one of ours. `false` if none was loaded.
+    fn yield_slot(&mut self) -> Result<bool> {
+        self.capacity = self.capacity.saturating_sub(1).max(1);
+        self.evict_one()
     }
 
     /// Runs a command on a loaded key with its auth value set: a password session for keys
@@ -347,8 +359,7 @@ impl TpmDevice {
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if attempts < 3 && rc_of(&e).is_some_and(error::is_object_memory) => {
-                    self.capacity = self.capacity.saturating_sub(1).max(1);
-                    self.evict_one()?;
+                    self.yield_slot()?;
                 }
                 Err(e) if attempts < 3 && rc_of(&e).is_some_and(error::is_unloaded_handle) => {
                     // Someone flushed our object (a tool on a TPM without resource manager):

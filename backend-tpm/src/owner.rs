@@ -13,16 +13,14 @@ use std::fmt;
 
 use hardkey_api::{Error, InvalidInput, Operation, Result};
 use tss_esapi::Context;
-use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType};
 use tss_esapi::handles::{AuthHandle, ObjectHandle, SessionHandle};
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy as TssHierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{CapabilityData, SymmetricDefinition};
+use tss_esapi::structures::CapabilityData;
 use zeroize::Zeroizing;
 
-use crate::connect::{auth_value, flushing, retrying, srk_template};
+use crate::connect::{Encryption, auth_value, flushing, retrying, srk_template, start_session};
 use crate::error::mapper;
 
 const OP: Operation = Operation::Admin;
@@ -350,29 +348,19 @@ fn salted_session(ctx: &mut Context, device: &str, decrypt: bool) -> Result<Auth
         "TPM2_CreatePrimary (null hierarchy salt key)",
     ))?
     .key_handle;
-    let session = flushing(ctx, salt_key.into(), device, OP, |ctx| {
-        retrying(|| {
-            ctx.start_auth_session(
-                Some(salt_key),
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-        })
-        .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?
-        .ok_or_else(|| Error::backend(device, OP, "no session returned"))
-    })?;
-    let (attributes, mask) = SessionAttributesBuilder::new()
-        .with_continue_session(true)
-        .with_decrypt(decrypt)
-        .build();
-    if let Err(e) = ctx.tr_sess_set_attributes(session, attributes, mask) {
-        let _ = ctx.flush_context(SessionHandle::from(session).into());
-        return Err(mapper(device, OP, "Esys_TRSess_SetAttributes")(e));
-    }
-    Ok(session)
+    flushing(ctx, salt_key.into(), device, OP, |ctx| {
+        start_session(
+            ctx,
+            device,
+            OP,
+            Some(salt_key),
+            SessionType::Hmac,
+            Encryption {
+                decrypt,
+                encrypt: false,
+            },
+        )
+    })
 }
 
 /// The transient objects loaded in the TPM now (all clients').

@@ -23,18 +23,17 @@ use hardkey_api::secret::SecretSource;
 use hardkey_api::{Error, InvalidInput, Operation, Result};
 use sha2::Digest as _;
 use tss_esapi::Context;
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{KeyHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Digest, KeyedHashScheme, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
-    SymmetricDefinition,
 };
 use zeroize::Zeroizing;
 
-use crate::connect::{Tpm, auth_value, flushing, retrying};
+use crate::connect::{Encryption, Tpm, auth_value, flushing, retrying, start_session};
 use crate::error::{self, SealError, TpmError, mapper, rc_of};
 use crate::keyfile::{KeyFile, KeyFileKind, PolicyStep};
 use crate::pcr::{PcrBank, PcrSelection};
@@ -274,31 +273,17 @@ fn salted_session(
     srk: KeyHandle,
     kind: SessionType,
 ) -> Result<AuthSession> {
-    let session = retrying(|| {
-        ctx.start_auth_session(
-            Some(srk),
-            None,
-            None,
-            kind,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )
-    })
-    .map_err(mapper(name, OP, "TPM2_StartAuthSession"))?
-    .ok_or_else(|| Error::backend(name, OP, "no session returned"))?;
-    let (attributes, mask) = SessionAttributesBuilder::new()
-        .with_continue_session(true)
-        .with_encrypt(true)
-        .build();
-    let set = ctx
-        .tr_sess_set_attributes(session, attributes, mask)
-        .map_err(mapper(name, OP, "Esys_TRSess_SetAttributes"));
-    if let Err(e) = set {
-        // Not yet inside the caller's flushing scope.
-        let _ = ctx.flush_context(SessionHandle::from(session).into());
-        return Err(e);
-    }
-    Ok(session)
+    start_session(
+        ctx,
+        name,
+        OP,
+        Some(srk),
+        kind,
+        Encryption {
+            decrypt: false,
+            encrypt: true,
+        },
+    )
 }
 
 /// The template of a sealed data object: KeyedHash with the NULL scheme and neither sign
@@ -368,18 +353,14 @@ fn pcr_digest(ctx: &mut Context, name: &str, pcrs: &PcrSelection) -> Result<Vec<
 
 /// The authPolicy of `steps`, from a trial session.
 fn trial_policy(ctx: &mut Context, name: &str, steps: &[PolicyStep]) -> Result<Digest> {
-    let session = retrying(|| {
-        ctx.start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Trial,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )
-    })
-    .map_err(mapper(name, OP, "TPM2_StartAuthSession (trial)"))?
-    .ok_or_else(|| Error::backend(name, OP, "no session returned"))?;
+    let session = start_session(
+        ctx,
+        name,
+        OP,
+        None,
+        SessionType::Trial,
+        Encryption::default(),
+    )?;
     flushing(ctx, SessionHandle::from(session).into(), name, OP, |ctx| {
         let policy_session = PolicySession::try_from(session).map_err(mapper(
             name,

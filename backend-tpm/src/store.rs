@@ -181,7 +181,6 @@ pub(crate) struct Settings {
 pub struct TpmStore {
     pool: DevicePool<TpmDevice>,
     shared: Arc<Shared>,
-    algorithms: Vec<KeyAlgorithm>,
 }
 
 impl std::fmt::Debug for TpmStore {
@@ -213,26 +212,18 @@ impl TpmStore {
         let shared = Arc::new(Shared {
             settings,
             pss_salt: AtomicU8::new(PSS_UNKNOWN),
+            algorithms: std::sync::OnceLock::new(),
         });
         let pool_config = PoolConfig::new(name)
             .workers(1)
             .queue_capacity(config.queue_capacity)
             .op_timeout(config.op_timeout);
         let for_worker = Arc::clone(&shared);
-        let started = std::sync::atomic::AtomicBool::new(false);
+        // Returns once the worker connected, which probed the algorithms.
         let pool = DevicePool::new(pool_config, move |_| {
-            let first = !started.swap(true, std::sync::atomic::Ordering::Relaxed);
-            TpmDevice::connect(Arc::clone(&for_worker), first)
+            TpmDevice::connect(Arc::clone(&for_worker))
         })?;
-        let algorithms = futures_lite_block_on(pool.run(
-            JobOptions::idempotent(Operation::Connect),
-            |dev: &mut TpmDevice| Ok(dev.supported_algorithms()),
-        ))?;
-        Ok(Self {
-            pool,
-            shared,
-            algorithms,
-        })
+        Ok(Self { pool, shared })
     }
 
     /// The worker pool (stats, shutdown).
@@ -276,33 +267,13 @@ impl TpmStore {
     }
 }
 
-/// Blocks on a future without a runtime (the store's constructor is blocking anyway).
-fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Thread(std::thread::Thread);
-    impl Wake for Thread {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Thread(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // Jobs, run on the worker.
 // ------------------------------------------------------------------------------------------
 
 impl TpmDevice {
     /// The algorithms this TPM can generate (`TPM2_TestParms`).
-    fn supported_algorithms(&mut self) -> Vec<KeyAlgorithm> {
+    pub(crate) fn supported_algorithms(&mut self) -> Vec<KeyAlgorithm> {
         KeyAlgorithm::ALL
             .into_iter()
             .filter(|alg| {
@@ -611,7 +582,8 @@ impl TpmDevice {
         } else {
             AuthSession::Password
         };
-        self.flush_all();
+        // The SRK needs a slot while the key is created under it.
+        self.make_room(1)?;
         let created = self.tpm.with_srk(op, |tpm, srk| {
             let n = tpm.name.clone();
             retrying(|| {
@@ -697,6 +669,8 @@ impl TpmDevice {
         let op = Operation::Generate;
         let persistent = connect::persistent(handle)?;
         let session = self.owner_session(op)?;
+        // The SRK and the new key are loaded together.
+        self.make_room(2)?;
         let (public, private) = (public.clone(), private.clone());
         self.tpm.with_srk(op, |tpm, srk| {
             let n = tpm.name.clone();
@@ -814,7 +788,7 @@ impl KeyStore for TpmStore {
     }
 
     fn algorithms(&self) -> &[KeyAlgorithm] {
-        &self.algorithms
+        self.shared.algorithms.get().map_or(&[], Vec::as_slice)
     }
 
     fn open(&self, uri: &KeyUri) -> impl Future<Output = Result<TpmKey>> + Send + 'static + use<> {
@@ -855,7 +829,7 @@ impl KeyStore for TpmStore {
         &self,
         request: GenerateRequest,
     ) -> impl Future<Output = Result<TpmKey>> + Send + 'static + use<> {
-        let supported = self.algorithms.contains(&request.algorithm);
+        let supported = self.algorithms().contains(&request.algorithm);
         let location = match &request.location {
             None => Ok(None),
             Some(KeyUri::Tpm2(u)) => Ok(Some(u.key.clone())),
