@@ -300,6 +300,14 @@ impl TokenAdmin {
         match session.login(user, Some(pin)) {
             Ok(()) => Ok(true),
             Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(false),
+            Err(e) if is_rv(&e, RvError::UserAnotherAlreadyLoggedIn, None) => {
+                Err(InvalidInput::Config {
+                    what: "token login",
+                    reason: "another application (a server using this token?) is logged in to \
+                             it as the other PIN role; stop it, then retry",
+                }
+                .into())
+            }
             Err(e) => Err(map_auth(e, &auth_target(token, role), &self.device())),
         }
     }

@@ -23,6 +23,13 @@ fn open(hsm: &SoftHsm, label: &str, pin: &str) -> hardkey_api::Result<Pkcs11Stor
     )
 }
 
+/// Closes a store and waits for its workers to log out: dropping it only asks them to, and
+/// while a user session is still open the SO cannot log in (`CKR_USER_ANOTHER_ALREADY_LOGGED_IN`).
+fn close(store: Pkcs11Store) {
+    let report = store.pool().shutdown(std::time::Duration::from_secs(5));
+    assert_eq!(report.detached_workers, 0, "{report:?}");
+}
+
 fn lists_tokens_and_slots(hsm: &SoftHsm) {
     let admin = TokenAdmin::new(Some(hsm.module())).unwrap();
     let tokens = admin.tokens().unwrap();
@@ -59,7 +66,7 @@ fn init_token_and_manage_pins(hsm: &SoftHsm) {
         .unwrap();
     let store = open(hsm, &label, "user-pin-1").unwrap();
     block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label("k"))).unwrap();
-    drop(store);
+    close(store);
 
     // Change the user PIN: the old one stops working, the new one works.
     let err = admin
@@ -90,7 +97,7 @@ fn init_token_and_manage_pins(hsm: &SoftHsm) {
         1,
         "the key survived the PIN change"
     );
-    drop(store);
+    close(store);
 
     // Change the SO PIN; a wrong SO PIN is an auth error naming the SO PIN.
     admin
