@@ -17,6 +17,8 @@ mod store;
 pub mod testkit;
 mod timer;
 pub mod uri;
+#[cfg(feature = "verify")]
+pub mod verify;
 
 // Public interface.
 pub use algorithm::{
