@@ -9,7 +9,7 @@ APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-k
 
 CARGO ?= cargo
 
-.PHONY: all deps test fmt-check clippy doc unit demo bench clean
+.PHONY: all deps test fmt-check clippy doc unit demo bench man clean
 
 all: test
 
@@ -39,6 +39,10 @@ bench: deps
 	$(CARGO) bench -p hardkey-soft --bench pool_overhead
 	$(CARGO) bench -p softhsm-tests --bench pkcs11_throughput
 	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) bench -p swtpm-tests --bench tpm_throughput
+
+# Man pages from the clap definitions: target/man/hardkey.1 and one page per command.
+man:
+	$(CARGO) run --quiet -p hardkey-cli -- man --out-dir target/man
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,547 @@
+//! The command line, as clap derives it. Every secret is read from a file (`-`: stdin), an
+//! environment variable or a prompt; no option takes a secret value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hardkey_api::{KeyAlgorithm, SignatureScheme};
+
+const EXIT_CODES: &str = "\
+Keys are named by URI everywhere: pkcs11:token=web;object=tls, tpm2:handle=0x81000010,
+tpm2:file=web.tss2.pem, file:key.pem, or an alias from the configuration file.
+
+Secrets never go on the command line: each comes from its --*-file option (- reads stdin),
+its environment variable (HARDKEY_PIN, HARDKEY_SO_PIN, HARDKEY_NEW_PIN, HARDKEY_KEY_AUTH,
+HARDKEY_OWNER_AUTH, HARDKEY_ENDORSEMENT_AUTH, HARDKEY_LOCKOUT_AUTH, HARDKEY_NEW_AUTH,
+HARDKEY_SEAL_AUTH), or a prompt when run on a terminal.
+
+Exit status: 0 success; 1 the operation failed (device, authentication, key not found,
+signature invalid); 2 usage error (bad option, URI, algorithm, subject or input file).";
+
+/// hardkey: keys in TPMs and PKCS#11 tokens, for TLS servers and operators.
+#[derive(Debug, Parser)]
+#[command(name = "hardkey", version, about, after_long_help = EXIT_CODES, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Print one JSON document instead of text (for scripts).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Configuration file [default: $XDG_CONFIG_HOME/hardkey/config.toml].
+    #[arg(long, global = true, value_name = "FILE", env = "HARDKEY_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate a key pair in a token, a TPM or a file.
+    Keygen(KeygenArgs),
+    /// List the keys of a token (pkcs11:token=...) or a TPM (tpm2:).
+    List(StoreArgs),
+    /// Show a key: URI, label, id, algorithm, schemes, public key fingerprint.
+    Info(KeyArgs),
+    /// Delete a key (destroy the token objects, evict the TPM handle, remove the file).
+    Delete(DeleteArgs),
+    /// Import a PKCS#8 private key into a token (it becomes non-extractable).
+    Import(ImportArgs),
+    /// Print a key's public key (SubjectPublicKeyInfo).
+    Pubkey(PubkeyArgs),
+    /// Sign a file with a key (the device does the private-key operation).
+    Sign(SignArgs),
+    /// Verify a signature in software against a public key.
+    Verify(VerifyArgs),
+    /// Seal a small secret (up to 128 bytes) to the TPM, under a password and/or PCR policy.
+    Seal(SealArgs),
+    /// Unseal data sealed with `hardkey seal`.
+    Unseal(UnsealArgs),
+    /// TPM ownership and dictionary-attack protection.
+    #[command(subcommand)]
+    Tpm(TpmCommand),
+    /// PKCS#11 tokens: list, inspect, initialize, set and change PINs.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure signatures per second and latency on a key.
+    Bench(BenchArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Write the man pages (hardkey.1 and one per command) to a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// Secrets a device may need to open a key; each also comes from its environment variable.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct DeviceSecrets {
+    /// File with the PKCS#11 user PIN (- for stdin) [env: HARDKEY_PIN; else the URI's
+    /// pin-source, else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pin_file: Option<PathBuf>,
+    /// File with the TPM key's auth value (- for stdin) [env: HARDKEY_KEY_AUTH; default
+    /// empty]. For keygen: the new key's auth value.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_auth_file: Option<PathBuf>,
+    /// File with the TPM owner auth (- for stdin) [env: HARDKEY_OWNER_AUTH; default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) owner_auth_file: Option<PathBuf>,
+}
+
+/// A key URI.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// The key: pkcs11:...;object=LABEL, tpm2:handle=0x81..., tpm2:file=PATH, file:PATH, or an
+    /// alias.
+    #[arg(value_name = "URI")]
+    pub(crate) uri: String,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// A store URI.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// The token (pkcs11:token=LABEL) or TPM (tpm2: or tpm2:?tcti=...).
+    #[arg(value_name = "URI")]
+    pub(crate) uri: String,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `keygen`.
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Where the key goes: pkcs11:token=T;object=LABEL, tpm2: (next free persistent handle,
+    /// or the configured key-dir), tpm2:handle=0x81000010, tpm2:file=PATH, file:PATH.
+    #[arg(value_name = "URI")]
+    pub(crate) uri: String,
+    /// Key algorithm.
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm, default_value = "p256")]
+    pub(crate) alg: KeyAlgorithm,
+    /// Label (PKCS#11 CKA_LABEL; TPM key file name in the key directory).
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    /// TPM: make the key persistent at this handle (e.g. 0x81000010).
+    #[arg(long, value_name = "HANDLE", conflicts_with = "out")]
+    pub(crate) persist: Option<String>,
+    /// TPM: write the key as a TSS2 PRIVATE KEY PEM file (never overwrites).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Signing only: RSA keys otherwise may also decrypt (RSA-OAEP).
+    #[arg(long)]
+    pub(crate) sign_only: bool,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `delete`.
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The token: pkcs11:token=T;object=LABEL.
+    #[arg(value_name = "URI")]
+    pub(crate) uri: String,
+    /// Unencrypted PKCS#8 private key, PEM or DER (convert others with
+    /// `openssl pkcs8 -topk8 -nocrypt`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) from: PathBuf,
+    /// Label [default: the URI's object, else a generated one].
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// Public key and certificate encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// PEM text.
+    Pem,
+    /// DER bytes.
+    Der,
+}
+
+/// `pubkey`.
+#[derive(Debug, Args)]
+pub(crate) struct PubkeyArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Encoding.
+    #[arg(long, value_enum, default_value_t = Format::Pem)]
+    pub(crate) format: Format,
+    /// Write to a file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `sign`.
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Signature scheme [default: ecdsa for EC keys, rsa-pkcs1-sha256 for RSA keys].
+    #[arg(long, value_parser = parse_scheme)]
+    pub(crate) scheme: Option<SignatureScheme>,
+    /// The data to sign (- for stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// The input is already a digest of the scheme's hash.
+    #[arg(long)]
+    pub(crate) digest: bool,
+    /// Where the signature goes (DER for ECDSA, raw for RSA: as `openssl dgst -sign`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Public key file (PEM or DER SubjectPublicKeyInfo, as `hardkey pubkey` writes).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pubkey: PathBuf,
+    /// Signature scheme [default: from the key type, as for sign].
+    #[arg(long, value_parser = parse_scheme)]
+    pub(crate) scheme: Option<SignatureScheme>,
+    /// The signed data (- for stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// The signature.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) sig: PathBuf,
+}
+
+/// The TPM to talk to.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct TpmArgs {
+    /// TCTI: device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321, mssim:..., tabrmd
+    /// [default: the configuration's, else HARDKEY_TCTI, TPM2TOOLS_TCTI, device:/dev/tpmrm0].
+    #[arg(long = "tpm", value_name = "TCTI")]
+    pub(crate) tcti: Option<String>,
+}
+
+/// `seal`.
+#[derive(Debug, Args)]
+pub(crate) struct SealArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// The secret to seal (- for stdin), at most 128 bytes.
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// The sealed-data file to write (TSS2 PEM; never overwrites).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Bind to these PCRs' current values, e.g. sha256:0,7.
+    #[arg(long, value_name = "BANK:PCRS")]
+    pub(crate) pcrs: Option<String>,
+    /// File with the sealing password (- for stdin) [env: HARDKEY_SEAL_AUTH; default: none].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `unseal`.
+#[derive(Debug, Args)]
+pub(crate) struct UnsealArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// The sealed-data file.
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// Where the secret goes (- for stdout; files are created mode 0600, never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// File with the sealing password (- for stdin) [env: HARDKEY_SEAL_AUTH; asked on a
+    /// terminal when the data has one].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `tpm ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TpmCommand {
+    /// Which hierarchy auths are set, the dictionary-attack counter and parameters.
+    Status(TpmArgs),
+    /// Set the owner, endorsement and lockout auths of an unowned TPM.
+    TakeOwnership(TakeOwnershipArgs),
+    /// Change one hierarchy's auth.
+    ChangeAuth(ChangeAuthArgs),
+    /// Clear the TPM with the lockout auth: every key under the owner hierarchy is lost.
+    Clear(ClearArgs),
+    /// Dictionary-attack lockout.
+    #[command(subcommand)]
+    Lockout(LockoutCommand),
+}
+
+/// New hierarchy auth files for take-ownership.
+#[derive(Debug, Args)]
+pub(crate) struct TakeOwnershipArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// File with the new owner auth (- for stdin) [env: HARDKEY_OWNER_AUTH].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) owner_auth_file: Option<PathBuf>,
+    /// File with the new endorsement auth [env: HARDKEY_ENDORSEMENT_AUTH].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) endorsement_auth_file: Option<PathBuf>,
+    /// File with the new lockout auth [env: HARDKEY_LOCKOUT_AUTH].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) lockout_auth_file: Option<PathBuf>,
+}
+
+/// A TPM hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HierarchyArg {
+    /// Owner (storage) hierarchy.
+    Owner,
+    /// Endorsement hierarchy.
+    Endorsement,
+    /// Lockout hierarchy.
+    Lockout,
+}
+
+/// `tpm change-auth`.
+#[derive(Debug, Args)]
+pub(crate) struct ChangeAuthArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// Which hierarchy.
+    #[arg(long, value_enum)]
+    pub(crate) hierarchy: HierarchyArg,
+    /// File with the current auth (- for stdin) [env: HARDKEY_OWNER_AUTH,
+    /// HARDKEY_ENDORSEMENT_AUTH or HARDKEY_LOCKOUT_AUTH; default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) current_auth_file: Option<PathBuf>,
+    /// File with the new auth [env: HARDKEY_NEW_AUTH; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_auth_file: Option<PathBuf>,
+}
+
+/// `tpm clear`.
+#[derive(Debug, Args)]
+pub(crate) struct ClearArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// File with the lockout auth (- for stdin) [env: HARDKEY_LOCKOUT_AUTH; default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) lockout_auth_file: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+}
+
+/// `tpm lockout ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LockoutCommand {
+    /// Reset the failure counter and end a lockout.
+    Reset(LockoutAuthArgs),
+    /// Set the dictionary-attack parameters.
+    Set(LockoutSetArgs),
+}
+
+/// The lockout auth.
+#[derive(Debug, Args)]
+pub(crate) struct LockoutAuthArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// File with the lockout auth (- for stdin) [env: HARDKEY_LOCKOUT_AUTH; default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) lockout_auth_file: Option<PathBuf>,
+}
+
+/// `tpm lockout set`.
+#[derive(Debug, Args)]
+pub(crate) struct LockoutSetArgs {
+    #[command(flatten)]
+    pub(crate) auth: LockoutAuthArgs,
+    /// Failures before lockout.
+    #[arg(long)]
+    pub(crate) max_tries: u32,
+    /// One failure is forgotten after this long (0 disables protection), e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) recovery_time: Duration,
+    /// Wait after a failed lockout-auth attempt, e.g. 1h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) lockout_recovery: Duration,
+}
+
+/// The PKCS#11 module.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ModuleArgs {
+    /// PKCS#11 module [default: the configuration's, else SoftHSM2].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) module: Option<PathBuf>,
+}
+
+/// `token ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// List the tokens (with --slots: every slot, empty ones too).
+    List(TokenListArgs),
+    /// Show a token's state: PIN flags, sessions, PIN length.
+    Info(TokenUriArgs),
+    /// Initialize the token in a slot (sets its label and SO PIN).
+    Init(TokenInitArgs),
+    /// Set the user PIN with the SO PIN (also unlocks a locked user PIN).
+    InitPin(TokenPinArgs),
+    /// Change the user PIN (or with --so the SO PIN).
+    ChangePin(ChangePinArgs),
+}
+
+/// `token list`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    #[command(flatten)]
+    pub(crate) module: ModuleArgs,
+    /// Show every slot.
+    #[arg(long)]
+    pub(crate) slots: bool,
+}
+
+/// A token URI.
+#[derive(Debug, Args)]
+pub(crate) struct TokenUriArgs {
+    #[command(flatten)]
+    pub(crate) module: ModuleArgs,
+    /// The token: pkcs11:token=LABEL (or serial=...).
+    #[arg(value_name = "URI")]
+    pub(crate) uri: String,
+}
+
+/// `token init`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenInitArgs {
+    #[command(flatten)]
+    pub(crate) module: ModuleArgs,
+    /// The slot (see token list --slots).
+    #[arg(long)]
+    pub(crate) slot: u64,
+    /// The token label (1-32 bytes).
+    #[arg(long)]
+    pub(crate) label: String,
+    /// File with the new SO PIN (- for stdin) [env: HARDKEY_SO_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) so_pin_file: Option<PathBuf>,
+    /// Initialize even if the slot holds an initialized token (destroys its keys).
+    #[arg(long)]
+    pub(crate) reinitialize: bool,
+}
+
+/// `token init-pin`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenPinArgs {
+    #[command(flatten)]
+    pub(crate) token: TokenUriArgs,
+    /// File with the SO PIN (- for stdin) [env: HARDKEY_SO_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) so_pin_file: Option<PathBuf>,
+    /// File with the new user PIN [env: HARDKEY_NEW_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_pin_file: Option<PathBuf>,
+}
+
+/// `token change-pin`.
+#[derive(Debug, Args)]
+pub(crate) struct ChangePinArgs {
+    #[command(flatten)]
+    pub(crate) token: TokenUriArgs,
+    /// Change the SO PIN instead of the user PIN.
+    #[arg(long)]
+    pub(crate) so: bool,
+    /// File with the current user PIN (- for stdin) [env: HARDKEY_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pin_file: Option<PathBuf>,
+    /// File with the current SO PIN, with --so [env: HARDKEY_SO_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) so_pin_file: Option<PathBuf>,
+    /// File with the new PIN [env: HARDKEY_NEW_PIN; else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_pin_file: Option<PathBuf>,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Signatures in flight at once (PKCS#11: sessions opened).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: u32,
+    /// How long to run, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Signature scheme [default: from the key type].
+    #[arg(long, value_parser = parse_scheme)]
+    pub(crate) scheme: Option<SignatureScheme>,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Directory to write the pages to.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out_dir: PathBuf,
+}
+
+fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
+    s.parse().map_err(|e: hardkey_api::Error| e.to_string())
+}
+
+fn parse_scheme(s: &str) -> Result<SignatureScheme, String> {
+    s.parse().map_err(|e: hardkey_api::Error| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_keygen() {
+        let cli = Cli::try_parse_from([
+            "hardkey",
+            "keygen",
+            "tpm2:",
+            "--alg",
+            "rsa3072",
+            "--persist",
+            "0x81000010",
+        ])
+        .unwrap();
+        let Command::Keygen(k) = cli.command else {
+            panic!("not keygen")
+        };
+        assert_eq!(k.alg, KeyAlgorithm::Rsa3072);
+        assert!(
+            Cli::try_parse_from(["hardkey", "keygen", "tpm2:", "--alg", "ed448"])
+                .unwrap_err()
+                .to_string()
+                .contains("p256, p384")
+        );
+    }
+}

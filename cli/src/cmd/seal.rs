@@ -1,0 +1,106 @@
+//! seal and unseal.
+
+use std::path::Path;
+
+use hardkey_api::Operation;
+use hardkey_tpm::{PcrSelection, SealOptions, SealedData, TpmAdmin};
+use serde_json::json;
+
+use super::{Ctx, read_input, write_output};
+use crate::args::{SealArgs, UnsealArgs};
+use crate::error::{CliResult, usage};
+use crate::secrets::{self, Missing};
+use crate::target::{owner_auth, tcti};
+
+/// `hardkey seal`.
+pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
+    let pcrs = a
+        .pcrs
+        .as_deref()
+        .map(str::parse::<PcrSelection>)
+        .transpose()?;
+    if a.out.exists() {
+        return Err(usage(format!(
+            "{} already exists: hardkey never overwrites sealed data; remove it or choose \
+             another --out",
+            a.out.display()
+        )));
+    }
+    let auth = secrets::resolve(
+        secrets::SEAL_AUTH,
+        a.auth_file.as_deref(),
+        Missing::Empty,
+        None,
+    )?;
+    let data = read_input(&a.input, "the data to seal")?;
+    let owner = owner_auth(&a.secrets)?;
+    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
+    let mut options = SealOptions::new().auth(auth);
+    if let Some(pcrs) = pcrs.clone() {
+        options = options.pcrs(pcrs);
+    }
+    let sealed = admin.seal(&data, &options)?;
+    sealed.write(&a.out)?;
+    let pcrs_text = pcrs.as_ref().map(ToString::to_string);
+    ctx.out.emit(
+        json!({
+            "out": a.out,
+            "bytes": data.len(),
+            "pcrs": pcrs_text,
+            "password": sealed.needs_auth(),
+        }),
+        || {
+            format!(
+                "sealed {} bytes to {} in {}{}{}",
+                data.len(),
+                admin.name(),
+                a.out.display(),
+                pcrs_text
+                    .as_deref()
+                    .map(|p| format!(", bound to PCRs {p}"))
+                    .unwrap_or_default(),
+                if sealed.needs_auth() {
+                    ", with a password"
+                } else {
+                    ""
+                }
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `hardkey unseal`.
+pub(crate) fn unseal(a: &UnsealArgs, ctx: &Ctx) -> CliResult {
+    let sealed = SealedData::read(&a.input)?;
+    let to_stdout = a.out == Path::new("-");
+    if !to_stdout && a.out.exists() {
+        return Err(usage(format!(
+            "{} already exists: hardkey never overwrites an unsealed secret; remove it or choose \
+             another --out (- for stdout)",
+            a.out.display()
+        )));
+    }
+    let missing = if sealed.needs_auth() {
+        Missing::Prompt
+    } else {
+        Missing::Empty
+    };
+    let auth = secrets::resolve(secrets::SEAL_AUTH, a.auth_file.as_deref(), missing, None)?;
+    let owner = owner_auth(&a.secrets)?;
+    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
+    let secret = admin.unseal(&sealed, &auth)?;
+    if to_stdout {
+        return write_output(&a.out, &secret, "the unsealed secret");
+    }
+    hardkey_api::fs::write_new_file(&a.out, &secret, "unsealed secret", Operation::Admin)?;
+    ctx.out
+        .emit(json!({ "out": a.out, "bytes": secret.len() }), || {
+            format!(
+                "unsealed {} bytes into {} (mode 0600)",
+                secret.len(),
+                a.out.display()
+            )
+        });
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `hardkey`: provision, seal and own hardware keys (TPM 2.0, PKCS#11) from one command.
+//!
+//! Exit status: 0 success, 1 the operation failed, 2 usage error.
+#![forbid(unsafe_code)]
+
+mod args;
+mod cmd;
+mod config;
+mod error;
+mod output;
+mod secrets;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::cmd::Ctx;
+use crate::config::Config;
+use crate::error::CliResult;
+use crate::output::Output;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { error::EXIT_USAGE } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::note(&format!("hardkey: error: {e}"));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Completions(a) => return cmd::meta::completions(a),
+        Command::Man(a) => return cmd::meta::man(a),
+        _ => {}
+    }
+    let ctx = Ctx {
+        config: Config::load(cli.config.as_deref())?,
+        out: Output { json: cli.json },
+    };
+    match &cli.command {
+        Command::Keygen(a) => cmd::keys::keygen(a, &ctx),
+        Command::List(a) => cmd::keys::list(a, &ctx),
+        Command::Info(a) => cmd::keys::info(a, &ctx),
+        Command::Delete(a) => cmd::keys::delete(a, &ctx),
+        Command::Import(a) => cmd::keys::import(a, &ctx),
+        Command::Pubkey(a) => cmd::keys::pubkey(a, &ctx),
+        Command::Sign(a) => cmd::sign::sign(a, &ctx),
+        Command::Verify(a) => cmd::sign::verify(a, &ctx),
+        Command::Seal(a) => cmd::seal::seal(a, &ctx),
+        Command::Unseal(a) => cmd::seal::unseal(a, &ctx),
+        Command::Tpm(c) => cmd::tpm::run(c, &ctx),
+        Command::Token(c) => cmd::token::run(c, &ctx),
+        Command::Bench(a) => cmd::bench::bench(a, &ctx),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
+    }
+}
