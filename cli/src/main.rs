@@ -22,6 +22,9 @@ use crate::error::CliResult;
 use crate::output::Output;
 
 fn main() -> ExitCode {
+    if let Some(code) = quiet_tss() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -65,4 +68,26 @@ fn run(cli: Cli) -> CliResult {
         Command::Bench(a) => cmd::bench::bench(a, &ctx),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
+}
+
+/// The TPM software stack logs every error it sees to stderr (`ERROR:tcti:...`), before
+/// hardkey explains it in one line. Its level comes only from the `TSS2_LOG` environment
+/// variable, read when the library loads; setting a variable in a running process is not
+/// safe, so when `TSS2_LOG` is unset hardkey runs itself again with `TSS2_LOG=all+none` (set
+/// `TSS2_LOG` yourself, e.g. `TSS2_LOG=all+error`, to see the TSS's messages). `None`: carry
+/// on in this process.
+fn quiet_tss() -> Option<ExitCode> {
+    if std::env::var_os("TSS2_LOG").is_some() {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("TSS2_LOG", "all+none")
+        .status()
+        .ok()?;
+    Some(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(error::EXIT_FAILED)),
+        None => ExitCode::from(error::EXIT_FAILED),
+    })
 }

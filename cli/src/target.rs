@@ -207,9 +207,9 @@ impl Store {
         }
     }
 
-    /// Opens the key `target` names.
-    pub(crate) fn key(&self, target: &Target) -> CliResult<SharedKey> {
-        Ok(block_on(self.keys().dyn_open(&target.key_uri()?))?)
+    /// Opens the key `uri` names ([`Target::key_uri`]).
+    pub(crate) fn key(&self, uri: &KeyUri) -> CliResult<SharedKey> {
+        Ok(block_on(self.keys().dyn_open(uri))?)
     }
 
     /// Every key in the store.

@@ -27,13 +27,14 @@ struct Report {
 /// `hardkey bench`.
 pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
     let concurrency = usize::try_from(a.concurrency).unwrap_or(1);
     let options = OpenOptions {
         sessions: concurrency.min(64),
         op_timeout: Some(Duration::from_secs(60)),
     };
     let store = Store::open(&target, &ctx.config, &a.key.secrets, options)?;
-    let key = store.key(&target)?;
+    let key = store.key(&uri)?;
     let info = key.info().clone();
     let scheme = a.scheme.unwrap_or_else(|| default_scheme(info.algorithm));
     // One signature first, checked in software: a benchmark of wrong answers is worthless.

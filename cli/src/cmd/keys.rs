@@ -16,6 +16,21 @@ use crate::target::{OpenOptions, Store, Target};
 pub(crate) fn keygen(a: &KeygenArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.uri, &ctx.config)?;
     let location = location(&target, a)?;
+    let new_file = match &location {
+        Some(KeyUri::File(f)) => Some(&f.path),
+        Some(KeyUri::Tpm2(Tpm2Uri {
+            key: Tpm2Key::File(path),
+            ..
+        })) => Some(path),
+        _ => None,
+    };
+    if let Some(path) = new_file.filter(|p| p.exists()) {
+        return Err(usage(format!(
+            "{} already exists: hardkey never overwrites a key file; delete it or choose \
+             another path",
+            path.display()
+        )));
+    }
     let store = Store::open(&target, &ctx.config, &a.secrets, OpenOptions::default())?;
     let mut request = GenerateRequest::new(a.alg);
     if let Some(label) = &a.label {
@@ -143,8 +158,9 @@ pub(crate) fn list(a: &StoreArgs, ctx: &Ctx) -> CliResult {
 /// `hardkey info`.
 pub(crate) fn info(a: &KeyArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
     let store = Store::open(&target, &ctx.config, &a.secrets, OpenOptions::default())?;
-    let key = store.key(&target)?;
+    let key = store.key(&uri)?;
     let info = key.info();
     ctx.out.emit(key_json(info), || key_text(info));
     Ok(())
@@ -153,8 +169,9 @@ pub(crate) fn info(a: &KeyArgs, ctx: &Ctx) -> CliResult {
 /// `hardkey delete`.
 pub(crate) fn delete(a: &DeleteArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
-    let key = store.key(&target)?;
+    let key = store.key(&uri)?;
     let info = key.info().clone();
     drop(key);
     confirm(
@@ -241,8 +258,9 @@ fn pkcs8_der(bytes: &[u8], path: &std::path::Path) -> CliResult<Zeroizing<Vec<u8
 /// `hardkey pubkey`.
 pub(crate) fn pubkey(a: &PubkeyArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
-    let key = store.key(&target)?;
+    let key = store.key(&uri)?;
     let public = &key.info().public_key;
     let bytes = match a.format {
         Format::Pem => public.to_pem().into_bytes(),

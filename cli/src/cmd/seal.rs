@@ -17,7 +17,10 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
     let pcrs = a
         .pcrs
         .as_deref()
-        .map(str::parse::<PcrSelection>)
+        .map(|text| {
+            text.parse::<PcrSelection>()
+                .map_err(|e| usage(format!("--pcrs {text}: {e}")))
+        })
         .transpose()?;
     if a.out.exists() {
         return Err(usage(format!(

@@ -14,9 +14,10 @@ use crate::target::{OpenOptions, Store, Target};
 /// `hardkey sign`.
 pub(crate) fn sign(a: &SignArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
     let input = read_input(&a.input, "the data to sign")?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
-    let key = store.key(&target)?;
+    let key = store.key(&uri)?;
     let scheme = a
         .scheme
         .unwrap_or_else(|| default_scheme(key.info().algorithm));

@@ -1,0 +1,174 @@
+//! Running the `hardkey` binary in tests: a clean environment (no HARDKEY_* variables from
+//! the caller), a scratch directory, and assertions on exit codes and one-line errors.
+#![allow(
+    dead_code,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "shared by several test binaries; test helpers fail by panicking"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `hardkey` binary with a scratch directory as its working directory.
+pub struct Hardkey {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Hardkey {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("hardkey-cli-")
+                .tempdir()
+                .expect("temporary directory"),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for every run.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file in the scratch directory; returns its path as a string.
+    pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path.display().to_string()
+    }
+
+    /// The command, ready to run (stdin closed: not a terminal).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("hardkey"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("HARDKEY_") {
+                cmd.env_remove(name);
+            }
+        }
+        // As users run it: hardkey itself silences the TPM stack's stderr logging.
+        cmd.env_remove("TSS2_LOG");
+        cmd.env("XDG_CONFIG_HOME", self.dir.path().join("no-config"));
+        for (name, value) in &self.env {
+            cmd.env(name, value);
+        }
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs and returns the output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run hardkey")
+    }
+
+    /// Runs, expects success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hardkey {args:?} failed with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("stdout is text")
+    }
+
+    /// Runs with `--json`, expects success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+    }
+
+    /// Runs, expects exit status `code` and a one-line `hardkey: error:` message containing
+    /// every one of `needles`; returns that line.
+    pub fn fails(&self, args: &[&str], code: i32, needles: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "hardkey {args:?}: expected exit {code}, stderr:\n{stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+        assert!(lines[0].starts_with("hardkey: error: "), "{stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "error does not mention '{needle}':\n{stderr}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        lines[0].to_owned()
+    }
+
+    /// The names of the files in the scratch directory (for no-partial-output checks).
+    pub fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("read scratch directory")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Runs an independent tool, expects success, returns stdout + stderr.
+pub fn tool(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed with {}:\n{text}",
+        out.status
+    );
+    text
+}
+
+/// `openssl dgst` verification of `sig` over `msg` with the public key PEM `pubkey`; RSA-PSS
+/// is checked with salt length = hash length.
+pub fn openssl_verify(dir: &Path, scheme: &str, pubkey: &str, msg: &str, sig: &str) {
+    let hash = if scheme.contains("384") {
+        "-sha384"
+    } else if scheme.contains("512") {
+        "-sha512"
+    } else {
+        "-sha256"
+    };
+    let mut args = vec!["dgst", hash, "-verify", pubkey, "-signature", sig];
+    if scheme.contains("pss") {
+        args.extend([
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:-1",
+        ]);
+    }
+    args.push(msg);
+    let text = tool("openssl", &args, dir);
+    assert!(text.contains("Verified OK"), "{text}");
+}

@@ -1,0 +1,433 @@
+//! The `hardkey` command against a SoftHSM2 token: token administration, key provisioning,
+//! signatures checked by openssl, import, delete, bench, and bad input (wrong PIN, unknown
+//! key, duplicate label) with its exit codes and no half-made keys.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "trials outside #[test] fns fail by panicking"
+)]
+
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use common::{Hardkey, openssl_verify, tool};
+use secrecy::ExposeSecret;
+use softhsm_tests::{SoftHsm, run_serial, trial};
+
+/// A scratch directory with the token's user and SO PINs in files.
+fn hardkey(hsm: &SoftHsm) -> Hardkey {
+    let hk = Hardkey::new();
+    hk.file("pin", hsm.user_pin().expose_secret());
+    hk.file("so-pin", hsm.so_pin().expose_secret());
+    hk.file("wrong-pin", "99999999");
+    hk
+}
+
+fn key_uri(hsm: &SoftHsm, label: &str) -> String {
+    format!("pkcs11:token={};object={label}", hsm.label())
+}
+
+/// The private keys on the token, as pkcs11-tool lists them.
+fn private_keys(hsm: &SoftHsm) -> usize {
+    let out = hsm
+        .pkcs11_tool()
+        .args(["--list-objects", "--type", "privkey", "--login", "--pin"])
+        .arg(hsm.user_pin().expose_secret())
+        .output()
+        .expect("run pkcs11-tool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .matches("Private Key Object")
+        .count()
+}
+
+fn provision_sign_and_verify_with_openssl(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let msg = hk.file("msg", b"signed by a token");
+    for (alg, label, schemes) in [
+        ("p256", "cli-p256", &["ecdsa-p256-sha256"][..]),
+        ("p384", "cli-p384", &["ecdsa-p384-sha384"][..]),
+        (
+            "rsa2048",
+            "cli-rsa",
+            &["rsa-pkcs1-sha256", "rsa-pss-sha256"][..],
+        ),
+    ] {
+        let uri = key_uri(hsm, label);
+        let made = hk.json(&["keygen", &uri, "--alg", alg, "--pin-file", "pin"]);
+        assert_eq!(made["label"], label);
+        assert_eq!(made["algorithm"], alg);
+        hk.ok(&["pubkey", &uri, "--out", "pub.pem", "--pin-file", "pin"]);
+        for scheme in schemes {
+            hk.ok(&[
+                "sign",
+                &uri,
+                "--scheme",
+                scheme,
+                "--in",
+                &msg,
+                "--out",
+                "sig",
+                "--pin-file",
+                "pin",
+            ]);
+            openssl_verify(hk.dir.path(), scheme, "pub.pem", "msg", "sig");
+        }
+        // pkcs11-tool reads the same public key off the token (its EC export fails under
+        // OpenSSL 3 with "cannot create EVP_PKEY", so RSA only).
+        if !alg.starts_with("rsa") {
+            continue;
+        }
+        let id = made["id"].as_str().unwrap();
+        let der = hk.path("pub.der");
+        let out = hsm
+            .pkcs11_tool()
+            .args(["--read-object", "--type", "pubkey", "--id", id, "-o"])
+            .arg(&der)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = tool(
+            "openssl",
+            &["pkey", "-pubin", "-inform", "DER", "-in", "pub.der"],
+            hk.dir.path(),
+        );
+        assert_eq!(theirs, std::fs::read_to_string(hk.path("pub.pem")).unwrap());
+    }
+    // The PIN can come from stdin or the environment too.
+    let mut cmd = hk.command(&["info", &key_uri(hsm, "cli-p256"), "--pin-file", "-"]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        child.stdin.take().unwrap(),
+        "{}",
+        hsm.user_pin().expose_secret()
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let env = Hardkey::new().env("HARDKEY_PIN", hsm.user_pin().expose_secret());
+    let listed = env.json(&["list", &format!("pkcs11:token={}", hsm.label())]);
+    let labels: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["label"].as_str())
+        .collect();
+    for label in ["cli-p256", "cli-p384", "cli-rsa"] {
+        assert!(labels.contains(&label), "{labels:?}");
+    }
+}
+
+fn bad_input_is_refused_cleanly(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let uri = key_uri(hsm, "cli-bad");
+    hk.ok(&["keygen", &uri, "--pin-file", "pin"]);
+    let keys = private_keys(hsm);
+    hk.file("msg", b"m");
+    // Wrong PIN: exit 1, names the token and the PIN, no output file.
+    hk.fails(
+        &[
+            "sign",
+            &uri,
+            "--in",
+            "msg",
+            "--out",
+            "sig",
+            "--pin-file",
+            "wrong-pin",
+        ],
+        1,
+        &["authentication failed", hsm.label(), "PIN"],
+    );
+    assert!(!hk.path("sig").exists());
+    // Unknown key, unknown token.
+    hk.fails(
+        &["info", &key_uri(hsm, "no-such-key"), "--pin-file", "pin"],
+        1,
+        &["no key matches", "hardkey list"],
+    );
+    hk.fails(
+        &[
+            "info",
+            "pkcs11:token=no-such-token;object=x",
+            "--pin-file",
+            "pin",
+        ],
+        1,
+        &["tokens present", hsm.label()],
+    );
+    // A second key with the same label, an unsupported algorithm for PKCS#11 generation of
+    // a TPM-only location: refused before anything is made.
+    hk.fails(
+        &["keygen", &uri, "--pin-file", "pin"],
+        2,
+        &["already exists"],
+    );
+    hk.fails(
+        &[
+            "keygen",
+            &uri,
+            "--persist",
+            "0x81000010",
+            "--pin-file",
+            "pin",
+        ],
+        2,
+        &["for TPM keys"],
+    );
+    // No PIN and no terminal.
+    hk.fails(
+        &["info", &uri],
+        2,
+        &["no user PIN", "--pin-file", "HARDKEY_PIN"],
+    );
+    // delete without --yes and without a terminal: refused, the key stays.
+    hk.fails(&["delete", &uri, "--pin-file", "pin"], 2, &["--yes"]);
+    assert_eq!(private_keys(hsm), keys, "no key made or lost by bad input");
+    hk.ok(&["delete", &uri, "--yes", "--pin-file", "pin"]);
+    assert_eq!(private_keys(hsm), keys - 1);
+    hk.fails(&["info", &uri, "--pin-file", "pin"], 1, &["no key matches"]);
+}
+
+fn import_a_pkcs8_key(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    tool(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ec.pem",
+        ],
+        hk.dir.path(),
+    );
+    tool(
+        "openssl",
+        &["pkey", "-in", "ec.pem", "-pubout", "-out", "ec.pub"],
+        hk.dir.path(),
+    );
+    let uri = key_uri(hsm, "cli-imported");
+    let made = hk.json(&["import", &uri, "--from", "ec.pem", "--pin-file", "pin"]);
+    assert_eq!(made["label"], "cli-imported");
+    hk.file("msg", b"imported");
+    hk.ok(&[
+        "sign",
+        &uri,
+        "--in",
+        "msg",
+        "--out",
+        "sig",
+        "--pin-file",
+        "pin",
+    ]);
+    openssl_verify(hk.dir.path(), "ecdsa-p256-sha256", "ec.pub", "msg", "sig");
+    // A traditional-format key gets the conversion command.
+    tool(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+        hk.dir.path(),
+    );
+    tool(
+        "openssl",
+        &[
+            "rsa",
+            "-in",
+            "rsa.pem",
+            "-traditional",
+            "-out",
+            "rsa-trad.pem",
+        ],
+        hk.dir.path(),
+    );
+    hk.fails(
+        &[
+            "import",
+            &key_uri(hsm, "x"),
+            "--from",
+            "rsa-trad.pem",
+            "--pin-file",
+            "pin",
+        ],
+        2,
+        &["RSA PRIVATE KEY", "openssl pkcs8 -topk8"],
+    );
+}
+
+fn token_init_init_pin_and_change_pin(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let slots = hk.json(&["token", "list", "--slots"]);
+    let free = slots["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["token"]["initialized"] == false)
+        .expect("SoftHSM offers a free slot");
+    let slot = free["slot_id"].as_u64().unwrap().to_string();
+    hk.file("new-so", "new-so-pin");
+    hk.file("user1", "user-pin-1");
+    hk.file("user2", "user-pin-2");
+    let label = format!("cli-{}", std::process::id());
+    let token = hk.json(&[
+        "token",
+        "init",
+        "--slot",
+        &slot,
+        "--label",
+        &label,
+        "--so-pin-file",
+        "new-so",
+    ]);
+    assert_eq!(token["label"].as_str(), Some(label.as_str()));
+    assert_eq!(token["user_pin_initialized"], false);
+    let t = format!("pkcs11:token={label}");
+    hk.ok(&[
+        "token",
+        "init-pin",
+        &t,
+        "--so-pin-file",
+        "new-so",
+        "--new-pin-file",
+        "user1",
+    ]);
+    let info = hk.json(&["token", "info", &t]);
+    assert_eq!(info["token"]["user_pin_initialized"], true);
+    hk.ok(&["keygen", &format!("{t};object=k"), "--pin-file", "user1"]);
+    hk.fails(
+        &[
+            "token",
+            "change-pin",
+            &t,
+            "--pin-file",
+            "user2",
+            "--new-pin-file",
+            "user1",
+        ],
+        1,
+        &["user PIN", &label],
+    );
+    hk.ok(&[
+        "token",
+        "change-pin",
+        &t,
+        "--pin-file",
+        "user1",
+        "--new-pin-file",
+        "user2",
+    ]);
+    hk.fails(
+        &["list", &t, "--pin-file", "user1"],
+        1,
+        &["authentication failed"],
+    );
+    let listed = hk.json(&["list", &t, "--pin-file", "user2"]);
+    assert_eq!(
+        listed["keys"].as_array().unwrap().len(),
+        1,
+        "the key survived"
+    );
+    hk.file("so2", "so-pin-2");
+    hk.ok(&[
+        "token",
+        "change-pin",
+        &t,
+        "--so",
+        "--so-pin-file",
+        "new-so",
+        "--new-pin-file",
+        "so2",
+    ]);
+    // Initializing an initialized token is refused without --reinitialize.
+    let slot_now = info["token"]["slot_id"].as_u64().unwrap().to_string();
+    hk.fails(
+        &[
+            "token",
+            "init",
+            "--slot",
+            &slot_now,
+            "--label",
+            "again",
+            "--so-pin-file",
+            "so2",
+        ],
+        2,
+        &["--reinitialize"],
+    );
+    // Independent view: pkcs11-tool lists the token with its label.
+    let out = hsm
+        .pkcs11_tool()
+        .arg("--list-token-slots")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&label));
+}
+
+fn bench_reports_rates(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let uri = key_uri(hsm, "cli-bench");
+    hk.ok(&["keygen", &uri, "--pin-file", "pin"]);
+    let report = hk.json(&[
+        "bench",
+        &uri,
+        "--duration",
+        "500ms",
+        "--concurrency",
+        "2",
+        "--pin-file",
+        "pin",
+    ]);
+    assert!(report["signatures"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["signatures_per_second"].as_f64().unwrap() > 0.0);
+    hk.ok(&["delete", &uri, "--yes", "--pin-file", "pin"]);
+}
+
+fn main() -> ExitCode {
+    run_serial(|hsm: Arc<SoftHsm>| {
+        let tests: [(&str, fn(&SoftHsm)); 5] = [
+            (
+                "provision_sign_and_verify_with_openssl",
+                provision_sign_and_verify_with_openssl,
+            ),
+            ("bad_input_is_refused_cleanly", bad_input_is_refused_cleanly),
+            ("import_a_pkcs8_key", import_a_pkcs8_key),
+            (
+                "token_init_init_pin_and_change_pin",
+                token_init_init_pin_and_change_pin,
+            ),
+            ("bench_reports_rates", bench_reports_rates),
+        ];
+        tests
+            .into_iter()
+            .map(|(name, test)| {
+                let hsm = Arc::clone(&hsm);
+                trial(name, move || test(&hsm))
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,384 @@
+//! The `hardkey` command against swtpm: ownership taken and cleared, keys provisioned as
+//! persistent handles and TSS2 files and checked with tpm2-tools and openssl, sealing with a
+//! password and a PCR policy, dictionary-attack settings, and bad input; after each trial no
+//! transient object is left in the TPM.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "trials outside #[test] fns fail by panicking"
+)]
+
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use common::{Hardkey, openssl_verify, tool};
+use swtpm_tests::{Swtpm, run, trial};
+
+fn hardkey(tpm: &Swtpm) -> Hardkey {
+    Hardkey::new().env("HARDKEY_TCTI", &tpm.tcti())
+}
+
+fn getcap(tpm: &Swtpm, what: &str) -> String {
+    tool(
+        "tpm2_getcap",
+        &[what, &format!("--tcti={}", tpm.tcti())],
+        std::path::Path::new("/"),
+    )
+}
+
+fn assert_no_transients(tpm: &Swtpm) {
+    let left = getcap(tpm, "handles-transient");
+    assert!(left.trim().is_empty(), "transient objects left: {left}");
+}
+
+fn take_ownership_then_clear(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let status = hk.json(&["tpm", "status"]);
+    assert_eq!(status["owner_auth_set"], false, "{status}");
+    hk.fails(&["tpm", "take-ownership"], 2, &["--owner-auth-file"]);
+    hk.file("owner", "owner-secret");
+    hk.file("lockout", "lockout-secret");
+    hk.file("endorsement", "endorsement-secret");
+    let owned = hk.json(&[
+        "tpm",
+        "take-ownership",
+        "--owner-auth-file",
+        "owner",
+        "--endorsement-auth-file",
+        "endorsement",
+        "--lockout-auth-file",
+        "lockout",
+    ]);
+    for auth in ["owner_auth_set", "endorsement_auth_set", "lockout_auth_set"] {
+        assert_eq!(owned[auth], true, "{auth}: {owned}");
+    }
+    // tpm2-tools agrees.
+    let permanent = getcap(tpm, "properties-variable");
+    assert!(
+        permanent.contains("ownerAuthSet:              1"),
+        "{permanent}"
+    );
+    // Taking it again is refused, pointing to change-auth.
+    hk.fails(
+        &["tpm", "take-ownership", "--owner-auth-file", "owner"],
+        2,
+        &["change-auth"],
+    );
+    // A key needs the owner auth now to be made persistent.
+    let made = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--persist",
+        "0x81000030",
+        "--owner-auth-file",
+        "owner",
+    ]);
+    assert_eq!(made["uri"], "tpm2:handle=0x81000030");
+    hk.file("owner2", "owner-secret-2");
+    hk.ok(&[
+        "tpm",
+        "change-auth",
+        "--hierarchy",
+        "owner",
+        "--current-auth-file",
+        "owner",
+        "--new-auth-file",
+        "owner2",
+    ]);
+    // Clear: refused without --yes off a terminal; then every auth is empty, the key gone.
+    hk.fails(
+        &["tpm", "clear", "--lockout-auth-file", "lockout"],
+        2,
+        &["--yes"],
+    );
+    let cleared = hk.json(&["tpm", "clear", "--yes", "--lockout-auth-file", "lockout"]);
+    for auth in ["owner_auth_set", "endorsement_auth_set", "lockout_auth_set"] {
+        assert_eq!(cleared[auth], false, "{auth}: {cleared}");
+    }
+    assert!(!getcap(tpm, "handles-persistent").contains("0x81000030"));
+    assert_no_transients(tpm);
+}
+
+fn keys_sign_for_openssl_and_tpm2_tools(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let msg = hk.file("msg", b"signed in a TPM");
+    // A persistent P-256 key, checked against tpm2_readpublic.
+    let made = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--persist",
+        "0x81000040",
+    ]);
+    let uri = made["uri"].as_str().unwrap().to_owned();
+    hk.ok(&["pubkey", &uri, "--out", "p256.pub"]);
+    tool(
+        "tpm2_readpublic",
+        &[
+            "-c",
+            "0x81000040",
+            "-f",
+            "pem",
+            "-o",
+            "readpublic.pem",
+            &format!("--tcti={}", tpm.tcti()),
+        ],
+        hk.dir.path(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(hk.path("readpublic.pem")).unwrap(),
+        std::fs::read_to_string(hk.path("p256.pub")).unwrap()
+    );
+    hk.ok(&["sign", &uri, "--in", &msg, "--out", "sig"]);
+    openssl_verify(hk.dir.path(), "ecdsa-p256-sha256", "p256.pub", "msg", "sig");
+    // An RSA key in a TSS2 file, both padding schemes.
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa2048",
+        "--out",
+        "web.tss2.pem",
+    ]);
+    let head = std::fs::read_to_string(hk.path("web.tss2.pem")).unwrap();
+    assert!(
+        head.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"),
+        "{head}"
+    );
+    hk.ok(&["pubkey", "tpm2:file=web.tss2.pem", "--out", "rsa.pub"]);
+    for scheme in ["rsa-pkcs1-sha256", "rsa-pss-sha256"] {
+        hk.ok(&[
+            "sign",
+            "tpm2:file=web.tss2.pem",
+            "--scheme",
+            scheme,
+            "--in",
+            &msg,
+            "--out",
+            "sig",
+        ]);
+        openssl_verify(hk.dir.path(), scheme, "rsa.pub", "msg", "sig");
+    }
+    let listed = hk.json(&["list", "tpm2:"]);
+    assert!(
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["uri"] == "tpm2:handle=0x81000040")
+    );
+    // Bad input: an algorithm swtpm refuses, a taken handle, an existing file; nothing is
+    // made by any of them.
+    let persistent = getcap(tpm, "handles-persistent");
+    let out = hk.run(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa4096",
+        "--out",
+        "big.tss2.pem",
+    ]);
+    if !out.status.success() {
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("rsa4096"));
+        assert!(!hk.path("big.tss2.pem").exists());
+    }
+    hk.fails(
+        &["keygen", "tpm2:", "--persist", "0x81000040"],
+        2,
+        &["0x81000040"],
+    );
+    hk.fails(
+        &["keygen", "tpm2:", "--out", "web.tss2.pem"],
+        2,
+        &["already exists"],
+    );
+    assert_eq!(getcap(tpm, "handles-persistent"), persistent);
+    hk.fails(&["info", "tpm2:handle=0x81000099"], 1, &["0x81000099"]);
+    hk.ok(&["delete", &uri, "--yes"]);
+    assert!(!getcap(tpm, "handles-persistent").contains("0x81000040"));
+    let bench = hk.json(&["bench", "tpm2:file=web.tss2.pem", "--duration", "500ms"]);
+    assert!(bench["signatures"].as_u64().unwrap() > 0, "{bench}");
+    assert_no_transients(tpm);
+}
+
+fn seal_and_unseal(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    hk.file("secret", b"database password 42");
+    hk.file("pw", "seal-password");
+    hk.file("wrong", "not-the-password");
+    hk.ok(&[
+        "seal",
+        "--in",
+        "secret",
+        "--out",
+        "secret.sealed",
+        "--auth-file",
+        "pw",
+    ]);
+    hk.ok(&[
+        "unseal",
+        "--in",
+        "secret.sealed",
+        "--out",
+        "out",
+        "--auth-file",
+        "pw",
+    ]);
+    assert_eq!(
+        std::fs::read(hk.path("out")).unwrap(),
+        b"database password 42"
+    );
+    let stdout = hk.ok(&[
+        "unseal",
+        "--in",
+        "secret.sealed",
+        "--out",
+        "-",
+        "--auth-file",
+        "pw",
+    ]);
+    assert_eq!(stdout, "database password 42");
+    hk.fails(
+        &[
+            "unseal",
+            "--in",
+            "secret.sealed",
+            "--out",
+            "out2",
+            "--auth-file",
+            "wrong",
+        ],
+        1,
+        &["authentication failed"],
+    );
+    assert!(!hk.path("out2").exists());
+    hk.fails(
+        &["unseal", "--in", "secret.sealed", "--out", "out2"],
+        2,
+        &["no sealing password", "--auth-file"],
+    );
+    // Existing outputs are never overwritten.
+    hk.fails(
+        &[
+            "unseal",
+            "--in",
+            "secret.sealed",
+            "--out",
+            "out",
+            "--auth-file",
+            "pw",
+        ],
+        2,
+        &["already exists"],
+    );
+    hk.fails(
+        &["seal", "--in", "secret", "--out", "secret.sealed"],
+        2,
+        &["already exists"],
+    );
+    // Too much data, a bad PCR selection.
+    hk.file("big", vec![b'x'; 129]);
+    hk.fails(
+        &["seal", "--in", "big", "--out", "big.sealed"],
+        2,
+        &["128 bytes"],
+    );
+    assert!(!hk.path("big.sealed").exists());
+    hk.fails(
+        &[
+            "seal",
+            "--in",
+            "secret",
+            "--out",
+            "p.sealed",
+            "--pcrs",
+            "sha256:99",
+        ],
+        2,
+        &["99"],
+    );
+    // PCR policy: unseals until the PCR changes.
+    hk.ok(&[
+        "seal",
+        "--in",
+        "secret",
+        "--out",
+        "pcr.sealed",
+        "--pcrs",
+        "sha256:16",
+    ]);
+    hk.ok(&["unseal", "--in", "pcr.sealed", "--out", "pcr.out"]);
+    tool(
+        "tpm2_pcrextend",
+        &[
+            &format!("16:sha256={}", "ab".repeat(32)),
+            &format!("--tcti={}", tpm.tcti()),
+        ],
+        hk.dir.path(),
+    );
+    hk.fails(
+        &["unseal", "--in", "pcr.sealed", "--out", "pcr.out2"],
+        1,
+        &["PCR"],
+    );
+    assert!(!hk.path("pcr.out2").exists());
+    tool(
+        "tpm2_pcrreset",
+        &["16", &format!("--tcti={}", tpm.tcti())],
+        hk.dir.path(),
+    );
+    assert_no_transients(tpm);
+}
+
+fn lockout_parameters(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    hk.ok(&[
+        "tpm",
+        "lockout",
+        "set",
+        "--max-tries",
+        "500",
+        "--recovery-time",
+        "2s",
+        "--lockout-recovery",
+        "3s",
+    ]);
+    let status = hk.json(&["tpm", "status"]);
+    assert_eq!(status["max_tries"], 500, "{status}");
+    assert_eq!(status["recovery_time_s"], 2, "{status}");
+    assert_eq!(status["lockout_recovery_s"], 3, "{status}");
+    hk.ok(&["tpm", "lockout", "reset"]);
+    assert_eq!(hk.json(&["tpm", "status"])["lockout_counter"], 0);
+    tpm.relax_dictionary_attack();
+}
+
+fn main() -> ExitCode {
+    run(|tpm: Arc<Swtpm>| {
+        let tests: [(&str, fn(&Swtpm)); 4] = [
+            ("take_ownership_then_clear", take_ownership_then_clear),
+            (
+                "keys_sign_for_openssl_and_tpm2_tools",
+                keys_sign_for_openssl_and_tpm2_tools,
+            ),
+            ("seal_and_unseal", seal_and_unseal),
+            ("lockout_parameters", lockout_parameters),
+        ];
+        tests
+            .into_iter()
+            .map(|(name, test)| {
+                let tpm = Arc::clone(&tpm);
+                trial(name, move || test(&tpm))
+            })
+            .collect()
+    })
+}
