@@ -407,9 +407,11 @@ fn bench_reports_rates(hsm: &SoftHsm) {
     hk.ok(&["delete", &uri, "--yes", "--pin-file", "pin"]);
 }
 
+type Test = (&'static str, fn(&SoftHsm));
+
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
-        let tests: [(&str, fn(&SoftHsm)); 5] = [
+        let tests: [Test; 5] = [
             (
                 "provision_sign_and_verify_with_openssl",
                 provision_sign_and_verify_with_openssl,

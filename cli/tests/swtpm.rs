@@ -362,9 +362,11 @@ fn lockout_parameters(tpm: &Swtpm) {
     tpm.relax_dictionary_attack();
 }
 
+type Test = (&'static str, fn(&Swtpm));
+
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [(&str, fn(&Swtpm)); 4] = [
+        let tests: [Test; 4] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
             (
                 "keys_sign_for_openssl_and_tpm2_tools",

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// The `hardkey` binary with a scratch directory as its working directory.
-pub struct Hardkey {
-    pub dir: tempfile::TempDir,
+pub(crate) struct Hardkey {
+    pub(crate) dir: tempfile::TempDir,
     env: Vec<(String, String)>,
 }
 
 impl Hardkey {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::Builder::new()
                 .prefix("hardkey-cli-")
@@ -28,25 +28,25 @@ impl Hardkey {
     }
 
     /// Sets an environment variable for every run.
-    pub fn env(mut self, name: &str, value: &str) -> Self {
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
     /// A path in the scratch directory.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Writes a file in the scratch directory; returns its path as a string.
-    pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
+    pub(crate) fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
         let path = self.path(name);
         std::fs::write(&path, contents).expect("write test file");
         path.display().to_string()
     }
 
     /// The command, ready to run (stdin closed: not a terminal).
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("hardkey"));
         for (name, _) in std::env::vars() {
             if name.starts_with("HARDKEY_") {
@@ -66,12 +66,12 @@ impl Hardkey {
     }
 
     /// Runs and returns the output, whatever the exit status.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run hardkey")
     }
 
     /// Runs, expects success, returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -83,7 +83,7 @@ impl Hardkey {
     }
 
     /// Runs with `--json`, expects success, parses stdout.
-    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let text = self.ok(&all);
@@ -92,7 +92,7 @@ impl Hardkey {
 
     /// Runs, expects exit status `code` and a one-line `hardkey: error:` message containing
     /// every one of `needles`; returns that line.
-    pub fn fails(&self, args: &[&str], code: i32, needles: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str], code: i32, needles: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(
@@ -114,7 +114,7 @@ impl Hardkey {
     }
 
     /// The names of the files in the scratch directory (for no-partial-output checks).
-    pub fn files(&self) -> Vec<String> {
+    pub(crate) fn files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
             .expect("read scratch directory")
             .map(|e| {
@@ -130,7 +130,7 @@ impl Hardkey {
 }
 
 /// Runs an independent tool, expects success, returns stdout + stderr.
-pub fn tool(program: &str, args: &[&str], dir: &Path) -> String {
+pub(crate) fn tool(program: &str, args: &[&str], dir: &Path) -> String {
     let out = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -151,7 +151,7 @@ pub fn tool(program: &str, args: &[&str], dir: &Path) -> String {
 
 /// `openssl dgst` verification of `sig` over `msg` with the public key PEM `pubkey`; RSA-PSS
 /// is checked with salt length = hash length.
-pub fn openssl_verify(dir: &Path, scheme: &str, pubkey: &str, msg: &str, sig: &str) {
+pub(crate) fn openssl_verify(dir: &Path, scheme: &str, pubkey: &str, msg: &str, sig: &str) {
     let hash = if scheme.contains("384") {
         "-sha384"
     } else if scheme.contains("512") {
