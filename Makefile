@@ -32,7 +32,10 @@ doc:
 unit:
 	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test --workspace --all-features
 
+# The tour: swtpm and a SoftHSM token under target/demo/, driven by the hardkey command.
 demo: deps
+	$(CARGO) build --release --quiet -p hardkey-cli
+	scripts/demo.sh
 	$(CARGO) run --release --quiet -p hardkey-soft --example demo
 
 bench: deps
