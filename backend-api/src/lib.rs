@@ -17,6 +17,8 @@ mod store;
 pub mod testkit;
 mod timer;
 pub mod uri;
+#[cfg(feature = "x509")]
+pub mod x509;
 
 // Public interface.
 pub use algorithm::{
