@@ -200,8 +200,12 @@ fn parse_attribute(atv: &str) -> Result<AttributeTypeAndValue> {
             .map_err(|_| bad("#HEX with the DER encoding of the value (not valid DER)"))?;
         return Ok(AttributeTypeAndValue { oid, value });
     }
-    let value = unescape(raw)
-        .ok_or_else(|| bad("a value whose backslashes escape a special character or two hex digits, and that is valid UTF-8"))?;
+    let value = unescape(raw).ok_or_else(|| {
+        bad(
+            "a UTF-8 value in which \" ; < > \\ are escaped with a backslash, and each \
+             backslash escapes one such character, a space, #, =, or two hex digits",
+        )
+    })?;
     if value.is_empty() {
         return Err(bad("a non-empty value after '='"));
     }
@@ -610,10 +614,10 @@ mod tests {
             ("sha256=a", "unknown subject attribute type 'sha256'"),
             ("1.2.x=a", "unknown subject attribute type '1.2.x'"),
             ("CN=", "a non-empty value"),
-            ("CN=a\\", "backslashes"),
-            ("CN=a\\zz", "backslashes"),
-            ("CN=a\\ff", "valid UTF-8"),
-            ("CN=a;b", "backslashes"),
+            ("CN=a\\", "each backslash escapes"),
+            ("CN=a\\zz", "each backslash escapes"),
+            ("CN=a\\ff", "a UTF-8 value"),
+            ("CN=a;b", "are escaped with a backslash"),
             ("C=Germany", "two-letter"),
             ("C=D1", "two-letter"),
             ("serialNumber=a_b", "PrintableString"),
