@@ -460,6 +460,28 @@ pub enum InvalidInput {
         /// Why it is invalid.
         reason: &'static str,
     },
+
+    /// A value the caller typed that does not have the expected form (a certificate subject,
+    /// a subject alternative name...), quoted back with the form it should have.
+    #[error("invalid {what} '{given}': expected {expected}")]
+    Value {
+        /// What kind of value.
+        what: &'static str,
+        /// The value given (the offending part of it, when the input is a list).
+        given: String,
+        /// The accepted form, with an example.
+        expected: &'static str,
+    },
+
+    /// A structure that could not be DER-encoded (e.g. a field longer than DER allows).
+    #[error("cannot encode {what}: {source}")]
+    Encoding {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
 }
 
 #[cfg(test)]

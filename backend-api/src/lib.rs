@@ -19,6 +19,8 @@ mod timer;
 pub mod uri;
 #[cfg(feature = "verify")]
 pub mod verify;
+#[cfg(feature = "x509")]
+pub mod x509;
 
 // Public interface.
 pub use algorithm::{

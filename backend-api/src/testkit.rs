@@ -22,6 +22,9 @@
     reason = "a test kit reports failures by panicking, like assert!"
 )]
 
+#[cfg(feature = "x509")]
+pub mod x509;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};

@@ -1,0 +1,55 @@
+//! Certificates and signing requests signed by PKCS#11 keys on SoftHSM, checked by `openssl`
+//! and the RustCrypto verifiers (hardkey_api::testkit::x509): the token returns ECDSA as
+//! `r || s` and signs RSA-PSS through its own mechanism, so the X.509 path is checked on the
+//! device itself.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use hardkey_api::testkit::x509::check_with_openssl;
+use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme};
+use softhsm_tests::{SoftHsm, run, trial};
+
+/// One token key of `algorithm` signs everything `check_with_openssl` makes, with each of
+/// `schemes` (`None`: the default); the key is deleted afterwards and the store's workers are
+/// waited for, so none is still inside the module when the test binary exits.
+fn certificates(hsm: &SoftHsm, algorithm: KeyAlgorithm, schemes: &[Option<SignatureScheme>]) {
+    let store = hsm.store(2);
+    let request = GenerateRequest::new(algorithm).label(format!("hk-x509-{algorithm}"));
+    let key = block_on(store.generate(request)).unwrap();
+    for &scheme in schemes {
+        let dir = tempfile::tempdir().unwrap();
+        check_with_openssl(&key, scheme, dir.path());
+    }
+    block_on(store.delete(&key.info().id)).unwrap();
+    drop(key);
+    let report = store.pool().shutdown(std::time::Duration::from_secs(5));
+    assert_eq!(report.detached_workers, 0, "{report:?}");
+}
+
+fn main() -> std::process::ExitCode {
+    run(|hsm: Arc<SoftHsm>| {
+        let [a, b, c] = [Arc::clone(&hsm), Arc::clone(&hsm), Arc::clone(&hsm)];
+        vec![
+            trial("p256_csr_and_certificates", move || {
+                certificates(&a, KeyAlgorithm::EcP256, &[None])
+            }),
+            trial("p384_csr_and_certificates", move || {
+                certificates(&b, KeyAlgorithm::EcP384, &[None])
+            }),
+            trial("rsa2048_pkcs1_and_pss_csr_and_certificates", move || {
+                certificates(
+                    &c,
+                    KeyAlgorithm::Rsa2048,
+                    &[None, Some(SignatureScheme::RsaPssSha256)],
+                )
+            }),
+        ]
+    })
+}
