@@ -53,6 +53,10 @@ pub(crate) enum Command {
     Sign(SignArgs),
     /// Verify a signature in software against a public key.
     Verify(VerifyArgs),
+    /// Make a PKCS#10 certificate signing request signed by the key.
+    Csr(CsrArgs),
+    /// Make a self-signed X.509 certificate for the key.
+    Selfsign(SelfsignArgs),
     /// Seal a small secret (up to 128 bytes) to the TPM, under a password and/or PCR policy.
     Seal(SealArgs),
     /// Unseal data sealed with `hardkey seal`.
@@ -206,7 +210,8 @@ pub(crate) struct SignArgs {
 /// `verify`.
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Public key file (PEM or DER SubjectPublicKeyInfo, as `hardkey pubkey` writes).
+    /// Public key file (PEM or DER SubjectPublicKeyInfo, as `hardkey pubkey` writes), or a
+    /// certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub(crate) pubkey: PathBuf,
     /// Signature scheme [default: from the key type, as for sign].
@@ -218,6 +223,46 @@ pub(crate) struct VerifyArgs {
     /// The signature.
     #[arg(long, value_name = "FILE")]
     pub(crate) sig: PathBuf,
+}
+
+/// Certificate contents shared by `csr` and `selfsign`.
+#[derive(Debug, Args)]
+pub(crate) struct NameArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Subject distinguished name, RFC 4514 style: "CN=web.example,O=Example,C=DE".
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Subject alternative names: dns:NAME, ip:ADDRESS, email:ADDRESS, uri:URI
+    /// (comma-separated or repeated).
+    #[arg(long, value_name = "SAN")]
+    pub(crate) san: Vec<String>,
+    /// Signature scheme [default: from the key type].
+    #[arg(long, value_parser = parse_scheme)]
+    pub(crate) scheme: Option<SignatureScheme>,
+    /// Output file (PEM) [default: stdout].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `csr`.
+#[derive(Debug, Args)]
+pub(crate) struct CsrArgs {
+    #[command(flatten)]
+    pub(crate) name: NameArgs,
+}
+
+/// `selfsign`.
+#[derive(Debug, Args)]
+pub(crate) struct SelfsignArgs {
+    #[command(flatten)]
+    pub(crate) name: NameArgs,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+    /// Make a CA certificate (basicConstraints CA:TRUE, keyCertSign).
+    #[arg(long)]
+    pub(crate) ca: bool,
 }
 
 /// The TPM to talk to.

@@ -61,6 +61,8 @@ fn run(cli: Cli) -> CliResult {
         Command::Pubkey(a) => cmd::keys::pubkey(a, &ctx),
         Command::Sign(a) => cmd::sign::sign(a, &ctx),
         Command::Verify(a) => cmd::sign::verify(a, &ctx),
+        Command::Csr(a) => cmd::cert::csr(a, &ctx),
+        Command::Selfsign(a) => cmd::cert::selfsign(a, &ctx),
         Command::Seal(a) => cmd::seal::seal(a, &ctx),
         Command::Unseal(a) => cmd::seal::unseal(a, &ctx),
         Command::Tpm(c) => cmd::tpm::run(c, &ctx),

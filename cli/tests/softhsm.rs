@@ -13,7 +13,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::{Hardkey, openssl_verify, tool};
+use common::{Hardkey, check_certificates, openssl_verify, tool};
 use secrecy::ExposeSecret;
 use softhsm_tests::{SoftHsm, run_serial, trial};
 
@@ -79,6 +79,7 @@ fn provision_sign_and_verify_with_openssl(hsm: &SoftHsm) {
                 "pin",
             ]);
             openssl_verify(hk.dir.path(), scheme, "pub.pem", "msg", "sig");
+            check_certificates(&hk, &uri, scheme, &["--pin-file", "pin"]);
         }
         // pkcs11-tool reads the same public key off the token (its EC export fails under
         // OpenSSL 3 with "cannot create EVP_PKEY", so RSA only).

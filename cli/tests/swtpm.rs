@@ -14,7 +14,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::{Hardkey, openssl_verify, tool};
+use common::{Hardkey, check_certificates, openssl_verify, tool};
 use swtpm_tests::{Swtpm, run, trial};
 
 fn hardkey(tpm: &Swtpm) -> Hardkey {
@@ -135,6 +135,7 @@ fn keys_sign_for_openssl_and_tpm2_tools(tpm: &Swtpm) {
     );
     hk.ok(&["sign", &uri, "--in", &msg, "--out", "sig"]);
     openssl_verify(hk.dir.path(), "ecdsa-p256-sha256", "p256.pub", "msg", "sig");
+    check_certificates(&hk, &uri, "ecdsa-p256-sha256", &[]);
     // An RSA key in a TSS2 file, both padding schemes.
     hk.ok(&[
         "keygen",
@@ -162,6 +163,7 @@ fn keys_sign_for_openssl_and_tpm2_tools(tpm: &Swtpm) {
             "sig",
         ]);
         openssl_verify(hk.dir.path(), scheme, "rsa.pub", "msg", "sig");
+        check_certificates(&hk, "tpm2:file=web.tss2.pem", scheme, &[]);
     }
     let listed = hk.json(&["list", "tpm2:"]);
     assert!(

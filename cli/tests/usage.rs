@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Hardkey, openssl_verify, tool};
+use common::{Hardkey, check_certificates, openssl_verify, tool};
 
 #[test]
 fn help_version_and_usage_errors_have_the_documented_exit_codes() {
@@ -36,6 +36,23 @@ fn malformed_uris_and_unknown_aliases_are_usage_errors() {
     hk.fails(&["info", "web"], 2, &["not a key URI", "no aliases"]);
     hk.fails(&["info", "tpm2:"], 2, &["names the TPM, not a key"]);
     hk.fails(&["list", "file:k.pem"], 2, &["names one key"]);
+    hk.fails(
+        &["csr", "file:k.pem", "--subject", "CN=a,X"],
+        2,
+        &["--subject", "'X'"],
+    );
+    hk.fails(
+        &[
+            "selfsign",
+            "file:k.pem",
+            "--subject",
+            "CN=a",
+            "--san",
+            "foo:bar",
+        ],
+        2,
+        &["--san", "foo"],
+    );
     let config = hk.file("config.toml", "[aliases]\nweb = \"file:web.pem\"\n");
     hk.fails(
         &["--config", &config, "info", "api"],
@@ -96,7 +113,20 @@ fn software_keys_sign_for_openssl_and_verify() {
                 "verify", "--pubkey", "pub.pem", "--scheme", scheme, "--in", "msg", "--sig", "sig",
             ]);
             assert!(ok.contains("Verified OK"), "{ok}");
+            check_certificates(&hk, &key, scheme, &[]);
         }
+        // verify also takes the certificate as the public key.
+        hk.ok(&[
+            "verify",
+            "--pubkey",
+            "self.crt",
+            "--scheme",
+            schemes[schemes.len() - 1],
+            "--in",
+            "msg",
+            "--sig",
+            "sig",
+        ]);
         // A signature over other data fails with exit 1.
         hk.file("other", b"another message");
         hk.fails(

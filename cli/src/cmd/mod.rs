@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub(crate) mod bench;
+pub(crate) mod cert;
 pub(crate) mod keys;
 pub(crate) mod meta;
 pub(crate) mod seal;

@@ -70,7 +70,7 @@ pub(crate) fn verify(a: &VerifyArgs, ctx: &Ctx) -> CliResult {
     }
 }
 
-/// A public key from a PEM (`PUBLIC KEY`) or DER SubjectPublicKeyInfo.
+/// A public key from a PEM (`PUBLIC KEY`, or a `CERTIFICATE`'s) or DER SubjectPublicKeyInfo.
 pub(crate) fn read_public_key(path: &Path) -> CliResult<PublicKey> {
     let bytes = read_input(path, "the public key")?;
     let der = if bytes.starts_with(b"-----BEGIN") {
@@ -78,10 +78,24 @@ pub(crate) fn read_public_key(path: &Path) -> CliResult<PublicKey> {
             .map_err(|e| usage(format!("{} is not a PEM file: {e}", path.display())))?;
         match label {
             "PUBLIC KEY" => der,
+            "CERTIFICATE" => {
+                use der::{Decode, Encode};
+                let cert =
+                    hardkey_api::x509::x509_cert::Certificate::from_der(&der).map_err(|e| {
+                        usage(format!(
+                            "{} is not an X.509 certificate: {e}",
+                            path.display()
+                        ))
+                    })?;
+                cert.tbs_certificate
+                    .subject_public_key_info
+                    .to_der()
+                    .map_err(|e| usage(format!("{}: {e}", path.display())))?
+            }
             other => {
                 return Err(usage(format!(
                     "{} holds a '{other}' PEM; expected a PUBLIC KEY (hardkey pubkey writes one) \
-                     ",
+                     or a CERTIFICATE",
                     path.display()
                 )));
             }

@@ -172,3 +172,82 @@ pub(crate) fn openssl_verify(dir: &Path, scheme: &str, pubkey: &str, msg: &str, 
     let text = tool("openssl", &args, dir);
     assert!(text.contains("Verified OK"), "{text}");
 }
+
+/// `hardkey csr` and `hardkey selfsign` for `uri` (with `extra` options such as a PIN file),
+/// checked by openssl: the request's signature verifies, the certificate's self-signature
+/// verifies, both carry the subject and SANs, and the certificate's public key is the key's.
+pub(crate) fn check_certificates(hk: &Hardkey, uri: &str, scheme: &str, extra: &[&str]) {
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+    };
+    let run = |args: Vec<String>| hk.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(with(&[
+        "csr",
+        uri,
+        "--subject",
+        "CN=web.example,O=hardkey test",
+        "--san",
+        "dns:web.example,ip:127.0.0.1",
+        "--scheme",
+        scheme,
+        "--out",
+        "req.csr",
+    ]));
+    let req = tool(
+        "openssl",
+        &["req", "-in", "req.csr", "-noout", "-verify", "-text"],
+        hk.dir.path(),
+    );
+    assert!(
+        req.contains("verify OK") && !req.contains("verify failure"),
+        "{req}"
+    );
+    assert!(req.contains("CN = web.example"), "{req}");
+    assert!(
+        req.contains("DNS:web.example, IP Address:127.0.0.1"),
+        "{req}"
+    );
+    run(with(&[
+        "selfsign",
+        uri,
+        "--subject",
+        "CN=web.example",
+        "--san",
+        "dns:web.example",
+        "--days",
+        "7",
+        "--scheme",
+        scheme,
+        "--out",
+        "self.crt",
+    ]));
+    let verified = tool(
+        "openssl",
+        &[
+            "verify",
+            "-check_ss_sig",
+            "-partial_chain",
+            "-trusted",
+            "self.crt",
+            "self.crt",
+        ],
+        hk.dir.path(),
+    );
+    assert!(verified.contains("self.crt: OK"), "{verified}");
+    let text = tool(
+        "openssl",
+        &["x509", "-in", "self.crt", "-noout", "-text"],
+        hk.dir.path(),
+    );
+    assert!(text.contains("DNS:web.example"), "{text}");
+    let cert_key = tool(
+        "openssl",
+        &["x509", "-in", "self.crt", "-noout", "-pubkey"],
+        hk.dir.path(),
+    );
+    run(with(&["pubkey", uri, "--out", "cert-check.pub"]));
+    assert_eq!(
+        cert_key,
+        std::fs::read_to_string(hk.path("cert-check.pub")).expect("public key file")
+    );
+}

@@ -1,0 +1,84 @@
+//! csr and selfsign: X.509 built with x509-cert and signed through the key, asynchronously.
+
+use futures::executor::block_on;
+use hardkey_api::x509::{self, CertOptions, CsrOptions, Subject, SubjectAltNames};
+use serde_json::json;
+
+use super::{Ctx, write_output};
+use crate::args::{CsrArgs, NameArgs, SelfsignArgs};
+use crate::error::{CliResult, usage};
+use crate::target::{OpenOptions, Store, Target};
+
+/// The subject and alternative names, parsed before any device is touched.
+fn names(a: &NameArgs) -> CliResult<(Subject, SubjectAltNames)> {
+    let subject = a
+        .subject
+        .parse::<Subject>()
+        .map_err(|e| usage(format!("--subject: {e}")))?;
+    let sans = SubjectAltNames::parse(&a.san).map_err(|e| usage(format!("--san: {e}")))?;
+    Ok((subject, sans))
+}
+
+/// Writes PEM to `--out`, or stdout.
+fn emit_pem(a: &NameArgs, ctx: &Ctx, what: &str, pem: &str, scheme: &str) -> CliResult {
+    match &a.out {
+        Some(path) => {
+            write_output(path, pem.as_bytes(), what)?;
+            ctx.out
+                .emit(json!({ "out": path, "scheme": scheme, "pem": pem }), || {
+                    format!("{what} signed with {scheme} written to {}", path.display())
+                });
+        }
+        None if ctx.out.json => ctx
+            .out
+            .emit(json!({ "scheme": scheme, "pem": pem }), String::new),
+        None => crate::output::write_stdout(pem),
+    }
+    Ok(())
+}
+
+/// `hardkey csr`.
+pub(crate) fn csr(a: &CsrArgs, ctx: &Ctx) -> CliResult {
+    let a = &a.name;
+    let (subject, sans) = names(a)?;
+    let target = Target::parse(&a.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
+    let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
+    let key = store.key(&uri)?;
+    let options = CsrOptions::new(subject).sans(sans).scheme(a.scheme);
+    let request = block_on(x509::build_csr(&key, &options))?;
+    emit_pem(
+        a,
+        ctx,
+        "certificate signing request",
+        &request.to_pem(),
+        request.scheme().name(),
+    )
+}
+
+/// `hardkey selfsign`.
+pub(crate) fn selfsign(a: &SelfsignArgs, ctx: &Ctx) -> CliResult {
+    let (subject, sans) = names(&a.name)?;
+    let target = Target::parse(&a.name.key.uri, &ctx.config)?;
+    let uri = target.key_uri()?;
+    let store = Store::open(
+        &target,
+        &ctx.config,
+        &a.name.key.secrets,
+        OpenOptions::default(),
+    )?;
+    let key = store.key(&uri)?;
+    let options = CertOptions::new(subject)
+        .sans(sans)
+        .days(a.days)
+        .ca(a.ca)
+        .scheme(a.name.scheme);
+    let cert = block_on(x509::self_signed(&key, &options))?;
+    emit_pem(
+        &a.name,
+        ctx,
+        "self-signed certificate",
+        &cert.to_pem(),
+        cert.scheme().name(),
+    )
+}
