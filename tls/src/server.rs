@@ -96,6 +96,10 @@ impl FromStr for Stack {
 }
 
 /// What a [`Server`] serves and how.
+///
+/// The server offers no session resumption (no tickets, no session cache): every handshake
+/// makes a signature with the key, which is what testing a key, or measuring a device under
+/// TLS, needs.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
@@ -265,14 +269,25 @@ enum Tls {
 }
 
 impl Tls {
+    /// The stack's acceptor, without session resumption: a resumed handshake does not sign,
+    /// and this server exists to exercise the key (and to measure handshakes that use it).
     fn new(stack: Stack, key: SharedKey, chain: &CertChain) -> Result<Self> {
         match stack {
             #[cfg(feature = "boring")]
-            Stack::Boring => Ok(Self::Boring(crate::boring::acceptor(key, chain)?)),
+            Stack::Boring => {
+                use ::boring::ssl::{SslOptions, SslSessionCacheMode};
+                let mut builder = crate::boring::acceptor_builder(key, chain)?;
+                builder.set_options(SslOptions::NO_TICKET);
+                builder.set_session_cache_mode(SslSessionCacheMode::OFF);
+                Ok(Self::Boring(builder.build()))
+            }
             #[cfg(feature = "rustls")]
-            Stack::Rustls => Ok(Self::Rustls(crate::rustls::Acceptor::new(
-                crate::rustls::server_config(key, chain)?,
-            ))),
+            Stack::Rustls => {
+                let mut config = (*crate::rustls::server_config(key, chain)?).clone();
+                config.session_storage = Arc::new(::rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+                Ok(Self::Rustls(crate::rustls::Acceptor::new(Arc::new(config))))
+            }
             #[allow(unreachable_patterns, reason = "reached when a stack's feature is off")]
             other => {
                 let _ = (key, chain);
@@ -357,9 +372,11 @@ impl Server {
                 }
             }
         }
+        // The page names the key by label or id only: its URI (module path, TCTI, token)
+        // is for the operator's logs, not for every client.
         let page_head = format!(
             "hardkey test server\nkey: {} ({})\nstack: {}{}\n",
-            key_name(info),
+            info.display_name(),
             info.algorithm,
             config.stack,
             match config.simulate_latency {
@@ -489,7 +506,9 @@ impl Server {
                         }
                     };
                     let counters = Arc::clone(&server.shared.counters);
-                    let _ = ready_tx.send(Ok((server.local_addr(), server.stack(), counters)));
+                    let runtime = tokio::runtime::Handle::current();
+                    let _ =
+                        ready_tx.send(Ok((server.local_addr(), server.stack(), counters, runtime)));
                     server
                         .serve(async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
@@ -501,10 +520,11 @@ impl Server {
             })
             .map_err(|source| Error::Runtime { source })?;
         match ready_rx.recv() {
-            Ok(Ok((local_addr, stack, counters))) => Ok(ServerHandle {
+            Ok(Ok((local_addr, stack, counters, runtime))) => Ok(ServerHandle {
                 local_addr,
                 stack,
                 counters,
+                runtime,
                 stop: ShutdownTrigger(Arc::new(stop)),
                 thread: Some(thread),
             }),
@@ -630,6 +650,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     stack: Stack,
     counters: Arc<Counters>,
+    runtime: tokio::runtime::Handle,
     stop: ShutdownTrigger,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -654,6 +675,12 @@ impl ServerHandle {
     /// The counters so far.
     pub fn stats(&self) -> ServerStats {
         self.counters.snapshot()
+    }
+
+    /// The server's runtime: tasks spawned on it share the server's event loop (a metrics
+    /// exporter, or the benchmark's stall ticker).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// A trigger that stops the server from elsewhere (a signal handler, another thread).
