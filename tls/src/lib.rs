@@ -33,6 +33,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(not(any(feature = "boring", feature = "rustls")))]
+compile_error!("hardkey-tls needs a TLS stack: enable its `boring` or `rustls` feature (or both)");
+
 #[cfg(feature = "boring")]
 pub mod boring;
 mod cert;
