@@ -1,10 +1,13 @@
 //! A TLS server on a hardkey key, in a few lines.
 //!
 //! ```sh
-//! cargo run -p hardkey-tls --example serve -- file:key.pem chain.pem [boring|rustls] [delay-ms]
-//! cargo run -p hardkey-tls --example serve     # a demo key and a certificate from a demo CA
+//! cargo run -p hardkey-tls --example serve -- [boring|rustls] [DELAY_MS] [file:key.pem chain.pem]
 //! curl --cacert target/serve-example-ca.pem https://localhost:8443/
 //! ```
+//!
+//! Without a key and chain it serves a demo key with a certificate from a throwaway CA, whose
+//! certificate it writes to `target/serve-example-ca.pem`. `DELAY_MS` adds that much latency
+//! to every key operation.
 //!
 //! Keys on a PKCS#11 token or a TPM are opened the same way through their stores
 //! (`Pkcs11Store`, `TpmStore`); `hardkey serve` does that for any key URI.
@@ -20,19 +23,19 @@ use hardkey_tls::{CertChain, Server, ServerConfig, Stack};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let stack: Stack = args.first().map_or(Ok(Stack::default()), |s| s.parse())?;
+    let latency = match args.get(1).map(|ms| ms.parse::<u64>()).transpose()? {
+        Some(0) | None => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
     let store = SoftStore::in_memory()?;
-    let (key, chain): (SharedKey, CertChain) = match args.as_slice() {
-        [uri, chain, ..] => (
+    let (key, chain): (SharedKey, CertChain) = match args.get(2..4) {
+        Some([uri, chain]) => (
             Arc::new(block_on(store.open(&uri.parse::<KeyUri>()?))?),
             CertChain::from_pem_file(chain)?,
         ),
         _ => demo_key_and_chain(&store)?,
     };
-    let stack: Stack = args.get(2).map_or(Ok(Stack::default()), |s| s.parse())?;
-    let latency = args
-        .get(3)
-        .map(|ms| ms.parse().map(Duration::from_millis))
-        .transpose()?;
 
     // The server: check the certificate against the key, probe the key, listen, serve.
     let server = Server::start(

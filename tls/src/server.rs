@@ -576,7 +576,9 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                     let details = format!(
                         "protocol: {}\ncipher: {}\n",
                         ssl.version_str(),
-                        ssl.current_cipher().map_or("?", |c| c.name())
+                        ssl.current_cipher()
+                            .and_then(|c| c.standard_name())
+                            .unwrap_or("?")
                     );
                     after_handshake(&shared, &mut stream, peer, &details).await;
                 }
@@ -590,12 +592,15 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                 let (_, conn) = stream.get_ref();
                 let details = format!(
                     "protocol: {}\ncipher: {}\n",
-                    conn.protocol_version()
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("?"),
+                    match conn.protocol_version() {
+                        Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                        Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                        _ => "?",
+                    },
+                    // rustls names the TLS 1.3 suites TLS13_*; IANA (and BoringSSL) TLS_*.
                     conn.negotiated_cipher_suite()
                         .and_then(|s| s.suite().as_str())
-                        .unwrap_or("?")
+                        .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
                 );
                 after_handshake(&shared, &mut stream, peer, &details).await;
             }

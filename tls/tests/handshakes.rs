@@ -139,6 +139,8 @@ fn check_rust_client(fx: &Fixture, addr: SocketAddr, stack: Stack, case: &Case) 
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("hardkey test server"), "{response}");
     assert!(response.contains(&format!("stack: {stack}")), "{response}");
+    let protocol = format!("protocol: {}", case.version.openssl_name());
+    assert!(response.contains(&protocol), "{response}");
     assert_eq!(version, Some(case.version.protocol()));
     assert_eq!(scheme, Some(case.expect), "{:?}", case.version);
 }
