@@ -415,3 +415,59 @@ fn boring_serves_tls12_rsa_key_exchange_through_decrypt() {
         }
     }
 }
+
+#[test]
+fn negotiation_follows_what_the_key_can_do() {
+    let ca = Ca::new();
+    let rsa = soft_key(KeyAlgorithm::Rsa2048, "negotiate-rsa");
+    let ec = soft_key(KeyAlgorithm::EcP256, "negotiate-ec");
+    for stack in Stack::ALL {
+        // The key's preference among what the client offers: PKCS#1 SHA-384 comes before
+        // SHA-512 in the key's list, and ECDSA is not the key's at all.
+        let server = start(
+            ServerConfig::new(Arc::clone(&rsa), chain_for(&ca, &rsa, "localhost")).stack(stack),
+        );
+        let offer = [
+            S::ECDSA_NISTP256_SHA256,
+            S::RSA_PKCS1_SHA512,
+            S::RSA_PKCS1_SHA384,
+        ];
+        let (response, _, scheme) =
+            common::rust_client_fetch(server.local_addr(), &ca.ca_der(), Version::Tls12, &offer)
+                .unwrap();
+        assert!(response.contains("200 OK"), "{response}");
+        assert_eq!(scheme, Some(S::RSA_PKCS1_SHA384), "{stack}");
+        server.shutdown().unwrap();
+
+        // Nothing the key can do is offered: the handshake fails, the server goes on.
+        let server = start(
+            ServerConfig::new(Arc::clone(&ec), chain_for(&ca, &ec, "localhost")).stack(stack),
+        );
+        for version in [Version::Tls12, Version::Tls13] {
+            let err = common::rust_client_fetch(
+                server.local_addr(),
+                &ca.ca_der(),
+                version,
+                &[S::RSA_PSS_SHA256, S::ECDSA_NISTP384_SHA384],
+            )
+            .expect_err("no common signature scheme");
+            println!("{stack} {version:?}: {err}");
+        }
+        let (response, _, scheme) = common::rust_client_fetch(
+            server.local_addr(),
+            &ca.ca_der(),
+            Version::Tls13,
+            &[S::ECDSA_NISTP256_SHA256],
+        )
+        .unwrap();
+        assert!(response.contains("200 OK"), "{response}");
+        assert_eq!(scheme, Some(S::ECDSA_NISTP256_SHA256));
+        let stats = server.stats();
+        assert_eq!(
+            (stats.handshakes, stats.handshake_failures),
+            (1, 2),
+            "{stack}: {stats:?}"
+        );
+        server.shutdown().unwrap();
+    }
+}
