@@ -3,13 +3,15 @@
 # Debian packages the tests and the demo need: openssl (independent signature checks),
 # softhsm2 (a PKCS#11 token), opensc (pkcs11-tool), p11-kit (remote modules), swtpm and
 # libtss2-dev (a TPM 2.0 emulator and the TSS it is driven through), tpm2-tools and
-# tpm2-openssl (independent TPM tools for the interop tests).
+# tpm2-openssl (independent TPM tools for the interop tests); cmake, clang, libclang-dev and
+# golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours).
 APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
-	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl
+	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl \
+	cmake clang libclang-dev golang-go curl
 
 CARGO ?= cargo
 
-.PHONY: all deps test fmt-check clippy doc unit demo bench man clean
+.PHONY: all deps test fmt-check clippy doc unit demo bench bench-tls man clean
 
 all: test
 
@@ -42,6 +44,12 @@ bench: deps
 	$(CARGO) bench -p hardkey-soft --bench pool_overhead
 	$(CARGO) bench -p softhsm-tests --bench pkcs11_throughput
 	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) bench -p swtpm-tests --bench tpm_throughput
+	$(MAKE) bench-tls
+
+# The seed talk's experiment (100 concurrent handshakes on a 200 ms key, one server thread)
+# and handshake throughput on SoftHSM and swtpm keys. HARDKEY_BENCH_DELAY_MS sets the delay.
+bench-tls: deps
+	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) bench -p hardkey-tls --bench tls_handshakes
 
 # Man pages from the clap definitions: target/man/hardkey.1 and one page per command.
 man:

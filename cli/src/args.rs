@@ -69,6 +69,8 @@ pub(crate) enum Command {
     Token(TokenCommand),
     /// Measure signatures per second and latency on a key.
     Bench(BenchArgs),
+    /// Serve HTTPS on a key (BoringSSL or rustls), to try it with curl or openssl s_client.
+    Serve(ServeArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Write the man pages (hardkey.1 and one per command) to a directory.
@@ -530,6 +532,32 @@ pub(crate) struct BenchArgs {
     /// Signature scheme [default: from the key type].
     #[arg(long, value_parser = parse_scheme)]
     pub(crate) scheme: Option<SignatureScheme>,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The key: any key URI or alias.
+    #[arg(long, value_name = "URI")]
+    pub(crate) key: String,
+    /// The certificate chain (PEM, leaf first); the leaf must hold the key's public key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// TLS stack: boring (async private-key method) or rustls (signs on a blocking thread).
+    #[arg(long, default_value = "boring")]
+    pub(crate) stack: String,
+    /// Event-loop threads (1: a single-threaded event loop).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Add this delay to every private-key operation (e.g. 200ms, 5s), to see how the stack
+    /// behaves with a slow device.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) simulate_latency: Option<Duration>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
 }
 
 /// `completions`.

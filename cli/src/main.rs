@@ -22,9 +22,7 @@ use crate::error::CliResult;
 use crate::output::Output;
 
 fn main() -> ExitCode {
-    if let Some(code) = quiet_tss() {
-        return code;
-    }
+    quiet_tss();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -68,6 +66,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Tpm(c) => cmd::tpm::run(c, &ctx),
         Command::Token(c) => cmd::token::run(c, &ctx),
         Command::Bench(a) => cmd::bench::bench(a, &ctx),
+        Command::Serve(a) => cmd::serve::serve(a, &ctx),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }
@@ -75,21 +74,20 @@ fn run(cli: Cli) -> CliResult {
 /// The TPM software stack logs every error it sees to stderr (`ERROR:tcti:...`), before
 /// hardkey explains it in one line. Its level comes only from the `TSS2_LOG` environment
 /// variable, read when the library loads; setting a variable in a running process is not
-/// safe, so when `TSS2_LOG` is unset hardkey runs itself again with `TSS2_LOG=all+none` (set
-/// `TSS2_LOG` yourself, e.g. `TSS2_LOG=all+error`, to see the TSS's messages). `None`: carry
-/// on in this process.
-fn quiet_tss() -> Option<ExitCode> {
+/// safe, so when `TSS2_LOG` is unset hardkey executes itself again with `TSS2_LOG=all+none`
+/// (set `TSS2_LOG` yourself, e.g. `TSS2_LOG=all+error`, to see the TSS's messages).
+fn quiet_tss() {
+    use std::os::unix::process::CommandExt;
     if std::env::var_os("TSS2_LOG").is_some() {
-        return None;
+        return;
     }
-    let exe = std::env::current_exe().ok()?;
-    let status = std::process::Command::new(exe)
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // exec replaces this process (same pid, so signals such as Ctrl-C reach the new image);
+    // it returns only if it failed, and then hardkey carries on with the logging on.
+    let _ = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("TSS2_LOG", "all+none")
-        .status()
-        .ok()?;
-    Some(match status.code() {
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(error::EXIT_FAILED)),
-        None => ExitCode::from(error::EXIT_FAILED),
-    })
+        .exec();
 }

@@ -20,7 +20,6 @@
 )]
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -30,16 +29,8 @@ use hardkey_api::{
     GenerateRequest, KeyAlgorithm, KeyStore, KeyUri, PrivateKey, SignatureScheme, Tpm2Key, Tpm2Uri,
     encoding,
 };
-use hardkey_tpm::{KeyFile, TpmKey, TpmStore};
-use swtpm_tests::Swtpm;
-use tss_esapi::Context;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
-use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, HashScheme, HashcheckTicket, SignatureScheme as TpmScheme};
-use tss_esapi::tcti_ldr::TctiNameConf;
-use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use hardkey_tpm::{TpmKey, TpmStore};
+use swtpm_tests::{Swtpm, raw_sign_loop};
 
 const SECONDS: f64 = 2.0;
 const ROUNDS: usize = 4;
@@ -50,62 +41,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// The owner primary as tpm2-openssl builds it (the parent of hardkey's key files).
-fn srk(ctx: &mut Context) -> tss_esapi::handles::KeyHandle {
-    let public = hardkey_tpm::srk_template().unwrap();
-    ctx.execute_with_session(Some(AuthSession::Password), |c| {
-        c.create_primary(Hierarchy::Owner, public, None, None, None, None)
-    })
-    .unwrap()
-    .key_handle
-}
-
 /// The raw loop: returns signatures/s and per-signature p50/p99.
 fn raw_loop(tpm: &Swtpm, key_file: &Path, scheme: SignatureScheme) -> (f64, Duration, Duration) {
-    let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
-    let file = KeyFile::from_pem(&std::fs::read_to_string(key_file).unwrap(), "bench").unwrap();
-    let parent = srk(&mut ctx);
-    let key = ctx
-        .execute_with_session(Some(AuthSession::Password), |c| {
-            c.load(parent, file.private.clone(), file.public.clone())
-        })
-        .unwrap();
-    ctx.flush_context(parent.into()).unwrap();
-    let digest = Digest::try_from(encoding::digest(scheme.hash(), b"bench")).unwrap();
-    let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
-        tag: TPM2_ST_HASHCHECK,
-        hierarchy: TPM2_RH_NULL,
-        digest: Default::default(),
-    })
-    .unwrap();
-    let hash_scheme = HashScheme::new(HashingAlgorithm::Sha256);
-    let tpm_scheme = match scheme {
-        SignatureScheme::EcdsaP256Sha256 => TpmScheme::EcDsa { hash_scheme },
-        _ => TpmScheme::RsaSsa { hash_scheme },
-    };
-    ctx.set_sessions((Some(AuthSession::Password), None, None));
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < SECONDS {
-        let t = Instant::now();
-        ctx.sign(key, digest.clone(), tpm_scheme, ticket.clone())
-            .unwrap();
-        times.push(t.elapsed());
-    }
-    let rate = times.len() as f64 / start.elapsed().as_secs_f64();
-    ctx.clear_sessions();
-    ctx.flush_context(key.into()).unwrap();
-    times.sort();
-    (rate, percentile(&times, 0.5), percentile(&times, 0.99))
+    let r = raw_sign_loop(tpm, key_file, scheme, Duration::from_secs_f64(SECONDS));
+    (r.per_second, r.p50, r.p99)
 }
 
 /// hardkey with `QUEUED` requests in flight over `keys` round-robin: signatures/s and the

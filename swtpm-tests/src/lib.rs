@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use hardkey_tpm::{TpmConfig, TpmStore};
 
+mod raw;
+
+pub use raw::{RawRate, raw_sign_loop};
+
 /// A running swtpm, killed and reaped on drop.
 #[derive(Debug)]
 pub struct Swtpm {

@@ -5,6 +5,7 @@ pub(crate) mod cert;
 pub(crate) mod keys;
 pub(crate) mod meta;
 pub(crate) mod seal;
+pub(crate) mod serve;
 pub(crate) mod sign;
 pub(crate) mod token;
 pub(crate) mod tpm;

@@ -1,0 +1,113 @@
+//! serve: a minimal HTTPS server on a key, to try a provisioned key with curl or
+//! `openssl s_client`, and to see how a TLS stack behaves with a slow device.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hardkey_api::PrivateKey;
+use hardkey_tls::{CertChain, Server, ServerConfig};
+use serde_json::json;
+
+use super::Ctx;
+use crate::args::ServeArgs;
+use crate::error::{CliError, CliResult};
+use crate::target::{OpenOptions, Store, Target};
+
+/// A TLS error: what the user gave (certificate, stack) is a usage error; the rest failed.
+fn tls_error(e: hardkey_tls::Error) -> CliError {
+    use hardkey_tls::Error as E;
+    match e {
+        E::ReadCertificate { .. }
+        | E::NoCertificate { .. }
+        | E::BadCertificate { .. }
+        | E::KeyMismatch(_)
+        | E::KeyCannotSign { .. }
+        | E::UnknownStack { .. }
+        | E::StackNotBuilt { .. }
+        | E::Bind { .. } => CliError::usage(e),
+        other => CliError::failed(other),
+    }
+}
+
+/// `hardkey serve`.
+pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
+    let stack = a.stack.parse().map_err(tls_error)?;
+    let chain = CertChain::from_pem_file(&a.cert).map_err(tls_error)?;
+    let target = Target::parse(&a.key, &ctx.config)?;
+    let uri = target.key_uri()?;
+    let options = OpenOptions {
+        sessions: 4,
+        op_timeout: Some(Duration::from_secs(30)),
+    };
+    let store = Store::open(&target, &ctx.config, &a.secrets, options)?;
+    let key = store.key(&uri)?;
+    let name = key.info().display_name();
+    let config = ServerConfig::new(Arc::clone(&key), chain)
+        .stack(stack)
+        .listen(a.listen)
+        .threads(a.threads)
+        .simulate_latency(a.simulate_latency);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let handle = Server::start(config).map_err(tls_error)?;
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .map_err(|e| crate::error::failed(format!("cannot handle Ctrl-C: {e}")))?;
+    crate::output::note(&format!(
+        "serving https://{} with {} on key {name} ({}), {} event-loop thread(s){}; Ctrl-C stops",
+        handle.local_addr(),
+        handle.stack(),
+        store.keys().dyn_name(),
+        a.threads.max(1),
+        a.simulate_latency
+            .map(|d| format!(
+                ", every key operation delayed {}",
+                humantime::format_duration(d)
+            ))
+            .unwrap_or_default(),
+    ));
+    let _ = stopped.recv();
+    let stats = handle.stats();
+    handle.shutdown().map_err(tls_error)?;
+    ctx.out.emit(
+        json!({
+            "connections": stats.connections,
+            "handshakes": stats.handshakes,
+            "handshake_failures": stats.handshake_failures,
+            "requests": stats.requests,
+        }),
+        || {
+            format!(
+                "stopped: {} connections, {} handshakes ({} failed), {} requests",
+                stats.connections, stats.handshakes, stats.handshake_failures, stats.requests
+            )
+        },
+    );
+    Ok(())
+}
+
+/// Prints the server's per-connection warnings (failed handshakes, key errors) on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            crate::output::note(&format!(
+                "hardkey serve: {}: {}",
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            ));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;

@@ -1,0 +1,296 @@
+//! The BoringSSL adapter: an [`AsyncPrivateKeyMethod`] over any hardkey key.
+//!
+//! BoringSSL asks the private-key method to sign (or decrypt) and accepts "not yet" for an
+//! answer: the method returns a future, the handshake returns `WouldBlock`, and tokio-boring
+//! resumes it when the future's waker fires. Here that future is the hardkey device future,
+//! which completes on the device's worker threads. So a handshake waiting for a TPM or an
+//! HSM costs no thread at all: one event-loop thread keeps serving every other connection,
+//! and 100 handshakes on a 200 ms key take about 200 ms together.
+//!
+//! BoringSSL hands over the whole message to sign (not a digest) and wants ECDSA signatures in
+//! DER; hardkey's `sign` takes the message and returns DER, so nothing is converted here.
+//! The signing algorithm preferences of the context are set to exactly the key's schemes
+//! ([`signing_prefs`]), so BoringSSL negotiates only what the key can do.
+
+use ::boring::error::ErrorStack;
+use ::boring::ssl::{
+    AlpnError, AsyncPrivateKeyMethod, AsyncPrivateKeyMethodError, BoxPrivateKeyMethodFinish,
+    BoxPrivateKeyMethodFuture, SslAcceptor, SslAcceptorBuilder, SslMethod, SslRef,
+    SslSignatureAlgorithm, select_next_proto,
+};
+use ::boring::x509::X509;
+use hardkey_api::{DecryptScheme, KeyInfo, PrivateKey, SharedKey, SignatureScheme};
+
+use crate::cert::{CertChain, key_name};
+use crate::error::{Error, Result};
+use crate::server::Stack;
+
+/// The hardkey scheme for a BoringSSL signature algorithm, if hardkey has it.
+///
+/// In TLS 1.2 BoringSSL may name an ECDSA algorithm whose curve differs from the key's (the
+/// curve part is ignored there); the key then refuses it, but [`signing_prefs`] keeps BoringSSL
+/// from choosing one in the first place.
+pub fn scheme_for(alg: SslSignatureAlgorithm) -> Option<SignatureScheme> {
+    use SignatureScheme::*;
+    Some(match alg {
+        SslSignatureAlgorithm::RSA_PKCS1_SHA256 => RsaPkcs1Sha256,
+        SslSignatureAlgorithm::RSA_PKCS1_SHA384 => RsaPkcs1Sha384,
+        SslSignatureAlgorithm::RSA_PKCS1_SHA512 => RsaPkcs1Sha512,
+        SslSignatureAlgorithm::RSA_PSS_RSAE_SHA256 => RsaPssSha256,
+        SslSignatureAlgorithm::RSA_PSS_RSAE_SHA384 => RsaPssSha384,
+        SslSignatureAlgorithm::RSA_PSS_RSAE_SHA512 => RsaPssSha512,
+        SslSignatureAlgorithm::ECDSA_SECP256R1_SHA256 => EcdsaP256Sha256,
+        SslSignatureAlgorithm::ECDSA_SECP384R1_SHA384 => EcdsaP384Sha384,
+        _ => return None,
+    })
+}
+
+/// The BoringSSL signature algorithm of a hardkey scheme (its TLS code point).
+pub fn algorithm_for(scheme: SignatureScheme) -> SslSignatureAlgorithm {
+    SslSignatureAlgorithm::from(scheme.tls_code_point())
+}
+
+/// The key's schemes, preferred first, as a BoringSSL signature-algorithm list
+/// (`rsa_pss_rsae_sha256:...`) for [`SslContextBuilder::set_sigalgs_list`].
+///
+/// [`SslContextBuilder::set_sigalgs_list`]: ::boring::ssl::SslContextBuilder::set_sigalgs_list
+pub fn signing_prefs(key: &KeyInfo) -> String {
+    key.signature_schemes
+        .iter()
+        .map(|s| s.tls_name())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// BoringSSL's private-key method backed by a hardkey key: `sign` and `decrypt` return the
+/// device's futures, so handshakes wait without blocking a thread.
+///
+/// Install it with [`SslContextBuilder::set_async_private_key_method`] together with the
+/// key's [`signing_prefs`] (or use [`acceptor_builder`], which does both), and drive the
+/// handshakes with `tokio_boring` (which sets the task waker BoringSSL's async callbacks need).
+///
+/// [`SslContextBuilder::set_async_private_key_method`]: ::boring::ssl::SslContextBuilder::set_async_private_key_method
+pub struct KeyMethod {
+    key: SharedKey,
+    name: String,
+}
+
+impl KeyMethod {
+    /// A method signing with `key`.
+    pub fn new(key: SharedKey) -> Self {
+        let name = key_name(key.info());
+        Self { key, name }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &SharedKey {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for KeyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMethod")
+            .field("key", &self.name)
+            .finish()
+    }
+}
+
+/// Copies `bytes` into BoringSSL's output buffer.
+fn finish_with(bytes: Vec<u8>) -> BoxPrivateKeyMethodFinish {
+    Box::new(move |_ssl: &mut SslRef, out: &mut [u8]| {
+        let dst = out
+            .get_mut(..bytes.len())
+            .ok_or(AsyncPrivateKeyMethodError)?;
+        dst.copy_from_slice(&bytes);
+        Ok(bytes.len())
+    })
+}
+
+impl AsyncPrivateKeyMethod for KeyMethod {
+    fn sign(
+        &self,
+        _ssl: &mut SslRef,
+        input: &[u8],
+        signature_algorithm: SslSignatureAlgorithm,
+        _output: &mut [u8],
+    ) -> std::result::Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        let Some(scheme) = scheme_for(signature_algorithm).filter(|s| self.key.info().supports(*s))
+        else {
+            log::warn!(
+                target: "hardkey_tls",
+                "BoringSSL asked key {} for a {signature_algorithm} signature, which it does not \
+                 offer: handshake refused",
+                self.name
+            );
+            return Err(AsyncPrivateKeyMethodError);
+        };
+        // Hashes the message here (cheap), then waits for the device without a thread.
+        let signature = self.key.sign(scheme, input);
+        let name = self.name.clone();
+        Ok(Box::pin(async move {
+            match signature.await {
+                Ok(sig) => Ok(finish_with(sig)),
+                Err(e) => {
+                    log::warn!(target: "hardkey_tls", "key {name}: {scheme} signature failed: {e}");
+                    Err(AsyncPrivateKeyMethodError)
+                }
+            }
+        }))
+    }
+
+    /// TLS 1.2 RSA key exchange (only reached when the context enables `RSA` cipher suites;
+    /// [`acceptor_builder`] offers ECDHE only). BoringSSL wants the raw RSA result and checks
+    /// the PKCS#1 v1.5 padding itself in constant time; the device removes the padding, so the
+    /// plaintext is padded again here with fresh random bytes. Any device failure yields a
+    /// random premaster secret in a well-formed block (the implicit rejection of RFC 5246
+    /// 7.4.7.1), so the handshake then fails at `Finished` exactly as for a wrong ciphertext,
+    /// and the failure is logged: no padding oracle is exposed to the client.
+    fn decrypt(
+        &self,
+        _ssl: &mut SslRef,
+        input: &[u8],
+        _output: &mut [u8],
+    ) -> std::result::Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        let info = self.key.info();
+        if !info
+            .decrypt_schemes
+            .contains(&DecryptScheme::RsaPkcs1v15Legacy)
+        {
+            log::warn!(
+                target: "hardkey_tls",
+                "a client chose TLS 1.2 RSA key exchange, but key {} does not allow PKCS#1 v1.5 \
+                 decryption: open it with KeyPolicy::allow_legacy_rsa_pkcs1v15_decrypt, or offer \
+                 only ECDHE cipher suites",
+                self.name
+            );
+            return Err(AsyncPrivateKeyMethodError);
+        }
+        let k = info.algorithm.bits() / 8;
+        let plaintext = self.key.decrypt(DecryptScheme::RsaPkcs1v15Legacy, input);
+        let name = self.name.clone();
+        Ok(Box::pin(async move {
+            let block = match plaintext.await {
+                Ok(m) => pkcs1_type2_block(&m, k),
+                Err(e) => {
+                    log::warn!(
+                        target: "hardkey_tls",
+                        "key {name}: RSA key-exchange decryption failed: {e}"
+                    );
+                    None
+                }
+            };
+            let block = match block {
+                Some(b) => b,
+                None => {
+                    pkcs1_type2_block(&random_bytes(48)?, k).ok_or(AsyncPrivateKeyMethodError)?
+                }
+            };
+            Ok(finish_with(block))
+        }))
+    }
+}
+
+fn random_bytes(n: usize) -> std::result::Result<Vec<u8>, AsyncPrivateKeyMethodError> {
+    let mut buf = vec![0u8; n];
+    ::boring::rand::rand_bytes(&mut buf).map_err(|_| AsyncPrivateKeyMethodError)?;
+    Ok(buf)
+}
+
+/// `00 02 PS 00 M` in `k` bytes, PS random and non-zero (RFC 8017 section 7.2.1).
+fn pkcs1_type2_block(m: &[u8], k: usize) -> Option<Vec<u8>> {
+    let ps_len = k.checked_sub(m.len() + 3).filter(|n| *n >= 8)?;
+    let mut ps = random_bytes(ps_len).ok()?;
+    for byte in &mut ps {
+        while *byte == 0 {
+            *byte = random_bytes(1).ok()?.first().copied().unwrap_or(0);
+        }
+    }
+    let mut block = Vec::with_capacity(k);
+    block.extend_from_slice(&[0x00, 0x02]);
+    block.extend_from_slice(&ps);
+    block.push(0x00);
+    block.extend_from_slice(m);
+    Some(block)
+}
+
+fn setup(what: &'static str) -> impl Fn(ErrorStack) -> Error {
+    move |e| Error::TlsSetup {
+        stack: Stack::Boring,
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// A BoringSSL acceptor builder serving `chain` with `key`: Mozilla's intermediate profile
+/// (TLS 1.2 with ECDHE suites, TLS 1.3), the [`KeyMethod`], signing preferences limited to the
+/// key's schemes, and ALPN `http/1.1`. Checks that the chain's certificate holds the key's
+/// public key. Adjust it further (groups, cipher suites, session tickets) before `build()`.
+pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptorBuilder> {
+    chain.check_key(key.info())?;
+    if key.info().signature_schemes.is_empty() {
+        return Err(Error::KeyCannotSign {
+            key: key_name(key.info()),
+        });
+    }
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(setup("Mozilla intermediate profile"))?;
+    let mut certs = chain.certs().iter();
+    if let Some(leaf) = certs.next() {
+        let leaf = X509::from_der(leaf).map_err(setup("server certificate"))?;
+        builder
+            .set_certificate(&leaf)
+            .map_err(setup("server certificate"))?;
+    }
+    for issuer in certs {
+        let issuer = X509::from_der(issuer).map_err(setup("issuer certificate"))?;
+        builder
+            .add_extra_chain_cert(issuer)
+            .map_err(setup("issuer certificate"))?;
+    }
+    builder
+        .set_sigalgs_list(&signing_prefs(key.info()))
+        .map_err(setup("signature algorithms"))?;
+    builder.set_alpn_select_callback(|_, client| {
+        select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    builder.set_async_private_key_method(KeyMethod::new(key));
+    Ok(builder)
+}
+
+/// [`acceptor_builder`], built: what [`Server`](crate::Server) uses for [`Stack::Boring`].
+/// Accept connections with `tokio_boring::accept(&acceptor, stream)`.
+pub fn acceptor(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor> {
+    Ok(acceptor_builder(key, chain)?.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scheme_round_trips_through_boring() {
+        for scheme in SignatureScheme::ALL {
+            let alg = algorithm_for(scheme);
+            assert_eq!(scheme_for(alg), Some(scheme), "{scheme}");
+            assert_eq!(
+                SslSignatureAlgorithm::from(scheme.tls_code_point()),
+                alg,
+                "{scheme}"
+            );
+        }
+        assert_eq!(scheme_for(SslSignatureAlgorithm::ED25519), None);
+        assert_eq!(scheme_for(SslSignatureAlgorithm::RSA_PKCS1_SHA1), None);
+    }
+
+    #[test]
+    fn type2_block_is_well_formed() {
+        let block = pkcs1_type2_block(&[7u8; 48], 256).unwrap();
+        assert_eq!(block.len(), 256);
+        assert_eq!(&block[..2], &[0, 2]);
+        let zero = block[2..].iter().position(|b| *b == 0).unwrap() + 2;
+        assert_eq!(zero, 256 - 49);
+        assert_eq!(&block[zero + 1..], &[7u8; 48]);
+        assert!(pkcs1_type2_block(&[0u8; 250], 256).is_none());
+    }
+}

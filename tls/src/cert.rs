@@ -1,0 +1,154 @@
+//! Certificate chains: read from PEM, checked once, and matched against the key that serves them.
+
+use std::fmt;
+use std::path::Path;
+
+use der::{Decode, Encode};
+use hardkey_api::{HashAlgorithm, KeyInfo, PublicKey, encoding};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::error::{Error, KeyMismatch, Result};
+
+/// A server's certificate chain: its own certificate first, then the issuers a client needs.
+///
+/// Every certificate is decoded when the chain is made, so a malformed file fails at startup
+/// with its position, and the server's certificate's public key is kept for the key check
+/// ([`CertChain::check_key`]).
+#[derive(Clone)]
+pub struct CertChain {
+    certs: Vec<CertificateDer<'static>>,
+    origin: String,
+    subject: String,
+    leaf_spki: Vec<u8>,
+}
+
+impl CertChain {
+    /// Reads a PEM file of `CERTIFICATE` blocks, the server's certificate first. Other PEM
+    /// blocks (a private key, parameters) are ignored.
+    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read(path).map_err(|source| Error::ReadCertificate {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_pem(&text, path.display().to_string())
+    }
+
+    /// Parses PEM text of `CERTIFICATE` blocks, the server's certificate first.
+    pub fn from_pem(pem: impl AsRef<[u8]>) -> Result<Self> {
+        Self::parse_pem(pem.as_ref(), "the PEM input".to_owned())
+    }
+
+    /// A chain from DER certificates, the server's certificate first.
+    pub fn from_der(certs: impl IntoIterator<Item = Vec<u8>>) -> Result<Self> {
+        let certs = certs.into_iter().map(CertificateDer::from).collect();
+        Self::new(certs, "the DER input".to_owned())
+    }
+
+    fn parse_pem(pem: &[u8], origin: String) -> Result<Self> {
+        let mut certs = Vec::new();
+        for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
+            certs.push(cert.map_err(|e| Error::BadCertificate {
+                origin: origin.clone(),
+                index: i + 1,
+                source: Box::new(e),
+            })?);
+        }
+        Self::new(certs, origin)
+    }
+
+    fn new(certs: Vec<CertificateDer<'static>>, origin: String) -> Result<Self> {
+        let mut leaf = None;
+        for (i, cert) in certs.iter().enumerate() {
+            let bad = |e: der::Error| Error::BadCertificate {
+                origin: origin.clone(),
+                index: i + 1,
+                source: Box::new(e),
+            };
+            let parsed = x509_cert::Certificate::from_der(cert).map_err(bad)?;
+            if leaf.is_none() {
+                let tbs = parsed.tbs_certificate;
+                let spki = tbs.subject_public_key_info.to_der().map_err(bad)?;
+                leaf = Some((tbs.subject.to_string(), spki));
+            }
+        }
+        let Some((subject, leaf_spki)) = leaf else {
+            return Err(Error::NoCertificate { origin });
+        };
+        Ok(Self {
+            certs,
+            origin,
+            subject,
+            leaf_spki,
+        })
+    }
+
+    /// The certificates, the server's first.
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    /// The server's certificate's subject name (RFC 4514 form).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The server's certificate's SubjectPublicKeyInfo (DER).
+    pub fn leaf_public_key_der(&self) -> &[u8] {
+        &self.leaf_spki
+    }
+
+    /// Where the chain came from (the file name, or "the PEM input").
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Checks that the server's certificate holds `key`'s public key; the error names both
+    /// keys (algorithm and SHA-256 fingerprint of the SubjectPublicKeyInfo).
+    pub fn check_key(&self, key: &KeyInfo) -> Result<()> {
+        if self.leaf_spki == key.public_key.der() {
+            return Ok(());
+        }
+        let cert_key = match PublicKey::from_spki_der(&self.leaf_spki) {
+            Ok(pk) => pk.algorithm().to_string(),
+            Err(e) => format!("unsupported ({e})"),
+        };
+        Err(Error::KeyMismatch(Box::new(KeyMismatch {
+            subject: self.subject.clone(),
+            origin: self.origin.clone(),
+            cert_key,
+            cert_fingerprint: fingerprint(&self.leaf_spki),
+            key: key_name(key),
+            key_algorithm: key.algorithm,
+            key_fingerprint: fingerprint(key.public_key.der()),
+        })))
+    }
+}
+
+impl fmt::Debug for CertChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertChain")
+            .field("subject", &self.subject)
+            .field("len", &self.certs.len())
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// SHA-256 of `der`, hex.
+fn fingerprint(der: &[u8]) -> String {
+    hex_string(&encoding::digest(HashAlgorithm::Sha256, der))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key's name for messages: label or id, and its URI when it has one.
+pub(crate) fn key_name(key: &KeyInfo) -> String {
+    match &key.uri {
+        Some(uri) => format!("{} ({uri})", key.display_name()),
+        None => key.display_name(),
+    }
+}

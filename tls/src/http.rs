@@ -1,0 +1,264 @@
+//! A minimal HTTP/1.1 responder: every `GET` or `HEAD` gets the same small page, connections
+//! stay open between requests (keep-alive) until the client closes, asks to close, idles too
+//! long, or the server shuts down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Longest request head accepted (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body read (and discarded).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Why a connection's HTTP exchange ended, when it did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+}
+
+/// What one request asked for.
+struct Request {
+    head_only: bool,
+    allowed: bool,
+    keep_alive: bool,
+    body_len: usize,
+}
+
+fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
+    let text = std::str::from_utf8(head).map_err(|_| HttpError::Malformed("not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HttpError::Malformed("bad request line"));
+    };
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
+    };
+    let mut keep_alive = http11;
+    let mut body_len = 0;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(HttpError::Malformed("header without ':'"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            body_len = value
+                .parse()
+                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            if body_len > MAX_BODY {
+                return Err(HttpError::Malformed("request body too large"));
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::Malformed(
+                "chunked request bodies are not supported",
+            ));
+        }
+    }
+    Ok(Request {
+        head_only: method == "HEAD",
+        allowed: method == "GET" || method == "HEAD",
+        keep_alive,
+        body_len,
+    })
+}
+
+/// Serves requests on `stream` until it ends. `page` is the body of every response; each
+/// request is counted in `answered` before its response is sent. Returns the number of
+/// requests answered.
+pub(crate) async fn serve<S>(
+    stream: &mut S,
+    page: &[u8],
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    counter: &AtomicU64,
+) -> Result<u64, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut answered = 0u64;
+    loop {
+        // Read a complete request head (pipelined requests may already be buffered).
+        let head_end = loop {
+            if let Some(end) = find_head_end(&buf) {
+                break end;
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(HttpError::Malformed("request head too large"));
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::select! {
+                r = tokio::time::timeout(idle_timeout, stream.read(&mut chunk)) => r,
+                _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return Ok(answered),
+            };
+            match read {
+                // Idle too long: close quietly between requests.
+                Err(_) if buf.is_empty() => return Ok(answered),
+                Err(_) => return Err(HttpError::Malformed("request head timed out")),
+                Ok(Ok(0)) if buf.is_empty() => return Ok(answered),
+                Ok(Ok(0)) => return Err(HttpError::Malformed("connection closed mid-request")),
+                Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        };
+        let request = parse_head(buf.get(..head_end).unwrap_or_default())?;
+        buf.drain(..head_end + 4);
+        // Discard the body.
+        while buf.len() < request.body_len {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(idle_timeout, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Err(_) => return Err(HttpError::Malformed("request body cut short")),
+                Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        buf.drain(..request.body_len);
+
+        let keep_alive = request.keep_alive && !*shutdown.borrow();
+        let (status, body): (&str, &[u8]) = if request.allowed {
+            ("200 OK", page)
+        } else {
+            ("405 Method Not Allowed", b"only GET and HEAD are served\n")
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: {}\r\nCache-Control: no-store\r\n",
+            body.len(),
+            if keep_alive { "keep-alive" } else { "close" },
+        );
+        if !request.allowed {
+            response.push_str("Allow: GET, HEAD\r\n");
+        }
+        response.push_str("\r\n");
+        let mut response = response.into_bytes();
+        if !request.head_only {
+            response.extend_from_slice(body);
+        }
+        answered += 1;
+        counter.fetch_add(1, Ordering::Relaxed);
+        stream.write_all(&response).await?;
+        stream.flush().await?;
+        if !keep_alive {
+            // Best effort: send close_notify.
+            let _ = stream.shutdown().await;
+            return Ok(answered);
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keep_alive_pipelining_and_close() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            serve(
+                &mut server,
+                b"hello\n",
+                Duration::from_secs(5),
+                rx,
+                &AtomicU64::new(0),
+            )
+            .await
+        });
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
+                  POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+                  GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), 4);
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+        assert_eq!(out.matches("hello\n").count(), 2, "{out}");
+        assert!(out.contains("405 Method Not Allowed"), "{out}");
+        assert!(out.ends_with("Connection: close\r\nCache-Control: no-store\r\n\r\nhello\n"));
+    }
+
+    #[tokio::test]
+    async fn http10_closes_and_garbage_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let (_tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            serve(
+                &mut server,
+                b"x",
+                Duration::from_secs(5),
+                rx,
+                &AtomicU64::new(0),
+            )
+            .await
+        });
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), 1);
+        assert!(out.contains("Connection: close"), "{out}");
+
+        for bad in [
+            &b"NONSENSE\r\n\r\n"[..],
+            b"GET / HTTP/2\r\n\r\n",
+            b"\xff\r\n\r\n",
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let (_tx, rx) = watch::channel(false);
+            client.write_all(bad).await.unwrap();
+            let r = serve(
+                &mut server,
+                b"x",
+                Duration::from_secs(5),
+                rx,
+                &AtomicU64::new(0),
+            )
+            .await;
+            assert!(matches!(r, Err(HttpError::Malformed(_))), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_an_idle_connection() {
+        let (_client, mut server) = tokio::io::duplex(4096);
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            serve(
+                &mut server,
+                b"x",
+                Duration::from_secs(60),
+                rx,
+                &AtomicU64::new(0),
+            )
+            .await
+        });
+        tx.send(true).unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), 0);
+    }
+}

@@ -1,0 +1,51 @@
+//! TLS servers whose private key stays in a TPM or an HSM, without ever blocking an event loop
+//! on a private-key operation.
+//!
+//! - [`boring`] (feature `boring`): BoringSSL's async private-key method over any hardkey key.
+//!   A handshake waiting for the device holds no thread: one event-loop thread finishes 100
+//!   handshakes on a 200 ms key in about 200 ms.
+//! - [`rustls`](mod@rustls) (feature `rustls`): a `rustls::sign::SigningKey` over any hardkey key,
+//!   and an acceptor that runs the signing step on a blocking thread (one blocked thread per
+//!   handshake in progress), so the event loop keeps serving.
+//! - [`Server`]: a minimal HTTPS server (HTTP/1.1 keep-alive, a small fixed page) on either
+//!   stack, for testing a provisioned key with curl or `openssl s_client`, optionally with
+//!   simulated device latency.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, SharedKey};
+//! use hardkey_tls::{CertChain, Server, ServerConfig, Stack};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = hardkey_soft::SoftStore::in_memory()?; // or a PKCS#11 token, a TPM
+//! # let key = futures::executor::block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256)))?;
+//! let key: SharedKey = Arc::new(key);
+//! let chain = CertChain::from_pem_file("chain.pem")?; // issued for the key's public key
+//! let server = Server::start(
+//!     ServerConfig::new(key, chain)
+//!         .stack(Stack::Boring)
+//!         .listen("127.0.0.1:8443".parse()?),
+//! )?;
+//! println!("serving on https://{}", server.local_addr());
+//! server.wait()?;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+#[cfg(not(any(feature = "boring", feature = "rustls")))]
+compile_error!("hardkey-tls needs a TLS stack: enable its `boring` or `rustls` feature (or both)");
+
+#[cfg(feature = "boring")]
+pub mod boring;
+mod cert;
+mod error;
+mod http;
+#[cfg(feature = "rustls")]
+pub mod rustls;
+mod server;
+
+// Public interface.
+pub use cert::CertChain;
+pub use error::{Error, KeyMismatch, Result};
+pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};

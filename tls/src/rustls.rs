@@ -1,0 +1,239 @@
+//! The rustls adapter: a [`rustls::sign::SigningKey`] over any hardkey key, and an
+//! [`Acceptor`] that keeps the signing step off the event loop.
+//!
+//! rustls signs synchronously: [`Signer::sign`](rustls::sign::Signer::sign) must return the
+//! signature. [`SigningKey`]'s signer therefore *waits* for the device future, blocking its
+//! thread. Called on an event loop, as `tokio_rustls::TlsAcceptor` would call it, that stalls
+//! every other connection on the thread for the whole device round trip: 100 handshakes on a
+//! 200 ms key would take 20 s. [`Acceptor`] avoids this: it reads the ClientHello on the event
+//! loop, runs the one handshake step that signs (`Accepted::into_connection`) on tokio's
+//! blocking pool, and finishes the handshake on the event loop again.
+//!
+//! The cost, beside the BoringSSL path (which waits on the device future without any thread):
+//! **one blocked thread per handshake in progress**, taken from tokio's blocking pool (512
+//! threads by default; handshakes beyond that queue), plus a thread hand-off per handshake.
+//! With a fast key that is a few microseconds; with a slow device it is a parked thread per
+//! concurrent handshake, its stack, and the wake-up when the device answers.
+
+use std::io;
+use std::sync::Arc;
+
+use hardkey_api::{KeyFamily, PrivateKey, SharedKey, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
+use rustls::{SignatureAlgorithm, SignatureScheme as TlsScheme};
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::cert::{CertChain, key_name};
+use crate::error::{Error, Result};
+use crate::server::Stack;
+
+/// The hardkey scheme for a rustls signature scheme, if hardkey has it.
+pub fn scheme_for(scheme: TlsScheme) -> Option<SignatureScheme> {
+    SignatureScheme::from_tls_code_point(u16::from(scheme))
+}
+
+/// The rustls signature scheme of a hardkey scheme (its TLS code point).
+pub fn tls_scheme_for(scheme: SignatureScheme) -> TlsScheme {
+    TlsScheme::from(scheme.tls_code_point())
+}
+
+/// A rustls signing key backed by a hardkey key.
+///
+/// `choose_scheme` picks the key's most preferred scheme among those the peer offers (no
+/// device I/O); `public_key` gives rustls the key's SubjectPublicKeyInfo, so
+/// [`CertifiedKey::keys_match`] can check the certificate. Its signer blocks the calling thread
+/// until the device answers: serve it through [`Acceptor`], not directly on an event loop
+/// (see the module documentation).
+pub struct SigningKey {
+    key: SharedKey,
+    name: Arc<str>,
+}
+
+impl SigningKey {
+    /// A signing key over `key`; fails if the key cannot sign.
+    pub fn new(key: SharedKey) -> Result<Self> {
+        let name = key_name(key.info());
+        if key.info().signature_schemes.is_empty() {
+            return Err(Error::KeyCannotSign { key: name });
+        }
+        Ok(Self {
+            key,
+            name: name.into(),
+        })
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key", &self.name)
+            .finish()
+    }
+}
+
+impl rustls::sign::SigningKey for SigningKey {
+    fn choose_scheme(&self, offered: &[TlsScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        let offered: Vec<SignatureScheme> = offered.iter().filter_map(|s| scheme_for(*s)).collect();
+        let scheme = self.key.info().choose_scheme(&offered)?;
+        Some(Box::new(Signer {
+            key: Arc::clone(&self.key),
+            name: Arc::clone(&self.name),
+            scheme,
+        }))
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(
+            self.key.info().public_key.der(),
+        ))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        match self.key.info().algorithm.family() {
+            KeyFamily::Rsa => SignatureAlgorithm::RSA,
+            KeyFamily::Ec => SignatureAlgorithm::ECDSA,
+            _ => SignatureAlgorithm::Unknown(0),
+        }
+    }
+}
+
+/// One signature with a chosen scheme: waits for the device on the calling thread.
+pub struct Signer {
+    key: SharedKey,
+    name: Arc<str>,
+    scheme: SignatureScheme,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("key", &self.name)
+            .field("scheme", &self.scheme)
+            .finish()
+    }
+}
+
+impl rustls::sign::Signer for Signer {
+    fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
+        // Blocks this thread until the device answers: see the module documentation.
+        futures::executor::block_on(self.key.sign(self.scheme, message)).map_err(|e| {
+            log::warn!(
+                target: "hardkey_tls",
+                "key {}: {} signature failed: {e}",
+                self.name,
+                self.scheme
+            );
+            rustls::Error::General(format!(
+                "key {}: {} signature failed: {e}",
+                self.name, self.scheme
+            ))
+        })
+    }
+
+    fn scheme(&self) -> TlsScheme {
+        tls_scheme_for(self.scheme)
+    }
+}
+
+/// The crypto provider of this crate's configurations: rustls's `ring` provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server configuration serving `chain` with `key`: TLS 1.3 and 1.2, the `ring`
+/// provider's cipher suites and groups, ALPN `http/1.1`, no client authentication. Checks that
+/// the chain's certificate holds the key's public key. Serve it with [`Acceptor`].
+pub fn server_config(key: SharedKey, chain: &CertChain) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_with_provider(key, chain, provider())
+}
+
+/// [`server_config`] with another crypto provider (e.g. one restricted to a key-exchange
+/// group).
+pub fn server_config_with_provider(
+    key: SharedKey,
+    chain: &CertChain,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    chain.check_key(key.info())?;
+    let certified = CertifiedKey::new(chain.certs().to_vec(), Arc::new(SigningKey::new(key)?));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::TlsSetup {
+            stack: Stack::Rustls,
+            what: "protocol versions",
+            source: Box::new(e),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Always the same certified key.
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// Accepts TLS connections with a configuration whose key may be slow, without blocking the
+/// event loop: the handshake step that signs runs on tokio's blocking pool (one blocked thread
+/// per handshake in progress; see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Acceptor {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl Acceptor {
+    /// An acceptor for `config` (e.g. from [`server_config`]).
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.config
+    }
+
+    /// Runs a server handshake on `io`. Must be called within a tokio runtime (it uses
+    /// `spawn_blocking`).
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Reading the ClientHello needs no key.
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let config = Arc::clone(&self.config);
+        // Processing it signs (CertificateVerify in TLS 1.3, ServerKeyExchange in TLS 1.2):
+        // on a blocking thread, which waits for the device.
+        let accept = tokio::task::spawn_blocking(move || start.into_stream(config))
+            .await
+            .map_err(|e| io::Error::other(format!("handshake thread failed: {e}")))?;
+        // Writing the server's flight and reading the client's Finished: on the event loop.
+        accept.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scheme_round_trips_through_rustls() {
+        for scheme in SignatureScheme::ALL {
+            let tls = tls_scheme_for(scheme);
+            assert_eq!(scheme_for(tls), Some(scheme), "{scheme}");
+            assert_eq!(u16::from(tls), scheme.tls_code_point(), "{scheme}");
+        }
+        assert_eq!(scheme_for(TlsScheme::ED25519), None);
+        assert_eq!(scheme_for(TlsScheme::RSA_PKCS1_SHA1), None);
+    }
+}

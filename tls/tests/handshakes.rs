@@ -1,0 +1,301 @@
+//! Real TLS 1.3 and TLS 1.2 (ECDHE) handshakes against the test server, for both stacks, on
+//! software, SoftHSM2 and swtpm keys (P-256, RSA-2048 with PSS and with PKCS#1 v1.5).
+//!
+//! Each key's certificate is issued by a software CA for the device key's public key. Two
+//! clients independent of hardkey check every handshake: a rustls client verifying the chain
+//! against the CA and the server name with rustls-webpki, restricted to the signature schemes
+//! under test and recording the one it verified; and `openssl s_client`, whose
+//! "Peer signature type" and "Peer signing digest" lines name what the server signed with.
+//! `curl` checks keep-alive (two requests over one connection).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::print_stdout,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use common::{Ca, Version, curl_twice, openssl_s_client, rust_client_fetch};
+use futures::executor::block_on;
+use hardkey_api::{DynKeyStore, GenerateRequest, KeyAlgorithm, PrivateKey, SharedKey};
+use hardkey_tls::{CertChain, Server, ServerConfig, Stack};
+use libtest_mimic::{Arguments, Trial};
+use rustls::SignatureScheme as S;
+
+/// One handshake to check: the version, what the client offers, what the server must sign
+/// with, and the same for `openssl s_client` (its `-sigalgs` value and the signature type it
+/// then reports).
+struct Case {
+    version: Version,
+    offer: &'static [S],
+    expect: S,
+    openssl_sigalgs: &'static str,
+    openssl_type: &'static str,
+}
+
+const P256_CASES: &[Case] = &[
+    Case {
+        version: Version::Tls13,
+        offer: &[
+            S::RSA_PSS_SHA256,
+            S::ECDSA_NISTP384_SHA384,
+            S::ECDSA_NISTP256_SHA256,
+        ],
+        expect: S::ECDSA_NISTP256_SHA256,
+        openssl_sigalgs: "ecdsa_secp256r1_sha256",
+        openssl_type: "ECDSA",
+    },
+    Case {
+        version: Version::Tls12,
+        offer: &[S::RSA_PKCS1_SHA256, S::ECDSA_NISTP256_SHA256],
+        expect: S::ECDSA_NISTP256_SHA256,
+        openssl_sigalgs: "ecdsa_secp256r1_sha256",
+        openssl_type: "ECDSA",
+    },
+];
+
+const RSA_CASES: &[Case] = &[
+    // TLS 1.3 signs with PSS only; the key prefers SHA-256 among what is offered.
+    Case {
+        version: Version::Tls13,
+        offer: &[
+            S::ECDSA_NISTP256_SHA256,
+            S::RSA_PSS_SHA384,
+            S::RSA_PSS_SHA256,
+        ],
+        expect: S::RSA_PSS_SHA256,
+        openssl_sigalgs: "rsa_pss_rsae_sha256",
+        openssl_type: "RSA-PSS",
+    },
+    Case {
+        version: Version::Tls12,
+        offer: &[S::RSA_PSS_SHA256],
+        expect: S::RSA_PSS_SHA256,
+        openssl_sigalgs: "rsa_pss_rsae_sha256",
+        openssl_type: "RSA-PSS",
+    },
+    Case {
+        version: Version::Tls12,
+        offer: &[S::RSA_PKCS1_SHA256],
+        expect: S::RSA_PKCS1_SHA256,
+        openssl_sigalgs: "rsa_pkcs1_sha256",
+        openssl_type: "RSA",
+    },
+];
+
+/// Keys made once per device and algorithm, with their certificate chain files.
+type Keys = Mutex<HashMap<(&'static str, KeyAlgorithm), (SharedKey, PathBuf)>>;
+
+struct Fixture {
+    ca: Ca,
+    tpm_store: Arc<hardkey_tpm::TpmStore>,
+    stores: HashMap<&'static str, Arc<dyn DynKeyStore>>,
+    keys: Keys,
+}
+
+impl Fixture {
+    fn key(&self, device: &'static str, alg: KeyAlgorithm) -> (SharedKey, PathBuf) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.entry((device, alg))
+            .or_insert_with(|| {
+                let label = format!("tls-{device}-{alg}");
+                let key = block_on(
+                    self.stores[device].dyn_generate(GenerateRequest::new(alg).label(&label)),
+                )
+                .unwrap();
+                let chain = self.ca.issue_file(&key.info().public_key, &label);
+                (key, chain)
+            })
+            .clone()
+    }
+}
+
+fn start(key: SharedKey, chain: &PathBuf, stack: Stack) -> hardkey_tls::ServerHandle {
+    Server::start(
+        ServerConfig::new(key, CertChain::from_pem_file(chain).unwrap())
+            .stack(stack)
+            .listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap()
+}
+
+fn check_rust_client(fx: &Fixture, addr: SocketAddr, stack: Stack, case: &Case) {
+    let (response, version, scheme) =
+        rust_client_fetch(addr, &fx.ca.ca_der(), case.version, case.offer).unwrap_or_else(|e| {
+            panic!(
+                "{:?} handshake: {e} {}",
+                case.version,
+                fx.tpm_store.pool().stats()
+            )
+        });
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("hardkey test server"), "{response}");
+    assert!(response.contains(&format!("stack: {stack}")), "{response}");
+    let protocol = format!("protocol: {}", case.version.openssl_name());
+    assert!(response.contains(&protocol), "{response}");
+    assert_eq!(version, Some(case.version.protocol()));
+    assert_eq!(scheme, Some(case.expect), "{:?}", case.version);
+}
+
+fn check_openssl(fx: &Fixture, addr: SocketAddr, case: &Case) {
+    let out = openssl_s_client(addr, &fx.ca.ca_file(), case.version, case.openssl_sigalgs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "openssl s_client failed:\n{all}\n{}",
+        fx.tpm_store.pool().stats()
+    );
+    assert!(
+        all.contains("Verify return code: 0 (ok)"),
+        "chain not verified:\n{all}"
+    );
+    assert!(
+        all.contains(&format!("Peer signature type: {}", case.openssl_type)),
+        "expected a {} signature:\n{all}",
+        case.openssl_type
+    );
+    assert!(all.contains("Peer signing digest: SHA256"), "{all}");
+    assert!(
+        all.contains(&format!("Protocol  : {}", case.version.openssl_name()))
+            || all.contains(&format!("New, {}", case.version.openssl_name())),
+        "expected {}:\n{all}",
+        case.version.openssl_name()
+    );
+    assert!(stdout.contains("hardkey test server"), "no page:\n{all}");
+}
+
+fn handshakes(fx: &Fixture, device: &'static str, alg: KeyAlgorithm, stack: Stack) {
+    let (key, chain) = fx.key(device, alg);
+    let server = start(key, &chain, stack);
+    let addr = server.local_addr();
+    let cases = match alg {
+        KeyAlgorithm::EcP256 => P256_CASES,
+        _ => RSA_CASES,
+    };
+    for case in cases {
+        check_rust_client(fx, addr, stack, case);
+        println!(
+            "{device}/{alg}/{stack}: rustls client {:?} {:?} ok",
+            case.version, case.expect
+        );
+        check_openssl(fx, addr, case);
+        println!(
+            "{device}/{alg}/{stack}: openssl {:?} {} ok",
+            case.version, case.openssl_sigalgs
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats.handshake_failures, 0, "{stats:?}");
+    assert_eq!(stats.handshakes, 2 * cases.len() as u64, "{stats:?}");
+    server.shutdown().unwrap();
+}
+
+fn curl_keep_alive(fx: &Fixture, stack: Stack) {
+    let (key, chain) = fx.key("soft", KeyAlgorithm::EcP256);
+    let server = start(key, &chain, stack);
+    for (tls_max, name) in [("1.3", "TLSv1.3"), ("1.2", "TLSv1.2")] {
+        let out = curl_twice(server.local_addr(), &fx.ca.ca_file(), tls_max);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl failed:\n{stderr}");
+        assert_eq!(stdout.matches("hardkey test server").count(), 2, "{stdout}");
+        assert!(
+            stderr.contains(&format!("SSL connection using {name}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Re-using existing connection"), "{stderr}");
+        assert!(stderr.contains("SSL certificate verify ok"), "{stderr}");
+    }
+    let stats = server.stats();
+    assert_eq!((stats.handshakes, stats.requests), (2, 4), "{stats:?}");
+    server.shutdown().unwrap();
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // One trial at a time. The swtpm TCTI opens a socket per TPM command without
+    // close-on-exec: an `openssl` or `curl` started by a parallel trial while a command is in
+    // flight inherits it, and swtpm (one connection at a time) then waits for that tool to
+    // exit, which waits for the handshake, which waits for the TPM: stalls until the
+    // handshake timeout.
+    args.test_threads = Some(1);
+    // SoftHSM first: it sets its configuration variable while the process has one thread.
+    let hsm = softhsm_tests::SoftHsm::start();
+    common::capture_logs();
+    let tpm = swtpm_tests::Swtpm::start();
+    let tpm_keys = tempfile::Builder::new()
+        .prefix("hardkey-tls-tpm-")
+        .tempdir()
+        .unwrap();
+    let soft = hardkey_soft::SoftStore::in_memory().unwrap();
+    let softhsm = hsm.store(2);
+    let swtpm = Arc::new(swtpm_tests::open_store(tpm.config(tpm_keys.path())));
+    let stores: HashMap<&'static str, Arc<dyn DynKeyStore>> = HashMap::from([
+        ("soft", Arc::new(soft) as Arc<dyn DynKeyStore>),
+        ("softhsm", Arc::new(softhsm) as Arc<dyn DynKeyStore>),
+        ("swtpm", Arc::clone(&swtpm) as Arc<dyn DynKeyStore>),
+    ]);
+    let fx = Arc::new(Fixture {
+        ca: Ca::new(),
+        tpm_store: swtpm,
+        stores,
+        keys: Mutex::default(),
+    });
+
+    // Every key is made before any handshake: a TPM generating an RSA key is busy for
+    // seconds, and a signature queued behind it would only measure that.
+    for device in ["soft", "softhsm", "swtpm"] {
+        for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+            fx.key(device, alg);
+        }
+    }
+
+    let mut trials = Vec::new();
+    for device in ["soft", "softhsm", "swtpm"] {
+        for (alg_name, alg) in [
+            ("p256", KeyAlgorithm::EcP256),
+            ("rsa2048", KeyAlgorithm::Rsa2048),
+        ] {
+            for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
+                let fx = Arc::clone(&fx);
+                trials.push(Trial::test(
+                    format!("{device}::{alg_name}::{stack}"),
+                    move || {
+                        handshakes(&fx, device, alg, stack);
+                        Ok(())
+                    },
+                ));
+            }
+        }
+    }
+    for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
+        let fx = Arc::clone(&fx);
+        trials.push(Trial::test(
+            format!("curl_keep_alive::{stack}"),
+            move || {
+                curl_keep_alive(&fx, stack);
+                Ok(())
+            },
+        ));
+    }
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Keys and stores go before the emulators, so no worker is inside a device at exit.
+    match Arc::try_unwrap(fx) {
+        Ok(fx) => drop(fx),
+        Err(_) => eprintln!("fixture still shared at exit"),
+    }
+    drop(tpm);
+    drop(hsm);
+    conclusion.exit_code()
+}
