@@ -128,6 +128,12 @@ pub(crate) fn resolve(
     }
 }
 
+/// A secret that is empty unless a file or its environment variable gives it (TPM auth
+/// values, which are usually unset).
+pub(crate) fn optional(secret: Secret, file: Option<&Path>) -> CliResult<SecretSource> {
+    resolve(secret, file, Missing::Empty, None)
+}
+
 /// The secret's value now (for APIs that take a `SecretString`).
 pub(crate) fn value(secret: Secret, source: &SecretSource) -> CliResult<SecretString> {
     match source.load(secret.name)? {

@@ -185,11 +185,9 @@ impl Store {
                 }
                 let cfg = cfg
                     .owner_auth(owner_auth(secrets)?)
-                    .key_auth(secrets::resolve(
+                    .key_auth(secrets::optional(
                         secrets::KEY_AUTH,
                         secrets.key_auth_file.as_deref(),
-                        Missing::Empty,
-                        None,
                     )?)
                     .op_timeout(options.op_timeout);
                 Ok(Self::Tpm(TpmStore::open(cfg)?))
@@ -255,12 +253,7 @@ pub(crate) fn tcti(explicit: Option<&str>, config: &Config) -> String {
 
 /// The owner auth for commands that need it (creating the SRK, persisting keys, sealing).
 pub(crate) fn owner_auth(secrets: &DeviceSecrets) -> CliResult<SecretSource> {
-    secrets::resolve(
-        secrets::OWNER_AUTH,
-        secrets.owner_auth_file.as_deref(),
-        Missing::Empty,
-        None,
-    )
+    secrets::optional(secrets::OWNER_AUTH, secrets.owner_auth_file.as_deref())
 }
 
 /// The module path for token administration (`--module`, else configuration, else SoftHSM).

@@ -29,12 +29,7 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
             a.out.display()
         )));
     }
-    let auth = secrets::resolve(
-        secrets::SEAL_AUTH,
-        a.auth_file.as_deref(),
-        Missing::Empty,
-        None,
-    )?;
+    let auth = secrets::optional(secrets::SEAL_AUTH, a.auth_file.as_deref())?;
     let data = read_input(&a.input, "the data to seal")?;
     let owner = owner_auth(&a.secrets)?;
     let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;

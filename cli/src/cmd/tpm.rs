@@ -60,7 +60,7 @@ fn connect(tpm: &TpmArgs, ctx: &Ctx, owner: &SecretSource) -> CliResult<TpmAdmin
 }
 
 fn lockout_auth(file: Option<&std::path::Path>) -> CliResult<SecretSource> {
-    secrets::resolve(secrets::LOCKOUT_AUTH, file, Missing::Empty, None)
+    secrets::optional(secrets::LOCKOUT_AUTH, file)
 }
 
 /// The status as JSON.
@@ -112,11 +112,9 @@ fn take_ownership(a: &TakeOwnershipArgs, ctx: &Ctx) -> CliResult {
         missing,
         None,
     )?;
-    let endorsement = secrets::resolve(
+    let endorsement = secrets::optional(
         secrets::ENDORSEMENT_AUTH,
         a.endorsement_auth_file.as_deref(),
-        Missing::Empty,
-        None,
     )?;
     let lockout = secrets::resolve(
         secrets::LOCKOUT_AUTH,
@@ -139,12 +137,7 @@ fn change_auth(a: &ChangeAuthArgs, ctx: &Ctx) -> CliResult {
         HierarchyArg::Endorsement => (Hierarchy::Endorsement, secrets::ENDORSEMENT_AUTH),
         HierarchyArg::Lockout => (Hierarchy::Lockout, secrets::LOCKOUT_AUTH),
     };
-    let current = secrets::resolve(
-        current_secret,
-        a.current_auth_file.as_deref(),
-        Missing::Empty,
-        None,
-    )?;
+    let current = secrets::optional(current_secret, a.current_auth_file.as_deref())?;
     let new = secrets::resolve(
         secrets::NEW_AUTH,
         a.new_auth_file.as_deref(),
