@@ -1,5 +1,5 @@
 //! Real TLS 1.3 and TLS 1.2 (ECDHE) handshakes against the test server, for both stacks, on
-//! software, SoftHSM2 and swtpm keys (P-256, RSA-2048 with PSS and with PKCS#1 v1.5).
+//! software, SoftHSM2 and swtpm keys (P-256, P-384, RSA-2048 with PSS and with PKCS#1 v1.5).
 //!
 //! Each key's certificate is issued by a software CA for the device key's public key. Two
 //! clients independent of hardkey check every handshake: a rustls client verifying the chain
@@ -31,14 +31,15 @@ use libtest_mimic::{Arguments, Trial};
 use rustls::SignatureScheme as S;
 
 /// One handshake to check: the version, what the client offers, what the server must sign
-/// with, and the same for `openssl s_client` (its `-sigalgs` value and the signature type it
-/// then reports).
+/// with, and the same for `openssl s_client` (its `-sigalgs` value and the signature type and
+/// digest it then reports).
 struct Case {
     version: Version,
     offer: &'static [S],
     expect: S,
     openssl_sigalgs: &'static str,
     openssl_type: &'static str,
+    openssl_digest: &'static str,
 }
 
 const P256_CASES: &[Case] = &[
@@ -52,6 +53,7 @@ const P256_CASES: &[Case] = &[
         expect: S::ECDSA_NISTP256_SHA256,
         openssl_sigalgs: "ecdsa_secp256r1_sha256",
         openssl_type: "ECDSA",
+        openssl_digest: "SHA256",
     },
     Case {
         version: Version::Tls12,
@@ -59,6 +61,31 @@ const P256_CASES: &[Case] = &[
         expect: S::ECDSA_NISTP256_SHA256,
         openssl_sigalgs: "ecdsa_secp256r1_sha256",
         openssl_type: "ECDSA",
+        openssl_digest: "SHA256",
+    },
+];
+
+const P384_CASES: &[Case] = &[
+    // TLS 1.3 ties the curve to the hash: a P-384 key signs ecdsa_secp384r1_sha384 only.
+    Case {
+        version: Version::Tls13,
+        offer: &[
+            S::ECDSA_NISTP256_SHA256,
+            S::RSA_PSS_SHA384,
+            S::ECDSA_NISTP384_SHA384,
+        ],
+        expect: S::ECDSA_NISTP384_SHA384,
+        openssl_sigalgs: "ecdsa_secp384r1_sha384",
+        openssl_type: "ECDSA",
+        openssl_digest: "SHA384",
+    },
+    Case {
+        version: Version::Tls12,
+        offer: &[S::ECDSA_NISTP256_SHA256, S::ECDSA_NISTP384_SHA384],
+        expect: S::ECDSA_NISTP384_SHA384,
+        openssl_sigalgs: "ECDSA+SHA384",
+        openssl_type: "ECDSA",
+        openssl_digest: "SHA384",
     },
 ];
 
@@ -74,6 +101,7 @@ const RSA_CASES: &[Case] = &[
         expect: S::RSA_PSS_SHA256,
         openssl_sigalgs: "rsa_pss_rsae_sha256",
         openssl_type: "RSA-PSS",
+        openssl_digest: "SHA256",
     },
     Case {
         version: Version::Tls12,
@@ -81,6 +109,7 @@ const RSA_CASES: &[Case] = &[
         expect: S::RSA_PSS_SHA256,
         openssl_sigalgs: "rsa_pss_rsae_sha256",
         openssl_type: "RSA-PSS",
+        openssl_digest: "SHA256",
     },
     Case {
         version: Version::Tls12,
@@ -88,6 +117,7 @@ const RSA_CASES: &[Case] = &[
         expect: S::RSA_PKCS1_SHA256,
         openssl_sigalgs: "rsa_pkcs1_sha256",
         openssl_type: "RSA",
+        openssl_digest: "SHA256",
     },
 ];
 
@@ -164,7 +194,11 @@ fn check_openssl(fx: &Fixture, addr: SocketAddr, case: &Case) {
         "expected a {} signature:\n{all}",
         case.openssl_type
     );
-    assert!(all.contains("Peer signing digest: SHA256"), "{all}");
+    assert!(
+        all.contains(&format!("Peer signing digest: {}", case.openssl_digest)),
+        "expected a {} digest:\n{all}",
+        case.openssl_digest
+    );
     assert!(
         all.contains(&format!("Protocol  : {}", case.version.openssl_name()))
             || all.contains(&format!("New, {}", case.version.openssl_name())),
@@ -180,6 +214,7 @@ fn handshakes(fx: &Fixture, device: &'static str, alg: KeyAlgorithm, stack: Stac
     let addr = server.local_addr();
     let cases = match alg {
         KeyAlgorithm::EcP256 => P256_CASES,
+        KeyAlgorithm::EcP384 => P384_CASES,
         _ => RSA_CASES,
     };
     for case in cases {
@@ -255,7 +290,11 @@ fn main() -> ExitCode {
     // Every key is made before any handshake: a TPM generating an RSA key is busy for
     // seconds, and a signature queued behind it would only measure that.
     for device in ["soft", "softhsm", "swtpm"] {
-        for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+        for alg in [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Rsa2048,
+        ] {
             fx.key(device, alg);
         }
     }
@@ -264,6 +303,7 @@ fn main() -> ExitCode {
     for device in ["soft", "softhsm", "swtpm"] {
         for (alg_name, alg) in [
             ("p256", KeyAlgorithm::EcP256),
+            ("p384", KeyAlgorithm::EcP384),
             ("rsa2048", KeyAlgorithm::Rsa2048),
         ] {
             for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
