@@ -1,6 +1,8 @@
 //! The `hardkey` command against a SoftHSM2 token: token administration, key provisioning,
-//! signatures checked by openssl, import, delete, bench, and bad input (wrong PIN, unknown
-//! key, duplicate label) with its exit codes and no half-made keys.
+//! signatures checked by openssl, import, delete, bench, `hardkey serve` on token keys (TLS 1.3
+//! and TLS 1.2 handshakes on both stacks checked by curl, `openssl s_client` and rustls), and
+//! bad input (wrong PIN, unknown key, duplicate label) with its exit codes and no half-made
+//! keys.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -13,6 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use common::serve::{KeyType, check_serve, selfsign_localhost};
 use common::{Hardkey, check_certificates, openssl_verify, tool};
 use secrecy::ExposeSecret;
 use softhsm_tests::{SoftHsm, run_serial, trial};
@@ -408,11 +411,32 @@ fn bench_reports_rates(hsm: &SoftHsm) {
     hk.ok(&["delete", &uri, "--yes", "--pin-file", "pin"]);
 }
 
+/// `hardkey serve` on a P-256 and an RSA-2048 key of the token (the PIN in HARDKEY_PIN), each
+/// with a certificate `hardkey selfsign` made: every handshake of [`check_serve`] on both
+/// stacks; then the keys are deleted.
+fn serve_token_keys_over_tls(hsm: &SoftHsm) {
+    let hk = Hardkey::new().env("HARDKEY_PIN", hsm.user_pin().expose_secret());
+    let keys = private_keys(hsm);
+    for key_type in [KeyType::P256, KeyType::Rsa2048] {
+        let alg = key_type.alg();
+        let label = format!("cli-serve-{alg}");
+        let uri = key_uri(hsm, &label);
+        let made = hk.json(&["keygen", &uri, "--alg", alg]);
+        assert_eq!(made["label"], label.as_str(), "{made}");
+        assert_eq!(made["algorithm"], alg, "{made}");
+        let cert = selfsign_localhost(&hk, &uri, &format!("{alg}.crt"), &[]);
+        let on = format!("on key '{label}' (token '{}')", hsm.label());
+        check_serve(&hk, &uri, &cert, key_type, &on);
+        hk.ok(&["delete", &uri, "--yes"]);
+    }
+    assert_eq!(private_keys(hsm), keys, "the served keys are deleted");
+}
+
 type Test = (&'static str, fn(&SoftHsm));
 
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
-        let tests: [Test; 5] = [
+        let tests: [Test; 6] = [
             (
                 "provision_sign_and_verify_with_openssl",
                 provision_sign_and_verify_with_openssl,
@@ -424,6 +448,7 @@ fn main() -> ExitCode {
                 token_init_init_pin_and_change_pin,
             ),
             ("bench_reports_rates", bench_reports_rates),
+            ("serve_token_keys_over_tls", serve_token_keys_over_tls),
         ];
         tests
             .into_iter()

@@ -1,7 +1,8 @@
 //! The `hardkey` command against swtpm: ownership taken and cleared, keys provisioned as
-//! persistent handles and TSS2 files and checked with tpm2-tools and openssl, sealing with a
-//! password and a PCR policy, dictionary-attack settings, and bad input; after each trial no
-//! transient object is left in the TPM.
+//! persistent handles and TSS2 files and checked with tpm2-tools and openssl, `hardkey serve`
+//! on both (TLS 1.3 and TLS 1.2 handshakes on both stacks checked by curl, `openssl s_client`
+//! and rustls), sealing with a password and a PCR policy, dictionary-attack settings, and bad
+//! input; after each trial no transient object is left in the TPM.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -14,6 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use common::serve::{KeyType, check_serve, selfsign_localhost};
 use common::{Hardkey, check_certificates, openssl_verify, tool};
 use swtpm_tests::{Swtpm, run, trial};
 
@@ -213,6 +215,50 @@ fn keys_sign_for_openssl_and_tpm2_tools(tpm: &Swtpm) {
     assert_no_transients(tpm);
 }
 
+/// `hardkey serve` on a persistent P-256 key and an RSA-2048 key in a TSS2 file, each with a
+/// certificate `hardkey selfsign` made: every handshake of [`check_serve`] on both stacks.
+/// The server holds the TPM's one connection while it runs; the clients (this process, curl,
+/// openssl) hold none.
+fn serve_tpm_keys_over_tls(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let made = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--persist",
+        "0x81000050",
+    ]);
+    let p256 = made["uri"].as_str().unwrap().to_owned();
+    assert_eq!(p256, "tpm2:handle=0x81000050");
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa2048",
+        "--out",
+        "serve-rsa.tss2.pem",
+    ]);
+    let rsa = "tpm2:file=serve-rsa.tss2.pem";
+    for (key_type, uri) in [(KeyType::P256, p256.as_str()), (KeyType::Rsa2048, rsa)] {
+        let alg = key_type.alg();
+        let cert = selfsign_localhost(&hk, uri, &format!("{alg}.crt"), &[]);
+        // A persistent key has no label (a key file is labelled by its name): the server
+        // then names it by id.
+        let info = hk.json(&["info", uri]);
+        let name = match info["label"].as_str() {
+            Some(label) => format!("'{label}'"),
+            None => format!("id {}", info["id"].as_str().unwrap()),
+        };
+        let on = format!("on key {name} (TPM at {})", tpm.tcti());
+        check_serve(&hk, uri, &cert, key_type, &on);
+        assert_no_transients(tpm);
+    }
+    hk.ok(&["delete", &p256, "--yes"]);
+    assert!(!getcap(tpm, "handles-persistent").contains("0x81000050"));
+    assert_no_transients(tpm);
+}
+
 fn seal_and_unseal(tpm: &Swtpm) {
     let hk = hardkey(tpm);
     hk.file("secret", b"database password 42");
@@ -368,12 +414,13 @@ type Test = (&'static str, fn(&Swtpm));
 
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [Test; 4] = [
+        let tests: [Test; 5] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
             (
                 "keys_sign_for_openssl_and_tpm2_tools",
                 keys_sign_for_openssl_and_tpm2_tools,
             ),
+            ("serve_tpm_keys_over_tls", serve_tpm_keys_over_tls),
             ("seal_and_unseal", seal_and_unseal),
             ("lockout_parameters", lockout_parameters),
         ];

@@ -1,11 +1,15 @@
 //! Running the `hardkey` binary in tests: a clean environment (no HARDKEY_* variables from
-//! the caller), a scratch directory, and assertions on exit codes and one-line errors.
+//! the caller), a scratch directory, and assertions on exit codes and one-line errors;
+//! signatures and certificates checked by openssl; `hardkey serve` and its TLS clients in
+//! [`serve`].
 #![allow(
     dead_code,
     clippy::expect_used,
     clippy::panic,
     reason = "shared by several test binaries; test helpers fail by panicking"
 )]
+
+pub(crate) mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

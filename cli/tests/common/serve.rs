@@ -1,0 +1,591 @@
+//! `hardkey serve` in tests: started on a key and polled until it listens, checked by curl,
+//! `openssl s_client` and a rustls client (each trusting only the key's self-signed
+//! certificate, checking the host name and the server's handshake signature), stopped with
+//! Ctrl-C (SIGINT) and its counters read from its JSON output.
+#![allow(
+    dead_code,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "shared by several test binaries; test helpers fail by panicking"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
+    SupportedProtocolVersion,
+};
+
+use super::Hardkey;
+
+/// How long a client waits on the server before the test fails (a TPM signs in well under a
+/// second; this only turns a hang into a failure).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The key types served in the tests, and what each handshake must be signed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyType {
+    P256,
+    Rsa2048,
+}
+
+/// A TLS 1.2 signature algorithm to ask for: its `openssl -sigalgs` name, the "Signature
+/// type" `s_client -brief` then reports, and its rustls scheme.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sigalg {
+    pub(crate) openssl: &'static str,
+    pub(crate) reported: &'static str,
+    pub(crate) rustls: SignatureScheme,
+}
+
+impl KeyType {
+    /// The `hardkey keygen --alg` name.
+    pub(crate) fn alg(self) -> &'static str {
+        match self {
+            Self::P256 => "p256",
+            Self::Rsa2048 => "rsa2048",
+        }
+    }
+
+    /// TLS 1.2 (ECDHE): every signature algorithm the key must serve, one handshake each.
+    /// The first is the one the rustls client asks for.
+    pub(crate) fn tls12_sigalgs(self) -> &'static [Sigalg] {
+        match self {
+            Self::P256 => &[Sigalg {
+                openssl: "ECDSA+SHA256",
+                reported: "ECDSA",
+                rustls: SignatureScheme::ECDSA_NISTP256_SHA256,
+            }],
+            Self::Rsa2048 => &[
+                Sigalg {
+                    openssl: "RSA+SHA256",
+                    reported: "RSA",
+                    rustls: SignatureScheme::RSA_PKCS1_SHA256,
+                },
+                Sigalg {
+                    openssl: "rsa_pss_rsae_sha256",
+                    reported: "RSA-PSS",
+                    rustls: SignatureScheme::RSA_PSS_SHA256,
+                },
+            ],
+        }
+    }
+
+    /// TLS 1.3 with every scheme offered: what `s_client` reports, and the schemes the
+    /// server may choose (TLS 1.3 has no PKCS#1 handshake signatures: RSA means RSA-PSS; a
+    /// P-256 key signs with SHA-256 only).
+    pub(crate) fn tls13(self) -> (&'static str, &'static [SignatureScheme]) {
+        match self {
+            Self::P256 => ("ECDSA", &[SignatureScheme::ECDSA_NISTP256_SHA256]),
+            Self::Rsa2048 => (
+                "RSA-PSS",
+                &[
+                    SignatureScheme::RSA_PSS_SHA256,
+                    SignatureScheme::RSA_PSS_SHA384,
+                    SignatureScheme::RSA_PSS_SHA512,
+                ],
+            ),
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub(crate) fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// `hardkey selfsign` for `key` (subject CN=localhost, SANs `localhost` and 127.0.0.1, the
+/// names the clients check) into `out`, with `extra` options; returns `out`.
+pub(crate) fn selfsign_localhost(hk: &Hardkey, key: &str, out: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "selfsign",
+        key,
+        "--subject",
+        "CN=localhost",
+        "--san",
+        "dns:localhost,ip:127.0.0.1",
+        "--days",
+        "2",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    hk.ok(&args);
+    out.to_owned()
+}
+
+/// A running `hardkey --json serve`; killed on drop if a check failed before [`Serve::stop`]
+/// (so a failed trial does not leave it holding the device).
+pub(crate) struct Serve {
+    child: Option<Child>,
+    addr: SocketAddr,
+    stack: String,
+}
+
+impl Serve {
+    /// Starts `hardkey --json serve` with the scratch directory's environment (PIN, TCTI) and
+    /// waits until it accepts connections.
+    pub(crate) fn start(hk: &Hardkey, key: &str, cert: &str, stack: &str) -> Self {
+        let addr = free_addr();
+        let addr_text = addr.to_string();
+        let mut child = hk
+            .command(&[
+                "--json", "serve", "--key", key, "--cert", cert, "--listen", &addr_text, "--stack",
+                stack,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hardkey serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "hardkey serve exited with {status}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "hardkey serve did not listen on {addr} in 30 s: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            addr,
+            stack: stack.to_owned(),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// Ctrl-C (SIGINT through kill(1)): the server must stop with exit 0 and print its
+    /// counters.
+    pub(crate) fn stop(mut self) -> Stopped {
+        let child = self.child.take().expect("serve is running");
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -INT {}: {status}", child.id());
+        let out = child.wait_with_output().expect("wait for hardkey serve");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "hardkey serve ({}) exited with {} on SIGINT:\n{log}\n{stdout}",
+            self.stack,
+            out.status
+        );
+        let stats = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("serve's counters are not JSON ({e}):\n{stdout}"));
+        Stopped { stats, log }
+    }
+}
+
+/// What a stopped `hardkey serve` printed.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    /// Its counters: `connections`, `handshakes`, `handshake_failures`, `requests`.
+    pub(crate) stats: serde_json::Value,
+    /// Its stderr: the "serving https://ADDR with STACK on key NAME (STORE)" line, then one
+    /// warning per failed handshake.
+    pub(crate) log: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The page `hardkey serve` answers with names the stack and the negotiated protocol.
+pub(crate) fn check_page(page: &str, stack: &str, protocol: &str, context: &str) {
+    assert!(page.contains("hardkey test server"), "{context}: {page}");
+    assert!(
+        page.lines().any(|l| l == format!("stack: {stack}")),
+        "{context}: {page}"
+    );
+    assert!(
+        page.lines().any(|l| l == format!("protocol: {protocol}")),
+        "{context}: {page}"
+    );
+}
+
+/// Whether `text` has the line `line` (exactly: "Signature type: RSA" is not "RSA-PSS").
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l.trim_end() == line)
+}
+
+/// curl, TLS 1.3 only, verifying the certificate and the host name `localhost` against
+/// `cert` (in `dir`); checks that curl reports TLS 1.3 and a verified certificate; returns
+/// the page.
+pub(crate) fn curl_tls13(dir: &Path, addr: SocketAddr, cert: &str) -> String {
+    let url = format!("https://localhost:{}/", addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--verbose", "--fail"])
+        .args(["--tlsv1.3", "--tls-max", "1.3", "--cacert", cert])
+        .args(["--resolve", &resolve, "--max-time", "30", &url])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed ({}):\n{log}", out.status);
+    assert!(
+        log.contains("SSL connection using TLSv1.3 / "),
+        "curl did not use TLS 1.3:\n{log}"
+    );
+    assert!(log.contains("SSL certificate verify ok."), "{log}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `openssl s_client -brief` reported (stderr) and the response it read (stdout).
+pub(crate) struct SClient {
+    pub(crate) summary: String,
+    pub(crate) response: String,
+}
+
+/// `openssl s_client` with `version` (`-tls1_2`, `-tls1_3`), offering only `sigalgs` if
+/// given, verifying the chain against `cert` (in `dir`) and the host name `localhost`
+/// (`-verify_return_error`: a bad certificate fails the handshake); sends one GET and reads
+/// until the server closes. Checks the protocol and that verification succeeded.
+pub(crate) fn s_client(
+    dir: &Path,
+    addr: SocketAddr,
+    cert: &str,
+    version: &str,
+    sigalgs: Option<&str>,
+) -> SClient {
+    let connect = addr.to_string();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &connect, version])
+        .args(["-servername", "localhost", "-verify_hostname", "localhost"])
+        .args([
+            "-CAfile",
+            cert,
+            "-verify_return_error",
+            "-brief",
+            "-ign_eof",
+        ]);
+    if let Some(sigalgs) = sigalgs {
+        cmd.args(["-sigalgs", sigalgs]);
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let out = child.wait_with_output().expect("openssl s_client output");
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    let response = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!("s_client {version} -sigalgs {sigalgs:?}");
+    assert!(
+        out.status.success(),
+        "{context} failed ({}):\n{summary}",
+        out.status
+    );
+    let protocol = match version {
+        "-tls1_2" => "TLSv1.2",
+        "-tls1_3" => "TLSv1.3",
+        other => panic!("no protocol name for {other}"),
+    };
+    assert!(
+        has_line(&summary, &format!("Protocol version: {protocol}")),
+        "{context}:\n{summary}"
+    );
+    assert!(
+        has_line(&summary, "Verification: OK"),
+        "{context}:\n{summary}"
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{context}:\n{response}"
+    );
+    SClient { summary, response }
+}
+
+/// A rustls verifier: rustls-webpki's (chain, host name, handshake signature) with its
+/// offer narrowed to `offer` if given, remembering the scheme of the signature it verified.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<WebPkiServerVerifier>,
+    offer: Option<Vec<SignatureScheme>>,
+    verified: Mutex<Option<SignatureScheme>>,
+}
+
+impl Recording {
+    fn record(&self, scheme: SignatureScheme) {
+        *self.verified.lock().expect("verifier lock") = Some(scheme);
+    }
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let valid = self.inner.verify_tls12_signature(message, cert, dss)?;
+        self.record(dss.scheme);
+        Ok(valid)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let valid = self.inner.verify_tls13_signature(message, cert, dss)?;
+        self.record(dss.scheme);
+        Ok(valid)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        match &self.offer {
+            Some(offer) => offer.clone(),
+            None => self.inner.supported_verify_schemes(),
+        }
+    }
+}
+
+/// What the rustls client saw.
+#[derive(Debug)]
+pub(crate) struct RustlsFetch {
+    pub(crate) response: String,
+    pub(crate) version: Option<ProtocolVersion>,
+    pub(crate) verified: Option<SignatureScheme>,
+}
+
+/// One rustls connection over a blocking `TcpStream` (`rustls::Stream`): only `version`,
+/// the certificate in `cert_file` as the only trust anchor, `server_name` checked against
+/// it, only `offer` offered if given (else every scheme rustls verifies); sends
+/// `GET / HTTP/1.1` and reads the response (head and `Content-Length` body).
+pub(crate) fn rustls_get(
+    addr: SocketAddr,
+    cert_file: &Path,
+    server_name: &str,
+    version: &'static SupportedProtocolVersion,
+    offer: Option<&[SignatureScheme]>,
+) -> RustlsFetch {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = CertificateDer::from_pem_file(cert_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", cert_file.display()));
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).expect("the certificate as a trust anchor");
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .expect("webpki verifier");
+    let verifier = Arc::new(Recording {
+        inner,
+        offer: offer.map(<[SignatureScheme]>::to_vec),
+        verified: Mutex::new(None),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("protocol version")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let name = ServerName::try_from(server_name.to_owned()).expect("server name");
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).expect("rustls client connection");
+    let mut tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("timeout");
+    let context = format!("rustls {version:?} to {server_name}");
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("{context}: handshake or request: {e}"));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte)
+            .unwrap_or_else(|e| panic!("{context}: response head: {e}"));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{context}: no Content-Length in {head}"));
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body)
+        .unwrap_or_else(|e| panic!("{context}: response body: {e}"));
+    let verified = *verifier.verified.lock().expect("verifier lock");
+    RustlsFetch {
+        response: format!("{head}{}", String::from_utf8_lossy(&body)),
+        version: conn.protocol_version(),
+        verified,
+    }
+}
+
+/// Serves `key` with its self-signed certificate `cert` (in `hk`'s directory) on each stack
+/// (boring, rustls) and checks every handshake the key must serve, each client verifying the
+/// certificate and the handshake signature:
+/// - curl, TLS 1.3;
+/// - `openssl s_client -tls1_3`, every scheme offered: the expected signature type (RSA-PSS
+///   for an RSA key);
+/// - `openssl s_client -tls1_2` once per signature algorithm of the key type (ECDSA; RSA
+///   PKCS#1 and RSA-PSS), with ECDHE;
+/// - rustls, TLS 1.3 to `localhost` and TLS 1.2 to `127.0.0.1` (the IP SAN) asking for the
+///   key type's first TLS 1.2 algorithm;
+///
+/// then stops the server with SIGINT (exit 0) and checks its counters (one handshake and one
+/// request per client, no failure but the readiness probe) and that it said it served the
+/// key on `on` (e.g. "on key 'web' (token 'hk-test')").
+pub(crate) fn check_serve(hk: &Hardkey, key: &str, cert: &str, key_type: KeyType, on: &str) {
+    let dir = hk.dir.path();
+    let alg = key_type.alg();
+    let (tls13_reported, tls13_schemes) = key_type.tls13();
+    for stack in ["boring", "rustls"] {
+        let server = Serve::start(hk, key, cert, stack);
+        let addr = server.addr();
+        let context = format!("{stack}/{alg} ({key})");
+        let mut clients = 0u64;
+
+        let page = curl_tls13(dir, addr, cert);
+        check_page(&page, stack, "TLSv1.3", &format!("{context} curl"));
+        assert!(page.contains(&format!("({alg})")), "{context}: {page}");
+        clients += 1;
+
+        let tls13 = s_client(dir, addr, cert, "-tls1_3", None);
+        let summary = &tls13.summary;
+        assert!(
+            has_line(summary, &format!("Signature type: {tls13_reported}")),
+            "{context} s_client -tls1_3:\n{summary}"
+        );
+        check_page(&tls13.response, stack, "TLSv1.3", &context);
+        clients += 1;
+
+        for sigalg in key_type.tls12_sigalgs() {
+            let tls12 = s_client(dir, addr, cert, "-tls1_2", Some(sigalg.openssl));
+            let summary = &tls12.summary;
+            let context = format!("{context} s_client -tls1_2 -sigalgs {}", sigalg.openssl);
+            assert!(
+                has_line(summary, &format!("Signature type: {}", sigalg.reported)),
+                "{context}:\n{summary}"
+            );
+            assert!(
+                has_line(summary, "Hash used: SHA256"),
+                "{context}:\n{summary}"
+            );
+            assert!(
+                summary
+                    .lines()
+                    .any(|l| l.starts_with("Ciphersuite: ECDHE-")),
+                "{context}: not ECDHE:\n{summary}"
+            );
+            check_page(&tls12.response, stack, "TLSv1.2", &context);
+            clients += 1;
+        }
+
+        let cert_path = dir.join(cert);
+        let fetched = rustls_get(addr, &cert_path, "localhost", &rustls::version::TLS13, None);
+        assert_eq!(
+            fetched.version,
+            Some(ProtocolVersion::TLSv1_3),
+            "{context}: {fetched:?}"
+        );
+        assert!(
+            fetched
+                .verified
+                .is_some_and(|scheme| tls13_schemes.contains(&scheme)),
+            "{context}: rustls verified {:?}, expected one of {tls13_schemes:?}",
+            fetched.verified
+        );
+        assert!(
+            fetched.response.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{context}: {}",
+            fetched.response
+        );
+        check_page(&fetched.response, stack, "TLSv1.3", &context);
+        clients += 1;
+
+        let tls12 = key_type.tls12_sigalgs()[0];
+        let fetched = rustls_get(
+            addr,
+            &cert_path,
+            "127.0.0.1",
+            &rustls::version::TLS12,
+            Some(&[tls12.rustls]),
+        );
+        assert_eq!(
+            fetched.version,
+            Some(ProtocolVersion::TLSv1_2),
+            "{context}: {fetched:?}"
+        );
+        assert_eq!(fetched.verified, Some(tls12.rustls), "{context}");
+        check_page(&fetched.response, stack, "TLSv1.2", &context);
+        clients += 1;
+
+        let Stopped { stats, log } = server.stop();
+        let serving = format!("serving https://{addr} with {stack} {on}");
+        assert!(
+            log.lines().any(|l| l.starts_with(&serving)),
+            "{context}: expected '{serving}', got:\n{log}"
+        );
+        assert_eq!(stats["handshakes"], clients, "{context}: {stats}");
+        assert_eq!(stats["requests"], clients, "{context}: {stats}");
+        // The readiness probe connects and closes without a handshake.
+        let failures = stats["handshake_failures"].as_u64().expect("a count");
+        assert!(failures <= 1, "{context}: {stats}");
+        assert_eq!(
+            stats["connections"],
+            clients + failures,
+            "{context}: {stats}"
+        );
+    }
+}
