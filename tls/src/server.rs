@@ -233,6 +233,9 @@ pub struct ServerStats {
     pub handshakes: u64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: u64,
+    /// Connections closed by the peer before it sent anything (health checks, port probes):
+    /// not handshake failures.
+    pub closed_silent: u64,
     /// HTTP requests answered.
     pub requests: u64,
     /// Connections open now.
@@ -244,6 +247,7 @@ struct Counters {
     connections: AtomicU64,
     handshakes: AtomicU64,
     handshake_failures: AtomicU64,
+    closed_silent: AtomicU64,
     requests: AtomicU64,
     active: AtomicU64,
 }
@@ -254,6 +258,7 @@ impl Counters {
             connections: self.connections.load(Ordering::Relaxed),
             handshakes: self.handshakes.load(Ordering::Relaxed),
             handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
+            closed_silent: self.closed_silent.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
         }
@@ -567,6 +572,17 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
     let _active = Active(Arc::clone(&shared.counters));
     let _ = tcp.set_nodelay(true);
     let deadline = shared.handshake_timeout;
+    // A peer that closes before sending a byte (a TCP health check, a port probe) did not
+    // attempt a handshake: counted apart, logged at debug level, not warned about.
+    let mut first = [0u8; 1];
+    if let Ok(Ok(0)) = tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
+        shared
+            .counters
+            .closed_silent
+            .fetch_add(1, Ordering::Relaxed);
+        log::debug!(target: "hardkey_tls", "{peer}: closed before sending anything");
+        return;
+    }
     match &*tls {
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {

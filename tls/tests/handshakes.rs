@@ -251,8 +251,19 @@ fn curl_keep_alive(fx: &Fixture, stack: Stack) {
         assert!(stderr.contains("Re-using existing connection"), "{stderr}");
         assert!(stderr.contains("SSL certificate verify ok"), "{stderr}");
     }
+    // A TCP health check (connect, close) is not a failed handshake.
+    drop(std::net::TcpStream::connect(server.local_addr()).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.stats().closed_silent == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let stats = server.stats();
     assert_eq!((stats.handshakes, stats.requests), (2, 4), "{stats:?}");
+    assert_eq!(
+        (stats.closed_silent, stats.handshake_failures),
+        (1, 0),
+        "{stats:?}"
+    );
     server.shutdown().unwrap();
 }
 

@@ -77,12 +77,18 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             "connections": stats.connections,
             "handshakes": stats.handshakes,
             "handshake_failures": stats.handshake_failures,
+            "closed_silent": stats.closed_silent,
             "requests": stats.requests,
         }),
         || {
             format!(
-                "stopped: {} connections, {} handshakes ({} failed), {} requests",
-                stats.connections, stats.handshakes, stats.handshake_failures, stats.requests
+                "stopped: {} connections, {} handshakes ({} failed), {} requests, {} \
+                 connections closed before sending anything",
+                stats.connections,
+                stats.handshakes,
+                stats.handshake_failures,
+                stats.requests,
+                stats.closed_silent
             )
         },
     );
