@@ -3,11 +3,12 @@
 #   1. start swtpm and a SoftHSM2 token (file backend) in target/demo/;
 #   2. take ownership of the TPM;
 #   3. provision a P-256 key in the TPM (persistent handle) and an RSA-2048 key on the token;
-#   4. make a certificate for each key (self-signed, and a CSR), checked by openssl;
-#   5. sign with each key and verify with openssl;
-#   6. seal a secret to the TPM under a password and a PCR, unseal it;
-#   7. bench each key for a few seconds;
-#   8. print a summary and stop the emulators.
+#   4. sign with each key and verify with openssl;
+#   5. make a certificate for each key (self-signed, and a CSR), checked by openssl;
+#   6. serve HTTPS on the TPM key (`hardkey serve`), fetched by curl and openssl s_client;
+#   7. seal a secret to the TPM under a password and a PCR, unseal it;
+#   8. bench each key for a few seconds;
+#   9. print a summary and stop the emulators.
 # Secrets are in files under target/demo/secrets (mode 0600), never on a command line.
 set -euo pipefail
 
@@ -42,7 +43,9 @@ swtpm socket --tpm2 --server type=tcp,port="$PORT" --ctrl type=tcp,port=$((PORT 
     --tpmstate dir="$DEMO/tpm" --flags not-need-init,startup-clear \
     --pid file="$DEMO/swtpm.pid" --log file="$DEMO/swtpm.log" &
 SWTPM=$!
+SERVE=
 cleanup() {
+    if [ -n "$SERVE" ]; then kill "$SERVE" 2>/dev/null || true; fi
     kill "$SWTPM" 2>/dev/null || true
     wait "$SWTPM" 2>/dev/null || true
 }
@@ -115,6 +118,30 @@ if "$HK" help selfsign >/dev/null 2>&1; then
     run selfsign "$P11_KEY" --subject "CN=web.demo.example" --san dns:web.demo.example \
         --days 30 --out web.crt
     openssl verify -check_ss_sig -partial_chain -trusted web.crt web.crt
+fi
+
+if [ -f tpm.crt ]; then
+    step "Serve HTTPS on the TPM key; curl and openssl s_client connect, checking the certificate"
+    HTTPS_PORT=$(free_port)
+    printf '$ hardkey serve --key %s --cert tpm.crt --listen 127.0.0.1:%s --stack boring ... &\n' \
+        "$TPM_KEY" "$HTTPS_PORT" >&2
+    "$HK" serve --key "$TPM_KEY" --cert tpm.crt --listen "127.0.0.1:$HTTPS_PORT" \
+        --stack boring --owner-auth-file "$S/owner" >serve.out 2>serve.err &
+    SERVE=$!
+    for _ in $(seq 200); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$HTTPS_PORT") 2>/dev/null && break
+        kill -0 "$SERVE" 2>/dev/null || { cat serve.err >&2; exit 1; }
+        sleep 0.05
+    done
+    curl -sS --fail --tlsv1.3 --cacert tpm.crt \
+        --resolve "tpm.demo.example:$HTTPS_PORT:127.0.0.1" "https://tpm.demo.example:$HTTPS_PORT/"
+    echo | openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -tls1_2 -CAfile tpm.crt \
+        -verify_return_error -verify_ip 127.0.0.1 -brief 2>&1 |
+        grep -E "^(Protocol version|Ciphersuite|(Peer )?[Ss]ignature type|Hash used|Verification):"
+    kill -INT "$SERVE"
+    wait "$SERVE"
+    SERVE=
+    cat serve.err serve.out
 fi
 
 step "Seal a secret to the TPM under a password and PCR 16; unseal it"

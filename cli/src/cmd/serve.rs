@@ -82,17 +82,21 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         }),
         || {
             format!(
-                "stopped: {} connections, {} handshakes ({} failed), {} requests, {} \
-                 connections closed before sending anything",
-                stats.connections,
-                stats.handshakes,
+                "stopped: {}, {} ({} failed), {}; {} closed before sending anything",
+                count(stats.connections, "connection"),
+                count(stats.handshakes, "handshake"),
                 stats.handshake_failures,
-                stats.requests,
+                count(stats.requests, "request"),
                 stats.closed_silent
             )
         },
     );
     Ok(())
+}
+
+/// "1 request", "2 requests".
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Prints the server's per-connection warnings (failed handshakes, key errors) on stderr.
