@@ -180,7 +180,9 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the handshake (and startup probe) timeout.
+    /// Sets the handshake (and startup probe) timeout. It runs from the TCP accept: a client
+    /// that sends nothing is closed when it expires (counted as a failed handshake), one that
+    /// closes without sending anything is counted in [`ServerStats::closed_silent`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -574,19 +576,30 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
     let deadline = shared.handshake_timeout;
     // A peer that closes before sending a byte (a TCP health check, a port probe) did not
     // attempt a handshake: counted apart, logged at debug level, not warned about.
+    // The wait for the first byte counts against the handshake's deadline.
+    let started = tokio::time::Instant::now();
     let mut first = [0u8; 1];
-    if let Ok(Ok(0)) = tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
-        shared
-            .counters
-            .closed_silent
-            .fetch_add(1, Ordering::Relaxed);
-        log::debug!(target: "hardkey_tls", "{peer}: closed before sending anything");
-        return;
+    match tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) => {
+            shared
+                .counters
+                .closed_silent
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!(target: "hardkey_tls", "{peer}: closed before sending anything");
+            return;
+        }
+        Err(_) => {
+            handshake_failed(&shared, peer, &format!("timed out after {deadline:?}"));
+            return;
+        }
+        // Data, or an error the handshake will meet and report.
+        Ok(_) => {}
     }
+    let remaining = deadline.saturating_sub(started.elapsed());
     match &*tls {
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {
-            match tokio::time::timeout(deadline, tokio_boring::accept(acceptor, tcp)).await {
+            match tokio::time::timeout(remaining, tokio_boring::accept(acceptor, tcp)).await {
                 Ok(Ok(mut stream)) => {
                     let ssl = stream.ssl();
                     let details = format!(
@@ -603,26 +616,28 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
             }
         }
         #[cfg(feature = "rustls")]
-        Tls::Rustls(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(mut stream)) => {
-                let (_, conn) = stream.get_ref();
-                let details = format!(
-                    "protocol: {}\ncipher: {}\n",
-                    match conn.protocol_version() {
-                        Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                        Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                        _ => "?",
-                    },
-                    // rustls names the TLS 1.3 suites TLS13_*; IANA (and BoringSSL) TLS_*.
-                    conn.negotiated_cipher_suite()
-                        .and_then(|s| s.suite().as_str())
-                        .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
-                );
-                after_handshake(&shared, &mut stream, peer, &details).await;
+        Tls::Rustls(acceptor) => {
+            match tokio::time::timeout(remaining, acceptor.accept(tcp)).await {
+                Ok(Ok(mut stream)) => {
+                    let (_, conn) = stream.get_ref();
+                    let details = format!(
+                        "protocol: {}\ncipher: {}\n",
+                        match conn.protocol_version() {
+                            Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                            Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                            _ => "?",
+                        },
+                        // rustls names the TLS 1.3 suites TLS13_*; IANA (and BoringSSL) TLS_*.
+                        conn.negotiated_cipher_suite()
+                            .and_then(|s| s.suite().as_str())
+                            .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
+                    );
+                    after_handshake(&shared, &mut stream, peer, &details).await;
+                }
+                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
+                Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
             }
-            Ok(Err(e)) => handshake_failed(&shared, peer, &e),
-            Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
-        },
+        }
     }
 }
 

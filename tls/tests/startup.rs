@@ -3,7 +3,9 @@
 //! startup are refused at startup with clear errors; a device that dies mid-handshake fails
 //! that handshake only, while the server keeps serving other connections. Also: concurrent
 //! handshakes on a slow key do not wait for each other on either stack, and BoringSSL's
-//! decrypt path serves TLS 1.2 RSA key exchange when a key allows it.
+//! decrypt path serves TLS 1.2 RSA key exchange when a key allows it; a client that never
+//! speaks is closed at the handshake deadline, and a connect-and-close probe is not counted
+//! as a failed handshake.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -466,6 +468,59 @@ fn negotiation_follows_what_the_key_can_do() {
         assert_eq!(
             (stats.handshakes, stats.handshake_failures),
             (1, 2),
+            "{stack}: {stats:?}"
+        );
+        server.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_silent_client_times_out_and_a_probe_is_not_a_failure() {
+    use std::io::Read;
+    let ca = Ca::new();
+    for stack in Stack::ALL {
+        let key = soft_key(KeyAlgorithm::EcP256, &format!("silent-{stack}"));
+        let chain = chain_for(&ca, &key, "localhost");
+        let timeout = Duration::from_millis(300);
+        let server = start(
+            ServerConfig::new(key, chain)
+                .stack(stack)
+                .handshake_timeout(timeout),
+        );
+        let addr = server.local_addr();
+        // A probe: connect and close.
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        // A client that connects and never speaks: the server closes it at the deadline,
+        // which the wait for its first byte counts against.
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 1];
+        let n = silent.read(&mut buf).unwrap_or(0);
+        let waited = t.elapsed();
+        assert_eq!(
+            n, 0,
+            "{stack}: the server sent something to a silent client"
+        );
+        assert!(
+            waited >= timeout && waited < timeout * 4,
+            "{stack}: closed after {waited:?}, deadline {timeout:?}"
+        );
+        // A real handshake still works.
+        let config =
+            common::client_config(&ca.ca_der(), Version::Tls13, &[S::ECDSA_NISTP256_SHA256]).0;
+        let mut c = connect(addr, "localhost", config).unwrap();
+        assert!(get(&mut c, true).unwrap().contains("200 OK"));
+        let stats = server.stats();
+        assert_eq!(
+            (
+                stats.closed_silent,
+                stats.handshake_failures,
+                stats.handshakes
+            ),
+            (1, 1, 1),
             "{stack}: {stats:?}"
         );
         server.shutdown().unwrap();
