@@ -657,6 +657,42 @@ pub fn oaep_decode(hash: HashAlgorithm, em: &[u8]) -> Result<Zeroizing<Vec<u8>>>
     Ok(Zeroizing::new(db[start..].to_vec()))
 }
 
+/// EME-PKCS1-v1_5 decoding (RFC 8017 section 7.2.2, step 3) of a `k`-byte block `em` produced
+/// by a raw RSA private-key operation: `00 02 PS 00 M` with at least 8 non-zero padding bytes.
+///
+/// **Legacy** (TLS 1.2 RSA key exchange): for tokens that do the raw RSA, so that a bad
+/// ciphertext costs the device exactly what a good one does. The checks run in constant time
+/// and every failure is the same error; the caller must still not reveal which ciphertexts
+/// failed (TLS stacks continue with a random premaster secret, RFC 5246 7.4.7.1).
+pub fn pkcs1v15_decrypt_decode(em: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    use subtle::{Choice, ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
+
+    let failed = || {
+        Error::from(InvalidInput::Malformed {
+            what: "RSA PKCS#1 v1.5 ciphertext",
+            reason: "decryption error",
+        })
+    };
+    if em.len() < 11 {
+        return Err(failed());
+    }
+    let mut good = em[0].ct_eq(&0) & em[1].ct_eq(&2);
+    // Find the 0x00 that ends the padding, looking at every byte whatever is found.
+    let mut looking = Choice::from(1);
+    let mut index = 0u32;
+    for (i, byte) in em[2..].iter().enumerate() {
+        let is_zero = byte.ct_eq(&0);
+        let position = u32::try_from(i).unwrap_or(u32::MAX);
+        index.conditional_assign(&position, looking & is_zero);
+        looking &= !is_zero;
+    }
+    good &= !looking & index.ct_gt(&7);
+    if !bool::from(good) {
+        return Err(failed());
+    }
+    Ok(Zeroizing::new(em[2 + index as usize + 1..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     //! Fixed vectors and cross-checks against independent implementations: the `rsa`, `p256`
@@ -1622,5 +1658,70 @@ caaI/nSxcxIi8hQ=
             }
         }
         assert!(oaep_decode(HashAlgorithm::Sha256, &[0; 10]).is_err());
+    }
+
+    #[test]
+    fn pkcs1v15_decrypt_decode_takes_good_blocks_and_refuses_the_rest() {
+        let block = |ps: &[u8], m: &[u8]| {
+            let mut em = vec![0x00, 0x02];
+            em.extend_from_slice(ps);
+            em.push(0x00);
+            em.extend_from_slice(m);
+            em
+        };
+        let m = [0x03, 0x03, 0xaa, 0x00, 0x01];
+        let em = block(&[0x11; 8], &m);
+        assert_eq!(pkcs1v15_decrypt_decode(&em).unwrap().as_slice(), m);
+        let mut long = block(&[0x5a; 200], &[0x42; 48]);
+        assert_eq!(
+            pkcs1v15_decrypt_decode(&long).unwrap().as_slice(),
+            [0x42; 48]
+        );
+        // An empty message is valid.
+        assert!(
+            pkcs1v15_decrypt_decode(&block(&[1; 9], &[]))
+                .unwrap()
+                .is_empty()
+        );
+        let refused = [
+            block(&[0x11; 7], &m),                  // padding shorter than 8 bytes
+            [&[0x01, 0x02][..], &em[2..]].concat(), // first byte not 0
+            [&[0x00, 0x01][..], &em[2..]].concat(), // block type 1, not 2
+            vec![
+                0x00, 0x02, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+            ], // no 00
+            vec![0x00, 0x02, 0x00],                 // too short
+        ];
+        for bad in refused {
+            let err = pkcs1v15_decrypt_decode(&bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                pkcs1v15_decrypt_decode(&[]).unwrap_err().to_string()
+            );
+        }
+        long[1] = 0x03;
+        assert!(pkcs1v15_decrypt_decode(&long).is_err());
+    }
+
+    #[test]
+    fn pkcs1v15_decrypt_decode_inverts_the_rsa_crate() {
+        use rsa::traits::PublicKeyParts;
+        let mut rng = StdRng::seed_from_u64(7);
+        let key = RsaPrivateKey::from_pkcs8_pem(KEY_2048_PEM).unwrap();
+        let public = RsaPublicKey::from(&key);
+        for len in [0usize, 1, 48, 245] {
+            let m: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            let ct = public.encrypt(&mut rng, rsa::Pkcs1v15Encrypt, &m).unwrap();
+            // Raw RSA: c^d mod n, left-padded to k bytes.
+            let raw = BigUint::from_bytes_be(&ct)
+                .modpow(key.d(), key.n())
+                .to_bytes_be();
+            let mut em = vec![0u8; public.size() - raw.len()];
+            em.extend_from_slice(&raw);
+            assert_eq!(
+                pkcs1v15_decrypt_decode(&em).unwrap().as_slice(),
+                m.as_slice()
+            );
+        }
     }
 }

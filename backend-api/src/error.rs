@@ -312,6 +312,28 @@ pub enum Unsupported {
     )]
     LegacyDecryptDisabled,
 
+    /// The device cannot decrypt with this scheme using this key (a token without the
+    /// mechanism, and a key that forbids the raw RSA host-side decoding would need).
+    #[error("{device} cannot decrypt with {scheme} using this key: {reason}")]
+    DecryptOnDevice {
+        /// The requested scheme.
+        scheme: DecryptScheme,
+        /// The device.
+        device: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
+    /// Legacy PKCS#1 v1.5 decryption of a software key: the `rsa` crate's private-key
+    /// operation is not constant time (RUSTSEC-2023-0071, the Marvin attack), which makes it
+    /// a padding oracle over the network.
+    #[error(
+        "RSA PKCS#1 v1.5 decryption is refused for software keys: the RSA implementation they \
+         use is not constant time (RUSTSEC-2023-0071, Marvin attack); keep a key that must \
+         serve TLS 1.2 RSA key exchange on a token or TPM, or offer only ECDHE cipher suites"
+    )]
+    LegacyDecryptInSoftware,
+
     /// The device cannot make keys of this algorithm.
     #[error("{device} does not support {algorithm} keys")]
     Algorithm {

@@ -286,6 +286,44 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// What the device itself enforces on a key, as the device reports it (PKCS#11 attributes,
+/// TPM object attributes): the last line of defence when the PIN or auth value is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceRestrictions {
+    /// Operations the device lets the private key do, in the device's words (`sign`,
+    /// `decrypt`, `unwrap`, `derive`, `sign-recover`).
+    pub operations: Vec<String>,
+    /// Mechanisms the device allows with the key, in the device's names (`CKM_ECDSA`);
+    /// `None` when the device does not restrict them per key.
+    pub mechanisms: Option<Vec<String>>,
+    /// Something the user should know (the device ignores a restriction, say).
+    pub note: Option<String>,
+}
+
+impl DeviceRestrictions {
+    /// Restrictions with these operations, no mechanism list and no note.
+    pub fn new(operations: Vec<String>) -> Self {
+        Self {
+            operations,
+            mechanisms: None,
+            note: None,
+        }
+    }
+
+    /// Sets the mechanism list.
+    pub fn with_mechanisms(mut self, mechanisms: Option<Vec<String>>) -> Self {
+        self.mechanisms = mechanisms;
+        self
+    }
+
+    /// Sets the note.
+    pub fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
+    }
+}
+
 /// Everything about a key that is known without asking the device: reading it does no I/O.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -306,6 +344,8 @@ pub struct KeyInfo {
     pub signature_schemes: Vec<SignatureScheme>,
     /// Decryption schemes this key serves (empty if it may not decrypt).
     pub decrypt_schemes: Vec<DecryptScheme>,
+    /// What the device enforces on the key, when the backend can tell.
+    pub device: Option<DeviceRestrictions>,
 }
 
 impl KeyInfo {
@@ -338,7 +378,14 @@ impl KeyInfo {
             public_key,
             signature_schemes,
             decrypt_schemes,
+            device: None,
         }
+    }
+
+    /// Sets what the device enforces on the key.
+    pub fn with_device(mut self, device: Option<DeviceRestrictions>) -> Self {
+        self.device = device;
+        self
     }
 
     /// Sets the label.

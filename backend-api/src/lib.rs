@@ -30,8 +30,8 @@ pub use backend::{Backend, PooledKey};
 pub use delayed::{Delayed, Latency};
 pub use error::{BoxError, Error, ErrorKind, InvalidInput, Operation, Result, Unsupported};
 pub use key::{
-    BoxFuture, DynPrivateKey, KeyId, KeyInfo, KeyPolicy, KeyUsages, PrivateKey, PublicKey,
-    SharedKey,
+    BoxFuture, DeviceRestrictions, DynPrivateKey, KeyId, KeyInfo, KeyPolicy, KeyUsages, PrivateKey,
+    PublicKey, SharedKey,
 };
 pub use pool::{
     Backpressure, DevicePool, JobOptions, JobTimeout, LatencySummary, PoolConfig, PoolStats,

@@ -78,13 +78,12 @@ impl SecretSource {
                     .map_err(|_| missing(format!("environment variable {name} is not set")))?,
             ),
             Self::File(path) => {
-                let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    Error::backend(
-                        device,
-                        Operation::Connect,
-                        format!("cannot read secret file {}: {e}", path.display()),
-                    )
-                })?);
+                // The path is never shown: it may be the secret itself, written where the
+                // path of its file belongs (`pin-source=1234`, `--pin-file 1234`).
+                let bytes =
+                    Zeroizing::new(std::fs::read(path).map_err(|e| {
+                        Error::backend(device, Operation::Connect, SecretFileError(e))
+                    })?);
                 Zeroizing::new(
                     std::str::from_utf8(&bytes)
                         .map_err(|_| {
@@ -99,6 +98,27 @@ impl SecretSource {
             return Err(missing(format!("{self:?} is empty")));
         }
         Ok(Some(Zeroizing::new(secret.to_owned())))
+    }
+}
+
+/// A secret file that cannot be read; its path is left out on purpose.
+#[derive(Debug)]
+struct SecretFileError(std::io::Error);
+
+impl fmt::Display for SecretFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot read the secret file (its path is not shown, in case it is the secret \
+             itself typed in the wrong place): {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SecretFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 

@@ -24,6 +24,12 @@ pub struct GenerateRequest {
     /// Where to keep the key when the store has a choice (a `file:` path for software keys,
     /// a persistent handle or TSS2 key file for a TPM); `None` lets the store decide.
     pub location: Option<KeyUri>,
+    /// Also let the device do raw RSA (no padding) with an RSA key, where the device
+    /// restricts mechanisms per key (PKCS#11 `CKA_ALLOWED_MECHANISMS`). Off by default: raw RSA
+    /// signing is decryption, so it would make a signing-only key a decryption oracle for
+    /// anyone holding the PIN. Turn it on only for a token that lacks a mechanism hardkey
+    /// needs (SoftHSM 2.6 has no RSA-OAEP with SHA-256), so hardkey pads on the host.
+    pub raw_rsa: bool,
 }
 
 impl GenerateRequest {
@@ -34,7 +40,14 @@ impl GenerateRequest {
             label: None,
             usages: KeyUsages::default_for(algorithm),
             location: None,
+            raw_rsa: false,
         }
+    }
+
+    /// Allows raw RSA on the key (see [`GenerateRequest::raw_rsa`]).
+    pub fn raw_rsa(mut self, allow: bool) -> Self {
+        self.raw_rsa = allow;
+        self
     }
 
     /// Sets the label.
@@ -67,6 +80,8 @@ pub struct ImportRequest {
     pub usages: Option<KeyUsages>,
     /// Where to keep the key, as for [`GenerateRequest::location`].
     pub location: Option<KeyUri>,
+    /// Allow raw RSA on the device key, as for [`GenerateRequest::raw_rsa`].
+    pub raw_rsa: bool,
 }
 
 impl ImportRequest {
@@ -77,7 +92,20 @@ impl ImportRequest {
             label: None,
             usages: None,
             location: None,
+            raw_rsa: false,
         }
+    }
+
+    /// Sets the usages.
+    pub fn usages(mut self, usages: KeyUsages) -> Self {
+        self.usages = Some(usages);
+        self
+    }
+
+    /// Allows raw RSA on the key (see [`GenerateRequest::raw_rsa`]).
+    pub fn raw_rsa(mut self, allow: bool) -> Self {
+        self.raw_rsa = allow;
+        self
     }
 
     /// Sets the label.
@@ -100,6 +128,7 @@ impl fmt::Debug for ImportRequest {
             .field("label", &self.label)
             .field("usages", &self.usages)
             .field("location", &self.location)
+            .field("raw_rsa", &self.raw_rsa)
             .finish()
     }
 }

@@ -1465,15 +1465,48 @@ fn pin_value_start(input: &str) -> Option<usize> {
         .map(|found| found + KEY.len())
 }
 
-/// `input` with the value of every `pin-value=` replaced by `[redacted]`.
-fn redact(input: &str) -> String {
-    // Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but
-    // it is still the PIN), so no separator can be trusted to end it. ASCII lower-casing keeps
-    // byte offsets, so the offset is a char boundary of `input`.
-    match pin_value_start(input) {
+/// Query attributes whose values are never secret, and so are shown in errors.
+const PUBLIC_QUERY: [&str; 4] = ["module-path", "module-name", "max-sessions", "tcti"];
+
+/// `input` as it may be shown in an error: nothing that may be a secret is kept.
+/// - Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but it
+///   is still the PIN), so no separator can be trusted to end it.
+/// - In the query, only the values of attributes known to be public ([`PUBLIC_QUERY`]) are
+///   kept; the value of any other attribute, and everything after it, goes. A `pin-source`
+///   may be a PIN typed where its path belongs, and a mistyped name (`pin-value =1234`,
+///   `pin-valeu=1234`) may carry a PIN.
+pub fn redact(input: &str) -> String {
+    // ASCII lower-casing keeps byte offsets, so the offset is a char boundary of `input`.
+    let text = match pin_value_start(input) {
         Some(start) => format!("{}[redacted]", input.get(..start).unwrap_or_default()),
         None => input.to_owned(),
+    };
+    let Some(q) = text.find('?') else {
+        return text;
+    };
+    let (head, query) = text.split_at(q + 1);
+    let mut out = head.to_owned();
+    for (i, segment) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match segment.split_once('=') {
+            Some((name, _)) if PUBLIC_QUERY.contains(&name.to_ascii_lowercase().as_str()) => {
+                out.push_str(segment);
+            }
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str("=[redacted]");
+                break;
+            }
+            None if segment.is_empty() => {}
+            None => {
+                out.push_str("[redacted]");
+                break;
+            }
+        }
     }
+    out
 }
 
 /// Shows untrusted text with control characters escaped, so that an error message cannot
@@ -2812,5 +2845,32 @@ mod tests {
             assert!(!msg.contains("Q7xZ") && !msg.contains("K9wP"), "{msg}");
         }
         assert_eq!(redact("pkcs11:token=a"), "pkcs11:token=a");
+        // Only public query values stay; a mistyped or unknown attribute may carry a PIN.
+        assert_eq!(
+            redact("pkcs11:token=a?module-path=/usr/lib/x.so&max-sessions=4"),
+            "pkcs11:token=a?module-path=/usr/lib/x.so&max-sessions=4"
+        );
+        for (uri, shown) in [
+            (
+                "pkcs11:token=a?pin-value =1234",
+                "pkcs11:token=a?pin-value =[redacted]",
+            ),
+            (
+                "pkcs11:token=a?pin-valu=1234&x=1",
+                "pkcs11:token=a?pin-valu=[redacted]",
+            ),
+            (
+                "pkcs11:token=a?pin-source=1234",
+                "pkcs11:token=a?pin-source=[redacted]",
+            ),
+            ("pkcs11:token=a?1234", "pkcs11:token=a?[redacted]"),
+            (
+                "pkcs11:token=a?module-path=/m.so&pin-valeu=12&34",
+                "pkcs11:token=a?module-path=/m.so&pin-valeu=[redacted]",
+            ),
+        ] {
+            assert_eq!(redact(uri), shown);
+            assert!(!redact(uri).contains("12"), "{uri}");
+        }
     }
 }

@@ -195,6 +195,20 @@ impl TokenAdmin {
             }
             .into());
         }
+        // Re-initializing checks the SO PIN: a wrong one on the final try would lock the SO
+        // out for good, so, as for logins, hardkey makes no attempt then.
+        if info.token_initialized() && (info.so_pin_locked() || info.so_pin_final_try()) {
+            return Err(Error::PinLocked {
+                target: format!("SO PIN of token '{}'", info.label().trim_end()),
+                remedy: if info.so_pin_locked() {
+                    "it is locked: the token cannot be re-initialized with it (see the \
+                     token vendor's recovery procedure)"
+                } else {
+                    "one attempt is left, so hardkey will not try: check the SO PIN first"
+                },
+                source: None,
+            });
+        }
         self.module
             .ctx
             .init_token(slot, so_pin, label)

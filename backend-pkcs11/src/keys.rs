@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::types::Ulong;
@@ -10,21 +10,26 @@ use der::{Decode, Encode};
 use hardkey_api::oid::{SECP256R1, SECP384R1};
 use hardkey_api::uri::{ObjectType, Pkcs11Uri};
 use hardkey_api::{
-    Error, InvalidInput, KeyAlgorithm, KeyFamily, KeyId, KeyInfo, KeyPolicy, KeyUri, KeyUsages,
-    Operation, PublicKey, Result, Unsupported,
+    DeviceRestrictions, Error, InvalidInput, KeyAlgorithm, KeyFamily, KeyId, KeyInfo, KeyPolicy,
+    KeyUri, KeyUsages, Operation, PublicKey, Result, Unsupported,
 };
 use rand::RngCore;
 use zeroize::Zeroize;
 
 use crate::error::mapper;
 
-/// How a worker finds a key on the token: its CKA_ID and/or CKA_LABEL. Cheap to clone.
+/// How a worker finds a key on the token: its CKA_ID and/or CKA_LABEL, and what the token
+/// lets it do beyond its schemes. Cheap to clone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pkcs11KeyRef {
     /// CKA_ID.
     pub id: Option<Arc<[u8]>>,
     /// CKA_LABEL.
     pub label: Option<Arc<str>>,
+    /// Whether the token lets this key do raw RSA (`CKM_RSA_X_509` among its
+    /// CKA_ALLOWED_MECHANISMS, or no mechanism restriction at all), which host-side padding
+    /// needs.
+    pub raw_rsa: bool,
 }
 
 impl Pkcs11KeyRef {
@@ -84,6 +89,7 @@ pub(crate) fn find_private(
     let key = Pkcs11KeyRef {
         id: uri.id().map(Arc::from),
         label: uri.object().map(Arc::from),
+        raw_rsa: false,
     };
     session
         .find_objects(&key.template(ObjectClass::PRIVATE_KEY))
@@ -105,13 +111,27 @@ fn ec_point(raw: &[u8], field: usize) -> Option<Vec<u8>> {
         .map(|o| o.as_bytes().to_vec())
 }
 
-/// Describes a private key: algorithm, public key (from the key or its public object), usages.
+/// What the token said about CKA_ALLOWED_MECHANISMS, learned once per store.
+pub(crate) const ALLOWED_UNKNOWN: u8 = 0;
+/// The token takes CKA_ALLOWED_MECHANISMS in templates.
+pub(crate) const ALLOWED_SUPPORTED: u8 = 1;
+/// The token refused CKA_ALLOWED_MECHANISMS in a template: keys are made without it.
+pub(crate) const ALLOWED_REFUSED: u8 = 2;
+
+/// The note `hardkey info` shows for keys of a token that refuses CKA_ALLOWED_MECHANISMS.
+pub(crate) const NO_ALLOWED_MECHANISMS: &str = "this token does not support \
+    CKA_ALLOWED_MECHANISMS: the key's usage attributes are all it enforces, so any mechanism of \
+    those usages works with the PIN (raw RSA included, for an RSA key)";
+
+/// Describes a private key: algorithm, public key (from the key or its public object), usages,
+/// and what the token enforces (usage attributes, allowed mechanisms).
 pub(crate) fn describe(
     session: &Session,
     device: &str,
     handle: ObjectHandle,
     base: &UriBase,
     policy: KeyPolicy,
+    allowed_refused: bool,
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let map = mapper(device, Operation::Open);
     let wanted = [
@@ -120,12 +140,18 @@ pub(crate) fn describe(
         AttributeType::Label,
         AttributeType::Sign,
         AttributeType::Decrypt,
+        AttributeType::Unwrap,
+        AttributeType::Derive,
+        AttributeType::SignRecover,
+        AttributeType::AllowedMechanisms,
         AttributeType::Modulus,
         AttributeType::PublicExponent,
         AttributeType::EcParams,
     ];
     let (mut key_type, mut id, mut label) = (None, None, None);
     let (mut sign, mut decrypt) = (false, false);
+    let mut operations = Vec::new();
+    let mut allowed: Option<Vec<MechanismType>> = None;
     let (mut modulus, mut exponent, mut ec_params) = (None, None, None);
     for attr in session.get_attributes(handle, &wanted).map_err(&map)? {
         match attr {
@@ -134,15 +160,31 @@ pub(crate) fn describe(
             Attribute::Label(v) if !v.is_empty() => label = Some(text(&v)),
             Attribute::Sign(b) => sign = b,
             Attribute::Decrypt(b) => decrypt = b,
+            Attribute::Unwrap(true) => operations.push("unwrap"),
+            Attribute::Derive(true) => operations.push("derive"),
+            Attribute::SignRecover(true) => operations.push("sign-recover"),
+            // An empty list means no restriction (PKCS#11 3.0, 4.6).
+            Attribute::AllowedMechanisms(m) if !m.is_empty() => allowed = Some(m),
             Attribute::Modulus(v) => modulus = Some(v),
             Attribute::PublicExponent(v) => exponent = Some(v),
             Attribute::EcParams(v) => ec_params = Some(v),
             _ => {}
         }
     }
+    if decrypt {
+        operations.insert(0, "decrypt");
+    }
+    if sign {
+        operations.insert(0, "sign");
+    }
+    let raw_rsa = key_type == Some(KeyType::RSA)
+        && allowed
+            .as_ref()
+            .is_none_or(|m| m.contains(&MechanismType::RSA_X_509));
     let key_ref = Pkcs11KeyRef {
         id: id.as_deref().map(Arc::from),
         label: label.as_deref().map(Arc::from),
+        raw_rsa,
     };
     let unsupported = || {
         Error::from(InvalidInput::Malformed {
@@ -177,10 +219,24 @@ pub(crate) fn describe(
     let mut usages = KeyUsages::default_for(public_key.algorithm());
     usages.sign = sign;
     usages.decrypt = decrypt && public_key.algorithm().family() == KeyFamily::Rsa;
+    let note = match (&allowed, allowed_refused) {
+        (None, true) => Some(NO_ALLOWED_MECHANISMS.to_owned()),
+        (None, false) => Some(
+            "no CKA_ALLOWED_MECHANISMS on this key (made by another tool, or by hardkey before \
+             0.2): the token allows every mechanism of its usages; re-create it with hardkey \
+             keygen to restrict them"
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    let restrictions = DeviceRestrictions::new(operations.into_iter().map(str::to_owned).collect())
+        .with_mechanisms(allowed.map(|m| m.iter().map(ToString::to_string).collect()))
+        .with_note(note);
     let uri = base.uri(label.as_deref(), id.as_deref());
     let info = KeyInfo::new(key_id, public_key, usages, policy)
         .with_label(label)
-        .with_uri(Some(uri));
+        .with_uri(Some(uri))
+        .with_device(Some(restrictions));
     Ok((info, key_ref))
 }
 
@@ -259,12 +315,92 @@ fn curve_params(alg: KeyAlgorithm) -> Result<Vec<u8>> {
     })
 }
 
-/// Key-pair generation templates: token objects; the private key sensitive, not extractable.
+/// The mechanisms hardkey uses with a key, and so the key's CKA_ALLOWED_MECHANISMS:
+/// - EC signing: `CKM_ECDSA` (the digest is computed on the host);
+/// - RSA signing: `CKM_RSA_PKCS` (over a host-built DigestInfo) and `CKM_RSA_PKCS_PSS`;
+/// - RSA decryption: `CKM_RSA_PKCS_OAEP`, and `CKM_RSA_PKCS` for the legacy TLS 1.2 key
+///   exchange (which hardkey itself allows only behind [`KeyPolicy`]'s opt-in);
+/// - `CKM_RSA_X_509` (raw RSA) only when asked for: raw RSA signing is decryption.
+pub(crate) fn allowed_mechanisms(
+    alg: KeyAlgorithm,
+    usages: KeyUsages,
+    raw_rsa: bool,
+) -> Vec<MechanismType> {
+    let mut out = Vec::new();
+    match alg.family() {
+        KeyFamily::Rsa => {
+            if usages.sign || usages.decrypt {
+                out.push(MechanismType::RSA_PKCS);
+            }
+            if usages.sign {
+                out.push(MechanismType::RSA_PKCS_PSS);
+            }
+            if usages.decrypt {
+                out.push(MechanismType::RSA_PKCS_OAEP);
+            }
+            if raw_rsa && (usages.sign || usages.decrypt) {
+                out.push(MechanismType::RSA_X_509);
+            }
+        }
+        _ => {
+            if usages.sign {
+                out.push(MechanismType::ECDSA);
+            }
+        }
+    }
+    out
+}
+
+/// Every usage attribute of both halves, set explicitly (a token's defaults are not least
+/// privilege: SoftHSM makes private keys decrypt and unwrap unless told otherwise), plus
+/// CKA_ALLOWED_MECHANISMS when `restrict` (the token takes it).
+fn usage_attributes(
+    alg: KeyAlgorithm,
+    usages: KeyUsages,
+    raw_rsa: bool,
+    restrict: bool,
+) -> (Vec<Attribute>, Vec<Attribute>) {
+    let decrypt = usages.decrypt && alg.family() == KeyFamily::Rsa;
+    let mut private = vec![
+        Attribute::Sign(usages.sign),
+        Attribute::Decrypt(decrypt),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::SignRecover(false),
+    ];
+    let mut public = vec![
+        Attribute::Verify(usages.sign),
+        Attribute::Encrypt(decrypt),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::VerifyRecover(false),
+    ];
+    if restrict {
+        let mechanisms = allowed_mechanisms(alg, usages, raw_rsa);
+        private.push(Attribute::AllowedMechanisms(mechanisms.clone()));
+        public.push(Attribute::AllowedMechanisms(mechanisms));
+    }
+    (public, private)
+}
+
+/// Whether the token refused a template for its CKA_ALLOWED_MECHANISMS (an attribute it
+/// does not know): then the key is made again without it.
+pub(crate) fn refuses_allowed_mechanisms(e: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::RvError;
+    [RvError::AttributeTypeInvalid, RvError::TemplateInconsistent]
+        .into_iter()
+        .any(|rv| crate::error::is_rv(e, rv, None))
+}
+
+/// Key-pair generation templates: token objects; the private key sensitive, not extractable;
+/// every usage attribute explicit and, when `restrict`, the allowed mechanisms.
 pub(crate) fn generate_templates(
     alg: KeyAlgorithm,
     id: &[u8],
     label: &str,
     usages: KeyUsages,
+    raw_rsa: bool,
+    restrict: bool,
 ) -> Result<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>)> {
     let common = |private: bool| {
         vec![
@@ -274,22 +410,18 @@ pub(crate) fn generate_templates(
             Attribute::Label(label.as_bytes().to_vec()),
         ]
     };
+    let (public_usages, private_usages) = usage_attributes(alg, usages, raw_rsa, restrict);
     let mut public = common(false);
     let mut private = common(true);
-    private.extend([
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(usages.sign),
-    ]);
-    public.push(Attribute::Verify(usages.sign));
+    private.extend([Attribute::Sensitive(true), Attribute::Extractable(false)]);
+    private.extend(private_usages);
+    public.extend(public_usages);
     let mechanism = match alg.family() {
         KeyFamily::Rsa => {
             public.extend([
                 Attribute::ModulusBits(Ulong::new(alg.bits() as _)),
                 Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-                Attribute::Encrypt(usages.decrypt),
             ]);
-            private.push(Attribute::Decrypt(usages.decrypt));
             Mechanism::RsaPkcsKeyPairGen
         }
         _ => {
@@ -307,6 +439,8 @@ pub(crate) fn import_templates(
     id: &[u8],
     label: &str,
     usages: Option<KeyUsages>,
+    raw_rsa: bool,
+    restrict: bool,
 ) -> Result<(KeyAlgorithm, Vec<Attribute>, Vec<Attribute>)> {
     use pkcs8::DecodePrivateKey;
     use rsa::traits::{PrivateKeyParts, PublicKeyParts};
@@ -347,13 +481,13 @@ pub(crate) fn import_templates(
             return Err(bad(&"RSA key without CRT parameters"));
         };
         let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
+        let (public_usages, private_usages) = usage_attributes(alg, usages, raw_rsa, restrict);
         let mut private = base(ObjectClass::PRIVATE_KEY, KeyType::RSA);
+        private.extend(private_usages);
         private.extend([
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Sign(usages.sign),
-            Attribute::Decrypt(usages.decrypt),
             Attribute::Modulus(n.clone()),
             Attribute::PublicExponent(e.clone()),
             Attribute::PrivateExponent(key.d().to_bytes_be()),
@@ -364,12 +498,8 @@ pub(crate) fn import_templates(
             Attribute::Coefficient(qinv.to_bytes_be().1),
         ]);
         let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::RSA);
-        public.extend([
-            Attribute::Verify(usages.sign),
-            Attribute::Encrypt(usages.decrypt),
-            Attribute::Modulus(n),
-            Attribute::PublicExponent(e),
-        ]);
+        public.extend(public_usages);
+        public.extend([Attribute::Modulus(n), Attribute::PublicExponent(e)]);
         return Ok((alg, public, private));
     }
     let curve = info.algorithm.parameters_oid().map_err(|e| bad(&e))?;
@@ -392,12 +522,13 @@ pub(crate) fn import_templates(
     };
     let usages = usages.unwrap_or(KeyUsages::default_for(alg));
     let params = curve_params(alg)?;
+    let (public_usages, private_usages) = usage_attributes(alg, usages, raw_rsa, restrict);
     let mut private = base(ObjectClass::PRIVATE_KEY, KeyType::EC);
+    private.extend(private_usages);
     private.extend([
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
-        Attribute::Sign(usages.sign),
         Attribute::EcParams(params.clone()),
         Attribute::Value(secret),
     ]);
@@ -405,11 +536,8 @@ pub(crate) fn import_templates(
         .and_then(|o| o.to_der())
         .map_err(|e| bad(&e))?;
     let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::EC);
-    public.extend([
-        Attribute::Verify(usages.sign),
-        Attribute::EcParams(params),
-        Attribute::EcPoint(point_der),
-    ]);
+    public.extend(public_usages);
+    public.extend([Attribute::EcParams(params), Attribute::EcPoint(point_der)]);
     Ok((alg, public, private))
 }
 
@@ -426,5 +554,103 @@ pub(crate) fn wipe(template: &mut [Attribute]) {
             | Attribute::Value(v) => v.zeroize(),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag(t: &[Attribute], want: AttributeType) -> Option<bool> {
+        t.iter().find_map(|a| match (a, want) {
+            (Attribute::Sign(b), AttributeType::Sign)
+            | (Attribute::Decrypt(b), AttributeType::Decrypt)
+            | (Attribute::Unwrap(b), AttributeType::Unwrap)
+            | (Attribute::Derive(b), AttributeType::Derive)
+            | (Attribute::SignRecover(b), AttributeType::SignRecover)
+            | (Attribute::Verify(b), AttributeType::Verify)
+            | (Attribute::Encrypt(b), AttributeType::Encrypt)
+            | (Attribute::Wrap(b), AttributeType::Wrap)
+            | (Attribute::VerifyRecover(b), AttributeType::VerifyRecover) => Some(*b),
+            _ => None,
+        })
+    }
+
+    fn mechanisms(t: &[Attribute]) -> Option<Vec<MechanismType>> {
+        t.iter().find_map(|a| match a {
+            Attribute::AllowedMechanisms(m) => Some(m.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn every_usage_attribute_is_explicit() {
+        use AttributeType as A;
+        for (alg, usages) in [
+            (KeyAlgorithm::EcP256, KeyUsages::SIGN),
+            (KeyAlgorithm::Rsa2048, KeyUsages::SIGN),
+            (KeyAlgorithm::Rsa2048, KeyUsages::SIGN_DECRYPT),
+        ] {
+            let (_, public, private) =
+                generate_templates(alg, b"id", "k", usages, false, true).unwrap();
+            let rsa_decrypt = usages.decrypt && alg.family() == KeyFamily::Rsa;
+            assert_eq!(flag(&private, A::Sign), Some(usages.sign));
+            assert_eq!(flag(&private, A::Decrypt), Some(rsa_decrypt));
+            for off in [A::Unwrap, A::Derive, A::SignRecover] {
+                assert_eq!(flag(&private, off), Some(false), "{off:?} on {alg}");
+            }
+            assert_eq!(flag(&public, A::Verify), Some(usages.sign));
+            assert_eq!(flag(&public, A::Encrypt), Some(rsa_decrypt));
+            for off in [A::Wrap, A::VerifyRecover] {
+                assert_eq!(flag(&public, off), Some(false), "{off:?} on {alg}");
+            }
+            let allowed = mechanisms(&private).unwrap();
+            assert!(!allowed.contains(&MechanismType::RSA_X_509), "{allowed:?}");
+        }
+    }
+
+    #[test]
+    fn allowed_mechanisms_are_exactly_those_used() {
+        use MechanismType as M;
+        let sign = KeyUsages::SIGN;
+        assert_eq!(
+            allowed_mechanisms(KeyAlgorithm::EcP384, sign, true),
+            [M::ECDSA]
+        );
+        assert_eq!(
+            allowed_mechanisms(KeyAlgorithm::Rsa3072, sign, false),
+            [M::RSA_PKCS, M::RSA_PKCS_PSS]
+        );
+        assert_eq!(
+            allowed_mechanisms(KeyAlgorithm::Rsa2048, KeyUsages::SIGN_DECRYPT, false),
+            [M::RSA_PKCS, M::RSA_PKCS_PSS, M::RSA_PKCS_OAEP]
+        );
+        assert_eq!(
+            allowed_mechanisms(KeyAlgorithm::Rsa2048, sign, true),
+            [M::RSA_PKCS, M::RSA_PKCS_PSS, M::RSA_X_509]
+        );
+        let (_, public, private) =
+            generate_templates(KeyAlgorithm::Rsa2048, b"id", "k", sign, false, false).unwrap();
+        assert_eq!(
+            mechanisms(&private),
+            None,
+            "not restricted when the token refuses it"
+        );
+        assert_eq!(mechanisms(&public), None);
+    }
+
+    #[test]
+    fn import_templates_set_the_same_attributes() {
+        use pkcs8::EncodePrivateKey;
+        let secret = p256::SecretKey::random(&mut rand::thread_rng());
+        let pkcs8 = secret.to_pkcs8_der().unwrap();
+        let pkcs8 = pkcs8.as_bytes();
+        let (_, public, mut private) =
+            import_templates(pkcs8, b"id", "k", None, false, true).unwrap();
+        assert_eq!(flag(&private, AttributeType::Decrypt), Some(false));
+        assert_eq!(flag(&private, AttributeType::Derive), Some(false));
+        assert_eq!(flag(&public, AttributeType::Wrap), Some(false));
+        assert_eq!(mechanisms(&private).unwrap(), [MechanismType::ECDSA]);
+        wipe(&mut private);
     }
 }

@@ -13,12 +13,15 @@ use cryptoki::slot::Slot;
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
     Backend, DecryptScheme, Error, HashAlgorithm, KeyPolicy, Operation, Result, SignatureScheme,
-    encoding,
+    Unsupported, encoding,
 };
 use zeroize::Zeroizing;
 
 use crate::error::{is_rv, map, mapper};
-use crate::keys::{Pkcs11KeyRef, UriBase};
+use crate::keys::{
+    ALLOWED_REFUSED, ALLOWED_SUPPORTED, ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase,
+    refuses_allowed_mechanisms,
+};
 use crate::mechanism::{decrypt_mechanism, sign_input, sign_output};
 use crate::module::{Module, TrackedSession};
 use crate::pin::PinSource;
@@ -37,6 +40,9 @@ pub(crate) struct Target {
     pub(crate) uri_base: UriBase,
     /// Whether the token takes `CKM_RSA_PKCS_OAEP` with SHA-256 (learned on first use).
     pub(crate) oaep_sha256: AtomicU8,
+    /// Whether the token takes CKA_ALLOWED_MECHANISMS in templates (learned on first use;
+    /// `keys::ALLOWED_*`).
+    pub(crate) allowed_mechanisms: AtomicU8,
     /// Held across the PIN-state check and `C_Login`, so workers log in one at a time.
     pub(crate) login_lock: std::sync::Mutex<()>,
     /// Bumped when keys are deleted: workers drop their cached handles.
@@ -216,13 +222,28 @@ impl Pkcs11Device {
         key: &Pkcs11KeyRef,
         f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
     ) -> Result<T> {
-        self.guarded(|dev| dev.with_key_guarded(op, key, f))
+        self.guarded(|dev| dev.with_key_guarded(op, key, true, f))
+    }
+
+    /// [`Pkcs11Device::with_key`] for decryption: the session is kept after a failure.
+    /// `C_Decrypt` ends its operation whatever it returns (PKCS#11 5.2), so nothing is left
+    /// active; and replacing the session only after failures would make a bad ciphertext
+    /// cost more token calls than a good one (a Bleichenbacher timing signal), whatever code
+    /// the token answers bad padding with (SoftHSM: CKR_GENERAL_ERROR).
+    fn with_key_kept<T>(
+        &mut self,
+        op: Operation,
+        key: &Pkcs11KeyRef,
+        f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
+    ) -> Result<T> {
+        self.guarded(|dev| dev.with_key_guarded(op, key, false, f))
     }
 
     fn with_key_guarded<T>(
         &mut self,
         op: Operation,
         key: &Pkcs11KeyRef,
+        replace_on_failure: bool,
         f: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
     ) -> Result<T> {
         let handle = self.handle(key, op)?;
@@ -238,13 +259,8 @@ impl Pkcs11Device {
             other => other,
         };
         result.map_err(|e| {
-            // A decryption that failed on bad data ends its operation (PKCS#11 5.2) and must
-            // answer exactly as fast as a good one: replacing the session here would time the
-            // padding check (a Bleichenbacher oracle).
-            let ended = is_rv(&e, RvError::EncryptedDataInvalid, None)
-                || is_rv(&e, RvError::EncryptedDataLenRange, None);
             let err = map(&self.target.name, op, e);
-            if !err.is_device_lost() && !ended {
+            if replace_on_failure && !err.is_device_lost() {
                 // The session may still hold the failed operation: never reuse it. If a new
                 // one cannot be had, report the device as lost so the pool drops this state.
                 if let Err(cause) = self.replace_session() {
@@ -277,6 +293,52 @@ impl Failure {
 }
 
 impl Target {
+    /// Describes a key of this token ([`keys::describe`](crate::keys::describe)).
+    pub(crate) fn describe(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<(hardkey_api::KeyInfo, Pkcs11KeyRef)> {
+        let refused = self.allowed_mechanisms.load(Ordering::Relaxed) == ALLOWED_REFUSED;
+        crate::keys::describe(
+            session,
+            &self.name,
+            handle,
+            &self.uri_base,
+            self.policy,
+            refused,
+        )
+    }
+
+    /// Makes key objects with `make(restrict)`, restricted by CKA_ALLOWED_MECHANISMS unless
+    /// the token refused that attribute before. A token that refuses it (an attribute it does
+    /// not know) is tried once more without it, and the store remembers: its keys then say
+    /// so in their description (`hardkey info`).
+    pub(crate) fn with_restriction<T>(
+        &self,
+        op: Operation,
+        mut make: impl FnMut(bool) -> Result<cryptoki::error::Result<T>>,
+    ) -> Result<T> {
+        let state = self.allowed_mechanisms.load(Ordering::Relaxed);
+        if state == ALLOWED_REFUSED {
+            return make(false)?.map_err(mapper(&self.name, op));
+        }
+        match make(true)? {
+            Ok(made) => {
+                self.allowed_mechanisms
+                    .store(ALLOWED_SUPPORTED, Ordering::Relaxed);
+                Ok(made)
+            }
+            Err(e) if state == ALLOWED_UNKNOWN && refuses_allowed_mechanisms(&e) => {
+                let made = make(false)?.map_err(mapper(&self.name, op))?;
+                self.allowed_mechanisms
+                    .store(ALLOWED_REFUSED, Ordering::Relaxed);
+                Ok(made)
+            }
+            Err(e) => Err(map(&self.name, op, e)),
+        }
+    }
+
     /// Finds the token again (its slot id may have changed).
     fn find_token_again(&self) -> Result<()> {
         let _calls = self.module.calls();
@@ -381,17 +443,26 @@ impl Backend for Pkcs11Device {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
         let op = Operation::Decrypt;
-        if scheme != DecryptScheme::RsaOaepSha256 {
+        if scheme == DecryptScheme::RsaPkcs1v15Legacy {
+            // The padding oracle of TLS 1.2 RSA key exchange: a bad ciphertext must cost the
+            // token exactly what a good one does. With raw RSA allowed, the token does only
+            // the RSA operation and the padding is checked on the host in constant time;
+            // otherwise the token's own CKM_RSA_PKCS runs, and its failure is handled like
+            // its success (no session replaced, nothing logged).
+            if key.raw_rsa {
+                let em = self.raw_decrypt(key, ciphertext)?;
+                return encoding::pkcs1v15_decrypt_decode(&em);
+            }
             let mechanism = decrypt_mechanism(scheme);
             return self
-                .with_key(op, key, |session, handle| {
+                .with_key_kept(op, key, |session, handle| {
                     session.decrypt(&mechanism, handle, ciphertext)
                 })
                 .map(Zeroizing::new);
         }
         if self.target.oaep_sha256.load(Ordering::Relaxed) != OAEP_HOST_DECODE {
             let mechanism = decrypt_mechanism(scheme);
-            let native = self.with_key(op, key, |session, handle| {
+            let native = self.with_key_kept(op, key, |session, handle| {
                 match session.decrypt(&mechanism, handle, ciphertext) {
                     Ok(plain) => Ok(Some(plain)),
                     Err(e) if rejects_parameters(&e) => Ok(None),
@@ -409,13 +480,33 @@ impl Backend for Pkcs11Device {
                 .oaep_sha256
                 .store(OAEP_HOST_DECODE, Ordering::Relaxed);
         }
+        if !key.raw_rsa {
+            return Err(Unsupported::DecryptOnDevice {
+                scheme,
+                device: self.target.name.clone(),
+                reason: "this token does OAEP only with other hashes, and decoding OAEP on the \
+                         host needs raw RSA (CKM_RSA_X_509), which this key does not allow; \
+                         generate the key with raw RSA allowed (hardkey keygen --allow-raw-rsa)",
+            }
+            .into());
+        }
         // Raw RSA on the token, OAEP decoding (constant time) on the host: the private key
         // never leaves the token.
-        let raw = Zeroizing::new(self.with_key(op, key, |session, handle| {
-            session.decrypt(&Mechanism::RsaX509, handle, ciphertext)
-        })?);
+        let em = self.raw_decrypt(key, ciphertext)?;
+        encoding::oaep_decode(HashAlgorithm::Sha256, &em)
+    }
+}
+
+impl Pkcs11Device {
+    /// `C_Decrypt` with `CKM_RSA_X_509`: the `k`-byte block, left-padded with zeros.
+    fn raw_decrypt(&mut self, key: &Pkcs11KeyRef, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let raw = Zeroizing::new(self.with_key_kept(
+            Operation::Decrypt,
+            key,
+            |session, handle| session.decrypt(&Mechanism::RsaX509, handle, ciphertext),
+        )?);
         let mut em = Zeroizing::new(vec![0u8; ciphertext.len().saturating_sub(raw.len())]);
         em.extend_from_slice(&raw);
-        encoding::oaep_decode(HashAlgorithm::Sha256, &em)
+        Ok(em)
     }
 }

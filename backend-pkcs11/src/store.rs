@@ -15,8 +15,8 @@ use hardkey_api::{
 
 use crate::error::mapper;
 use crate::keys::{
-    Pkcs11KeyRef, UriBase, describe, find_private, generate_templates, import_templates, new_id,
-    wipe,
+    ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase, find_private, generate_templates, import_templates,
+    new_id, wipe,
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
@@ -147,6 +147,7 @@ impl Pkcs11Store {
             },
             module,
             oaep_sha256: AtomicU8::new(OAEP_UNKNOWN),
+            allowed_mechanisms: AtomicU8::new(ALLOWED_UNKNOWN),
             login_lock: std::sync::Mutex::new(()),
             key_epoch: AtomicU64::new(0),
             login_refused: std::sync::atomic::AtomicBool::new(false),
@@ -220,7 +221,7 @@ fn one_key(
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let t = dev.target();
     match handles {
-        [h] => describe(dev.session(), &t.name, *h, &t.uri_base, t.policy),
+        [h] => t.describe(dev.session(), *h),
         [] => Err(Error::NotFound {
             selector: format!("{selector} on {}", t.name),
             hint: "list the token's keys (hardkey list) and check object= and id=",
@@ -228,7 +229,7 @@ fn one_key(
         several => {
             let names: Vec<String> = several
                 .iter()
-                .filter_map(|h| describe(dev.session(), &t.name, *h, &t.uri_base, t.policy).ok())
+                .filter_map(|h| t.describe(dev.session(), *h).ok())
                 .map(|(info, _)| info.uri.map(|u| u.to_string()).unwrap_or_default())
                 .collect();
             Err(Error::NotFound {
@@ -251,7 +252,7 @@ fn described_or_destroyed(
     private: ObjectHandle,
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let t = dev.target();
-    describe(dev.session(), &t.name, private, &t.uri_base, t.policy).inspect_err(|_| {
+    t.describe(dev.session(), private).inspect_err(|_| {
         for handle in objects {
             let _ = dev.session().destroy_object(handle);
         }
@@ -333,7 +334,7 @@ impl KeyStore for Pkcs11Store {
                 // out; a lost session fails the listing rather than shortening it.
                 let mut infos = Vec::with_capacity(handles.len());
                 for h in &handles {
-                    match describe(dev.session(), &t.name, *h, &t.uri_base, t.policy) {
+                    match t.describe(dev.session(), *h) {
                         Ok((info, _)) => infos.push(info),
                         Err(e) if e.is_device_lost() => return Err(e),
                         Err(_) => {}
@@ -370,12 +371,19 @@ impl KeyStore for Pkcs11Store {
                 } else {
                     label.clone()
                 };
-                let (mechanism, public, private) =
-                    generate_templates(request.algorithm, &id, &label, request.usages)?;
-                let (public, private) = dev
-                    .session()
-                    .generate_key_pair(&mechanism, &public, &private)
-                    .map_err(mapper(&t.name, Operation::Generate))?;
+                let (public, private) = t.with_restriction(Operation::Generate, |restrict| {
+                    let (mechanism, public, private) = generate_templates(
+                        request.algorithm,
+                        &id,
+                        &label,
+                        request.usages,
+                        request.raw_rsa,
+                        restrict,
+                    )?;
+                    Ok(dev
+                        .session()
+                        .generate_key_pair(&mechanism, &public, &private))
+                })?;
                 described_or_destroyed(dev, [public, private], private)
             })
         });
@@ -388,29 +396,37 @@ impl KeyStore for Pkcs11Store {
     ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
         self.run_key(JobOptions::new(Operation::Import), move |dev| {
             let t = dev.target();
-            let map = mapper(&t.name, Operation::Import);
             let id = new_id();
             let label = request
                 .label
                 .clone()
                 .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
-            let (_, public, mut private) =
-                import_templates(&request.pkcs8_der, &id, &label, request.usages)?;
-            let created = dev
-                .session()
-                .create_object(&public)
-                .and_then(|public_handle| {
-                    dev.session()
-                        .create_object(&private)
-                        .map(|private_handle| (public_handle, private_handle))
-                        .inspect_err(|_| {
-                            // Never leave half a key behind.
-                            let _ = dev.session().destroy_object(public_handle);
-                        })
-                });
-            // The secret values are wiped whatever happened.
-            wipe(&mut private);
-            let (public_handle, private_handle) = created.map_err(&map)?;
+            let (public_handle, private_handle) =
+                t.with_restriction(Operation::Import, |restrict| {
+                    let (_, public, mut private) = import_templates(
+                        &request.pkcs8_der,
+                        &id,
+                        &label,
+                        request.usages,
+                        request.raw_rsa,
+                        restrict,
+                    )?;
+                    let created = dev
+                        .session()
+                        .create_object(&public)
+                        .and_then(|public_handle| {
+                            dev.session()
+                                .create_object(&private)
+                                .map(|private_handle| (public_handle, private_handle))
+                                .inspect_err(|_| {
+                                    // Never leave half a key behind.
+                                    let _ = dev.session().destroy_object(public_handle);
+                                })
+                        });
+                    // The secret values are wiped whatever happened.
+                    wipe(&mut private);
+                    Ok(created)
+                })?;
             described_or_destroyed(dev, [public_handle, private_handle], private_handle)
         })
     }

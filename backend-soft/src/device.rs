@@ -8,7 +8,7 @@ use hardkey_api::{
 };
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rand_core::OsRng;
-use rsa::{Oaep, Pkcs1v15Encrypt, Pkcs1v15Sign, Pss};
+use rsa::{Oaep, Pkcs1v15Sign, Pss};
 use sha2::{Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
@@ -107,7 +107,12 @@ impl Backend for SoftDevice {
         };
         let plain = match scheme {
             DecryptScheme::RsaOaepSha256 => k.decrypt(Oaep::new::<Sha256>(), ciphertext),
-            DecryptScheme::RsaPkcs1v15Legacy => k.decrypt(Pkcs1v15Encrypt, ciphertext),
+            // Refused: the `rsa` crate is not constant time (RUSTSEC-2023-0071), and PKCS#1
+            // v1.5 decryption would be a padding oracle. SoftStore::new refuses the policy
+            // too; this is the device's own refusal.
+            DecryptScheme::RsaPkcs1v15Legacy => {
+                return Err(Unsupported::LegacyDecryptInSoftware.into());
+            }
             _ => {
                 return Err(Unsupported::Operation {
                     op: Operation::Decrypt,

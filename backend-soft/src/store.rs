@@ -98,6 +98,11 @@ impl std::fmt::Debug for SoftStore {
 impl SoftStore {
     /// Starts a store with its worker pool.
     pub fn new(config: SoftConfig) -> Result<Self> {
+        if config.policy.allow_legacy_rsa_pkcs1v15_decrypt {
+            // The `rsa` crate's private-key operation is not constant time
+            // (RUSTSEC-2023-0071): with PKCS#1 v1.5 decryption that is a padding oracle.
+            return Err(Unsupported::LegacyDecryptInSoftware.into());
+        }
         Ok(Self {
             pool: DevicePool::new(config.pool, |_| Ok(SoftDevice))?,
             keys: Arc::default(),

@@ -293,6 +293,12 @@ pub(crate) struct SealArgs {
     /// File with the sealing password (- for stdin) [env: HARDKEY_SEAL_AUTH; default: none].
     #[arg(long, value_name = "FILE")]
     pub(crate) auth_file: Option<PathBuf>,
+    /// Seal with neither a password nor a PCR policy. Anyone who can reach this TPM (and,
+    /// if the owner hierarchy has an auth value, knows it) can then unseal the file: the
+    /// sealing protects the data only from other machines. Without this flag, seal needs
+    /// --pcrs, a password, or both.
+    #[arg(long)]
+    pub(crate) no_policy: bool,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }

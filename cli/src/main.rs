@@ -1,7 +1,7 @@
 //! `hardkey`: provision, seal and own hardware keys (TPM 2.0, PKCS#11) from one command.
 //!
 //! Exit status: 0 success, 1 the operation failed, 2 usage error.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod args;
 mod cmd;
@@ -9,6 +9,8 @@ mod config;
 mod error;
 mod output;
 mod secrets;
+mod signals;
+mod startup;
 mod target;
 
 use std::process::ExitCode;
@@ -22,7 +24,8 @@ use crate::error::CliResult;
 use crate::output::Output;
 
 fn main() -> ExitCode {
-    quiet_tss();
+    startup::quiet_tss();
+    startup::no_dumps();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -69,25 +72,4 @@ fn run(cli: Cli) -> CliResult {
         Command::Serve(a) => cmd::serve::serve(a, &ctx),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
-}
-
-/// The TPM software stack logs every error it sees to stderr (`ERROR:tcti:...`), before
-/// hardkey explains it in one line. Its level comes only from the `TSS2_LOG` environment
-/// variable, read when the library loads; setting a variable in a running process is not
-/// safe, so when `TSS2_LOG` is unset hardkey executes itself again with `TSS2_LOG=all+none`
-/// (set `TSS2_LOG` yourself, e.g. `TSS2_LOG=all+error`, to see the TSS's messages).
-fn quiet_tss() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("TSS2_LOG").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    // exec replaces this process (same pid, so signals such as Ctrl-C reach the new image);
-    // it returns only if it failed, and then hardkey carries on with the logging on.
-    let _ = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("TSS2_LOG", "all+none")
-        .exec();
 }

@@ -19,7 +19,7 @@ impl Output {
         let body = if self.json {
             format!("{value:#}")
         } else {
-            text()
+            printable_lines(&text()).into_owned()
         };
         write_stdout(&body);
     }
@@ -43,7 +43,49 @@ pub(crate) fn write_stdout(text: &str) {
 
 /// A status line for people on stderr (kept out of stdout so output can be piped).
 pub(crate) fn note(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
+    let _ = writeln!(std::io::stderr(), "{}", printable_lines(text));
+}
+
+/// Text that came from a device, a file or the command line, made safe to show on a
+/// terminal: control characters (C0 including newline and tab, DEL, C1) and the invisible
+/// Unicode format characters that reorder or hide text (bidirectional overrides, zero-width
+/// characters) are written as escapes (`\x1b`, `\u{202e}`), so a label holding an escape
+/// sequence cannot clear the screen, retitle the terminal or disguise itself.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escape(text, false)
+}
+
+/// [`printable`], keeping newlines and tabs (for whole messages of several lines).
+pub(crate) fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    escape(text, true)
+}
+
+fn needs_escape(c: char, keep_lines: bool) -> bool {
+    if keep_lines && (c == '\n' || c == '\t') {
+        return false;
+    }
+    c.is_control()
+        || matches!(c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' | '\u{061c}')
+}
+
+fn escape(text: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !text.chars().any(|c| needs_escape(c, keep_lines)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !needs_escape(c, keep_lines) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The SHA-256 of the DER SubjectPublicKeyInfo, hex: how `openssl pkey -pubin -outform der |
@@ -82,7 +124,7 @@ pub(crate) fn key_text(info: &KeyInfo) -> String {
         info.uri
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string),
-        info.label.as_deref().unwrap_or("-"),
+        info.label.as_deref().map_or("-".into(), printable),
         info.id,
         info.algorithm,
         info.usages,
@@ -92,27 +134,35 @@ pub(crate) fn key_text(info: &KeyInfo) -> String {
     )
 }
 
-/// Rows as an aligned table with a header.
+/// Columns are padded to the widest cell, up to this many characters: a longer cell (a
+/// 64 KiB label, say) overflows its column instead of padding every row.
+const MAX_COLUMN: usize = 48;
+
+/// Rows as an aligned table with a header. Cells are shown [`printable`].
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.chars().count().min(MAX_COLUMN));
         }
     }
     let line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
+            s.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = w.saturating_sub(cell.chars().count()) + 2;
+                s.extend(std::iter::repeat_n(' ', pad));
             }
         }
         s.trim_end().to_owned()
     };
     let mut out = line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push('\n');
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
@@ -133,5 +183,31 @@ mod tests {
             ],
         );
         assert_eq!(t, "A          BB\nlong cell  x\ny          z");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let hostile = "web\x1b[2J\x1b]0;pwned\x07\u{202e}gpj.exe\u{9b}";
+        let shown = printable(hostile);
+        assert_eq!(
+            shown,
+            "web\\x1b[2J\\x1b]0;pwned\\x07\\u{202e}gpj.exe\\u{9b}"
+        );
+        assert!(!shown.chars().any(char::is_control));
+        assert_eq!(printable("plain label"), "plain label");
+        assert_eq!(printable_lines("a\nb\tc\x1b"), "a\nb\tc\\x1b");
+        assert_eq!(printable("a\nb"), "a\\x0ab");
+    }
+
+    #[test]
+    fn huge_cells_do_not_panic_or_pad_every_row() {
+        let big = "x".repeat(65_536);
+        let t = table(
+            &["LABEL", "ID"],
+            &[vec![big.clone(), "1".into()], vec!["y".into(), "2".into()]],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1], format!("{big}  1"));
+        assert_eq!(lines[2], format!("y{}2", " ".repeat(MAX_COLUMN + 1)));
     }
 }

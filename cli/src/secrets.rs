@@ -107,11 +107,12 @@ pub(crate) fn resolve(
         return match SecretSource::File(path.to_owned()).load(secret.name) {
             Ok(Some(value)) => Ok(SecretSource::Value(SecretString::from(value.as_str()))),
             Ok(None) => Ok(SecretSource::None),
+            // The path is not shown: it may be the secret itself, typed where its file
+            // belongs.
             Err(e) => Err(usage(format!(
-                "cannot read the {} from {} ({}): {e}",
-                secret.name,
-                path.display(),
-                secret.flag
+                "cannot read the {} from the file given with {} (it takes the path of a file \
+                 holding the secret): {e}",
+                secret.name, secret.flag
             ))),
         };
     }

@@ -61,10 +61,11 @@ impl Target {
                     .collect();
                 if !unknown.is_empty() {
                     return Err(usage(format!(
-                        "unknown attribute {} in '{text}': a pkcs11: URI names keys with \
+                        "unknown attribute {} in '{}': a pkcs11: URI names keys with \
                          token=, serial=, slot-id=, object=, id= and type=, and takes \
                          module-path=, pin-source= and max-sessions= after '?'",
-                        unknown.join(", ")
+                        unknown.join(", "),
+                        hardkey_api::uri::redact(text)
                     )));
                 }
                 Ok(Self::Pkcs11(Box::new(uri)))
@@ -76,6 +77,19 @@ impl Target {
             Ok(KeyUri::File(uri)) => Ok(Self::File(uri)),
             Ok(other) => Err(usage(format!("unsupported key URI '{other}'"))),
             Err(e) => Err(usage_uri(e)),
+        }
+    }
+
+    /// The file holding the key, for key files (`file:`, `tpm2:file=`): an output must never
+    /// replace it.
+    pub(crate) fn key_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::File(uri) => Some(&uri.path),
+            Self::Tpm {
+                key: Some(Tpm2Key::File(path)),
+                ..
+            } => Some(path),
+            _ => None,
         }
     }
 

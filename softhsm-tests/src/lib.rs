@@ -356,6 +356,13 @@ impl FaultShim {
         std::fs::rename(&tmp, self.dir.join("control")).unwrap_or_else(|e| fail("shim control", e));
     }
 
+    /// Every call the shim logged so far, oldest first (`C_Login`, `C_Decrypt rv=0x0`...).
+    pub fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .map(|log| log.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     /// How many times `call` (e.g. "C_Login") reached the shim so far.
     pub fn calls(&self, call: &str) -> usize {
         std::fs::read_to_string(self.dir.join("calls.log"))

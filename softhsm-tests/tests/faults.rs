@@ -74,6 +74,42 @@ fn locked_pin_gets_no_login(env: &Env) {
     assert_eq!(env.shim.calls("C_Login"), before);
 }
 
+fn so_pin_on_final_try_gets_no_token_init(env: &Env) {
+    let admin = hardkey_pkcs11::TokenAdmin::new(Some(env.shim.module())).unwrap();
+    let slot = admin
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.label == env.hsm.label())
+        .expect("the fixture's token")
+        .slot_id;
+    for (flags, says) in [
+        ("so_final_try", "one attempt is left"),
+        ("so_locked", "locked"),
+    ] {
+        env.shim.set(&format!("token_flags={flags}"));
+        let before = env.shim.calls("C_InitToken");
+        // Re-initializing would destroy the keys; with a wrong SO PIN it would also spend the
+        // SO PIN's last try. It must not be attempted at all.
+        let err = admin
+            .init_token(
+                slot,
+                env.hsm.label(),
+                &secrecy::SecretString::from("wrong-so"),
+                true,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PinLocked, "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+        assert_eq!(
+            env.shim.calls("C_InitToken"),
+            before,
+            "C_InitToken was called"
+        );
+    }
+    env.shim.set("");
+}
+
 fn wrong_pin_is_tried_once(env: &Env) {
     env.shim.set(&format!("login_rv={CKR_PIN_INCORRECT}"));
     let before = env.shim.calls("C_Login");
@@ -212,7 +248,11 @@ fn main() -> std::process::ExitCode {
     let hsm = SoftHsm::start();
     let shim = FaultShim::start(&hsm);
     let env = Arc::new(Env { hsm, shim });
-    let tests: [(&str, FaultTest); 8] = [
+    let tests: [(&str, FaultTest); 9] = [
+        (
+            "so_pin_on_final_try_gets_no_token_init",
+            so_pin_on_final_try_gets_no_token_init,
+        ),
         (
             "wrong_pin_during_recovery_is_tried_once",
             wrong_pin_during_recovery_is_tried_once,

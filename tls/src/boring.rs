@@ -145,7 +145,9 @@ impl AsyncPrivateKeyMethod for KeyMethod {
     /// plaintext is padded again here with fresh random bytes. Any device failure yields a
     /// random premaster secret in a well-formed block (the implicit rejection of RFC 5246
     /// 7.4.7.1), so the handshake then fails at `Finished` exactly as for a wrong ciphertext,
-    /// and the failure is logged: no padding oracle is exposed to the client.
+    /// and the failure is logged at debug level only: no padding oracle is exposed to the
+    /// client. (Software keys refuse this scheme altogether: see
+    /// [`Unsupported::LegacyDecryptInSoftware`](hardkey_api::Unsupported::LegacyDecryptInSoftware).)
     fn decrypt(
         &self,
         _ssl: &mut SslRef,
@@ -173,7 +175,9 @@ impl AsyncPrivateKeyMethod for KeyMethod {
             let block = match plaintext.await {
                 Ok(m) => pkcs1_type2_block(&m, k),
                 Err(e) => {
-                    log::warn!(
+                    // Debug only: a client can send bad ciphertexts at will, and a line per
+                    // failure would both flood the log and time the padding check.
+                    log::debug!(
                         target: "hardkey_tls",
                         "key {name}: RSA key-exchange decryption failed: {e}"
                     );

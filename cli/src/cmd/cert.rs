@@ -4,7 +4,7 @@ use futures::executor::block_on;
 use hardkey_api::x509::{self, CertOptions, CsrOptions, Subject, SubjectAltNames};
 use serde_json::json;
 
-use super::{Ctx, write_output};
+use super::{Ctx, OutputFile};
 use crate::args::{CsrArgs, NameArgs, SelfsignArgs};
 use crate::error::{CliResult, usage};
 use crate::target::{OpenOptions, Store, Target};
@@ -19,20 +19,36 @@ fn names(a: &NameArgs) -> CliResult<(Subject, SubjectAltNames)> {
     Ok((subject, sans))
 }
 
+/// `--out`, checked and opened before the device is touched.
+fn prepare_out(a: &NameArgs, target: &Target, what: &str) -> CliResult<Option<OutputFile>> {
+    let inputs: Vec<&std::path::Path> = target.key_file().into_iter().collect();
+    a.out
+        .as_deref()
+        .map(|path| OutputFile::prepare(path, what, &inputs))
+        .transpose()
+}
+
 /// Writes PEM to `--out`, or stdout.
-fn emit_pem(a: &NameArgs, ctx: &Ctx, what: &str, pem: &str, scheme: &str) -> CliResult {
-    match &a.out {
-        Some(path) => {
-            write_output(path, pem.as_bytes(), what)?;
+fn emit_pem(
+    a: &NameArgs,
+    out: Option<OutputFile>,
+    ctx: &Ctx,
+    what: &str,
+    pem: &str,
+    scheme: &str,
+) -> CliResult {
+    match (&a.out, out) {
+        (Some(path), Some(out)) => {
+            out.commit(pem.as_bytes())?;
             ctx.out
                 .emit(json!({ "out": path, "scheme": scheme, "pem": pem }), || {
                     format!("{what} signed with {scheme} written to {}", path.display())
                 });
         }
-        None if ctx.out.json => ctx
+        _ if ctx.out.json => ctx
             .out
             .emit(json!({ "scheme": scheme, "pem": pem }), String::new),
-        None => crate::output::write_stdout(pem),
+        _ => crate::output::write_stdout(pem),
     }
     Ok(())
 }
@@ -43,12 +59,14 @@ pub(crate) fn csr(a: &CsrArgs, ctx: &Ctx) -> CliResult {
     let (subject, sans) = names(a)?;
     let target = Target::parse(&a.key.uri, &ctx.config)?;
     let uri = target.key_uri()?;
+    let out = prepare_out(a, &target, "certificate signing request")?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
     let key = store.key(&uri)?;
     let options = CsrOptions::new(subject).sans(sans).scheme(a.scheme);
     let request = block_on(x509::build_csr(&key, &options))?;
     emit_pem(
         a,
+        out,
         ctx,
         "certificate signing request",
         &request.to_pem(),
@@ -61,6 +79,7 @@ pub(crate) fn selfsign(a: &SelfsignArgs, ctx: &Ctx) -> CliResult {
     let (subject, sans) = names(&a.name)?;
     let target = Target::parse(&a.name.key.uri, &ctx.config)?;
     let uri = target.key_uri()?;
+    let out = prepare_out(&a.name, &target, "self-signed certificate")?;
     let store = Store::open(
         &target,
         &ctx.config,
@@ -76,6 +95,7 @@ pub(crate) fn selfsign(a: &SelfsignArgs, ctx: &Ctx) -> CliResult {
     let cert = block_on(x509::self_signed(&key, &options))?;
     emit_pem(
         &a.name,
+        out,
         ctx,
         "self-signed certificate",
         &cert.to_pem(),

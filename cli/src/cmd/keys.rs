@@ -6,7 +6,7 @@ use hardkey_api::{GenerateRequest, ImportRequest, KeyUsages, PrivateKey};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{Ctx, confirm, read_input, with_spinner, write_output};
+use super::{Ctx, OutputFile, confirm, read_input, with_spinner, write_output};
 use crate::args::{DeleteArgs, Format, ImportArgs, KeyArgs, KeygenArgs, PubkeyArgs, StoreArgs};
 use crate::error::{CliResult, usage};
 use crate::output::{key_json, key_text, table};
@@ -259,6 +259,12 @@ fn pkcs8_der(bytes: &[u8], path: &std::path::Path) -> CliResult<Zeroizing<Vec<u8
 pub(crate) fn pubkey(a: &PubkeyArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
     let uri = target.key_uri()?;
+    let inputs: Vec<&std::path::Path> = target.key_file().into_iter().collect();
+    let out = a
+        .out
+        .as_deref()
+        .map(|path| OutputFile::prepare(path, "the public key", &inputs))
+        .transpose()?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
     let key = store.key(&uri)?;
     let public = &key.info().public_key;
@@ -266,19 +272,19 @@ pub(crate) fn pubkey(a: &PubkeyArgs, ctx: &Ctx) -> CliResult {
         Format::Pem => public.to_pem().into_bytes(),
         Format::Der => public.der().to_vec(),
     };
-    match &a.out {
-        Some(path) => {
-            write_output(path, &bytes, "the public key")?;
+    match (&a.out, out) {
+        (Some(path), Some(out)) => {
+            out.commit(&bytes)?;
             ctx.out.emit(
                 json!({ "out": path, "public_key_sha256": crate::output::fingerprint(key.info()) }),
                 || format!("public key written to {}", path.display()),
             );
         }
-        None if ctx.out.json => ctx.out.emit(
+        _ if ctx.out.json => ctx.out.emit(
             json!({ "public_key_pem": public.to_pem(), "public_key_sha256": crate::output::fingerprint(key.info()) }),
             String::new,
         ),
-        None => write_output(std::path::Path::new("-"), &bytes, "the public key")?,
+        _ => write_output(std::path::Path::new("-"), &bytes, "the public key", &[])?,
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::error::{CliResult, io};
 pub(crate) fn completions(a: &CompletionsArgs) -> CliResult {
     let mut out = Vec::new();
     clap_complete::generate(a.shell, &mut Cli::command(), "hardkey", &mut out);
-    super::write_output(Path::new("-"), &out, "the completion script")
+    super::write_output(Path::new("-"), &out, "the completion script", &[])
 }
 
 /// `hardkey man --out-dir DIR`: `hardkey.1` and `hardkey-COMMAND[-SUB].1`.
@@ -39,7 +39,7 @@ fn write_pages(
         .render(&mut page)
         .map_err(|e| io("render the man page of", Path::new(name), e))?;
     let path = dir.join(format!("{name}.1"));
-    super::write_output(&path, &page, "a man page")?;
+    super::write_output(&path, &page, "a man page", &[])?;
     written.push(name.to_owned());
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         let sub_name = format!("{name}-{}", sub.get_name());

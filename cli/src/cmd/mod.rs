@@ -55,43 +55,166 @@ pub(crate) fn read_input(path: &Path, what: &str) -> CliResult<Zeroizing<Vec<u8>
     Ok(data)
 }
 
-/// Writes `data` to `path` atomically (a temporary file in the same directory, renamed over
-/// the target), so a failure never leaves a partial file; `-` writes to stdout.
-pub(crate) fn write_output(path: &Path, data: &[u8], what: &str) -> CliResult<()> {
-    if path == Path::new("-") {
-        let mut out = std::io::stdout().lock();
-        return out
-            .write_all(data)
-            .and_then(|()| out.flush())
-            .map_err(|e| failed(format!("cannot write {what} to stdout: {e}")));
+/// Writes `data` to `--out PATH` without destroying what is there ([`OutputFile`]).
+pub(crate) fn write_output(
+    path: &Path,
+    data: &[u8],
+    what: &str,
+    inputs: &[&Path],
+) -> CliResult<()> {
+    OutputFile::prepare(path, what, inputs)?.commit(data)
+}
+
+/// An output named by `--out PATH`, checked and opened before the command does its work (so
+/// a bad path is reported before any device is touched), written when the result is there.
+/// It never destroys what is at its path:
+/// - `-` writes to stdout;
+/// - a FIFO or a device (`/dev/null`, a terminal) is written in place, never replaced;
+/// - a path that is the same file as one of the inputs (same device and inode: the file
+///   itself, a hard link or a symbolic link to it) is refused, since writing would destroy
+///   the input;
+/// - a regular file (or one reached through a symbolic link, which is kept) is replaced
+///   atomically: a temporary file in the same directory, written and synced, renamed over it,
+///   with the old file's permissions. A failure never leaves a partial file, and the
+///   temporary file is removed on error, on SIGINT and on SIGTERM.
+pub(crate) struct OutputFile {
+    what: String,
+    shown: std::path::PathBuf,
+    sink: Sink,
+}
+
+enum Sink {
+    Stdout,
+    InPlace(std::fs::File),
+    Replace {
+        temp: tempfile::NamedTempFile,
+        target: std::path::PathBuf,
+        _guard: crate::signals::TempGuard,
+    },
+}
+
+impl OutputFile {
+    /// Checks `path` against `inputs` and opens it (a temporary file for regular files).
+    pub(crate) fn prepare(path: &Path, what: &str, inputs: &[&Path]) -> CliResult<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+        let fail = |e| io(&format!("write {what} to"), path, e);
+        let made = |sink| {
+            Ok(Self {
+                what: what.to_owned(),
+                shown: path.to_path_buf(),
+                sink,
+            })
+        };
+        if path == Path::new("-") {
+            return made(Sink::Stdout);
+        }
+        let existing = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return Err(usage(format!(
+                        "cannot write {what} to {}: it is a symbolic link to a missing file; \
+                         remove the link or give the target's path",
+                        path.display()
+                    )));
+                }
+                None
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        if let Some(meta) = &existing {
+            for input in inputs.iter().filter(|p| **p != Path::new("-")) {
+                if let Ok(input_meta) = std::fs::metadata(input) {
+                    if input_meta.dev() == meta.dev() && input_meta.ino() == meta.ino() {
+                        return Err(usage(format!(
+                            "--out {} is the same file as the input {}: writing it would \
+                             destroy the input; choose another --out",
+                            path.display(),
+                            input.display()
+                        )));
+                    }
+                }
+            }
+            let kind = meta.file_type();
+            if kind.is_dir() || kind.is_socket() {
+                return Err(usage(format!(
+                    "cannot write {what} to {}: it is a {}",
+                    path.display(),
+                    if kind.is_dir() { "directory" } else { "socket" }
+                )));
+            }
+            if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+                // Written in place: replacing a FIFO or a device with a regular file would
+                // destroy it.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(fail)?;
+                return made(Sink::InPlace(file));
+            }
+        }
+        // A symbolic link stays a link: the file it points to is replaced.
+        let target = match &existing {
+            Some(_) => std::fs::canonicalize(path).map_err(fail)?,
+            None => path.to_path_buf(),
+        };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "cannot write {what} to {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        let temp = tempfile::Builder::new()
+            .prefix(".hardkey-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| io(&format!("write {what} to"), &dir, e))?;
+        let guard = crate::signals::TempGuard::register(temp.path())?;
+        if let Some(meta) = &existing {
+            // Keep the replaced file's permissions (a fresh temporary file is 0600).
+            let _ = temp.as_file().set_permissions(meta.permissions());
+        }
+        made(Sink::Replace {
+            temp,
+            target,
+            _guard: guard,
+        })
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(usage(format!(
-            "cannot write {what} to {}: directory {} does not exist",
-            path.display(),
-            dir.display()
-        )));
+
+    /// Writes `data` and puts it in place.
+    pub(crate) fn commit(self, data: &[u8]) -> CliResult<()> {
+        let what = &self.what;
+        let fail = |e| io(&format!("write {what} to"), &self.shown, e);
+        match self.sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| failed(format!("cannot write {what} to stdout: {e}")))
+            }
+            Sink::InPlace(mut file) => file
+                .write_all(data)
+                .and_then(|()| file.flush())
+                .map_err(fail),
+            Sink::Replace {
+                mut temp,
+                target,
+                _guard,
+            } => {
+                temp.write_all(data)
+                    .and_then(|()| temp.as_file().sync_all())
+                    .map_err(fail)?;
+                temp.persist(&target).map_err(|e| fail(e.error))?;
+                Ok(())
+            }
+        }
     }
-    if path.is_dir() {
-        return Err(usage(format!(
-            "cannot write {what} to {}: it is a directory",
-            path.display()
-        )));
-    }
-    let mut file = tempfile::Builder::new()
-        .prefix(".hardkey-")
-        .tempfile_in(dir)
-        .map_err(|e| io(&format!("write {what} to"), dir, e))?;
-    file.write_all(data)
-        .and_then(|()| file.as_file().sync_all())
-        .map_err(|e| io(&format!("write {what} to"), path, e))?;
-    file.persist(path)
-        .map_err(|e| io(&format!("write {what} to"), path, e.error))?;
-    Ok(())
 }
 
 /// Asks `question` on the terminal unless `yes`; without a terminal, a usage error telling

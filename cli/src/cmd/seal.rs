@@ -30,6 +30,22 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
         )));
     }
     let auth = secrets::optional(secrets::SEAL_AUTH, a.auth_file.as_deref())?;
+    let has_password = auth.load(secrets::SEAL_AUTH.name)?.is_some();
+    match (has_password || pcrs.is_some(), a.no_policy) {
+        (false, false) => {
+            return Err(usage(
+                "seal needs a password (--auth-file FILE or HARDKEY_SEAL_AUTH), a PCR policy \
+                 (--pcrs sha256:0,7), or both; without either, anyone who can reach this TPM \
+                 can unseal the data. Pass --no-policy if that is what you want",
+            ));
+        }
+        (true, true) => {
+            return Err(usage(
+                "--no-policy contradicts the password or --pcrs given: drop one or the other",
+            ));
+        }
+        _ => {}
+    }
     let data = read_input(&a.input, "the data to seal")?;
     let owner = owner_auth(&a.secrets)?;
     let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
@@ -89,7 +105,7 @@ pub(crate) fn unseal(a: &UnsealArgs, ctx: &Ctx) -> CliResult {
     let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
     let secret = admin.unseal(&sealed, &auth)?;
     if to_stdout {
-        return write_output(&a.out, &secret, "the unsealed secret");
+        return write_output(&a.out, &secret, "the unsealed secret", &[]);
     }
     hardkey_api::fs::write_new_file(&a.out, &secret, "unsealed secret", Operation::Admin)?;
     ctx.out

@@ -52,10 +52,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
     }
     let handle = Server::start(config).map_err(tls_error)?;
     let (stop, stopped) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = stop.send(());
-    })
-    .map_err(|e| crate::error::failed(format!("cannot handle Ctrl-C: {e}")))?;
+    crate::signals::stop_on_signal(stop)?;
     crate::output::note(&format!(
         "serving https://{} with {} on key {name} ({}), {} event-loop thread(s){}; Ctrl-C stops",
         handle.local_addr(),

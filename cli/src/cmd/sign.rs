@@ -6,7 +6,7 @@ use futures::executor::block_on;
 use hardkey_api::{PrivateKey, PublicKey};
 use serde_json::json;
 
-use super::{Ctx, default_scheme, read_input, write_output};
+use super::{Ctx, OutputFile, default_scheme, read_input};
 use crate::args::{SignArgs, VerifyArgs};
 use crate::error::{CliError, CliResult, Message, usage};
 use crate::target::{OpenOptions, Store, Target};
@@ -15,6 +15,11 @@ use crate::target::{OpenOptions, Store, Target};
 pub(crate) fn sign(a: &SignArgs, ctx: &Ctx) -> CliResult {
     let target = Target::parse(&a.key.uri, &ctx.config)?;
     let uri = target.key_uri()?;
+    let inputs: Vec<&Path> = [Some(a.input.as_path()), target.key_file()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let out = OutputFile::prepare(&a.out, "the signature", &inputs)?;
     let input = read_input(&a.input, "the data to sign")?;
     let store = Store::open(&target, &ctx.config, &a.key.secrets, OpenOptions::default())?;
     let key = store.key(&uri)?;
@@ -26,7 +31,7 @@ pub(crate) fn sign(a: &SignArgs, ctx: &Ctx) -> CliResult {
     } else {
         block_on(key.sign(scheme, &input))?
     };
-    write_output(&a.out, &signature, "the signature")?;
+    out.commit(&signature)?;
     ctx.out.emit(
         json!({ "scheme": scheme.name(), "out": a.out, "signature": hex::encode(&signature) }),
         || {

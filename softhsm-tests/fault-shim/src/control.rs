@@ -11,6 +11,8 @@ pub(crate) struct Control {
     pub(crate) generation: u64,
     pub(crate) final_try: bool,
     pub(crate) locked: bool,
+    pub(crate) so_final_try: bool,
+    pub(crate) so_locked: bool,
     pub(crate) login_rv: Option<u64>,
     pub(crate) sign_rv: Option<u64>,
     pub(crate) sign_times: u64,
@@ -47,8 +49,15 @@ pub(crate) fn read() -> Control {
         match key.trim() {
             "generation" => c.generation = number.unwrap_or(0),
             "token_flags" => {
-                c.final_try = value.contains("final_try");
-                c.locked = value.contains("locked");
+                for flag in value.split('|').map(str::trim) {
+                    match flag {
+                        "final_try" => c.final_try = true,
+                        "locked" => c.locked = true,
+                        "so_final_try" => c.so_final_try = true,
+                        "so_locked" => c.so_locked = true,
+                        _ => {}
+                    }
+                }
             }
             "login_rv" => c.login_rv = number,
             "sign_rv" => c.sign_rv = number,

@@ -8,10 +8,11 @@
 use std::sync::OnceLock;
 
 use cryptoki_sys::{
-    CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_PTR_PTR, CK_NOTIFY, CK_RV, CK_SESSION_HANDLE,
-    CK_SESSION_HANDLE_PTR, CK_SLOT_ID, CK_TOKEN_INFO_PTR, CK_ULONG, CK_ULONG_PTR, CK_USER_TYPE,
-    CK_UTF8CHAR_PTR, CK_VOID_PTR, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED, CKR_ARGUMENTS_BAD,
-    CKR_GENERAL_ERROR, CKR_OK,
+    CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_PTR_PTR, CK_MECHANISM_PTR, CK_NOTIFY,
+    CK_OBJECT_HANDLE, CK_RV, CK_SESSION_HANDLE, CK_SESSION_HANDLE_PTR, CK_SLOT_ID,
+    CK_TOKEN_INFO_PTR, CK_ULONG, CK_ULONG_PTR, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_VOID_PTR,
+    CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED,
+    CKR_ARGUMENTS_BAD, CKR_GENERAL_ERROR, CKR_OK,
 };
 
 use crate::control;
@@ -60,6 +61,10 @@ fn load() -> Option<Shim> {
     ours.C_Login = Some(login);
     ours.C_OpenSession = Some(open_session);
     ours.C_Sign = Some(sign);
+    ours.C_InitToken = Some(init_token);
+    ours.C_CloseSession = Some(close_session);
+    ours.C_DecryptInit = Some(decrypt_init);
+    ours.C_Decrypt = Some(decrypt);
     Some(Shim {
         _library: library,
         real,
@@ -99,6 +104,12 @@ unsafe extern "C" fn get_token_info(slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR) -
         }
         if c.locked {
             add |= CKF_USER_PIN_LOCKED;
+        }
+        if c.so_final_try {
+            add |= CKF_SO_PIN_FINAL_TRY;
+        }
+        if c.so_locked {
+            add |= CKF_SO_PIN_LOCKED;
         }
         // SAFETY: `info` is non-null and was just filled by the real module.
         unsafe { (*info).flags |= add };
@@ -157,4 +168,65 @@ unsafe extern "C" fn sign(
     };
     // SAFETY: forwarding the caller's arguments unchanged to the real module.
     unsafe { real(session, data, len, signature, signature_len) }
+}
+
+unsafe extern "C" fn init_token(
+    slot: CK_SLOT_ID,
+    pin: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+    label: CK_UTF8CHAR_PTR,
+) -> CK_RV {
+    control::log("C_InitToken");
+    let Some(real) = shim().and_then(|s| s.real.C_InitToken) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(slot, pin, len, label) }
+}
+
+unsafe extern "C" fn close_session(session: CK_SESSION_HANDLE) -> CK_RV {
+    control::log("C_CloseSession");
+    let Some(real) = shim().and_then(|s| s.real.C_CloseSession) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(session) }
+}
+
+unsafe extern "C" fn decrypt_init(
+    session: CK_SESSION_HANDLE,
+    mechanism: CK_MECHANISM_PTR,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(real) = shim().and_then(|s| s.real.C_DecryptInit) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: `mechanism` is the caller's mechanism pointer, read only when non-null;
+    // forwarding the arguments unchanged to the real module.
+    let kind = if mechanism.is_null() {
+        None
+    } else {
+        Some(unsafe { (*mechanism).mechanism })
+    };
+    // SAFETY: as above.
+    let rv = unsafe { real(session, mechanism, key) };
+    control::log(&format!("C_DecryptInit mechanism={kind:?} rv={rv:#x}"));
+    rv
+}
+
+unsafe extern "C" fn decrypt(
+    session: CK_SESSION_HANDLE,
+    data: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+    out: CK_UTF8CHAR_PTR,
+    out_len: CK_ULONG_PTR,
+) -> CK_RV {
+    let Some(real) = shim().and_then(|s| s.real.C_Decrypt) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    let rv = unsafe { real(session, data, len, out, out_len) };
+    let query = if out.is_null() { " (length query)" } else { "" };
+    control::log(&format!("C_Decrypt{query} rv={rv:#x}"));
+    rv
 }

@@ -1,7 +1,8 @@
 //! A PKCS#11 module for tests: it forwards every call to a real module (SoftHSM by default) and
 //! injects faults SoftHSM cannot produce on its own: a user PIN on its final try or locked,
 //! forced return codes from `C_Login` and `C_Sign`, added latency. It records the calls that
-//! matter (logins, sessions) so tests can count them.
+//! matter (logins, sessions, token initialization, decryption with its return code) so tests
+//! can count them and compare call sequences.
 //!
 //! Configured through two environment variables, read when first loaded:
 //! - `HARDKEY_SHIM_MODULE`: the real module (default: SoftHSM's usual path);
@@ -9,7 +10,8 @@
 //!   `calls.log` (appended to).
 //!
 //! `control` holds `key=value` lines: `generation=N` (bump it to re-arm counters),
-//! `token_flags=final_try|locked|none`, `login_rv=N` (return code for every `C_Login`),
+//! `token_flags=final_try|locked|so_final_try|so_locked|none`, `login_rv=N` (return code for
+//! every `C_Login`),
 //! `sign_rv=N` with `sign_times=K` (the next K `C_Sign` calls fail with N),
 //! `sign_delay_ms=N`.
 

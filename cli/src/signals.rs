@@ -1,0 +1,80 @@
+//! SIGINT, SIGTERM and SIGHUP: one handler for the whole process (the `ctrlc` crate allows
+//! one), installed the first time something needs it.
+//!
+//! - While an output is being written, its temporary file is registered here, and the
+//!   handler removes it before the process exits (status 130), so an interrupted `--out`
+//!   leaves nothing behind. (A SIGKILL cannot be caught; the temporary file then stays, named
+//!   `.hardkey-*.tmp` next to the output.)
+//! - A long-running command (`hardkey serve`) registers a stop channel instead: the signal
+//!   then asks it to stop cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use crate::error::{CliResult, failed};
+
+/// Exit status after an interrupt (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Default)]
+struct State {
+    temps: Vec<PathBuf>,
+    stop: Option<Sender<()>>,
+}
+
+fn state() -> MutexGuard<'static, State> {
+    static STATE: Mutex<State> = Mutex::new(State {
+        temps: Vec::new(),
+        stop: None,
+    });
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn install() -> CliResult<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| ctrlc::set_handler(on_signal).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| failed(format!("cannot handle SIGINT/SIGTERM: {e}")))
+}
+
+fn on_signal() {
+    let mut s = state();
+    if let Some(stop) = &s.stop {
+        if stop.send(()).is_ok() {
+            return;
+        }
+    }
+    for path in s.temps.drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(s);
+    std::process::exit(EXIT_INTERRUPTED);
+}
+
+/// A temporary file that the signal handler removes if the process is interrupted before the
+/// guard is dropped (by then the file was renamed into place, or removed).
+pub(crate) struct TempGuard(PathBuf);
+
+impl TempGuard {
+    /// Registers `path`.
+    pub(crate) fn register(path: &Path) -> CliResult<Self> {
+        install()?;
+        state().temps.push(path.to_path_buf());
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        state().temps.retain(|p| p != &self.0);
+    }
+}
+
+/// Sends on `stop` at the next SIGINT, SIGTERM or SIGHUP, instead of exiting.
+pub(crate) fn stop_on_signal(stop: Sender<()>) -> CliResult<()> {
+    install()?;
+    state().stop = Some(stop);
+    Ok(())
+}
