@@ -88,6 +88,7 @@ pub struct Suite<S: KeyStore> {
     import: bool,
     concurrency: usize,
     label_prefix: String,
+    raw_rsa_for_decrypt: bool,
 }
 
 impl<S: KeyStore> Suite<S> {
@@ -100,7 +101,16 @@ impl<S: KeyStore> Suite<S> {
             import: true,
             concurrency: 1000,
             label_prefix: format!("hk-conf-{}", std::process::id()),
+            raw_rsa_for_decrypt: false,
         }
+    }
+
+    /// Makes the decryption check's key with raw RSA allowed
+    /// ([`GenerateRequest::raw_rsa`]), for devices that decode OAEP on the host because they
+    /// lack OAEP with SHA-256 (SoftHSM 2.6).
+    pub fn raw_rsa_for_decrypt(mut self, allow: bool) -> Self {
+        self.raw_rsa_for_decrypt = allow;
+        self
     }
 
     /// Skips the import checks (for devices that cannot import private keys).
@@ -126,10 +136,15 @@ impl<S: KeyStore> Suite<S> {
     }
 
     async fn generate(&self, alg: KeyAlgorithm, what: &str) -> S::Key {
+        self.generate_with(GenerateRequest::new(alg), what).await
+    }
+
+    async fn generate_with(&self, request: GenerateRequest, what: &str) -> S::Key {
+        let alg = request.algorithm;
         let label = self.label(what);
         let key = self
             .store
-            .generate(GenerateRequest::new(alg).label(label.clone()))
+            .generate(request.label(label.clone()))
             .await
             .unwrap_or_else(|e| panic!("generating a {alg} key on {}: {e}", self.store.name()));
         let info = key.info();
@@ -243,7 +258,8 @@ impl<S: KeyStore> Suite<S> {
         if alg.family() != KeyFamily::Rsa {
             return;
         }
-        let key = self.generate(alg, "decrypt").await;
+        let request = GenerateRequest::new(alg).raw_rsa(self.raw_rsa_for_decrypt);
+        let key = self.generate_with(request, "decrypt").await;
         let public = rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap();
         let secret = b"pre-master secret, 48 bytes long, for the test!!";
         let ct = public

@@ -137,6 +137,12 @@ pub(crate) struct KeygenArgs {
     /// Signing only: RSA keys otherwise may also decrypt (RSA-OAEP).
     #[arg(long)]
     pub(crate) sign_only: bool,
+    /// PKCS#11, RSA: also allow raw RSA (CKM_RSA_X_509) on the key. Only for a token that
+    /// lacks a mechanism hardkey needs, so hardkey pads on the host: SoftHSM 2.6 has no
+    /// RSA-OAEP with SHA-256. Raw RSA signing is decryption: anyone holding the PIN can then
+    /// decrypt with the key, even a --sign-only one.
+    #[arg(long)]
+    pub(crate) allow_raw_rsa: bool,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }
@@ -164,6 +170,12 @@ pub(crate) struct ImportArgs {
     /// Label [default: the URI's object, else a generated one].
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Signing only: RSA keys otherwise may also decrypt (RSA-OAEP).
+    #[arg(long)]
+    pub(crate) sign_only: bool,
+    /// RSA: also allow raw RSA (CKM_RSA_X_509) on the token key, as for keygen.
+    #[arg(long)]
+    pub(crate) allow_raw_rsa: bool,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }

@@ -106,6 +106,11 @@ pub(crate) fn key_json(info: &KeyInfo) -> Value {
         "decrypt_schemes": info.decrypt_schemes.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "public_key_sha256": fingerprint(info),
         "public_key_pem": info.public_key.to_pem(),
+        "device": info.device.as_ref().map(|d| json!({
+            "operations": d.operations,
+            "mechanisms": d.mechanisms,
+            "note": d.note,
+        })),
     })
 }
 
@@ -118,9 +123,27 @@ pub(crate) fn key_text(info: &KeyInfo) -> String {
             v.join(", ")
         }
     };
+    let device = info.device.as_ref().map_or_else(String::new, |d| {
+        let mut text = format!(
+            "\non device:    {}\nmechanisms:   {}",
+            if d.operations.is_empty() {
+                "-".to_owned()
+            } else {
+                d.operations.join(", ")
+            },
+            d.mechanisms
+                .as_ref()
+                .map_or_else(|| "not restricted".to_owned(), |m| m.join(", ")),
+        );
+        if let Some(note) = &d.note {
+            text.push_str("\nnote:         ");
+            text.push_str(note);
+        }
+        text
+    });
     format!(
         "uri:          {}\nlabel:        {}\nid:           {}\nalgorithm:    {}\nusages:       {}\n\
-         signs with:   {}\ndecrypts:     {}\npublic key:   sha256:{}",
+         signs with:   {}\ndecrypts:     {}\npublic key:   sha256:{}{device}",
         info.uri
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string),

@@ -110,6 +110,119 @@ fn so_pin_on_final_try_gets_no_token_init(env: &Env) {
     env.shim.set("");
 }
 
+/// The PKCS#11 calls one legacy decryption makes, from the shim's log: every call between the
+/// log's length before and after, with the return codes dropped (`strip_rv`) or kept.
+fn decrypt_calls(env: &Env, key: &Pkcs11Key, ct: &[u8], strip_rv: bool) -> (bool, Vec<String>) {
+    use hardkey_api::DecryptScheme;
+    let before = env.shim.log().len();
+    let ok = block_on(key.decrypt(DecryptScheme::RsaPkcs1v15Legacy, ct)).is_ok();
+    let calls = env.shim.log()[before..]
+        .iter()
+        .map(|l| match (strip_rv, l.split_once(" rv=")) {
+            (true, Some((call, _))) => call.to_owned(),
+            _ => l.clone(),
+        })
+        .collect();
+    (ok, calls)
+}
+
+/// Security finding 7: a bad PKCS#1 v1.5 ciphertext costs the token the same calls as a good
+/// one (no session replaced after the failure), on both paths: raw RSA with the padding
+/// checked on the host (identical calls and return codes), and the token's own CKM_RSA_PKCS.
+fn legacy_decrypt_fails_with_the_same_calls(env: &Env) {
+    use hardkey_api::{KeyPolicy, KeyUsages};
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    env.shim.set("");
+    let policy = KeyPolicy::default().with_legacy_rsa_pkcs1v15_decrypt(true);
+    let store = Pkcs11Store::open(env.config(1).policy(policy)).unwrap();
+    for raw in [true, false] {
+        let request = GenerateRequest::new(KeyAlgorithm::Rsa2048)
+            .usages(KeyUsages::SIGN_DECRYPT)
+            .raw_rsa(raw);
+        let key = block_on(store.generate(request)).unwrap();
+        let public = rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap();
+        let good = public
+            .encrypt(&mut rand_core::OsRng, rsa::Pkcs1v15Encrypt, &[0x03; 48])
+            .unwrap();
+        // A valid RSA input whose plaintext is not PKCS#1 v1.5: 00 01 ... instead of 00 02.
+        let mut block = vec![0x5au8; public.size()];
+        block[0] = 0x00;
+        block[1] = 0x01;
+        let bad = rsa::BigUint::from_bytes_be(&block)
+            .modpow(public.e(), public.n())
+            .to_bytes_be();
+        let bad = [vec![0u8; public.size() - bad.len()], bad].concat();
+        // Once first, so the handle lookup is cached for both.
+        decrypt_calls(env, &key, &good, !raw);
+        let (good_ok, good_calls) = decrypt_calls(env, &key, &good, !raw);
+        let (bad_ok, bad_calls) = decrypt_calls(env, &key, &bad, !raw);
+        assert!(good_ok && !bad_ok, "raw={raw}");
+        assert!(
+            good_calls.iter().any(|c| c.starts_with("C_Decrypt")),
+            "raw={raw}: no decryption logged: {good_calls:?}"
+        );
+        assert_eq!(good_calls, bad_calls, "raw={raw}");
+        if raw {
+            // The token did only RSA: CKM_RSA_X_509 (0x3), answered CKR_OK both times.
+            assert!(
+                good_calls.iter().any(|c| c.contains("mechanism=Some(3)")),
+                "{good_calls:?}"
+            );
+        }
+        // And the key still works: the session was not left in a broken state.
+        let (again, _) = decrypt_calls(env, &key, &good, false);
+        assert!(again);
+        block_on(store.delete(&key.info().id)).unwrap();
+    }
+    let report = store.pool().shutdown(Duration::from_secs(5));
+    assert_eq!(report.detached_workers, 0, "{report:?}");
+}
+
+/// A token that does not know CKA_ALLOWED_MECHANISMS: the key is made without it, once the
+/// token said so, and its description notes what that means.
+fn token_without_allowed_mechanisms_is_noted(env: &Env) {
+    use hardkey_api::KeyUsages;
+    env.shim.set("reject_allowed_mechanisms=1");
+    let store = Pkcs11Store::open(env.config(1)).unwrap();
+    let before = env.shim.log().len();
+    let first = block_on(
+        store.generate(GenerateRequest::new(KeyAlgorithm::Rsa2048).usages(KeyUsages::SIGN)),
+    )
+    .unwrap();
+    let second = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap();
+    let refusals = env.shim.log()[before..]
+        .iter()
+        .filter(|l| l.contains("refused CKA_ALLOWED_MECHANISMS"))
+        .count();
+    assert_eq!(
+        refusals, 1,
+        "the token is asked once, then the store remembers"
+    );
+    for key in [&first, &second] {
+        let device = key.info().device.clone().unwrap();
+        assert_eq!(device.mechanisms, None);
+        assert!(
+            device
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("does not support CKA_ALLOWED_MECHANISMS")),
+            "{device:?}"
+        );
+        assert_eq!(
+            device.operations,
+            ["sign"],
+            "the usage attributes are still set"
+        );
+    }
+    for key in [first, second] {
+        block_on(store.delete(&key.info().id)).unwrap();
+    }
+    env.shim.set("");
+    let report = store.pool().shutdown(Duration::from_secs(5));
+    assert_eq!(report.detached_workers, 0, "{report:?}");
+}
+
 fn wrong_pin_is_tried_once(env: &Env) {
     env.shim.set(&format!("login_rv={CKR_PIN_INCORRECT}"));
     let before = env.shim.calls("C_Login");
@@ -248,7 +361,15 @@ fn main() -> std::process::ExitCode {
     let hsm = SoftHsm::start();
     let shim = FaultShim::start(&hsm);
     let env = Arc::new(Env { hsm, shim });
-    let tests: [(&str, FaultTest); 9] = [
+    let tests: [(&str, FaultTest); 11] = [
+        (
+            "legacy_decrypt_fails_with_the_same_calls",
+            legacy_decrypt_fails_with_the_same_calls,
+        ),
+        (
+            "token_without_allowed_mechanisms_is_noted",
+            token_without_allowed_mechanisms_is_noted,
+        ),
         (
             "so_pin_on_final_try_gets_no_token_init",
             so_pin_on_final_try_gets_no_token_init,

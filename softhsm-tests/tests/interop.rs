@@ -165,7 +165,23 @@ fn hardkey_key_is_used_by_the_tool(hsm: &SoftHsm, alg: KeyAlgorithm) {
         ]);
         SignatureScheme::EcdsaP256Sha256
     } else {
-        sign.args(["--sign", "-m", "SHA256-RSA-PKCS", "-i", p(&msg)]);
+        // The key allows only the mechanisms hardkey uses (CKM_RSA_PKCS over a DigestInfo,
+        // not the token's own SHA256-RSA-PKCS): build the DigestInfo of an openssl digest.
+        let digest = dir.path().join("digest");
+        let mut dgst = Command::new("openssl");
+        dgst.args(["dgst", "-sha256", "-binary", "-out", p(&digest), p(&msg)]);
+        ok(dgst);
+        const SHA256_DIGEST_INFO: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ];
+        let info = dir.path().join("digest-info");
+        std::fs::write(
+            &info,
+            [&SHA256_DIGEST_INFO[..], &std::fs::read(&digest).unwrap()].concat(),
+        )
+        .unwrap();
+        sign.args(["--sign", "-m", "RSA-PKCS", "-i", p(&info)]);
         SignatureScheme::RsaPkcs1Sha256
     };
     sign.args(["--id", &id, "-o", p(&sig)]);
@@ -314,13 +330,286 @@ fn legacy_decrypt_needs_the_opt_in(hsm: &SoftHsm) {
     let plain = block_on(key.decrypt(DecryptScheme::RsaPkcs1v15Legacy, &ct)).unwrap();
     assert_eq!(plain.as_slice(), secret.as_slice());
     block_on(store.delete(&key.info().id)).unwrap();
+    // With raw RSA allowed, the token does the RSA and the padding is removed on the host.
+    let request = GenerateRequest::new(KeyAlgorithm::Rsa2048)
+        .label("legacy-raw")
+        .raw_rsa(true);
+    let key = block_on(store.generate(request)).unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap();
+    for len in [0, 1, 48, 245] {
+        let secret = vec![0x5au8; len];
+        let ct = public
+            .encrypt(&mut rand_core::OsRng, rsa::Pkcs1v15Encrypt, &secret)
+            .unwrap();
+        let plain = block_on(key.decrypt(DecryptScheme::RsaPkcs1v15Legacy, &ct)).unwrap();
+        assert_eq!(plain.as_slice(), secret.as_slice());
+    }
+    block_on(store.delete(&key.info().id)).unwrap();
+}
+
+/// `p11-probe`: one raw PKCS#11 call on the key labelled `label`, from another process, as
+/// anyone holding the user PIN could make it. `Ok(output)` or `Err(return code)`.
+fn probe(
+    hsm: &SoftHsm,
+    label: &str,
+    op: &str,
+    mechanism: &str,
+    input: &Path,
+) -> Result<Vec<u8>, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_p11-probe"))
+        .args([p(hsm.module()), hsm.label(), label, op, mechanism, p(input)])
+        .env(
+            "P11_PROBE_PIN",
+            secrecy::ExposeSecret::expose_secret(hsm.user_pin()),
+        )
+        .output()
+        .expect("run p11-probe");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Ok((0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()),
+        Some(1) => Err(text),
+        _ => panic!("p11-probe failed: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// pkcs11-tool's description of the private key labelled `label`: its `Usage:` and
+/// `Allowed mechanisms:` lines.
+fn tool_view(listing: &str, label: &str) -> (String, String) {
+    // One object per unindented header line and the indented lines under it.
+    let mut objects: Vec<Vec<&str>> = Vec::new();
+    for line in listing.lines() {
+        match objects.last_mut() {
+            Some(object) if line.starts_with(' ') => object.push(line),
+            _ => objects.push(vec![line]),
+        }
+    }
+    let block = objects
+        .iter()
+        .find(|o| {
+            o[0].starts_with("Private Key Object")
+                && o.iter().any(|l| l.trim() == format!("label:      {label}"))
+        })
+        .map(|o| o.join("\n"))
+        .unwrap_or_else(|| panic!("no private key {label} in:\n{listing}"));
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    (field("Usage:"), field("Allowed mechanisms:"))
+}
+
+/// Security finding 1: keys hardkey makes can do exactly what their usage says, whoever holds
+/// the PIN, as pkcs11-tool and a raw PKCS#11 client see them.
+fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
+    use hardkey_api::{DecryptScheme, KeyUsages};
+    use rsa::pkcs8::DecodePublicKey;
+    let dir = tempfile::tempdir().unwrap();
+    let store = hsm.store(1);
+    let make = |alg, label: &str, usages, raw| {
+        let request = GenerateRequest::new(alg)
+            .label(label)
+            .usages(usages)
+            .raw_rsa(raw);
+        block_on(store.generate(request)).unwrap()
+    };
+    let sign_only = make(KeyAlgorithm::Rsa2048, "lp-rsa-sign", KeyUsages::SIGN, false);
+    let ec = make(KeyAlgorithm::EcP256, "lp-ec", KeyUsages::SIGN, false);
+    let both = make(
+        KeyAlgorithm::Rsa2048,
+        "lp-rsa-both",
+        KeyUsages::SIGN_DECRYPT,
+        false,
+    );
+    let raw = make(
+        KeyAlgorithm::Rsa2048,
+        "lp-rsa-raw",
+        KeyUsages::SIGN_DECRYPT,
+        true,
+    );
+
+    // pkcs11-tool sees every usage set as asked, and the mechanisms restricted.
+    let listing = objects(hsm);
+    for (label, usage, mechanisms) in [
+        ("lp-rsa-sign", "sign", "RSA-PKCS,RSA-PKCS-PSS"),
+        ("lp-ec", "sign", "ECDSA"),
+        (
+            "lp-rsa-both",
+            "decrypt, sign",
+            "RSA-PKCS,RSA-PKCS-OAEP,RSA-PKCS-PSS",
+        ),
+        (
+            "lp-rsa-raw",
+            "decrypt, sign",
+            "RSA-PKCS,RSA-X-509,RSA-PKCS-OAEP,RSA-PKCS-PSS",
+        ),
+    ] {
+        assert_eq!(
+            tool_view(&listing, label),
+            (usage.to_owned(), mechanisms.to_owned()),
+            "{label}"
+        );
+    }
+    // hardkey reports the same, from the token.
+    let device = sign_only.info().device.clone().unwrap();
+    assert_eq!(device.operations, ["sign"]);
+    assert_eq!(
+        device.mechanisms.unwrap(),
+        ["CKM_RSA_PKCS", "CKM_RSA_PKCS_PSS"]
+    );
+    assert_eq!(ec.info().device.clone().unwrap().operations, ["sign"]);
+
+    // A PKCS#1 v1.5 ciphertext to the sign-only key, and a raw block as big as the modulus.
+    let secret = b"the plaintext an attacker wants";
+    let rsa_public = |key: &hardkey_pkcs11::Pkcs11Key| {
+        rsa::RsaPublicKey::from_public_key_der(key.info().public_key.der()).unwrap()
+    };
+    let ct = rsa_public(&sign_only)
+        .encrypt(&mut rand_core::OsRng, rsa::Pkcs1v15Encrypt, secret)
+        .unwrap();
+    let ct_file = dir.path().join("ct");
+    std::fs::write(&ct_file, &ct).unwrap();
+    // The decryption oracle of the finding: raw RSA "signing" of a ciphertext.
+    let err = probe(hsm, "lp-rsa-sign", "sign", "rsa-x509", &ct_file).unwrap_err();
+    assert!(err.starts_with("MechanismInvalid"), "{err}");
+    let err = probe(hsm, "lp-rsa-sign", "decrypt", "rsa-pkcs", &ct_file).unwrap_err();
+    assert!(err.starts_with("KeyFunctionNotPermitted"), "{err}");
+    // pkcs11-tool agrees on raw RSA.
+    let mut tool = hsm.pkcs11_tool();
+    tool.args([
+        "--sign",
+        "-m",
+        "RSA-X-509",
+        "--label",
+        "lp-rsa-sign",
+        "-i",
+        p(&ct_file),
+    ])
+    .args(["-o", p(&dir.path().join("sig"))]);
+    let out = tool.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CKR_MECHANISM_INVALID"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The EC key neither decrypts nor derives.
+    let err = probe(hsm, "lp-ec", "decrypt", "rsa-pkcs", &ct_file).unwrap_err();
+    assert!(err.starts_with("KeyFunctionNotPermitted"), "{err}");
+    let peer = dir.path().join("peer.der");
+    let key_pem = dir.path().join("peer.pem");
+    ok({
+        let mut c = Command::new("openssl");
+        c.args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-out",
+            p(&key_pem),
+        ]);
+        c
+    });
+    ok({
+        let mut c = Command::new("openssl");
+        c.args([
+            "ec",
+            "-in",
+            p(&key_pem),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            p(&peer),
+        ]);
+        c
+    });
+    let mut derive = hsm.pkcs11_tool();
+    derive.args([
+        "--derive",
+        "-m",
+        "ECDH1-DERIVE",
+        "--label",
+        "lp-ec",
+        "--input-file",
+        p(&peer),
+    ]);
+    let out = derive.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The sign+decrypt key still does OAEP: an openssl ciphertext (OAEP with SHA-1, the hash
+    // SoftHSM 2.6 has), decrypted by the raw client; raw RSA stays refused.
+    let both_pub = dir.path().join("both.pub");
+    std::fs::write(&both_pub, both.info().public_key.to_pem()).unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, secret).unwrap();
+    let oaep = dir.path().join("oaep");
+    ok({
+        let mut c = Command::new("openssl");
+        c.args([
+            "pkeyutl",
+            "-encrypt",
+            "-pubin",
+            "-inkey",
+            p(&both_pub),
+            "-in",
+            p(&plain),
+        ])
+        .args(["-pkeyopt", "rsa_padding_mode:oaep", "-out", p(&oaep)]);
+        c
+    });
+    assert_eq!(
+        probe(hsm, "lp-rsa-both", "decrypt", "oaep-sha1", &oaep).unwrap(),
+        secret
+    );
+    let err = probe(hsm, "lp-rsa-both", "sign", "rsa-x509", &oaep).unwrap_err();
+    assert!(err.starts_with("MechanismInvalid"), "{err}");
+    // hardkey's OAEP-SHA-256 needs raw RSA on this token, and says how to get it.
+    let ct256 = rsa_public(&both)
+        .encrypt(
+            &mut rand_core::OsRng,
+            rsa::Oaep::new::<sha2::Sha256>(),
+            secret,
+        )
+        .unwrap();
+    let err = block_on(both.decrypt(DecryptScheme::RsaOaepSha256, &ct256)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("--allow-raw-rsa"), "{err}");
+    // The opt-in key: raw RSA works (that is what was asked for), and so does OAEP-SHA-256.
+    let ct256 = rsa_public(&raw)
+        .encrypt(
+            &mut rand_core::OsRng,
+            rsa::Oaep::new::<sha2::Sha256>(),
+            secret,
+        )
+        .unwrap();
+    let plain = block_on(raw.decrypt(DecryptScheme::RsaOaepSha256, &ct256)).unwrap();
+    assert_eq!(plain.as_slice(), secret);
+    let raw_ct = dir.path().join("raw-ct");
+    std::fs::write(&raw_ct, &ct256).unwrap();
+    assert!(probe(hsm, "lp-rsa-raw", "sign", "rsa-x509", &raw_ct).is_ok());
+
+    for key in [sign_only, ec, both, raw] {
+        block_on(store.delete(&key.info().id)).unwrap();
+    }
 }
 
 fn main() -> std::process::ExitCode {
     // Serial: the bad-input trial compares the whole token before and after.
     run_serial(|hsm: Arc<SoftHsm>| {
         let h = || Arc::clone(&hsm);
-        let (a, b, c, d, e, f, g) = (h(), h(), h(), h(), h(), h(), h());
+        let (a, b, c, d, e, f, g, l) = (h(), h(), h(), h(), h(), h(), h(), h());
         vec![
             trial("pkcs11_tool_ec_key_used_by_hardkey", move || {
                 tool_key_is_used_by_hardkey(&a, "EC:prime256v1", "a1", "tool-ec")
@@ -343,6 +632,9 @@ fn main() -> std::process::ExitCode {
             }),
             trial("legacy_decrypt_needs_the_opt_in", move || {
                 legacy_decrypt_needs_the_opt_in(&g)
+            }),
+            trial("keys_are_least_privilege_on_the_token", move || {
+                keys_are_least_privilege_on_the_token(&l)
             }),
         ]
     })

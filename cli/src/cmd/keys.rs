@@ -2,7 +2,7 @@
 
 use futures::executor::block_on;
 use hardkey_api::uri::{KeyUri, Tpm2Key, Tpm2Uri};
-use hardkey_api::{GenerateRequest, ImportRequest, KeyUsages, PrivateKey};
+use hardkey_api::{GenerateRequest, ImportRequest, KeyAlgorithm, KeyFamily, KeyUsages, PrivateKey};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -39,6 +39,7 @@ pub(crate) fn keygen(a: &KeygenArgs, ctx: &Ctx) -> CliResult {
     if a.sign_only {
         request = request.usages(KeyUsages::SIGN);
     }
+    request = request.raw_rsa(raw_rsa_allowed(&target, Some(a.alg), a.allow_raw_rsa)?);
     if let Some(location) = location {
         request = request.location(location);
     }
@@ -201,6 +202,13 @@ pub(crate) fn import(a: &ImportArgs, ctx: &Ctx) -> CliResult {
     let der = pkcs8_der(&read_input(&a.from, "the private key")?, &a.from)?;
     let store = Store::open(&target, &ctx.config, &a.secrets, OpenOptions::default())?;
     let mut request = ImportRequest::new(der);
+    if a.sign_only {
+        request = request.usages(KeyUsages::SIGN);
+    }
+    if a.allow_raw_rsa {
+        // (An EC key to import ignores it: its algorithm is known once it is read.)
+        request = request.raw_rsa(raw_rsa_allowed(&target, None, true)?);
+    }
     let label = match &target {
         Target::Pkcs11(uri) => a.label.clone().or_else(|| uri.object().map(str::to_owned)),
         _ => a.label.clone(),
@@ -222,6 +230,24 @@ pub(crate) fn import(a: &ImportArgs, ctx: &Ctx) -> CliResult {
         )
     });
     Ok(())
+}
+
+/// `--allow-raw-rsa` makes sense only for RSA keys on PKCS#11 tokens (the one kind of device
+/// that restricts mechanisms per key); elsewhere it is a usage error rather than a no-op.
+fn raw_rsa_allowed(target: &Target, alg: Option<KeyAlgorithm>, asked: bool) -> CliResult<bool> {
+    if !asked {
+        return Ok(false);
+    }
+    if !matches!(target, Target::Pkcs11(_)) {
+        return Err(usage(
+            "--allow-raw-rsa applies to PKCS#11 token keys only: a TPM or software key's raw \
+             RSA follows from its usages",
+        ));
+    }
+    if alg.is_some_and(|a| a.family() != KeyFamily::Rsa) {
+        return Err(usage("--allow-raw-rsa applies to RSA keys only"));
+    }
+    Ok(true)
 }
 
 /// The PKCS#8 DER in a PEM or DER file; other formats get the conversion command.

@@ -17,6 +17,7 @@ pub(crate) struct Control {
     pub(crate) sign_rv: Option<u64>,
     pub(crate) sign_times: u64,
     pub(crate) sign_delay: Duration,
+    pub(crate) reject_allowed_mechanisms: bool,
 }
 
 struct State {
@@ -63,6 +64,7 @@ pub(crate) fn read() -> Control {
             "sign_rv" => c.sign_rv = number,
             "sign_times" => c.sign_times = number.unwrap_or(0),
             "sign_delay_ms" => c.sign_delay = Duration::from_millis(number.unwrap_or(0)),
+            "reject_allowed_mechanisms" => c.reject_allowed_mechanisms = number == Some(1),
             _ => {}
         }
     }

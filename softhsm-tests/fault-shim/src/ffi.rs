@@ -8,11 +8,12 @@
 use std::sync::OnceLock;
 
 use cryptoki_sys::{
-    CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_PTR_PTR, CK_MECHANISM_PTR, CK_NOTIFY,
-    CK_OBJECT_HANDLE, CK_RV, CK_SESSION_HANDLE, CK_SESSION_HANDLE_PTR, CK_SLOT_ID,
-    CK_TOKEN_INFO_PTR, CK_ULONG, CK_ULONG_PTR, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_VOID_PTR,
-    CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED,
-    CKR_ARGUMENTS_BAD, CKR_GENERAL_ERROR, CKR_OK,
+    CK_ATTRIBUTE_PTR, CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_PTR_PTR, CK_MECHANISM_PTR,
+    CK_NOTIFY, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE_PTR, CK_RV, CK_SESSION_HANDLE,
+    CK_SESSION_HANDLE_PTR, CK_SLOT_ID, CK_TOKEN_INFO_PTR, CK_ULONG, CK_ULONG_PTR, CK_USER_TYPE,
+    CK_UTF8CHAR_PTR, CK_VOID_PTR, CKA_ALLOWED_MECHANISMS, CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED,
+    CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED, CKR_ARGUMENTS_BAD, CKR_ATTRIBUTE_TYPE_INVALID,
+    CKR_GENERAL_ERROR, CKR_OK,
 };
 
 use crate::control;
@@ -65,6 +66,8 @@ fn load() -> Option<Shim> {
     ours.C_CloseSession = Some(close_session);
     ours.C_DecryptInit = Some(decrypt_init);
     ours.C_Decrypt = Some(decrypt);
+    ours.C_GenerateKeyPair = Some(generate_key_pair);
+    ours.C_CreateObject = Some(create_object);
     Some(Shim {
         _library: library,
         real,
@@ -229,4 +232,77 @@ unsafe extern "C" fn decrypt(
     let query = if out.is_null() { " (length query)" } else { "" };
     control::log(&format!("C_Decrypt{query} rv={rv:#x}"));
     rv
+}
+
+/// Whether `template` (of `count` attributes) holds CKA_ALLOWED_MECHANISMS.
+///
+/// # Safety
+///
+/// `template` must point to `count` attributes, or be null.
+unsafe fn restricts_mechanisms(template: CK_ATTRIBUTE_PTR, count: CK_ULONG) -> bool {
+    if template.is_null() {
+        return false;
+    }
+    let Ok(count) = usize::try_from(count) else {
+        return false;
+    };
+    // SAFETY: the caller's template of `count` attributes (PKCS#11 contract), non-null.
+    let attributes = unsafe { std::slice::from_raw_parts(template, count) };
+    attributes.iter().any(|a| a.type_ == CKA_ALLOWED_MECHANISMS)
+}
+
+#[allow(clippy::too_many_arguments, reason = "the PKCS#11 signature")]
+unsafe extern "C" fn generate_key_pair(
+    session: CK_SESSION_HANDLE,
+    mechanism: CK_MECHANISM_PTR,
+    public: CK_ATTRIBUTE_PTR,
+    public_count: CK_ULONG,
+    private: CK_ATTRIBUTE_PTR,
+    private_count: CK_ULONG,
+    public_handle: CK_OBJECT_HANDLE_PTR,
+    private_handle: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    // SAFETY: the caller's templates with their counts.
+    let restricted = unsafe {
+        restricts_mechanisms(public, public_count) || restricts_mechanisms(private, private_count)
+    };
+    if restricted && control::read().reject_allowed_mechanisms {
+        control::log("C_GenerateKeyPair refused CKA_ALLOWED_MECHANISMS");
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    let Some(real) = shim().and_then(|s| s.real.C_GenerateKeyPair) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe {
+        real(
+            session,
+            mechanism,
+            public,
+            public_count,
+            private,
+            private_count,
+            public_handle,
+            private_handle,
+        )
+    }
+}
+
+unsafe extern "C" fn create_object(
+    session: CK_SESSION_HANDLE,
+    template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    handle: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    // SAFETY: the caller's template with its count.
+    if unsafe { restricts_mechanisms(template, count) } && control::read().reject_allowed_mechanisms
+    {
+        control::log("C_CreateObject refused CKA_ALLOWED_MECHANISMS");
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    let Some(real) = shim().and_then(|s| s.real.C_CreateObject) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged to the real module.
+    unsafe { real(session, template, count, handle) }
 }

@@ -13,7 +13,8 @@
 //! `token_flags=final_try|locked|so_final_try|so_locked|none`, `login_rv=N` (return code for
 //! every `C_Login`),
 //! `sign_rv=N` with `sign_times=K` (the next K `C_Sign` calls fail with N),
-//! `sign_delay_ms=N`.
+//! `sign_delay_ms=N`, `reject_allowed_mechanisms=1` (templates holding CKA_ALLOWED_MECHANISMS
+//! are refused with CKR_ATTRIBUTE_TYPE_INVALID, as by a token that does not know it).
 
 mod control;
 mod ffi;
