@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -28,8 +29,8 @@ pub struct Pkcs11KeyRef {
     pub label: Option<Arc<str>>,
     /// Whether the token lets this key do raw RSA (`CKM_RSA_X_509` among its
     /// CKA_ALLOWED_MECHANISMS, or no mechanism restriction at all), which host-side padding
-    /// needs.
-    pub raw_rsa: bool,
+    /// needs; `None` when the token does not say.
+    pub raw_rsa: Option<bool>,
 }
 
 impl Pkcs11KeyRef {
@@ -89,7 +90,7 @@ pub(crate) fn find_private(
     let key = Pkcs11KeyRef {
         id: uri.id().map(Arc::from),
         label: uri.object().map(Arc::from),
-        raw_rsa: false,
+        raw_rsa: None,
     };
     session
         .find_objects(&key.template(ObjectClass::PRIVATE_KEY))
@@ -143,7 +144,6 @@ pub(crate) fn describe(
         AttributeType::Unwrap,
         AttributeType::Derive,
         AttributeType::SignRecover,
-        AttributeType::AllowedMechanisms,
         AttributeType::Modulus,
         AttributeType::PublicExponent,
         AttributeType::EcParams,
@@ -163,24 +163,51 @@ pub(crate) fn describe(
             Attribute::Unwrap(true) => operations.push("unwrap"),
             Attribute::Derive(true) => operations.push("derive"),
             Attribute::SignRecover(true) => operations.push("sign-recover"),
-            // An empty list means no restriction (PKCS#11 3.0, 4.6).
-            Attribute::AllowedMechanisms(m) if !m.is_empty() => allowed = Some(m),
             Attribute::Modulus(v) => modulus = Some(v),
             Attribute::PublicExponent(v) => exponent = Some(v),
             Attribute::EcParams(v) => ec_params = Some(v),
             _ => {}
         }
     }
+    // Asked on its own: some tokens and p11-kit's remoting (0.24) fail the whole
+    // C_GetAttributeValue on this array attribute rather than mark it unavailable.
+    let allowed_known = match session.get_attributes(handle, &[AttributeType::AllowedMechanisms]) {
+        Ok(attrs) => {
+            for attr in attrs {
+                // An empty list means no restriction (PKCS#11 3.0, 4.6).
+                if let Attribute::AllowedMechanisms(m) = attr {
+                    if !m.is_empty() {
+                        allowed = Some(m);
+                    }
+                }
+            }
+            true
+        }
+        // p11-kit answers CKR_DEVICE_ERROR here with the session intact; a session that is
+        // really gone fails the next call.
+        Err(e)
+            if crate::error::rv_of(&e)
+                .is_some_and(|rv| crate::error::is_lost(rv) && rv != RvError::DeviceError) =>
+        {
+            return Err(map(e));
+        }
+        Err(_) => false,
+    };
     if decrypt {
         operations.insert(0, "decrypt");
     }
     if sign {
         operations.insert(0, "sign");
     }
-    let raw_rsa = key_type == Some(KeyType::RSA)
-        && allowed
-            .as_ref()
-            .is_none_or(|m| m.contains(&MechanismType::RSA_X_509));
+    let raw_rsa = match (key_type == Some(KeyType::RSA), allowed_known, &allowed) {
+        (false, ..) => Some(false),
+        (true, false, _) => None,
+        (true, true, allowed) => Some(
+            allowed
+                .as_ref()
+                .is_none_or(|m| m.contains(&MechanismType::RSA_X_509)),
+        ),
+    };
     let key_ref = Pkcs11KeyRef {
         id: id.as_deref().map(Arc::from),
         label: label.as_deref().map(Arc::from),
@@ -220,6 +247,11 @@ pub(crate) fn describe(
     usages.sign = sign;
     usages.decrypt = decrypt && public_key.algorithm().family() == KeyFamily::Rsa;
     let note = match (&allowed, allowed_refused) {
+        _ if !allowed_known => Some(
+            "the token (or the remoting between us, such as p11-kit 0.24) does not report \
+             CKA_ALLOWED_MECHANISMS: what it enforces beyond the usage attributes is unknown"
+                .to_owned(),
+        ),
         (None, true) => Some(NO_ALLOWED_MECHANISMS.to_owned()),
         (None, false) => Some(
             "no CKA_ALLOWED_MECHANISMS on this key (made by another tool, or by hardkey before \

@@ -449,7 +449,7 @@ impl Backend for Pkcs11Device {
             // the RSA operation and the padding is checked on the host in constant time;
             // otherwise the token's own CKM_RSA_PKCS runs, and its failure is handled like
             // its success (no session replaced, nothing logged).
-            if key.raw_rsa {
+            if key.raw_rsa == Some(true) {
                 let em = self.raw_decrypt(key, ciphertext)?;
                 return encoding::pkcs1v15_decrypt_decode(&em);
             }
@@ -480,19 +480,28 @@ impl Backend for Pkcs11Device {
                 .oaep_sha256
                 .store(OAEP_HOST_DECODE, Ordering::Relaxed);
         }
-        if !key.raw_rsa {
-            return Err(Unsupported::DecryptOnDevice {
+        let device = self.target.name.clone();
+        let no_raw = || {
+            Error::from(Unsupported::DecryptOnDevice {
                 scheme,
-                device: self.target.name.clone(),
+                device: device.clone(),
                 reason: "this token does OAEP only with other hashes, and decoding OAEP on the \
                          host needs raw RSA (CKM_RSA_X_509), which this key does not allow; \
                          generate the key with raw RSA allowed (hardkey keygen --allow-raw-rsa)",
-            }
-            .into());
+            })
+        };
+        if key.raw_rsa == Some(false) {
+            return Err(no_raw());
         }
         // Raw RSA on the token, OAEP decoding (constant time) on the host: the private key
-        // never leaves the token.
-        let em = self.raw_decrypt(key, ciphertext)?;
+        // never leaves the token. (A key whose restrictions the token does not report is
+        // tried: the token refuses the mechanism if it is not allowed.)
+        let em = match self.raw_decrypt(key, ciphertext) {
+            Err(e) if key.raw_rsa.is_none() && e.kind() == hardkey_api::ErrorKind::Unsupported => {
+                return Err(no_raw());
+            }
+            other => other?,
+        };
         encoding::oaep_decode(HashAlgorithm::Sha256, &em)
     }
 }

@@ -39,6 +39,8 @@ pub struct TpmAdmin {
     /// The owner auth, needed to create the SRK when it is not persistent; kept current by
     /// [`TpmAdmin::take_ownership`], [`TpmAdmin::change_auth`] and [`TpmAdmin::clear`].
     owner_auth: Option<Zeroizing<String>>,
+    /// The pinned name of the persistent SRK ([`TpmConfig::srk_name`](crate::TpmConfig)).
+    srk_name: Option<Vec<u8>>,
     conn: Conn,
 }
 
@@ -65,8 +67,16 @@ impl TpmAdmin {
             tcti: tcti.to_owned(),
             name,
             owner_auth,
+            srk_name: None,
             conn: Conn::Bare(ctx),
         })
+    }
+
+    /// Pins the persistent SRK's name for sealing and unsealing, as
+    /// [`TpmConfig::srk_name`](crate::TpmConfig::srk_name) does for a store.
+    pub fn with_srk_name(mut self, name: Option<Vec<u8>>) -> Self {
+        self.srk_name = name;
+        self
     }
 
     /// `TPM at <tcti>`, as errors name it.
@@ -217,7 +227,12 @@ impl TpmAdmin {
         if !matches!(self.conn, Conn::Full(_)) {
             // Close the bare connection before opening the full one.
             self.conn = Conn::Closed;
-            let tpm = Tpm::connect(&self.tcti, self.owner_auth.as_ref(), false)?;
+            let tpm = Tpm::connect(
+                &self.tcti,
+                self.owner_auth.clone(),
+                self.srk_name.clone(),
+                false,
+            )?;
             self.conn = Conn::Full(Box::new(tpm));
         }
         let result = match &mut self.conn {

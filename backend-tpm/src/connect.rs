@@ -3,6 +3,19 @@
 //!
 //! A TPM executes one command at a time, so hardkey drives it from a single worker thread
 //! that owns this state; the pool's bounded queue in front of it gives backpressure.
+//!
+//! **Trust.** Nothing found in the TPM is trusted for what it claims to be:
+//! - The storage root key is looked at only when a key must be loaded or created under it
+//!   (a persistent key needs none, so using one needs no owner auth). A persistent SRK at
+//!   0x81000001 is used only if its name equals the name of the primary key hardkey's SRK
+//!   template derives from the owner seed (made to compare, which needs the owner auth when
+//!   the owner hierarchy has one), or a name pinned in the configuration. Anything else
+//!   there (a key someone persisted, whose private part they may know) is refused.
+//! - Every session hardkey starts is salted with a primary key it has just made in the null
+//!   hierarchy ([`salted_session`]), so the HMACs of auth values cannot be guessed offline
+//!   from a recording of the bus, and parameter encryption hides new auth values and
+//!   secrets. An active attacker on the bus who substitutes that key is not stopped: that
+//!   needs a salt key certified by the endorsement key.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -55,12 +68,16 @@ pub(crate) fn has_resource_manager(tcti: &str) -> bool {
     tcti.starts_with("tabrmd") || tcti.starts_with("device:/dev/tpmrm") || tcti == "device"
 }
 
-/// The storage root key: the standard ECC P-256 primary of the owner hierarchy, used from its
-/// persistent handle when present, else created and kept as a saved context (it needs a
-/// transient slot only while a key is loaded under it or a session is salted with it).
-pub(crate) enum Srk {
-    Persistent { tr: ObjectHandle },
-    Transient { saved: TpmsContext },
+/// What this connection learned of the parents keys are loaded and created under, each
+/// looked at the first time it is needed.
+#[derive(Default)]
+struct Parents {
+    /// The primary key the SRK template derives from the owner seed: its name and saved
+    /// context (it needs a transient slot only while a key is loaded or created under it).
+    primary: Option<(Vec<u8>, TpmsContext)>,
+    /// The persistent SRK at 0x81000001, once checked: `None` when the handle is empty, else
+    /// its ESAPI object, verified.
+    persistent: Option<Option<ObjectHandle>>,
 }
 
 /// The template tpm2-openssl and tpm2-tss-engine use for the owner primary
@@ -117,8 +134,11 @@ pub(crate) struct Tpm {
     pub(crate) ctx: Context,
     /// "TPM at <tcti>", for messages.
     pub(crate) name: String,
-    /// Set by [`Tpm::connect`] before it returns.
-    srk: Option<Srk>,
+    /// The owner hierarchy's auth value, to create the template primary.
+    owner_auth: Option<Zeroizing<String>>,
+    /// A name the configuration pins for the persistent SRK.
+    pinned_srk: Option<Vec<u8>>,
+    parents: Parents,
     hmac: Option<AuthSession>,
 }
 
@@ -148,25 +168,27 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
 }
 
 impl Tpm {
-    /// Connects: opens the context, flushes objects a dead process left on a TPM without a
-    /// resource manager (when `flush_leftovers`), and finds or creates the SRK.
+    /// Connects: opens the context and flushes objects a dead process left on a TPM without
+    /// a resource manager (when `flush_leftovers`). The SRK is looked at only when needed.
     pub(crate) fn connect(
         tcti: &str,
-        owner_auth: Option<&Zeroizing<String>>,
+        owner_auth: Option<Zeroizing<String>>,
+        pinned_srk: Option<Vec<u8>>,
         flush_leftovers: bool,
     ) -> Result<Self> {
         let name = format!("TPM at {tcti}");
         let ctx = open_context(tcti, &name)?;
         let mut tpm = Self {
             ctx,
-            srk: None,
+            owner_auth,
+            pinned_srk,
+            parents: Parents::default(),
             hmac: None,
             name,
         };
         if flush_leftovers {
             tpm.flush_transients()?;
         }
-        tpm.srk = Some(tpm.find_or_create_srk(owner_auth)?);
         Ok(tpm)
     }
 
@@ -236,76 +258,113 @@ impl Tpm {
         .map_err(mapper(&self.name, op, "Esys_TR_FromTPMPublic"))
     }
 
-    fn find_or_create_srk(&mut self, owner_auth: Option<&Zeroizing<String>>) -> Result<Srk> {
-        if self.persistent_handles()?.contains(&SRK_HANDLE) {
-            let tr = self.tr_from_public(SRK_HANDLE, Operation::Connect)?;
-            return Ok(Srk::Persistent { tr });
+    /// The name and saved context of the primary key hardkey's SRK template makes in the
+    /// owner hierarchy, created once per connection. Needs the owner auth when the owner
+    /// hierarchy has one; the session carrying it is salted.
+    fn template_primary(&mut self, op: Operation) -> Result<(Vec<u8>, TpmsContext)> {
+        if let Some(primary) = &self.parents.primary {
+            return Ok(primary.clone());
         }
-        let handle = self.create_srk(owner_auth)?;
         let name = self.name.clone();
-        let saved = self.ctx.context_save(handle.into()).map_err(mapper(
-            &name,
-            Operation::Connect,
-            "TPM2_ContextSave",
-        ));
-        let flushed = self.ctx.flush_context(handle.into()).map_err(mapper(
-            &name,
-            Operation::Connect,
-            "TPM2_FlushContext",
-        ));
-        let saved = saved?;
-        flushed?;
-        Ok(Srk::Transient { saved })
-    }
-
-    /// `TPM2_CreatePrimary` of the SRK template under the owner hierarchy.
-    fn create_srk(&mut self, owner_auth: Option<&Zeroizing<String>>) -> Result<KeyHandle> {
-        let name = self.name.clone();
-        let template = srk_template().map_err(mapper(&name, Operation::Connect, "SRK template"))?;
-        self.set_hierarchy_auth(ObjectHandle::Owner, owner_auth, Operation::Connect)?;
-        let session = self.owner_session(owner_auth)?;
+        let template = srk_template().map_err(mapper(&name, op, "SRK template"))?;
+        let owner_auth = self.owner_auth.clone();
+        self.set_hierarchy_auth(ObjectHandle::Owner, owner_auth.as_ref(), op)?;
+        let session = self.owner_session(op)?;
         let created = retrying(|| {
             self.ctx.execute_with_session(Some(session), |c| {
                 c.create_primary(Hierarchy::Owner, template.clone(), None, None, None, None)
             })
         });
-        self.end_session(session);
-        Ok(created
-            .map_err(mapper(
-                &name,
-                Operation::Connect,
-                "TPM2_CreatePrimary (SRK)",
-            ))?
-            .key_handle)
+        let _ = self.ctx.tr_set_auth(ObjectHandle::Owner, Auth::default());
+        let handle = created
+            .map_err(|e| owner_auth_error(&name, op, "TPM2_CreatePrimary (SRK)", e))?
+            .key_handle;
+        let made = (|| -> Result<(Vec<u8>, TpmsContext)> {
+            let primary_name = self
+                .ctx
+                .tr_get_name(handle.into())
+                .map_err(mapper(&name, op, "Esys_TR_GetName"))?;
+            let saved = self
+                .ctx
+                .context_save(handle.into())
+                .map_err(mapper(&name, op, "TPM2_ContextSave"))?;
+            Ok((primary_name.value().to_vec(), saved))
+        })();
+        let flushed = self
+            .ctx
+            .flush_context(handle.into())
+            .map_err(mapper(&name, op, "TPM2_FlushContext"));
+        let made = made?;
+        flushed?;
+        self.parents.primary = Some(made.clone());
+        Ok(made)
     }
 
-    /// The session authorizing a hierarchy: a password session when its auth is empty, else
-    /// an unsalted HMAC session (the auth value never crosses the bus).
-    pub(crate) fn owner_session(
-        &mut self,
-        auth: Option<&Zeroizing<String>>,
-    ) -> Result<AuthSession> {
-        if auth.is_none() {
+    /// The persistent SRK at 0x81000001, verified, or `None` when the handle is empty. Its
+    /// name must be the template primary's (made to compare: this needs the owner auth when
+    /// the owner hierarchy has one) or the pinned name; otherwise it is refused.
+    fn persistent_srk(&mut self, op: Operation) -> Result<Option<ObjectHandle>> {
+        if let Some(known) = self.parents.persistent {
+            return Ok(known);
+        }
+        if !self.persistent_handles()?.contains(&SRK_HANDLE) {
+            self.parents.persistent = Some(None);
+            return Ok(None);
+        }
+        let mut tr = self.tr_from_public(SRK_HANDLE, op)?;
+        let name = self.name.clone();
+        let found = self
+            .ctx
+            .tr_get_name(tr)
+            .map_err(mapper(&name, op, "Esys_TR_GetName"))?
+            .value()
+            .to_vec();
+        let verdict = match self.pinned_srk.clone() {
+            Some(pinned) if pinned == found => Ok(()),
+            Some(pinned) => Err(Error::from(crate::error::TpmTrustError::PinnedSrkMismatch {
+                device: name.clone(),
+                found: hex::encode(&found),
+                pinned: hex::encode(pinned),
+            })),
+            None => match self.template_primary(op) {
+                Ok((expected, _)) if expected == found => Ok(()),
+                Ok((expected, _)) => Err(Error::from(crate::error::TpmTrustError::UntrustedSrk {
+                    device: name.clone(),
+                    found: hex::encode(&found),
+                    expected: hex::encode(expected),
+                })),
+                Err(e) if e.kind() == hardkey_api::ErrorKind::AuthFailed => Err(Error::from(
+                    crate::error::TpmTrustError::SrkNeedsOwnerAuth {
+                        device: name.clone(),
+                        found: hex::encode(&found),
+                        source: Box::new(e),
+                    },
+                )),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = verdict {
+            let _ = self.ctx.tr_close(&mut tr);
+            return Err(e);
+        }
+        self.parents.persistent = Some(Some(tr));
+        Ok(Some(tr))
+    }
+
+    /// The session authorizing the owner hierarchy: a password session when its auth is
+    /// empty (nothing secret crosses the bus), else the salted HMAC session.
+    pub(crate) fn owner_session(&mut self, op: Operation) -> Result<AuthSession> {
+        if self.owner_auth.is_none() {
             return Ok(AuthSession::Password);
         }
-        start_session(
-            &mut self.ctx,
-            &self.name,
-            Operation::Admin,
-            None,
-            SessionType::Hmac,
-            Encryption::default(),
-        )
+        let _ = op;
+        self.hmac_session()
     }
 
-    /// Flushes a session from [`Tpm::owner_session`] (nothing for the password session).
-    pub(crate) fn end_session(&mut self, session: AuthSession) {
-        if session != AuthSession::Password {
-            let handle = tss_esapi::handles::SessionHandle::from(session);
-            // A flush failure here leaves a session slot used until the context drops; the
-            // command's own result matters more.
-            let _ = self.ctx.flush_context(handle.into());
-        }
+    /// Sets ESAPI's owner auth to the configured one (for owner-authorized commands).
+    pub(crate) fn set_owner_auth(&mut self, op: Operation) -> Result<()> {
+        let owner_auth = self.owner_auth.clone();
+        self.set_hierarchy_auth(ObjectHandle::Owner, owner_auth.as_ref(), op)
     }
 
     /// Sets the auth value ESAPI uses for a hierarchy handle.
@@ -321,35 +380,39 @@ impl Tpm {
             .map_err(mapper(&self.name, op, "Esys_TR_SetAuth"))
     }
 
-    /// The parent handle recorded in key files made under our SRK.
-    pub(crate) fn parent_number(&self) -> u32 {
-        match self.srk {
-            Some(Srk::Persistent { .. }) => SRK_HANDLE,
-            _ => OWNER_PARENT,
-        }
+    /// The parent a new key or sealed object goes under, as key files record it: the
+    /// persistent SRK when there is one (verified), else the template primary.
+    pub(crate) fn new_object_parent(&mut self, op: Operation) -> Result<u32> {
+        Ok(match self.persistent_srk(op)? {
+            Some(_) => SRK_HANDLE,
+            None => OWNER_PARENT,
+        })
     }
 
-    /// Runs `f` with the SRK loaded (for a transient SRK: loaded from its saved context and
+    /// Runs `f` with the parent a key file names loaded: the persistent SRK (verified) for
+    /// 0x81000001, the template primary for 0x40000001 (loaded from its saved context and
     /// flushed afterwards on every path).
-    pub(crate) fn with_srk<T>(
+    pub(crate) fn with_parent<T>(
         &mut self,
+        parent: u32,
         op: Operation,
         f: impl FnOnce(&mut Self, KeyHandle) -> Result<T>,
     ) -> Result<T> {
-        match &self.srk {
-            None => Err(Error::backend(&self.name, op, "the SRK is not set up")),
-            Some(Srk::Persistent { tr }) => {
-                let tr = *tr;
-                f(self, tr.into())
-            }
-            Some(Srk::Transient { saved }) => {
-                let saved = saved.clone();
+        match parent {
+            SRK_HANDLE => match self.persistent_srk(op)? {
+                Some(tr) => f(self, tr.into()),
+                None => Err(Error::not_found(
+                    format!("the storage root key at 0x81000001 on {}", self.name),
+                    "the key was made under a persistent SRK that is gone (the TPM was \
+                     cleared or the SRK evicted): the key cannot be loaded any more",
+                )),
+            },
+            OWNER_PARENT => {
+                let (_, saved) = self.template_primary(op)?;
                 let name = self.name.clone();
-                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(mapper(
-                    &name,
-                    op,
-                    "TPM2_ContextLoad (SRK)",
-                ))?;
+                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(
+                    mapper(&name, op, "TPM2_ContextLoad (SRK)"),
+                )?;
                 let result = f(self, handle.into());
                 let flushed = self.ctx.flush_context(handle).map_err(mapper(
                     &name,
@@ -360,28 +423,35 @@ impl Tpm {
                 flushed?;
                 Ok(value)
             }
+            other => Err(Error::from(InvalidInput::Malformed {
+                what: "TPM key file",
+                reason: if other >> 24 == 0x81 {
+                    "its parent is a persistent key other than the SRK at 0x81000001, which \
+                     hardkey does not load keys under"
+                } else {
+                    "its parent is neither the owner hierarchy (0x40000001) nor the SRK at \
+                     0x81000001"
+                },
+            })),
         }
     }
 
-    /// The HMAC session salted with the SRK, with parameter encryption both ways, for
-    /// commands that carry secrets. Started once and kept (`continueSession`).
+    /// The HMAC session for commands that carry secrets: salted ([`salted_session`]), with
+    /// parameter encryption both ways. Started once and kept (`continueSession`).
     pub(crate) fn hmac_session(&mut self) -> Result<AuthSession> {
         if let Some(s) = self.hmac {
             return Ok(s);
         }
-        let session = self.with_srk(Operation::Connect, |tpm, srk| {
-            start_session(
-                &mut tpm.ctx,
-                &tpm.name,
-                Operation::Connect,
-                Some(srk),
-                SessionType::Hmac,
-                Encryption {
-                    decrypt: true,
-                    encrypt: true,
-                },
-            )
-        })?;
+        let session = salted_session(
+            &mut self.ctx,
+            &self.name,
+            Operation::Connect,
+            SessionType::Hmac,
+            Encryption {
+                decrypt: true,
+                encrypt: true,
+            },
+        )?;
         self.hmac = Some(session);
         Ok(session)
     }
@@ -481,4 +551,52 @@ pub(crate) fn start_session(
         return Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e));
     }
     Ok(session)
+}
+
+/// Starts a session of `kind` salted with a primary key made for the purpose in the null
+/// hierarchy (from the SRK template; no auth needed, whatever the owner auth) and flushed
+/// before this returns. The one way hardkey salts sessions: the key is hardkey's own, made
+/// just now, never something found in the TPM.
+pub(crate) fn salted_session(
+    ctx: &mut Context,
+    device: &str,
+    op: Operation,
+    kind: SessionType,
+    encryption: Encryption,
+) -> Result<AuthSession> {
+    let template = srk_template().map_err(mapper(device, op, "salt key template"))?;
+    let salt_key = retrying(|| {
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Null, template.clone(), None, None, None, None)
+        })
+    })
+    .map_err(mapper(
+        device,
+        op,
+        "TPM2_CreatePrimary (null hierarchy salt key)",
+    ))?
+    .key_handle;
+    flushing(ctx, salt_key.into(), device, op, |ctx| {
+        start_session(ctx, device, op, Some(salt_key), kind, encryption)
+    })
+}
+
+/// An error of an owner-authorized command: a refused auth names the owner hierarchy and
+/// where its auth value comes from.
+pub(crate) fn owner_auth_error(
+    device: &str,
+    op: Operation,
+    command: &'static str,
+    e: tss_esapi::Error,
+) -> Error {
+    match crate::error::map(device, op, command, e) {
+        Error::AuthFailed { source, .. } => Error::AuthFailed {
+            target: format!(
+                "the owner hierarchy of {device} (give its auth value with --owner-auth-file \
+                 or HARDKEY_OWNER_AUTH; library: TpmConfig::owner_auth)"
+            ),
+            source,
+        },
+        other => other,
+    }
 }

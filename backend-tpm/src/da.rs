@@ -2,8 +2,10 @@
 //! `TPM2_DictionaryAttackParameters`) through the ESAPI C library directly.
 //!
 //! tss-esapi 7 wraps neither command and does not expose its `ESYS_CONTEXT`, so this module
-//! opens its own: TCTI loader, ESAPI context, an unsalted HMAC session authorizing the
-//! lockout hierarchy (its auth value keys the HMAC and never crosses the bus), the command,
+//! opens its own: TCTI loader, ESAPI context, a primary key made for the purpose in the null
+//! hierarchy (the salt key, as everywhere in hardkey), an HMAC session salted with it and
+//! authorizing the lockout hierarchy (its auth value keys the HMAC and never crosses the bus;
+//! the salt keeps a recording of the bus from testing guesses of it offline), the command,
 //! then everything released in reverse order by guards, on every path. The lockout auth is
 //! copied into a `TPM2B_AUTH` that is zeroized on drop, and ESAPI's own copy is overwritten
 //! with an empty value before the context is finalized.
@@ -23,11 +25,12 @@ use tss_esapi::constants::tss::{
     TPM2_ALG_NULL, TPM2_ALG_SHA256, TPM2_SE_HMAC, TPMA_SESSION_CONTINUESESSION,
 };
 use tss_esapi_sys::{
-    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_RH_LOCKOUT, Esys_DictionaryAttackLockReset,
-    Esys_DictionaryAttackParameters, Esys_Finalize, Esys_FlushContext, Esys_Initialize,
-    Esys_StartAuthSession, Esys_TR_SetAuth, Esys_TRSess_SetAttributes, TPM2B_AUTH, TPMT_SYM_DEF,
-    TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize,
-    Tss2_TctiLdr_Initialize,
+    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, ESYS_TR_RH_LOCKOUT, ESYS_TR_RH_NULL,
+    Esys_CreatePrimary, Esys_DictionaryAttackLockReset, Esys_DictionaryAttackParameters,
+    Esys_Finalize, Esys_FlushContext, Esys_Initialize, Esys_StartAuthSession, Esys_TR_SetAuth,
+    Esys_TRSess_SetAttributes, TPM2B_AUTH, TPM2B_DATA, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
+    TPML_PCR_SELECTION, TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC,
+    TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -86,9 +89,19 @@ pub(crate) fn run(
     })?;
     esys.set_lockout_auth(&auth)
         .map_err(mapper(device, OP, "Esys_TR_SetAuth"))?;
+    let template = crate::connect::srk_template()
+        .and_then(TPM2B_PUBLIC::try_from)
+        .map_err(mapper(device, OP, "salt key template"))?;
+    let salt_key = retrying(|| esys.salt_key(&template)).map_err(mapper(
+        device,
+        OP,
+        "TPM2_CreatePrimary (null hierarchy salt key)",
+    ))?;
     let session = esys
-        .hmac_session()
+        .hmac_session(&salt_key)
         .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?;
+    // The session lives on without its salt key.
+    drop(salt_key);
     retrying(|| session.send(command)).map_err(mapper(device, OP, command.name()))
 }
 
@@ -163,22 +176,56 @@ impl Esys {
         check(unsafe { Esys_TR_SetAuth(self.ctx, ESYS_TR_RH_LOCKOUT, &auth.0) })
     }
 
-    /// An unsalted, unbound HMAC session without parameter encryption (the DA commands have
-    /// no secret parameters), flushed when the guard drops.
-    fn hmac_session(&self) -> tss_esapi::Result<Session<'_>> {
+    /// A primary key in the null hierarchy (no auth needed) from `template`, flushed when
+    /// the guard drops.
+    fn salt_key(&self, template: &TPM2B_PUBLIC) -> tss_esapi::Result<Object<'_>> {
+        let sensitive = TPM2B_SENSITIVE_CREATE::default();
+        let outside = TPM2B_DATA::default();
+        let pcrs = TPML_PCR_SELECTION::default();
+        let mut handle: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: `self.ctx` is a live ESAPI context; every input points to a valid,
+        // initialized structure that outlives the call (an empty sensitive area, outside info
+        // and PCR selection: all-zero is their empty value); `handle` is a valid out-pointer;
+        // the optional outputs are null, which ESAPI accepts as "not wanted". The null
+        // hierarchy's auth is always empty, so the password session carries nothing.
+        check(unsafe {
+            Esys_CreatePrimary(
+                self.ctx,
+                ESYS_TR_RH_NULL,
+                ESYS_TR_PASSWORD,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &sensitive,
+                template,
+                &outside,
+                &pcrs,
+                &mut handle,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                null_mut(),
+            )
+        })?;
+        Ok(Object { esys: self, handle })
+    }
+
+    /// An HMAC session salted with `salt_key`, without parameter encryption (the DA commands
+    /// have no secret parameters), flushed when the guard drops.
+    fn hmac_session(&self, salt_key: &Object<'_>) -> tss_esapi::Result<Session<'_>> {
         let symmetric = TPMT_SYM_DEF {
             algorithm: TPM2_ALG_NULL,
             keyBits: TPMU_SYM_KEY_BITS { sym: 0 },
             mode: TPMU_SYM_MODE { sym: TPM2_ALG_NULL },
         };
         let mut handle: ESYS_TR = ESYS_TR_NONE;
-        // SAFETY: `self.ctx` is a live ESAPI context; `symmetric` and `handle` are valid for
-        // the call; a null nonceCaller makes ESAPI generate the nonce; ESYS_TR_NONE for the
-        // salt key, bind entity and sessions is what ESAPI expects for "none".
+        // SAFETY: `self.ctx` is a live ESAPI context; `salt_key.handle` is a loaded object of
+        // it (the guard is borrowed, so not yet flushed); `symmetric` and `handle` are valid
+        // for the call; a null nonceCaller makes ESAPI generate the nonce; ESYS_TR_NONE for
+        // the bind entity and sessions is what ESAPI expects for "none".
         check(unsafe {
             Esys_StartAuthSession(
                 self.ctx,
-                ESYS_TR_NONE,
+                salt_key.handle,
                 ESYS_TR_NONE,
                 ESYS_TR_NONE,
                 ESYS_TR_NONE,
@@ -223,6 +270,20 @@ impl Drop for Esys {
             // (the call sets it to null), and the ESAPI context using it is already gone.
             unsafe { Tss2_TctiLdr_Finalize(&mut self.tcti) };
         }
+    }
+}
+
+/// A loaded object, flushed on drop. Borrows the context so it cannot outlive it.
+struct Object<'a> {
+    esys: &'a Esys,
+    handle: ESYS_TR,
+}
+
+impl Drop for Object<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the context is live (borrowed) and `self.handle` is an object it loaded,
+        // flushed once, here.
+        let _ = unsafe { Esys_FlushContext(self.esys.ctx, self.handle) };
     }
 }
 

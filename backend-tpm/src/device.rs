@@ -90,7 +90,8 @@ impl TpmDevice {
         let owner_auth = settings.owner_auth.load(&settings.name)?;
         let mut tpm = Tpm::connect(
             &settings.tcti,
-            owner_auth.as_ref(),
+            owner_auth,
+            settings.srk_name.clone(),
             first && settings.flush_leftovers,
         )?;
         let slots = tpm.transient_slots();
@@ -253,25 +254,14 @@ impl TpmDevice {
                         Err(e) => return Err(e.into_error(&name, op, "TPM2_ContextLoad")),
                     }
                 }
-                if *parent != self.tpm.parent_number() {
-                    return Err(Error::backend(
-                        &name,
-                        op,
-                        format!(
-                            "the key file's parent is {parent:#010x} but this TPM's storage \
-                             root key is {:#010x}: the key was made on another TPM or under \
-                             another parent",
-                            self.tpm.parent_number()
-                        ),
-                    ));
-                }
-                // The SRK needs a slot while the key is loaded under it.
+                // The parent needs a slot while the key is loaded under it.
                 self.make_room(2)?;
                 let public = key.public.clone();
                 let private = private.clone();
+                let parent = *parent;
                 let handle = self
                     .with_object_memory(|tpm| {
-                        tpm.with_srk(op, |tpm, srk| {
+                        tpm.with_parent(parent, op, |tpm, srk| {
                             retrying(|| {
                                 tpm.ctx
                                     .execute_with_session(Some(AuthSession::Password), |c| {
@@ -590,13 +580,5 @@ impl TpmDevice {
     /// Loads (or finds) a key to check it is usable here, and settles its PSS path.
     pub(crate) fn check_key(&mut self, key: &KeyMaterial) -> Result<()> {
         self.handle_for(key, Operation::Open).map(|_| ())
-    }
-
-    /// Sets the ESAPI auth of a hierarchy.
-    pub(crate) fn set_owner_auth(&mut self, op: Operation) -> Result<()> {
-        let settings = &self.shared.settings;
-        let auth = settings.owner_auth.load(&settings.name)?;
-        self.tpm
-            .set_hierarchy_auth(ObjectHandle::Owner, auth.as_ref(), op)
     }
 }

@@ -35,6 +35,71 @@ impl std::error::Error for TpmError {
     }
 }
 
+/// Why hardkey will not use what it found in the TPM as a parent: the cause kept inside
+/// [`hardkey_api::Error::Backend`] (downcast the source to inspect it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmTrustError {
+    /// The persistent SRK is not the key hardkey's SRK template makes from the owner seed.
+    #[error(
+        "the object at persistent handle 0x81000001 on {device} is not the storage root key \
+         hardkey's template derives from the owner seed (its name is {found}, the template's \
+         {expected}): someone else put it there, and keys made or sealed under it could be \
+         unwrapped by whoever made it. Remove it (tpm2_evictcontrol -C o -c 0x81000001) to let \
+         hardkey use the standard SRK, or, if you trust it, pin its name in hardkey's \
+         configuration ([tpm] srk-name = \"{found}\")"
+    )]
+    UntrustedSrk {
+        /// The TPM.
+        device: String,
+        /// The name of the object found there (hex).
+        found: String,
+        /// The name of the template primary (hex).
+        expected: String,
+    },
+    /// The persistent SRK's name differs from the one pinned in the configuration.
+    #[error(
+        "the object at persistent handle 0x81000001 on {device} has name {found}, not the \
+         pinned {pinned}: the SRK was replaced (the TPM cleared and re-provisioned, or \
+         someone swapped it). Check what is there before you pin the new name"
+    )]
+    PinnedSrkMismatch {
+        /// The TPM.
+        device: String,
+        /// The name found (hex).
+        found: String,
+        /// The pinned name (hex).
+        pinned: String,
+    },
+    /// Verifying the persistent SRK needs the owner auth, which was not given or was wrong.
+    #[error(
+        "the storage root key at 0x81000001 on {device} (name {found}) cannot be verified \
+         without the owner auth: give it (--owner-auth-file or HARDKEY_OWNER_AUTH), or pin the \
+         SRK's name once you trust it ([tpm] srk-name = \"{found}\" in hardkey's \
+         configuration)"
+    )]
+    SrkNeedsOwnerAuth {
+        /// The TPM.
+        device: String,
+        /// The name found (hex).
+        found: String,
+        /// Why making the template primary failed.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl From<TpmTrustError> for Error {
+    fn from(e: TpmTrustError) -> Self {
+        let device = match &e {
+            TpmTrustError::UntrustedSrk { device, .. }
+            | TpmTrustError::PinnedSrkMismatch { device, .. }
+            | TpmTrustError::SrkNeedsOwnerAuth { device, .. } => device.clone(),
+        };
+        Error::backend(device, Operation::Open, e)
+    }
+}
+
 /// Why sealed data would not unseal, when the TPM's answer alone would not say: the cause kept
 /// inside [`hardkey_api::Error::Backend`] (downcast the source to inspect it).
 #[derive(Debug)]

@@ -15,12 +15,11 @@ use hardkey_api::{Error, InvalidInput, Operation, Result};
 use tss_esapi::Context;
 use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType};
 use tss_esapi::handles::{AuthHandle, ObjectHandle, SessionHandle};
-use tss_esapi::interface_types::resource_handles::Hierarchy as TssHierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::CapabilityData;
 use zeroize::Zeroizing;
 
-use crate::connect::{Encryption, auth_value, flushing, retrying, srk_template, start_session};
+use crate::connect::{Encryption, auth_value, flushing, retrying};
 use crate::error::mapper;
 
 const OP: Operation = Operation::Admin;
@@ -333,34 +332,19 @@ fn with_hierarchy<T>(
     result
 }
 
-/// An HMAC session salted with an ephemeral null-hierarchy primary key (flushed before
-/// this returns), `continueSession` set, and the decrypt attribute when `decrypt`.
+/// An HMAC session salted with an ephemeral null-hierarchy primary key, `continueSession`
+/// set, and the decrypt attribute when `decrypt`.
 fn salted_session(ctx: &mut Context, device: &str, decrypt: bool) -> Result<AuthSession> {
-    let template = srk_template().map_err(mapper(device, OP, "salt key template"))?;
-    let salt_key = retrying(|| {
-        ctx.execute_with_session(Some(AuthSession::Password), |c| {
-            c.create_primary(TssHierarchy::Null, template.clone(), None, None, None, None)
-        })
-    })
-    .map_err(mapper(
+    crate::connect::salted_session(
+        ctx,
         device,
         OP,
-        "TPM2_CreatePrimary (null hierarchy salt key)",
-    ))?
-    .key_handle;
-    flushing(ctx, salt_key.into(), device, OP, |ctx| {
-        start_session(
-            ctx,
-            device,
-            OP,
-            Some(salt_key),
-            SessionType::Hmac,
-            Encryption {
-                decrypt,
-                encrypt: false,
-            },
-        )
-    })
+        SessionType::Hmac,
+        Encryption {
+            decrypt,
+            encrypt: false,
+        },
+    )
 }
 
 /// The transient objects loaded in the TPM now (all clients').

@@ -186,7 +186,8 @@ pub(crate) fn seal(tpm: &mut Tpm, data: &[u8], options: &SealOptions) -> Result<
         SensitiveData::try_from(data.to_vec()).map_err(mapper(&name, OP, "sealed data"))?;
     // The data and the auth value travel encrypted (salted session, decrypt attribute).
     let session = tpm.hmac_session()?;
-    let created = tpm.with_srk(OP, |tpm, srk| {
+    let parent = tpm.new_object_parent(OP)?;
+    let created = tpm.with_parent(parent, OP, |tpm, srk| {
         retrying(|| {
             tpm.ctx.execute_with_session(Some(session), |c| {
                 c.create(
@@ -205,7 +206,7 @@ pub(crate) fn seal(tpm: &mut Tpm, data: &[u8], options: &SealOptions) -> Result<
         file: KeyFile {
             kind: KeyFileKind::Sealed,
             empty_auth: auth.is_none(),
-            parent: tpm.parent_number(),
+            parent,
             public: created.out_public,
             private: created.out_private,
             policy,
@@ -233,7 +234,7 @@ pub(crate) fn unseal(
         })?)
     };
     let auth = auth_value(auth.as_ref().map(|a| a.as_bytes()))?;
-    tpm.with_srk(OP, |tpm, srk| {
+    tpm.with_parent(file.parent, OP, |tpm, srk| {
         let loaded = retrying(|| {
             tpm.ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {

@@ -82,6 +82,11 @@ pub struct TpmConfig {
     pub queue_capacity: usize,
     /// Policy applied to every key.
     pub policy: KeyPolicy,
+    /// The name (TPM2B_NAME bytes: hash algorithm and digest) pinned for the persistent SRK
+    /// at 0x81000001. Without it, the SRK found there is used only if it is the key hardkey's
+    /// SRK template makes (verifying that needs the owner auth when the owner hierarchy has
+    /// one); with it, only if its name is this one.
+    pub srk_name: Option<Vec<u8>>,
 }
 
 impl TpmConfig {
@@ -99,7 +104,14 @@ impl TpmConfig {
             op_timeout: Some(Duration::from_secs(30)),
             queue_capacity: 1024,
             policy: KeyPolicy::default(),
+            srk_name: None,
         }
+    }
+
+    /// Pins the persistent SRK's name ([`TpmConfig::srk_name`]).
+    pub fn srk_name(mut self, name: Option<Vec<u8>>) -> Self {
+        self.srk_name = name;
+        self
     }
 
     /// The default TPM ([`connect::default_tcti`]).
@@ -173,6 +185,7 @@ pub(crate) struct Settings {
     pub(crate) flush_leftovers: bool,
     pub(crate) max_loaded: Option<usize>,
     pub(crate) policy: KeyPolicy,
+    pub(crate) srk_name: Option<Vec<u8>>,
 }
 
 /// The keys of one TPM. Opening it connects (a TPM executes one command at a time, so one
@@ -208,6 +221,7 @@ impl TpmStore {
             pss: config.pss,
             max_loaded: config.max_loaded,
             policy: config.policy,
+            srk_name: config.srk_name,
         };
         let shared = Arc::new(Shared {
             settings,
@@ -412,9 +426,22 @@ impl TpmDevice {
             .into());
         };
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let auth = self.key_auth(file.empty_auth)?;
+        if !file.empty_auth && auth.is_none() {
+            // Trying the key with an empty auth value would fail and count against the
+            // TPM's dictionary-attack protection: refuse before the TPM is touched.
+            return Err(Error::AuthFailed {
+                target: format!("key {}", path.display()),
+                source: "the key file says the key has an auth value (emptyAuth is false) and \
+                         none was given: give it with --key-auth-file or HARDKEY_KEY_AUTH \
+                         (library: TpmConfig::key_auth); nothing was sent to the TPM, so the \
+                         dictionary-attack counter is unchanged"
+                    .into(),
+            });
+        }
         let material = KeyMaterial {
             name: tpm_name(&file.public)?,
-            auth: self.key_auth(file.empty_auth)?,
+            auth,
             algorithm: described.algorithm,
             host_pss: false,
             location: Location::Blob {
@@ -514,13 +541,8 @@ impl TpmDevice {
 
     /// The session for an owner-authorized command, with the owner auth set.
     fn owner_session(&mut self, op: Operation) -> Result<AuthSession> {
-        self.set_owner_auth(op)?;
-        let s = self.settings();
-        if matches!(s.owner_auth, SecretSource::None) {
-            Ok(AuthSession::Password)
-        } else {
-            self.tpm.hmac_session()
-        }
+        self.tpm.set_owner_auth(op)?;
+        self.tpm.owner_session(op)
     }
 
     /// Creates a key under the SRK and stores it where asked.
@@ -584,7 +606,8 @@ impl TpmDevice {
         };
         // The SRK needs a slot while the key is created under it.
         self.make_room(1)?;
-        let created = self.tpm.with_srk(op, |tpm, srk| {
+        let parent = self.tpm.new_object_parent(op)?;
+        let created = self.tpm.with_parent(parent, op, |tpm, srk| {
             let n = tpm.name.clone();
             retrying(|| {
                 tpm.ctx.execute_with_session(Some(session), |c| {
@@ -611,7 +634,7 @@ impl TpmDevice {
                 let file = KeyFile {
                     kind: KeyFileKind::Key,
                     empty_auth: auth.is_none(),
-                    parent: self.tpm.parent_number(),
+                    parent,
                     public: public.clone(),
                     private: private.clone(),
                     policy: Vec::new(),
@@ -623,14 +646,14 @@ impl TpmDevice {
                 (
                     Location::Blob {
                         path,
-                        parent: self.tpm.parent_number(),
+                        parent,
                         private,
                     },
                     label,
                 )
             }
             Tpm2Key::Handle(h) => {
-                self.persist(&public, &private, h)?;
+                self.persist(&public, &private, parent, h)?;
                 (Location::Persistent(h), None)
             }
             other => {
@@ -664,6 +687,7 @@ impl TpmDevice {
         &mut self,
         public: &Public,
         private: &tss_esapi::structures::Private,
+        parent: u32,
         handle: u32,
     ) -> Result<()> {
         let op = Operation::Generate;
@@ -672,7 +696,7 @@ impl TpmDevice {
         // The SRK and the new key are loaded together.
         self.make_room(2)?;
         let (public, private) = (public.clone(), private.clone());
-        self.tpm.with_srk(op, |tpm, srk| {
+        self.tpm.with_parent(parent, op, |tpm, srk| {
             let n = tpm.name.clone();
             let loaded = retrying(|| {
                 tpm.ctx
@@ -690,7 +714,7 @@ impl TpmDevice {
                     )
                 })
             })
-            .map_err(mapper(&n, op, "TPM2_EvictControl"));
+            .map_err(|e| connect::owner_auth_error(&n, op, "TPM2_EvictControl", e));
             let flushed =
                 tpm.ctx
                     .flush_context(loaded.into())

@@ -10,6 +10,9 @@
 //! [tpm]
 //! tcti = "swtpm:host=127.0.0.1,port=2321"
 //! key-dir = "/var/lib/hardkey"  # where `tpm2:` keys go as TSS2 PEM files
+//! # Trust this persistent SRK at 0x81000001 (its TPM name, hex) without checking it against
+//! # the SRK template, which needs the owner auth when the owner hierarchy has one.
+//! # srk-name = "000b..."
 //!
 //! [aliases]
 //! web = "pkcs11:token=web;object=tls"
@@ -58,6 +61,26 @@ pub(crate) struct TpmDefaults {
     pub(crate) tcti: Option<String>,
     /// Where new TPM keys are written as TSS2 PEM files (else persistent handles).
     pub(crate) key_dir: Option<PathBuf>,
+    /// The pinned name of the persistent SRK, hex (`hardkey_tpm::TpmConfig::srk_name`).
+    pub(crate) srk_name: Option<String>,
+}
+
+impl TpmDefaults {
+    /// The pinned SRK name as bytes; a usage error naming the setting when it is not hex.
+    pub(crate) fn srk_name(&self) -> CliResult<Option<Vec<u8>>> {
+        self.srk_name
+            .as_deref()
+            .map(|text| {
+                hex::decode(text.trim()).map_err(|e| {
+                    usage(format!(
+                        "[tpm] srk-name in the configuration is not a hex TPM name ({e}): \
+                         copy it from the error that showed it, or from tpm2_readpublic -c \
+                         0x81000001 (its name: line)"
+                    ))
+                })
+            })
+            .transpose()
+    }
 }
 
 impl Config {

@@ -24,8 +24,11 @@ use crate::error::CliResult;
 use crate::output::Output;
 
 fn main() -> ExitCode {
-    startup::quiet_tss();
+    let tss_note = startup::quiet_tss();
     startup::no_dumps();
+    if let Some(note) = tss_note {
+        output::note(note);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -193,7 +193,7 @@ impl Store {
                 Ok(Self::Pkcs11(Pkcs11Store::open(cfg)?))
             }
             Target::Tpm { tcti, .. } => {
-                let mut cfg = tpm_config(tcti.as_deref(), config);
+                let mut cfg = tpm_config(tcti.as_deref(), config)?;
                 if let Some(dir) = &config.tpm.key_dir {
                     cfg = cfg.key_dir(dir.clone());
                 }
@@ -252,17 +252,21 @@ impl Drop for Store {
 }
 
 /// The TPM a URI's TCTI, else the configuration, else the default (`HARDKEY_TCTI`,
-/// `TPM2TOOLS_TCTI`, `device:/dev/tpmrm0`) names.
-pub(crate) fn tpm_config(tcti: Option<&str>, config: &Config) -> TpmConfig {
-    match tcti.or(config.tpm.tcti.as_deref()) {
+/// `TPM2TOOLS_TCTI`, `device:/dev/tpmrm0`) names, with the configuration's pinned SRK name.
+pub(crate) fn tpm_config(tcti: Option<&str>, config: &Config) -> CliResult<TpmConfig> {
+    let base = match tcti.or(config.tpm.tcti.as_deref()) {
         Some(t) => TpmConfig::new(t),
         None => TpmConfig::default_tpm(),
-    }
+    };
+    Ok(base.srk_name(config.tpm.srk_name()?))
 }
 
 /// The TCTI string for admin commands (`--tpm`, else configuration, else default).
 pub(crate) fn tcti(explicit: Option<&str>, config: &Config) -> String {
-    tpm_config(explicit, config).tcti
+    match explicit.or(config.tpm.tcti.as_deref()) {
+        Some(t) => t.to_owned(),
+        None => TpmConfig::default_tpm().tcti,
+    }
 }
 
 /// The owner auth for commands that need it (creating the SRK, persisting keys, sealing).

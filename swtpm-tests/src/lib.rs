@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use hardkey_tpm::{TpmConfig, TpmStore};
 
+mod proxy;
 mod raw;
 
+pub use proxy::{Command as TpmCommand, Exchange, RH_NULL, RecordingProxy, SessionStart};
 pub use raw::{RawRate, raw_sign_loop};
 
 /// A running swtpm, killed and reaped on drop.
@@ -53,7 +55,7 @@ fn spawn(port: u16, state: &Path, log: std::fs::File) -> Child {
 }
 
 /// A free port `p` with `p + 1` free too (swtpm's command and control ports).
-fn free_port_pair() -> u16 {
+pub(crate) fn free_port_pair() -> u16 {
     for _ in 0..100 {
         let Ok(first) = TcpListener::bind(("127.0.0.1", 0)) else {
             continue;
@@ -213,6 +215,17 @@ impl Swtpm {
     /// A store configuration for this emulator, keys as files in `key_dir`.
     pub fn config(&self, key_dir: &Path) -> TpmConfig {
         TpmConfig::new(self.tcti()).key_dir(key_dir)
+    }
+}
+
+/// Closes a store and waits for its worker to finish: dropping a store only asks the worker
+/// to stop, and a child process started while the worker still has a TPM command in flight
+/// would inherit its TCTI socket (the TSS opens it without close-on-exec) and hold swtpm's
+/// only connection.
+pub fn close_store(store: TpmStore) {
+    let report = store.pool().shutdown(Duration::from_secs(10));
+    if report.detached_workers != 0 {
+        fail("closing the TPM store", format!("{report:?}"));
     }
 }
 

@@ -178,7 +178,7 @@ fn hardkey_file_signs_in_tpm2_openssl(persistent_srk: bool) {
             "public key of {label}"
         );
     }
-    drop(store);
+    swtpm_tests::close_store(store);
 }
 
 /// A key tpm2-openssl generated (`openssl genpkey -provider tpm2`) opens in hardkey with the
@@ -232,6 +232,8 @@ fn tpm2_openssl_key_signs_in_hardkey(tpm: &Swtpm) {
     ))
     .unwrap();
     openssl_verify(dir.path(), &public, &data, &sig, &[]);
+    drop(key);
+    swtpm_tests::close_store(store);
 }
 
 /// Keys tpm2-tools made and evicted to persistent handles (ECC P-256 and RSA-2048 under the

@@ -2,7 +2,9 @@
 //! `p11-kit server` (a remote HSM stand-in) is killed before the server starts (a clear error
 //! at startup, no port left open) and during a handshake (that handshake fails, established
 //! connections keep being served, and once the device is back new handshakes succeed without
-//! restarting the server).
+//! restarting the server). And TLS 1.2 RSA key exchange through the token's decryption, on
+//! both of its paths (the token's own PKCS#1 v1.5, and raw RSA with the padding checked on the
+//! host); software keys refuse it (RUSTSEC-2023-0071).
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -34,6 +36,8 @@ struct Fixture {
     ca: Ca,
     store: Pkcs11Store,
     p11kit: Mutex<P11KitServer>,
+    /// The token directly, with legacy PKCS#1 v1.5 decryption allowed.
+    legacy: Pkcs11Store,
 }
 
 impl Fixture {
@@ -139,6 +143,104 @@ fn dies_mid_handshake(fx: &Fixture, stack: Stack) {
     server.shutdown().unwrap();
 }
 
+/// TLS 1.2 RSA key exchange (BoringSSL's decrypt callback) on token keys: one whose token
+/// does PKCS#1 v1.5 itself, one that allows raw RSA (padding checked on the host), and one
+/// opened without the legacy opt-in, which is refused with a log line saying why.
+fn tls12_rsa_key_exchange_decrypts_on_the_token(fx: &Fixture) {
+    let ca = &fx.ca;
+    let legacy = |label: &str, raw: bool| -> SharedKey {
+        let request = GenerateRequest::new(KeyAlgorithm::Rsa2048)
+            .label(label)
+            .raw_rsa(raw);
+        Arc::new(block_on(fx.legacy.generate(request)).unwrap())
+    };
+    let token_padding = legacy("legacy-kx", false);
+    let host_padding = legacy("legacy-kx-raw", true);
+    let refused: SharedKey = Arc::new(
+        block_on(
+            fx.store
+                .generate(GenerateRequest::new(KeyAlgorithm::Rsa2048).label("no-legacy-kx")),
+        )
+        .unwrap(),
+    );
+    for (key, works) in [(token_padding, true), (host_padding, true), (refused, false)] {
+        let chain = CertChain::from_pem(ca.issue(&key.info().public_key, "localhost")).unwrap();
+        let mut builder = hardkey_tls::boring::acceptor_builder(Arc::clone(&key), &chain).unwrap();
+        builder.set_cipher_list("AES128-GCM-SHA256").unwrap();
+        let acceptor = builder.build();
+        let listener = std::net::TcpListener::bind(ANY).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let (tcp, _) = listener.accept().await.unwrap();
+                match tokio_boring::accept(&acceptor, tcp).await {
+                    Ok(mut tls) => {
+                        let mut buf = [0u8; 1024];
+                        let _ = tls.read(&mut buf).await;
+                        tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n")
+                            .await
+                            .unwrap();
+                        let _ = tls.shutdown().await;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            })
+        });
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-tls1_2"])
+            .args([
+                "-cipher",
+                "AES128-GCM-SHA256",
+                "-verify_return_error",
+                "-ign_eof",
+            ])
+            .arg("-CAfile")
+            .arg(ca.ca_file())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(server.join().unwrap(), works, "{all}");
+        if works {
+            assert!(out.status.success(), "{all}");
+            assert!(all.contains("Cipher    : AES128-GCM-SHA256"), "{all}");
+            assert!(all.contains("Verify return code: 0 (ok)"), "{all}");
+            assert!(all.contains("hello"), "{all}");
+        } else {
+            let lines = logged("'no-legacy-kx'");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("allow_legacy_rsa_pkcs1v15_decrypt")),
+                "{lines:?}"
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // One remote module for the whole binary, killed and restarted by the trials: in turn.
@@ -153,10 +255,14 @@ fn main() -> ExitCode {
     .module(p11kit.client_module())
     .sessions(2);
     let store = Pkcs11Store::open(config).expect("open the token through p11-kit");
+    let policy = hardkey_api::KeyPolicy::default().with_legacy_rsa_pkcs1v15_decrypt(true);
+    let legacy = Pkcs11Store::open(hsm.config().sessions(1).policy(policy))
+        .expect("open the token directly");
     let fx = Arc::new(Fixture {
         ca: Ca::new(),
         store,
         p11kit: Mutex::new(p11kit),
+        legacy,
     });
     let mut trials = vec![Trial::test("unreachable_hsm_is_refused_at_startup", {
         let fx = Arc::clone(&fx);
@@ -165,6 +271,16 @@ fn main() -> ExitCode {
             Ok(())
         }
     })];
+    if Stack::Boring.is_available() {
+        let fx = Arc::clone(&fx);
+        trials.push(Trial::test(
+            "tls12_rsa_key_exchange_decrypts_on_the_token",
+            move || {
+                tls12_rsa_key_exchange_decrypts_on_the_token(&fx);
+                Ok(())
+            },
+        ));
+    }
     for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
         let fx = Arc::clone(&fx);
         trials.push(Trial::test(
@@ -178,6 +294,7 @@ fn main() -> ExitCode {
     let conclusion = libtest_mimic::run(&args, trials);
     if let Ok(fx) = Arc::try_unwrap(fx) {
         fx.store.pool().shutdown(Duration::from_secs(5));
+        fx.legacy.pool().shutdown(Duration::from_secs(5));
         drop(fx);
     }
     drop(hsm);

@@ -48,7 +48,8 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
     }
     let data = read_input(&a.input, "the data to seal")?;
     let owner = owner_auth(&a.secrets)?;
-    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
+    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?
+        .with_srk_name(ctx.config.tpm.srk_name()?);
     let mut options = SealOptions::new().auth(auth);
     if let Some(pcrs) = pcrs.clone() {
         options = options.pcrs(pcrs);
@@ -102,7 +103,8 @@ pub(crate) fn unseal(a: &UnsealArgs, ctx: &Ctx) -> CliResult {
     };
     let auth = secrets::resolve(secrets::SEAL_AUTH, a.auth_file.as_deref(), missing, None)?;
     let owner = owner_auth(&a.secrets)?;
-    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?;
+    let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?
+        .with_srk_name(ctx.config.tpm.srk_name()?);
     let secret = admin.unseal(&sealed, &auth)?;
     if to_stdout {
         return write_output(&a.out, &secret, "the unsealed secret", &[]);

@@ -48,7 +48,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         .threads(a.threads)
         .simulate_latency(a.simulate_latency);
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Warn);
+        log::set_max_level(log_level());
     }
     let handle = Server::start(config).map_err(tls_error)?;
     let (stop, stopped) = std::sync::mpsc::channel();
@@ -96,12 +96,26 @@ fn count(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-/// Prints the server's per-connection warnings (failed handshakes, key errors) on stderr.
+/// The log level: `warn`, or the most verbose level `RUST_LOG` names (`debug`,
+/// `hardkey_tls=trace`...). hardkey logs no secret at any level.
+fn log_level() -> log::LevelFilter {
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| {
+            spec.split(',')
+                .filter_map(|part| part.rsplit('=').next()?.trim().parse::<log::LevelFilter>().ok())
+                .max()
+        })
+        .unwrap_or(log::LevelFilter::Warn)
+}
+
+/// Prints the server's per-connection warnings (failed handshakes, key errors) on stderr,
+/// and more with `RUST_LOG`.
 struct StderrLog;
 
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Warn
+        metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {
