@@ -7,7 +7,7 @@
 # golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours).
 APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
 	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl \
-	cmake clang libclang-dev golang-go curl
+	cmake clang libclang-dev golang-go curl strace
 
 CARGO ?= cargo
 

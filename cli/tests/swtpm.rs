@@ -334,10 +334,30 @@ fn seal_and_unseal(tpm: &Swtpm) {
         2,
         &["already exists"],
     );
+    // Neither a password nor a PCR policy: refused unless asked for, saying what it means.
+    hk.fails(
+        &["seal", "--in", "secret", "--out", "open.sealed"],
+        2,
+        &["anyone who can reach this TPM", "--no-policy", "--pcrs", "--auth-file"],
+    );
+    assert!(!hk.path("open.sealed").exists());
+    hk.fails(
+        &[
+            "seal", "--in", "secret", "--out", "open.sealed", "--no-policy", "--auth-file", "pw",
+        ],
+        2,
+        &["--no-policy contradicts"],
+    );
+    hk.ok(&["seal", "--in", "secret", "--out", "open.sealed", "--no-policy"]);
+    hk.ok(&["unseal", "--in", "open.sealed", "--out", "open.out"]);
+    assert_eq!(
+        std::fs::read(hk.path("open.out")).unwrap(),
+        b"database password 42"
+    );
     // Too much data, a bad PCR selection.
     hk.file("big", vec![b'x'; 129]);
     hk.fails(
-        &["seal", "--in", "big", "--out", "big.sealed"],
+        &["seal", "--in", "big", "--out", "big.sealed", "--no-policy"],
         2,
         &["128 bytes"],
     );
