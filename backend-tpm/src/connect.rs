@@ -280,20 +280,22 @@ impl Tpm {
             .map_err(|e| owner_auth_error(&name, op, "TPM2_CreatePrimary (SRK)", e))?
             .key_handle;
         let made = (|| -> Result<(Vec<u8>, TpmsContext)> {
-            let primary_name = self
-                .ctx
-                .tr_get_name(handle.into())
-                .map_err(mapper(&name, op, "Esys_TR_GetName"))?;
-            let saved = self
-                .ctx
-                .context_save(handle.into())
-                .map_err(mapper(&name, op, "TPM2_ContextSave"))?;
+            let primary_name = self.ctx.tr_get_name(handle.into()).map_err(mapper(
+                &name,
+                op,
+                "Esys_TR_GetName",
+            ))?;
+            let saved = self.ctx.context_save(handle.into()).map_err(mapper(
+                &name,
+                op,
+                "TPM2_ContextSave",
+            ))?;
             Ok((primary_name.value().to_vec(), saved))
         })();
-        let flushed = self
-            .ctx
-            .flush_context(handle.into())
-            .map_err(mapper(&name, op, "TPM2_FlushContext"));
+        let flushed =
+            self.ctx
+                .flush_context(handle.into())
+                .map_err(mapper(&name, op, "TPM2_FlushContext"));
         let made = made?;
         flushed?;
         self.parents.primary = Some(made.clone());
@@ -321,11 +323,13 @@ impl Tpm {
             .to_vec();
         let verdict = match self.pinned_srk.clone() {
             Some(pinned) if pinned == found => Ok(()),
-            Some(pinned) => Err(Error::from(crate::error::TpmTrustError::PinnedSrkMismatch {
-                device: name.clone(),
-                found: hex::encode(&found),
-                pinned: hex::encode(pinned),
-            })),
+            Some(pinned) => Err(Error::from(
+                crate::error::TpmTrustError::PinnedSrkMismatch {
+                    device: name.clone(),
+                    found: hex::encode(&found),
+                    pinned: hex::encode(pinned),
+                },
+            )),
             None => match self.template_primary(op) {
                 Ok((expected, _)) if expected == found => Ok(()),
                 Ok((expected, _)) => Err(Error::from(crate::error::TpmTrustError::UntrustedSrk {
@@ -410,9 +414,11 @@ impl Tpm {
             OWNER_PARENT => {
                 let (_, saved) = self.template_primary(op)?;
                 let name = self.name.clone();
-                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(
-                    mapper(&name, op, "TPM2_ContextLoad (SRK)"),
-                )?;
+                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(mapper(
+                    &name,
+                    op,
+                    "TPM2_ContextLoad (SRK)",
+                ))?;
                 let result = f(self, handle.into());
                 let flushed = self.ctx.flush_context(handle).map_err(mapper(
                     &name,

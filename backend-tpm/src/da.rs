@@ -29,8 +29,8 @@ use tss_esapi_sys::{
     Esys_CreatePrimary, Esys_DictionaryAttackLockReset, Esys_DictionaryAttackParameters,
     Esys_Finalize, Esys_FlushContext, Esys_Initialize, Esys_StartAuthSession, Esys_TR_SetAuth,
     Esys_TRSess_SetAttributes, TPM2B_AUTH, TPM2B_DATA, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
-    TPML_PCR_SELECTION, TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC,
-    TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
+    TPML_PCR_SELECTION, TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT,
+    Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -97,9 +97,9 @@ pub(crate) fn run(
         OP,
         "TPM2_CreatePrimary (null hierarchy salt key)",
     ))?;
-    let session = esys
-        .hmac_session(&salt_key)
-        .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?;
+    let session =
+        esys.hmac_session(&salt_key)
+            .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?;
     // The session lives on without its salt key.
     drop(salt_key);
     retrying(|| session.send(command)).map_err(mapper(device, OP, command.name()))

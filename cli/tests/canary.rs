@@ -9,7 +9,8 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::panic,
-    reason = "trials outside #[test] fns fail by panicking"
+    clippy::print_stdout,
+    reason = "trials outside #[test] fns fail by panicking; they print what they measured"
 )]
 
 mod common;
@@ -23,7 +24,13 @@ use softhsm_tests::SoftHsm;
 use swtpm_tests::Swtpm;
 
 /// Where the canary may be: the files that hold the secrets, and sealed data.
-const SECRET_FILES: [&str; 5] = ["canary", "canary-new", "canary-so-new", "wrong-pin", "s.sealed"];
+const SECRET_FILES: [&str; 5] = [
+    "canary",
+    "canary-new",
+    "canary-so-new",
+    "wrong-pin",
+    "s.sealed",
+];
 
 struct Canary {
     hk: Hardkey,
@@ -160,7 +167,10 @@ fn token_commands(c: &mut Canary, hsm: &SoftHsm) {
     let uri = format!("pkcs11:token=canary-token?module-path={module}");
     let key = format!("pkcs11:token=canary-token;object=k?module-path={module}");
     let rsa = format!("pkcs11:token=canary-token;object=r?module-path={module}");
-    let free = c.run(&["--json", "token", "list", "--slots", "--module", &module], true);
+    let free = c.run(
+        &["--json", "token", "list", "--slots", "--module", &module],
+        true,
+    );
     let slots: serde_json::Value = serde_json::from_slice(&free.stdout).unwrap();
     let slot = slots["slots"]
         .as_array()
@@ -170,21 +180,48 @@ fn token_commands(c: &mut Canary, hsm: &SoftHsm) {
     let slot = slot.to_string();
     // The SO PIN and user PIN are the canary (from the environment); new ones from files.
     c.run(
-        &["token", "init", "--module", &module, "--slot", &slot, "--label", "canary-token"],
+        &[
+            "token",
+            "init",
+            "--module",
+            &module,
+            "--slot",
+            &slot,
+            "--label",
+            "canary-token",
+        ],
         true,
     );
-    c.run(&["token", "init-pin", &uri, "--new-pin-file", "canary"], true);
+    c.run(
+        &["token", "init-pin", &uri, "--new-pin-file", "canary"],
+        true,
+    );
     c.run(&["token", "info", &uri], true);
     c.run(&["keygen", &key, "--alg", "p256"], true);
-    c.run(&["keygen", &rsa, "--alg", "rsa2048", "--allow-raw-rsa"], true);
+    c.run(
+        &["keygen", &rsa, "--alg", "rsa2048", "--allow-raw-rsa"],
+        true,
+    );
     c.run(&["list", &uri], true);
     c.run(&["info", &key], true);
     c.run(&["sign", &key, "--in", "msg", "--out", "sig"], true);
     c.run(&["pubkey", &key, "--out", "k.pub"], true);
-    c.run(&["verify", "--pubkey", "k.pub", "--in", "msg", "--sig", "sig"], true);
-    c.run(&["csr", &key, "--subject", "CN=canary", "--out", "k.csr"], true);
-    c.run(&["selfsign", &key, "--subject", "CN=canary", "--out", "k.crt"], true);
-    c.run(&["import", &uri, "--from", "soft.pem", "--label", "imported"], true);
+    c.run(
+        &["verify", "--pubkey", "k.pub", "--in", "msg", "--sig", "sig"],
+        true,
+    );
+    c.run(
+        &["csr", &key, "--subject", "CN=canary", "--out", "k.csr"],
+        true,
+    );
+    c.run(
+        &["selfsign", &key, "--subject", "CN=canary", "--out", "k.crt"],
+        true,
+    );
+    c.run(
+        &["import", &uri, "--from", "soft.pem", "--label", "imported"],
+        true,
+    );
     // Failing: a wrong PIN (the canary with a suffix), a PIN in the URI, a PIN typed where
     // its file belongs, a mistyped pin-value, a pin-source that is the PIN.
     let wrong = c.hk.file("wrong-pin", format!("{}-wrong", c.canary));
@@ -202,10 +239,35 @@ fn token_commands(c: &mut Canary, hsm: &SoftHsm) {
         false,
         &["HARDKEY_PIN"],
     );
-    c.run(&["sign", &rsa, "--in", "msg", "--out", "sig", "--scheme", "ecdsa-p256-sha256"], false);
+    c.run(
+        &[
+            "sign",
+            &rsa,
+            "--in",
+            "msg",
+            "--out",
+            "sig",
+            "--scheme",
+            "ecdsa-p256-sha256",
+        ],
+        false,
+    );
     // PIN changes: user, then SO (old from the environment, new from a file).
-    c.run(&["token", "change-pin", &uri, "--new-pin-file", "canary-new"], true);
-    c.run(&["token", "change-pin", &uri, "--so", "--new-pin-file", "canary-so-new"], true);
+    c.run(
+        &["token", "change-pin", &uri, "--new-pin-file", "canary-new"],
+        true,
+    );
+    c.run(
+        &[
+            "token",
+            "change-pin",
+            &uri,
+            "--so",
+            "--new-pin-file",
+            "canary-so-new",
+        ],
+        true,
+    );
     c.run(&["delete", &key, "--yes", "--pin-file", "canary-new"], true);
 }
 
@@ -232,25 +294,70 @@ fn tpm_commands(c: &mut Canary, tpm: &Swtpm) {
     c.run(&["sign", &key, "--in", "msg", "--out", "tsig"], true);
     c.run(&["sign", &file, "--in", "msg", "--out", "tsig2"], true);
     c.run(&["pubkey", &file, "--out", "t.pub"], true);
-    c.run(&["csr", &file, "--subject", "CN=canary", "--out", "t.csr"], true);
+    c.run(
+        &["csr", &file, "--subject", "CN=canary", "--out", "t.csr"],
+        true,
+    );
     // A wrong key auth fails (and is one dictionary-attack try; the lockout reset below
     // clears it).
     c.run(
-        &["sign", &key, "--in", "msg", "--out", "tsig3", "--key-auth-file", "canary-new"],
+        &[
+            "sign",
+            &key,
+            "--in",
+            "msg",
+            "--out",
+            "tsig3",
+            "--key-auth-file",
+            "canary-new",
+        ],
         false,
     );
     run(c, with(&["seal", "--in", "msg", "--out", "s.sealed"]), true);
-    run(c, with(&["unseal", "--in", "s.sealed", "--out", "unsealed"]), true);
-    run(c, with(&["unseal", "--in", "s.sealed", "--out", "unsealed2", "--auth-file", "canary-new"]), false);
-    run(c, with(&["tpm", "lockout", "reset"]), true);
     run(
         c,
-        with(&["tpm", "lockout", "set", "--max-tries", "1000", "--recovery-time", "1s", "--lockout-recovery", "1s"]),
+        with(&["unseal", "--in", "s.sealed", "--out", "unsealed"]),
         true,
     );
     run(
         c,
-        with(&["tpm", "change-auth", "--hierarchy", "endorsement", "--new-auth-file", "canary-new"]),
+        with(&[
+            "unseal",
+            "--in",
+            "s.sealed",
+            "--out",
+            "unsealed2",
+            "--auth-file",
+            "canary-new",
+        ]),
+        false,
+    );
+    run(c, with(&["tpm", "lockout", "reset"]), true);
+    run(
+        c,
+        with(&[
+            "tpm",
+            "lockout",
+            "set",
+            "--max-tries",
+            "1000",
+            "--recovery-time",
+            "1s",
+            "--lockout-recovery",
+            "1s",
+        ]),
+        true,
+    );
+    run(
+        c,
+        with(&[
+            "tpm",
+            "change-auth",
+            "--hierarchy",
+            "endorsement",
+            "--new-auth-file",
+            "canary-new",
+        ]),
         true,
     );
     c.run(&["delete", &key, "--yes"], true);
@@ -262,8 +369,12 @@ fn tpm_commands(c: &mut Canary, tpm: &Swtpm) {
 fn serve(c: &mut Canary, hsm: &SoftHsm) {
     let module = hsm.module().display().to_string();
     let key = format!("pkcs11:token=canary-token;object=srv?module-path={module}");
-    c.run(&["keygen", &key, "--alg", "p256", "--pin-file", "canary-new"], true);
-    let cert = common::serve::selfsign_localhost(&c.hk, &key, "srv.crt", &["--pin-file", "canary-new"]);
+    c.run(
+        &["keygen", &key, "--alg", "p256", "--pin-file", "canary-new"],
+        true,
+    );
+    let cert =
+        common::serve::selfsign_localhost(&c.hk, &key, "srv.crt", &["--pin-file", "canary-new"]);
     let addr = common::serve::free_addr();
     let log = c.strace_dir.join("serve.strace");
     let inner = c.hk.command(&[
@@ -310,7 +421,10 @@ fn serve(c: &mut Canary, hsm: &SoftHsm) {
         .find(|l| l.starts_with("Max core file size"))
         .unwrap()
         .to_owned();
-    assert!(core.split_whitespace().nth(4) == Some("0"), "core dumps on: {core}");
+    assert!(
+        core.split_whitespace().nth(4) == Some("0"),
+        "core dumps on: {core}"
+    );
     let page = common::serve::curl_tls13(c.hk.dir.path(), addr, &cert);
     assert!(page.contains("hardkey"), "{page}");
     Command::new("kill")
@@ -347,7 +461,9 @@ fn uid_and_dumpable(pid: u32) -> (u32, bool) {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
-    let owner = std::fs::metadata(format!("/proc/{pid}/environ")).unwrap().uid();
+    let owner = std::fs::metadata(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .uid();
     (uid, owner == uid)
 }
 
@@ -441,7 +557,10 @@ fn main() -> ExitCode {
         tpm_commands(&mut c, &tpm);
         serve(&mut c, &hsm);
         c.check_files();
-        println!("{} commands ran; the canary was never seen", c.commands.len());
+        println!(
+            "{} commands ran; the canary was never seen",
+            c.commands.len()
+        );
         Ok(())
     });
     let dumps = libtest_mimic::Trial::test("serve_is_not_dumpable", || {

@@ -434,9 +434,85 @@ fn serve_token_keys_over_tls(hsm: &SoftHsm) {
 
 type Test = (&'static str, fn(&SoftHsm));
 
+/// Security finding 8: labels are shown escaped (a label holding terminal escape sequences
+/// cannot drive the terminal), and no label length makes a listing panic.
+fn hostile_labels_are_shown_safely(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let token = format!("pkcs11:token={}", hsm.label());
+    let hostile = "evil\x1b[2J\x1b]0;pwned\x07\u{202e}";
+    let long = "L".repeat(65_536);
+    for label in [hostile, long.as_str()] {
+        hk.ok(&["keygen", &token, "--label", label, "--pin-file", "pin"]);
+    }
+    let listing = hk.run(&["list", &token, "--pin-file", "pin"]);
+    let stdout = String::from_utf8_lossy(&listing.stdout);
+    let stderr = String::from_utf8_lossy(&listing.stderr);
+    assert!(listing.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for out in [&stdout, &stderr] {
+        assert!(
+            !out.contains('\x1b') && !out.contains('\x07') && !out.contains('\u{202e}'),
+            "raw control characters printed:\n{out:?}"
+        );
+    }
+    assert!(stdout.contains("evil\\x1b[2J"), "{stdout}");
+    assert!(stdout.contains(&long), "the long label is shown whole");
+    // info, and the key's text after keygen, are escaped too; JSON carries the label exactly.
+    let uri = format!(
+        "pkcs11:token={};object=evil%1B%5B2J%1B%5D0%3Bpwned%07%E2%80%AE",
+        hsm.label()
+    );
+    let info = hk.ok(&["info", &uri, "--pin-file", "pin"]);
+    assert!(
+        !info.contains('\x1b') && info.contains("evil\\x1b"),
+        "{info}"
+    );
+    let json = hk.json(&["list", &token, "--pin-file", "pin"]);
+    let labels: Vec<&str> = json["keys"]
+        .as_array()
+        .or(json.as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["label"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&hostile) && labels.contains(&long.as_str()),
+        "{labels:?}"
+    );
+    for label in [hostile, long.as_str()] {
+        let id = hk.json(&[
+            "info",
+            &format!("{token};object={}", pct(label)),
+            "--pin-file",
+            "pin",
+        ])["uri"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        hk.ok(&["delete", &id, "--yes", "--pin-file", "pin"]);
+    }
+}
+
+/// Percent-encodes every byte outside the unreserved set (for a label in a URI).
+fn pct(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
-        let tests: [Test; 6] = [
+        let tests: [Test; 7] = [
+            (
+                "hostile_labels_are_shown_safely",
+                hostile_labels_are_shown_safely,
+            ),
             (
                 "provision_sign_and_verify_with_openssl",
                 provision_sign_and_verify_with_openssl,

@@ -338,17 +338,36 @@ fn seal_and_unseal(tpm: &Swtpm) {
     hk.fails(
         &["seal", "--in", "secret", "--out", "open.sealed"],
         2,
-        &["anyone who can reach this TPM", "--no-policy", "--pcrs", "--auth-file"],
+        &[
+            "anyone who can reach this TPM",
+            "--no-policy",
+            "--pcrs",
+            "--auth-file",
+        ],
     );
     assert!(!hk.path("open.sealed").exists());
     hk.fails(
         &[
-            "seal", "--in", "secret", "--out", "open.sealed", "--no-policy", "--auth-file", "pw",
+            "seal",
+            "--in",
+            "secret",
+            "--out",
+            "open.sealed",
+            "--no-policy",
+            "--auth-file",
+            "pw",
         ],
         2,
         &["--no-policy contradicts"],
     );
-    hk.ok(&["seal", "--in", "secret", "--out", "open.sealed", "--no-policy"]);
+    hk.ok(&[
+        "seal",
+        "--in",
+        "secret",
+        "--out",
+        "open.sealed",
+        "--no-policy",
+    ]);
     hk.ok(&["unseal", "--in", "open.sealed", "--out", "open.out"]);
     assert_eq!(
         std::fs::read(hk.path("open.out")).unwrap(),

@@ -12,7 +12,8 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::panic,
-    reason = "trials outside #[test] fns fail by panicking"
+    clippy::print_stdout,
+    reason = "trials outside #[test] fns fail by panicking; they print what they measured"
 )]
 
 mod common;
@@ -163,7 +164,11 @@ fn nothing_secret_crosses_the_bus(tpm: &Swtpm) {
     hk.ok(&["tpm", "clear", "--yes", "--lockout-auth-file", "lockout"]);
 
     let commands = proxy.commands();
-    assert!(commands.len() > 50, "the proxy saw {} commands", commands.len());
+    assert!(
+        commands.len() > 50,
+        "the proxy saw {} commands",
+        commands.len()
+    );
     for (name, value) in secrets {
         assert!(
             !proxy.saw(value.as_bytes()),
@@ -195,20 +200,43 @@ fn nothing_secret_crosses_the_bus(tpm: &Swtpm) {
 fn an_untrusted_srk_is_refused(tpm: &Swtpm) {
     let hk = hardkey(&tpm.tcti());
     let dir = hk.dir.path();
-    tpm2(tpm, "tpm2_createprimary", &["-C", "o", "-c", "p.ctx", "-Q"], dir);
-    tpm2(tpm, "tpm2_evictcontrol", &["-C", "o", "-c", "p.ctx", "0x81000001", "-Q"], dir);
+    tpm2(
+        tpm,
+        "tpm2_createprimary",
+        &["-C", "o", "-c", "p.ctx", "-Q"],
+        dir,
+    );
+    tpm2(
+        tpm,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "p.ctx", "0x81000001", "-Q"],
+        dir,
+    );
     tpm2(tpm, "tpm2_flushcontext", &["-t"], dir);
     let err = hk.fails(
         &["keygen", "tpm2:file=k.tss2.pem"],
         1,
-        &["0x81000001", "not the storage root key", "tpm2_evictcontrol", "srk-name"],
+        &[
+            "0x81000001",
+            "not the storage root key",
+            "tpm2_evictcontrol",
+            "srk-name",
+        ],
     );
     assert!(!hk.path("k.tss2.pem").exists(), "a key was made under it");
     // Sealing under it is refused too.
     hk.file("secret", "x");
     hk.file("pw", "pw");
     hk.fails(
-        &["seal", "--in", "secret", "--out", "s.sealed", "--auth-file", "pw"],
+        &[
+            "seal",
+            "--in",
+            "secret",
+            "--out",
+            "s.sealed",
+            "--auth-file",
+            "pw",
+        ],
         1,
         &["not the storage root key"],
     );
@@ -222,15 +250,41 @@ fn an_untrusted_srk_is_refused(tpm: &Swtpm) {
     let config = hk.file("config.toml", format!("[tpm]\nsrk-name = \"{name}\"\n"));
     hk.ok(&["--config", &config, "keygen", "tpm2:file=k.tss2.pem"]);
     hk.file("msg", "m");
-    hk.ok(&["--config", &config, "sign", "tpm2:file=k.tss2.pem", "--in", "msg", "--out", "sig"]);
+    hk.ok(&[
+        "--config",
+        &config,
+        "sign",
+        "tpm2:file=k.tss2.pem",
+        "--in",
+        "msg",
+        "--out",
+        "sig",
+    ]);
     // A pinned name that does not match is refused, saying the SRK was replaced.
-    let wrong = hk.file("wrong.toml", format!("[tpm]\nsrk-name = \"000b{}\"\n", "00".repeat(32)));
+    let wrong = hk.file(
+        "wrong.toml",
+        format!("[tpm]\nsrk-name = \"000b{}\"\n", "00".repeat(32)),
+    );
     hk.fails(
-        &["--config", &wrong, "sign", "tpm2:file=k.tss2.pem", "--in", "msg", "--out", "sig2"],
+        &[
+            "--config",
+            &wrong,
+            "sign",
+            "tpm2:file=k.tss2.pem",
+            "--in",
+            "msg",
+            "--out",
+            "sig2",
+        ],
         1,
         &["not the pinned"],
     );
-    tpm2(tpm, "tpm2_evictcontrol", &["-C", "o", "-c", "0x81000001", "-Q"], dir);
+    tpm2(
+        tpm,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "0x81000001", "-Q"],
+        dir,
+    );
     assert_no_transients(tpm);
 }
 
@@ -240,14 +294,34 @@ fn a_key_auth_is_not_guessed(tpm: &Swtpm) {
     let hk = hardkey(&tpm.tcti());
     hk.file("keyauth", "the-key-auth");
     hk.file("msg", "m");
-    hk.ok(&["keygen", "tpm2:file=k.tss2.pem", "--key-auth-file", "keyauth"]);
+    hk.ok(&[
+        "keygen",
+        "tpm2:file=k.tss2.pem",
+        "--key-auth-file",
+        "keyauth",
+    ]);
     let before = lockout_counter(tpm);
     hk.fails(
-        &["sign", "tpm2:file=k.tss2.pem", "--in", "msg", "--out", "sig"],
+        &[
+            "sign",
+            "tpm2:file=k.tss2.pem",
+            "--in",
+            "msg",
+            "--out",
+            "sig",
+        ],
         1,
-        &["emptyAuth", "--key-auth-file", "dictionary-attack counter is unchanged"],
+        &[
+            "emptyAuth",
+            "--key-auth-file",
+            "dictionary-attack counter is unchanged",
+        ],
     );
-    assert_eq!(lockout_counter(tpm), before, "the failed sign spent a DA try");
+    assert_eq!(
+        lockout_counter(tpm),
+        before,
+        "the failed sign spent a DA try"
+    );
     // With it, it signs.
     hk.ok(&[
         "sign",
@@ -287,14 +361,33 @@ fn persistent_keys_need_no_owner_auth(tpm: &Swtpm) {
         "--owner-auth-file",
         "owner",
     ]);
-    hk.ok(&["keygen", "tpm2:file=k.tss2.pem", "--owner-auth-file", "owner"]);
+    hk.ok(&[
+        "keygen",
+        "tpm2:file=k.tss2.pem",
+        "--owner-auth-file",
+        "owner",
+    ]);
     // No owner auth from here on.
     hk.ok(&["pubkey", "tpm2:handle=0x81000010", "--out", "k.pub"]);
-    hk.ok(&["sign", "tpm2:handle=0x81000010", "--in", "msg", "--out", "sig"]);
+    hk.ok(&[
+        "sign",
+        "tpm2:handle=0x81000010",
+        "--in",
+        "msg",
+        "--out",
+        "sig",
+    ]);
     openssl_verify(hk.dir.path(), "ecdsa", "k.pub", "msg", "sig");
     hk.ok(&["info", "tpm2:handle=0x81000010"]);
     hk.fails(
-        &["sign", "tpm2:file=k.tss2.pem", "--in", "msg", "--out", "sig2"],
+        &[
+            "sign",
+            "tpm2:file=k.tss2.pem",
+            "--in",
+            "msg",
+            "--out",
+            "sig2",
+        ],
         1,
         &["owner hierarchy", "--owner-auth-file", "HARDKEY_OWNER_AUTH"],
     );
@@ -308,7 +401,10 @@ type Test = (&'static str, fn(&Swtpm));
 fn main() -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     let tests: [Test; 4] = [
-        ("nothing_secret_crosses_the_bus", nothing_secret_crosses_the_bus),
+        (
+            "nothing_secret_crosses_the_bus",
+            nothing_secret_crosses_the_bus,
+        ),
         ("an_untrusted_srk_is_refused", an_untrusted_srk_is_refused),
         ("a_key_auth_is_not_guessed", a_key_auth_is_not_guessed),
         (

@@ -89,7 +89,13 @@ fn copy(mut from: TcpStream, mut to: TcpStream, record: Record, index: usize, to
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn serve(listener: TcpListener, upstream: u16, control: bool, record: Record, stop: Arc<AtomicBool>) {
+fn serve(
+    listener: TcpListener,
+    upstream: u16,
+    control: bool,
+    record: Record,
+    stop: Arc<AtomicBool>,
+) {
     for client in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             break;

@@ -163,7 +163,11 @@ fn tls12_rsa_key_exchange_decrypts_on_the_token(fx: &Fixture) {
         )
         .unwrap(),
     );
-    for (key, works) in [(token_padding, true), (host_padding, true), (refused, false)] {
+    for (key, works) in [
+        (token_padding, true),
+        (host_padding, true),
+        (refused, false),
+    ] {
         let chain = CertChain::from_pem(ca.issue(&key.info().public_key, "localhost")).unwrap();
         let mut builder = hardkey_tls::boring::acceptor_builder(Arc::clone(&key), &chain).unwrap();
         builder.set_cipher_list("AES128-GCM-SHA256").unwrap();

@@ -103,7 +103,13 @@ fn log_level() -> log::LevelFilter {
         .ok()
         .and_then(|spec| {
             spec.split(',')
-                .filter_map(|part| part.rsplit('=').next()?.trim().parse::<log::LevelFilter>().ok())
+                .filter_map(|part| {
+                    part.rsplit('=')
+                        .next()?
+                        .trim()
+                        .parse::<log::LevelFilter>()
+                        .ok()
+                })
                 .max()
         })
         .unwrap_or(log::LevelFilter::Warn)
