@@ -1471,7 +1471,8 @@ const PUBLIC_QUERY: [&str; 4] = ["module-path", "module-name", "max-sessions", "
 /// `input` as it may be shown in an error: nothing that may be a secret is kept.
 /// - Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but it
 ///   is still the PIN), so no separator can be trusted to end it.
-/// - In the query, only the values of attributes known to be public ([`PUBLIC_QUERY`]) are
+/// - In the query, only the values of attributes known to be public (`module-path`,
+///   `module-name`, `max-sessions`, `tcti`) are
 ///   kept; the value of any other attribute, and everything after it, goes. A `pin-source`
 ///   may be a PIN typed where its path belongs, and a mistyped name (`pin-value =1234`,
 ///   `pin-valeu=1234`) may carry a PIN.
