@@ -112,21 +112,27 @@ impl Swtpm {
     /// `tpm2_dictionarylockout`, so that an unclean restart or a test's deliberate wrong auth
     /// does not lock the TPM for the tests after it. The lockout test sets its own.
     pub fn relax_dictionary_attack(&self) {
-        let status = Command::new("tpm2_dictionarylockout")
-            .args([
-                "--setup-parameters",
-                "--max-tries=1000",
-                "--recovery-time=1",
-            ])
-            .arg("--lockout-recovery-time=1")
-            .arg(format!("--tcti={}", self.tcti()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| fail("running tpm2_dictionarylockout", e));
-        if !status.success() {
-            fail("relaxing dictionary-attack parameters", status);
+        // Retried: on a loaded machine the first command to a fresh emulator can fail.
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            let out = Command::new("tpm2_dictionarylockout")
+                .args([
+                    "--setup-parameters",
+                    "--max-tries=1000",
+                    "--recovery-time=1",
+                ])
+                .arg("--lockout-recovery-time=1")
+                .arg(format!("--tcti={}", self.tcti()))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| fail("running tpm2_dictionarylockout", e));
+            if out.status.success() {
+                return;
+            }
+            last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(100 << attempt));
         }
+        fail("relaxing dictionary-attack parameters", last);
     }
 
     /// Kills the emulator and starts it again on the same ports and state: a TPM reset
