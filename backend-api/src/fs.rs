@@ -35,9 +35,11 @@ pub fn read_key_file(path: &Path, device: &str) -> Result<Zeroizing<String>> {
     }
 }
 
-/// Writes `contents` to `path`, which must not exist: a temporary file with mode 0600 in the
-/// same directory is written and synced, then hard-linked to `path` (which fails, leaving
-/// nothing behind, if `path` appeared meanwhile) and removed. No reader ever sees a partial key.
+/// Writes `contents` to `path`, which must not exist. The file is made unnamed (`O_TMPFILE`,
+/// mode 0600) in the target's directory, written and synced, then linked at `path` (which
+/// fails, leaving nothing behind, if `path` appeared meanwhile): no reader ever sees a partial
+/// key, and a process killed at any point (even by SIGKILL) leaves no file behind. Where
+/// `O_TMPFILE` is not available, a named temporary file is written, hard-linked and removed.
 pub fn write_new_file(path: &Path, contents: &[u8], device: &str, op: Operation) -> Result<()> {
     let fail = |what, e| Error::backend(device, op, PathError::new(what, path, e));
     if path.exists() {
@@ -57,6 +59,19 @@ pub fn write_new_file(path: &Path, contents: &[u8], device: &str, op: Operation)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    match write_unnamed(&dir, path, contents) {
+        Ok(true) => {
+            if let Ok(d) = fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
+            return Ok(());
+        }
+        Ok(false) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(fail("refusing to overwrite", e));
+        }
+        Err(e) => return Err(fail("cannot write", e)),
+    }
     let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
     let mut options = fs::OpenOptions::new();
@@ -79,6 +94,40 @@ pub fn write_new_file(path: &Path, contents: &[u8], device: &str, op: Operation)
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The `O_TMPFILE` path of [`write_new_file`]: `Ok(false)` when the file system or kernel
+/// cannot make unnamed files (the caller then falls back to a named temporary file).
+fn write_unnamed(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, open};
+    use nix::sys::stat::Mode;
+    use nix::unistd::linkat;
+    use std::os::fd::AsRawFd;
+
+    let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    let fd = match open(dir, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+        Ok(fd) => fd,
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = fs::File::from(fd);
+    file.write_all(contents)?;
+    file.sync_all()?;
+    // Linking an unnamed file by its /proc path needs no privilege (AT_EMPTY_PATH would).
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(
+        AT_FDCWD,
+        proc_path.as_str(),
+        AT_FDCWD,
+        path,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    ) {
+        Ok(()) => Ok(true),
+        // No /proc: fall back.
+        Err(Errno::ENOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An I/O error with the path it concerns: the cause kept in [`Error::Backend`].

@@ -75,7 +75,10 @@ impl SecretSource {
             Self::Value(pin) => Zeroizing::new(pin.expose_secret().to_owned()),
             Self::Env(name) => Zeroizing::new(
                 std::env::var(name)
-                    .map_err(|_| missing(format!("environment variable {name} is not set")))?,
+                    // The name is not shown: `pin-source=env:...` may hold a PIN by mistake.
+                    .map_err(|_| {
+                        missing("the environment variable it names is not set".to_owned())
+                    })?,
             ),
             Self::File(path) => {
                 // The path is never shown: it may be the secret itself, written where the

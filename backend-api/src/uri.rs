@@ -1211,10 +1211,18 @@ pub struct UriError {
 
 impl fmt::Display for UriError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only the part before the problem is quoted: from there on the input did not
+        // parse, and may be anything (a PIN typed in the wrong place).
+        let shown = match self.input.get(..self.position) {
+            Some(before) if self.position < self.input.len() => {
+                format!("{}[...]", redact_cut(before, true))
+            }
+            _ => redact(&self.input),
+        };
         write!(
             f,
             "invalid key URI '{}' at byte {}: {} (expected {})",
-            Escaped(&self.input),
+            Escaped(&shown),
             self.position,
             self.reason,
             self.expected
@@ -1368,9 +1376,7 @@ impl fmt::Display for UriErrorReason {
             Self::MissingEquals { name } => {
                 write!(f, "attribute \"{}\" has no '='", Escaped(name))
             }
-            Self::BadPercentEncoding { fragment } => {
-                write!(f, "bad percent-encoding \"{}\"", Escaped(fragment))
-            }
+            Self::BadPercentEncoding { .. } => f.write_str("bad percent-encoding (not shown)"),
             Self::UnexpectedCharacter { ch, attr } => {
                 write!(
                     f,
@@ -1405,8 +1411,9 @@ impl fmt::Display for UriErrorReason {
             Self::UnknownAttribute { name } => {
                 write!(f, "unknown attribute \"{}\"", Escaped(name))
             }
-            Self::InvalidValue { attr, value } => {
-                write!(f, "invalid {} value \"{}\"", Escaped(attr), Escaped(value))
+            // The value is not shown: it may be a secret typed in the wrong attribute.
+            Self::InvalidValue { attr, .. } => {
+                write!(f, "invalid {} value (not shown)", Escaped(attr))
             }
             Self::PinValueRefused => f.write_str(
                 "pin-value puts the PIN in the URI, where it ends up in shell history, process \
@@ -1417,7 +1424,7 @@ impl fmt::Display for UriErrorReason {
                 write!(f, "\"{second}\" cannot be given together with \"{first}\"")
             }
             Self::MissingKey => f.write_str("no key given"),
-            Self::BadHandle { value } => write!(f, "bad handle \"{}\"", Escaped(value)),
+            Self::BadHandle { .. } => f.write_str("bad handle (not shown)"),
             Self::HandleOutOfRange { handle } => {
                 write!(f, "handle {handle:#x} is not a persistent handle")
             }
@@ -1468,44 +1475,118 @@ fn pin_value_start(input: &str) -> Option<usize> {
 /// Query attributes whose values are never secret, and so are shown in errors.
 const PUBLIC_QUERY: [&str; 4] = ["module-path", "module-name", "max-sessions", "tcti"];
 
-/// `input` as it may be shown in an error: nothing that may be a secret is kept.
-/// - Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but it
-///   is still the PIN), so no separator can be trusted to end it.
-/// - In the query, only the values of attributes known to be public (`module-path`,
-///   `module-name`, `max-sessions`, `tcti`) are
-///   kept; the value of any other attribute, and everything after it, goes. A `pin-source`
-///   may be a PIN typed where its path belongs, and a mistyped name (`pin-value =1234`,
-///   `pin-valeu=1234`) may carry a PIN.
-pub fn redact(input: &str) -> String {
-    // ASCII lower-casing keeps byte offsets, so the offset is a char boundary of `input`.
-    let text = match pin_value_start(input) {
-        Some(start) => format!("{}[redacted]", input.get(..start).unwrap_or_default()),
-        None => input.to_owned(),
-    };
-    let Some(q) = text.find('?') else {
-        return text;
-    };
-    let (head, query) = text.split_at(q + 1);
-    let mut out = head.to_owned();
-    for (i, segment) in query.split('&').enumerate() {
+/// Path attributes (of `pkcs11:` and `tpm2:` URIs) whose values are never secret.
+const PUBLIC_PATH: [&str; 15] = [
+    "token",
+    "manufacturer",
+    "serial",
+    "model",
+    "library-manufacturer",
+    "library-description",
+    "library-version",
+    "slot-description",
+    "slot-manufacturer",
+    "slot-id",
+    "object",
+    "id",
+    "type",
+    "handle",
+    "file",
+];
+
+/// Keeps the `sep`-separated `name=value` segments of `part` whose names are in `public`; the
+/// first other segment is shown as `name=[redacted]` and ends the text (a secret may contain
+/// the separators). Returns whether everything was kept.
+fn keep_public(out: &mut String, part: &str, sep: char, public: &[&str], cut_name: bool) -> bool {
+    let last = part.split(sep).count().saturating_sub(1);
+    for (i, segment) in part.split(sep).enumerate() {
         if i > 0 {
-            out.push('&');
+            out.push(sep);
         }
         match segment.split_once('=') {
-            Some((name, _)) if PUBLIC_QUERY.contains(&name.to_ascii_lowercase().as_str()) => {
+            Some((name, _)) if public.contains(&name.to_ascii_lowercase().as_str()) => {
                 out.push_str(segment);
             }
             Some((name, _)) => {
                 out.push_str(name);
                 out.push_str("=[redacted]");
-                break;
+                return false;
             }
             None if segment.is_empty() => {}
+            // Where an error cut the input, the piece before the cut is the start of an
+            // attribute name, not a value.
+            None if cut_name && i == last && is_name_start(segment) => out.push_str(segment),
             None => {
                 out.push_str("[redacted]");
-                break;
+                return false;
             }
         }
+    }
+    true
+}
+
+fn is_name_start(text: &str) -> bool {
+    text.len() <= 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_%".contains(&b))
+}
+
+/// `input` as it may be shown in an error: nothing that may be a secret is kept.
+/// - Everything after `pin-value=` goes: the PIN may contain '&', ';' or '#' (malformed, but it
+///   is still the PIN), so no separator can be trusted to end it.
+/// - Of `pkcs11:` and `tpm2:` URIs, only the values of attributes known to be public are kept
+///   (the RFC 7512 token and object attributes, `handle`, `file` in the path; `module-path`,
+///   `module-name`, `max-sessions`, `tcti` in the query); the value of any other attribute,
+///   and everything after it, goes. A `pin-source` may be a PIN typed where its path belongs,
+///   and a mistyped name (`pin-value =1234`, `pin=1234`) may carry a PIN.
+/// - A fragment (`#...`) goes.
+pub fn redact(input: &str) -> String {
+    redact_cut(input, false)
+}
+
+/// [`redact`] of an input cut where an error was found (`cut_name`: the text may end in the
+/// start of an attribute name, which is kept).
+fn redact_cut(input: &str, cut_name: bool) -> String {
+    // ASCII lower-casing keeps byte offsets, so the offset is a char boundary of `input`.
+    let text = match pin_value_start(input) {
+        Some(start) => format!("{}[redacted]", input.get(..start).unwrap_or_default()),
+        None => input.to_owned(),
+    };
+    let (text, fragment) = match text.split_once('#') {
+        Some((before, _)) => (before.to_owned(), true),
+        None => (text, false),
+    };
+    let lower = text.to_ascii_lowercase();
+    let Some(scheme_end) = ["pkcs11:", "tpm2:"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+        .map(|s| s.len())
+    else {
+        return if fragment {
+            format!("{text}#[redacted]")
+        } else {
+            text
+        };
+    };
+    let (scheme, rest) = text.split_at(scheme_end);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = scheme.to_owned();
+    let complete = keep_public(
+        &mut out,
+        path,
+        ';',
+        &PUBLIC_PATH,
+        cut_name && query.is_none(),
+    ) && query.is_none_or(|q| {
+        out.push('?');
+        keep_public(&mut out, q, '&', &PUBLIC_QUERY, cut_name)
+    });
+    if complete && fragment {
+        out.push_str("#[redacted]");
     }
     out
 }
@@ -2044,7 +2125,7 @@ mod tests {
         assert_eq!(e.position, s.find("pin-value").unwrap());
         let msg = e.to_string();
         assert!(!msg.contains("the-pin"), "{msg}");
-        assert!(msg.contains("pin-value=[redacted]"), "{msg}");
+        assert!(msg.contains("Inc.?[...]"), "{msg}");
         assert!(msg.contains("HARDKEY_PIN"), "{msg}");
         assert!(msg.contains("allow_pin_value"), "{msg}");
         assert!(format!("{e:?}").find("the-pin").is_none());
@@ -2252,7 +2333,7 @@ mod tests {
         let e = err("pkcs11:tok%en=web");
         assert_eq!(
             e.to_string(),
-            "invalid key URI 'pkcs11:tok%en=web' at byte 10: bad percent-encoding \"%en\" \
+            "invalid key URI 'pkcs11:tok[...]' at byte 10: bad percent-encoding (not shown) \
              (expected two hex digits after '%')"
         );
         assert_eq!(
@@ -2846,6 +2927,40 @@ mod tests {
             assert!(!msg.contains("Q7xZ") && !msg.contains("K9wP"), "{msg}");
         }
         assert_eq!(redact("pkcs11:token=a"), "pkcs11:token=a");
+        // In the path too, and fragments go.
+        for (uri, shown) in [
+            (
+                "pkcs11:token=a;pin=S3CRET;object=k",
+                "pkcs11:token=a;pin=[redacted]",
+            ),
+            (
+                "pkcs11:token=a;object=k;pin-source=S3CRET",
+                "pkcs11:token=a;object=k;pin-source=[redacted]",
+            ),
+            (
+                "pkcs11:token=a;object=k#S3CRET",
+                "pkcs11:token=a;object=k#[redacted]",
+            ),
+            (
+                "tpm2:handle=0x81000001;auth=S3CRET",
+                "tpm2:handle=0x81000001;auth=[redacted]",
+            ),
+            (
+                "pkcs11:token=a?tcti=x&pin-source=env:S3CRET",
+                "pkcs11:token=a?tcti=x&pin-source=[redacted]",
+            ),
+        ] {
+            assert_eq!(redact(uri), shown);
+        }
+        for bad in [
+            "pkcs11:token=a;slot-id=S3CRET",
+            "pkcs11:token=a?max-sessions=S3CRET",
+            "tpm2:handle=S3CRET",
+            "pkcs11:token=a;id=%ZS3CRET",
+        ] {
+            let msg = bad.parse::<KeyUri>().unwrap_err().to_string();
+            assert!(!msg.contains("S3CRET"), "{msg}");
+        }
         // Only public query values stay; a mistyped or unknown attribute may carry a PIN.
         assert_eq!(
             redact("pkcs11:token=a?module-path=/usr/lib/x.so&max-sessions=4"),

@@ -97,10 +97,6 @@ pub(crate) fn find_private(
         .map_err(mapper(device, Operation::Open))
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end().to_owned()
-}
-
 /// Decodes CKA_EC_POINT: a DER OCTET STRING holding the point (PKCS#11), or the bare point
 /// (some tokens).
 fn ec_point(raw: &[u8], field: usize) -> Option<Vec<u8>> {
@@ -157,7 +153,11 @@ pub(crate) fn describe(
         match attr {
             Attribute::KeyType(t) => key_type = Some(t),
             Attribute::Id(v) if !v.is_empty() => id = Some(v),
-            Attribute::Label(v) if !v.is_empty() => label = Some(text(&v)),
+            // Object labels are not blank-padded (token labels are): kept as they are, so a
+            // label ending in a space still finds the key's public half.
+            Attribute::Label(v) if !v.is_empty() => {
+                label = Some(String::from_utf8_lossy(&v).into_owned());
+            }
             Attribute::Sign(b) => sign = b,
             Attribute::Decrypt(b) => decrypt = b,
             Attribute::Unwrap(true) => operations.push("unwrap"),
@@ -384,8 +384,9 @@ pub(crate) fn allowed_mechanisms(
 }
 
 /// Every usage attribute of both halves, set explicitly (a token's defaults are not least
-/// privilege: SoftHSM makes private keys decrypt and unwrap unless told otherwise), plus
-/// CKA_ALLOWED_MECHANISMS when `restrict` (the token takes it).
+/// privilege: SoftHSM makes private keys decrypt and unwrap unless told otherwise), both
+/// halves read-only, plus CKA_ALLOWED_MECHANISMS and CKA_COPYABLE false when `restrict` (the
+/// token takes them).
 fn usage_attributes(
     alg: KeyAlgorithm,
     usages: KeyUsages,
@@ -407,10 +408,19 @@ fn usage_attributes(
         Attribute::Derive(false),
         Attribute::VerifyRecover(false),
     ];
+    // Read-only: with the PIN alone, a sign-only key could otherwise be given CKA_DECRYPT
+    // back (C_SetAttributeValue), or copied into an object with wider usages.
+    for template in [&mut private, &mut public] {
+        template.push(Attribute::Modifiable(false));
+    }
     if restrict {
         let mechanisms = allowed_mechanisms(alg, usages, raw_rsa);
         private.push(Attribute::AllowedMechanisms(mechanisms.clone()));
         public.push(Attribute::AllowedMechanisms(mechanisms));
+        // CKA_COPYABLE is PKCS#11 2.40, like CKA_ALLOWED_MECHANISMS: a token without one
+        // likely lacks the other, and both are dropped together.
+        private.push(Attribute::Copyable(false));
+        public.push(Attribute::Copyable(false));
     }
     (public, private)
 }
@@ -638,6 +648,10 @@ mod tests {
             }
             let allowed = mechanisms(&private).unwrap();
             assert!(!allowed.contains(&MechanismType::RSA_X_509), "{allowed:?}");
+            for t in [&private, &public] {
+                assert!(t.iter().any(|a| matches!(a, Attribute::Modifiable(false))));
+                assert!(t.iter().any(|a| matches!(a, Attribute::Copyable(false))));
+            }
         }
     }
 

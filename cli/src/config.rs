@@ -104,6 +104,7 @@ impl Config {
             },
         };
         let text = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
+        crate::inputs::note(&path);
         let mut config: Self = toml::from_str(&text).map_err(|e| {
             usage(format!(
                 "configuration file {}: {}",

@@ -7,6 +7,7 @@ mod args;
 mod cmd;
 mod config;
 mod error;
+mod inputs;
 mod output;
 mod secrets;
 mod signals;
@@ -31,18 +32,35 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { error::EXIT_USAGE } else { 0 });
-        }
+        Err(e) => return clap_error(&e),
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            output::note(&format!("hardkey: error: {e}"));
+            output::error_line(&format!("hardkey: error: {e}"));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// clap's own errors and `--help`: help goes out as clap writes it; an error is shown with
+/// control characters escaped, and an unexpected argument is not quoted (it may be a secret
+/// typed where an option's file belongs, or a PIN given as an argument).
+fn clap_error(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = if e.kind() == clap::error::ErrorKind::UnknownArgument {
+        "error: an unexpected argument was given (not shown, in case it is a secret: secrets \
+         go in files or environment variables, never on the command line)\n\nFor more \
+         information, try '--help'."
+            .to_owned()
+    } else {
+        e.render().to_string()
+    };
+    output::note(&text);
+    ExitCode::from(error::EXIT_USAGE)
 }
 
 fn run(cli: Cli) -> CliResult {

@@ -55,6 +55,17 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     escape(text, false)
 }
 
+/// A path as it may be shown in a message ([`printable`]).
+pub(crate) fn shown(path: &std::path::Path) -> String {
+    printable(&path.display().to_string()).into_owned()
+}
+
+/// An error line: everything escaped, newlines included (an error is one line, and a file
+/// name holding a newline must not forge a second).
+pub(crate) fn error_line(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{}", printable(text));
+}
+
 /// [`printable`], keeping newlines and tabs (for whole messages of several lines).
 pub(crate) fn printable_lines(text: &str) -> std::borrow::Cow<'_, str> {
     escape(text, true)

@@ -100,6 +100,7 @@ pub(crate) fn resolve(
     fallback: Option<SecretSource>,
 ) -> CliResult<SecretSource> {
     if let Some(path) = file {
+        crate::inputs::note(path);
         if path == Path::new("-") {
             return read_stdin(secret).map(SecretSource::Value);
         }

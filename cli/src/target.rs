@@ -184,6 +184,9 @@ impl Store {
                     Missing::Prompt,
                     from_uri,
                 )?;
+                if let SecretSource::File(path) = &cfg.pin {
+                    crate::inputs::note(path);
+                }
                 if cfg.module.is_none() {
                     cfg.module = config.pkcs11.module.clone();
                 }

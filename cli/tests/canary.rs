@@ -239,6 +239,26 @@ fn token_commands(c: &mut Canary, hsm: &SoftHsm) {
         false,
         &["HARDKEY_PIN"],
     );
+    c.run_without(
+        &["list", &format!("{uri}&pin-source=env:{}", c.canary)],
+        false,
+        &["HARDKEY_PIN"],
+    );
+    // Typed into the path, a fragment, a number, or given as an argument.
+    for bad in [
+        format!("pkcs11:token=canary-token;pin={};object=k", c.canary),
+        format!("pkcs11:token=canary-token;object=k;pin-source={}", c.canary),
+        format!("pkcs11:token=canary-token;slot-id={};object=k", c.canary),
+        format!("pkcs11:token=canary-token;object=k#{}", c.canary),
+        format!("tpm2:handle=0x81000001;auth={}", c.canary),
+    ] {
+        c.run(&["sign", &bad, "--in", "msg", "--out", "sig"], false);
+    }
+    let canary = c.canary.clone();
+    c.run(
+        &["sign", &key, "--in", "msg", "--out", "sig", &canary],
+        false,
+    );
     c.run(
         &[
             "sign",

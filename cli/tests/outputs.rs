@@ -233,3 +233,84 @@ fn an_interrupted_write_leaves_no_temporary_file() {
         );
     }
 }
+
+#[test]
+fn every_file_read_is_an_input() {
+    let hk = with_key();
+    // The configuration file.
+    let config = hk.file("cfg.toml", "[aliases]\nk = \"file:k.pem\"\n");
+    hk.fails(
+        &[
+            "--config", &config, "sign", "k", "--in", "msg", "--out", "cfg.toml",
+        ],
+        2,
+        &["same file as the input"],
+    );
+    assert!(
+        std::fs::read_to_string(hk.path("cfg.toml"))
+            .unwrap()
+            .contains("[aliases]")
+    );
+    // The file behind stdin.
+    let out = hk
+        .command(&["sign", "file:k.pem", "--in", "-", "--out", "msg"])
+        .stdin(std::fs::File::open(hk.path("msg")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(hk.path("msg")).unwrap(), b"hello\n");
+}
+
+#[test]
+fn dev_stdout_writes_through_the_open_descriptor() {
+    let hk = with_key();
+    std::fs::write(hk.path("log.txt"), "line1\nline2\n").unwrap();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(hk.path("log.txt"))
+        .unwrap();
+    let out = hk
+        .command(&["sign", "file:k.pem", "--in", "msg", "--out", "/dev/stdout"])
+        .stdout(log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read(hk.path("log.txt")).unwrap();
+    assert!(text.starts_with(b"line1\nline2\n"), "the log was replaced");
+    assert!(text.len() > 20, "the signature was appended");
+    hk.fails(
+        &["sign", "file:k.pem", "--in", "msg", "--out", "/dev/fd/7"],
+        2,
+        &["write to - (stdout)"],
+    );
+}
+
+#[test]
+fn a_file_name_cannot_forge_a_line() {
+    let hk = with_key();
+    // `fails` checks the error is exactly one line.
+    hk.fails(
+        &[
+            "sign",
+            "file:k.pem",
+            "--in",
+            "x\nVerified OK (forged)",
+            "--out",
+            "o",
+        ],
+        2,
+        &["x\\x0aVerified OK"],
+    );
+    let name = "sig\nforged";
+    let out = hk.ok(&["sign", "file:k.pem", "--in", "msg", "--out", name]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

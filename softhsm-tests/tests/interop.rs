@@ -479,6 +479,14 @@ fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
     assert!(err.starts_with("MechanismInvalid"), "{err}");
     let err = probe(hsm, "lp-rsa-sign", "decrypt", "rsa-pkcs", &ct_file).unwrap_err();
     assert!(err.starts_with("KeyFunctionNotPermitted"), "{err}");
+    // The key's attributes cannot be widened with the PIN (CKA_MODIFIABLE false).
+    let err = probe(hsm, "lp-rsa-sign", "widen", "rsa-pkcs", &ct_file).unwrap_err();
+    assert!(
+        err.starts_with("ActionProhibited") || err.starts_with("AttributeReadOnly"),
+        "{err}"
+    );
+    let err = probe(hsm, "lp-rsa-sign", "decrypt", "rsa-pkcs", &ct_file).unwrap_err();
+    assert!(err.starts_with("KeyFunctionNotPermitted"), "{err}");
     // pkcs11-tool agrees on raw RSA.
     let mut tool = hsm.pkcs11_tool();
     tool.args([

@@ -254,6 +254,14 @@ fn attribute_type(ty: &str) -> Result<(ObjectIdentifier, ValueKind)> {
         })
     };
     if ty.starts_with(|c: char| c.is_ascii_digit()) {
+        // Checked here first: const-oid's parser overflows (a panic in debug builds, a wrong
+        // OID in release) on an arc past u32, and accepts an empty arc ("1.2..3") as 0.
+        let arcs_fit = ty.split('.').all(|arc| {
+            !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()) && arc.parse::<u32>().is_ok()
+        });
+        if !arcs_fit || ty.split('.').count() < 2 {
+            return Err(unknown());
+        }
         let oid = ObjectIdentifier::new(ty).map_err(|_| unknown())?;
         let kind = ATTRIBUTES
             .iter()
@@ -613,6 +621,11 @@ mod tests {
             ("XX=a", "unknown subject attribute type 'XX'"),
             ("sha256=a", "unknown subject attribute type 'sha256'"),
             ("1.2.x=a", "unknown subject attribute type '1.2.x'"),
+            (
+                "1.2.99999999999999999999=a",
+                "unknown subject attribute type '1.2.99999999999999999999'",
+            ),
+            ("1.2..3=a", "unknown subject attribute type '1.2..3'"),
             ("CN=", "a non-empty value"),
             ("CN=a\\", "each backslash escapes"),
             ("CN=a\\zz", "each backslash escapes"),

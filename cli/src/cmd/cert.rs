@@ -42,7 +42,10 @@ fn emit_pem(
             out.commit(pem.as_bytes())?;
             ctx.out
                 .emit(json!({ "out": path, "scheme": scheme, "pem": pem }), || {
-                    format!("{what} signed with {scheme} written to {}", path.display())
+                    format!(
+                        "{what} signed with {scheme} written to {}",
+                        crate::output::shown(path)
+                    )
                 });
         }
         _ if ctx.out.json => ctx

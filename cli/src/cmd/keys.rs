@@ -303,7 +303,7 @@ pub(crate) fn pubkey(a: &PubkeyArgs, ctx: &Ctx) -> CliResult {
             out.commit(&bytes)?;
             ctx.out.emit(
                 json!({ "out": path, "public_key_sha256": crate::output::fingerprint(key.info()) }),
-                || format!("public key written to {}", path.display()),
+                || format!("public key written to {}", crate::output::shown(path)),
             );
         }
         _ if ctx.out.json => ctx.out.emit(

@@ -43,6 +43,7 @@ pub(crate) fn default_scheme(alg: KeyAlgorithm) -> SignatureScheme {
 /// Reads an input file, or stdin for `-`. Held zeroized: inputs may be secrets.
 pub(crate) fn read_input(path: &Path, what: &str) -> CliResult<Zeroizing<Vec<u8>>> {
     let mut data = Zeroizing::new(Vec::new());
+    crate::inputs::note(path);
     if path == Path::new("-") {
         secrets::claim_stdin(what)?;
         std::io::stdin()
@@ -85,6 +86,7 @@ pub(crate) struct OutputFile {
 
 enum Sink {
     Stdout,
+    Stderr,
     InPlace(std::fs::File),
     Replace {
         temp: tempfile::NamedTempFile,
@@ -106,8 +108,20 @@ impl OutputFile {
                 sink,
             })
         };
-        if path == Path::new("-") {
-            return made(Sink::Stdout);
+        // The process's own standard streams by name: written through the open descriptor
+        // (a path would reopen the file behind it, or rename over it, and `>> log` would
+        // lose the log).
+        match path.to_str() {
+            Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1") => {
+                return made(Sink::Stdout);
+            }
+            Some("/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2") => return made(Sink::Stderr),
+            Some(p) if p.starts_with("/dev/fd/") || p.starts_with("/proc/self/fd/") => {
+                return Err(usage(format!(
+                    "cannot write {what} to {p}: write to - (stdout) and redirect it instead"
+                )));
+            }
+            _ => {}
         }
         let existing = match std::fs::metadata(path) {
             Ok(meta) => Some(meta),
@@ -124,15 +138,13 @@ impl OutputFile {
             Err(e) => return Err(fail(e)),
         };
         if let Some(meta) = &existing {
+            if let Some(input) = crate::inputs::same_as(meta) {
+                return Err(same_file(path, &input));
+            }
             for input in inputs.iter().filter(|p| **p != Path::new("-")) {
                 if let Ok(input_meta) = std::fs::metadata(input) {
                     if input_meta.dev() == meta.dev() && input_meta.ino() == meta.ino() {
-                        return Err(usage(format!(
-                            "--out {} is the same file as the input {}: writing it would \
-                             destroy the input; choose another --out",
-                            path.display(),
-                            input.display()
-                        )));
+                        return Err(same_file(path, input));
                     }
                 }
             }
@@ -177,8 +189,11 @@ impl OutputFile {
             .map_err(|e| io(&format!("write {what} to"), &dir, e))?;
         let guard = crate::signals::TempGuard::register(temp.path())?;
         if let Some(meta) = &existing {
-            // Keep the replaced file's permissions (a fresh temporary file is 0600).
+            // Keep the replaced file's permissions and owner (a fresh temporary file is 0600
+            // and ours; only root may give it to another user). Other hard links to the old
+            // file keep the old content: an atomic replace cannot update them.
             let _ = temp.as_file().set_permissions(meta.permissions());
+            let _ = std::os::unix::fs::fchown(temp.as_file(), Some(meta.uid()), Some(meta.gid()));
         }
         made(Sink::Replace {
             temp,
@@ -198,6 +213,12 @@ impl OutputFile {
                     .and_then(|()| out.flush())
                     .map_err(|e| failed(format!("cannot write {what} to stdout: {e}")))
             }
+            Sink::Stderr => {
+                let mut out = std::io::stderr().lock();
+                out.write_all(data)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| failed(format!("cannot write {what} to stderr: {e}")))
+            }
             Sink::InPlace(mut file) => file
                 .write_all(data)
                 .and_then(|()| file.flush())
@@ -207,6 +228,12 @@ impl OutputFile {
                 target,
                 _guard,
             } => {
+                // Files read since `prepare` (secret files, stdin) are checked again.
+                if let Ok(meta) = std::fs::metadata(&target) {
+                    if let Some(input) = crate::inputs::same_as(&meta) {
+                        return Err(same_file(&self.shown, &input));
+                    }
+                }
                 temp.write_all(data)
                     .and_then(|()| temp.as_file().sync_all())
                     .map_err(fail)?;
@@ -215,6 +242,15 @@ impl OutputFile {
             }
         }
     }
+}
+
+fn same_file(out: &Path, input: &Path) -> crate::error::CliError {
+    usage(format!(
+        "--out {} is the same file as the input {}: writing it would destroy the input; \
+         choose another --out",
+        out.display(),
+        input.display()
+    ))
 }
 
 /// Asks `question` on the terminal unless `yes`; without a terminal, a usage error telling

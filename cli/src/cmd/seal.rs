@@ -46,6 +46,24 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
         }
         _ => {}
     }
+    if let Some(pcrs) = &pcrs {
+        let resettable: Vec<u8> = pcrs
+            .banks()
+            .flat_map(|bank| pcrs.pcrs(bank))
+            .filter(|i| *i == 16 || *i == 23)
+            .collect();
+        let only_resettable = pcrs
+            .banks()
+            .flat_map(|bank| pcrs.pcrs(bank))
+            .all(|i| i == 16 || i == 23);
+        if !resettable.is_empty() && only_resettable && !has_password {
+            crate::output::note(
+                "hardkey: note: PCRs 16 and 23 can be reset by any program that reaches the TPM \
+                 (TPM2_PCR_Reset), so a policy on them alone protects nothing; add a password \
+                 or a PCR that only boot extends",
+            );
+        }
+    }
     let data = read_input(&a.input, "the data to seal")?;
     let owner = owner_auth(&a.secrets)?;
     let mut admin = TpmAdmin::connect(&tcti(a.tpm.tcti.as_deref(), &ctx.config), &owner)?
@@ -69,7 +87,7 @@ pub(crate) fn seal(a: &SealArgs, ctx: &Ctx) -> CliResult {
                 "sealed {} bytes to {} in {}{}{}",
                 data.len(),
                 admin.name(),
-                a.out.display(),
+                crate::output::shown(&a.out),
                 pcrs_text
                     .as_deref()
                     .map(|p| format!(", bound to PCRs {p}"))
@@ -115,7 +133,7 @@ pub(crate) fn unseal(a: &UnsealArgs, ctx: &Ctx) -> CliResult {
             format!(
                 "unsealed {} bytes into {} (mode 0600)",
                 secret.len(),
-                a.out.display()
+                crate::output::shown(&a.out)
             )
         });
     Ok(())

@@ -38,7 +38,7 @@ pub(crate) fn sign(a: &SignArgs, ctx: &Ctx) -> CliResult {
             format!(
                 "{scheme} signature ({} bytes) written to {}",
                 signature.len(),
-                a.out.display()
+                crate::output::shown(&a.out)
             )
         },
     );

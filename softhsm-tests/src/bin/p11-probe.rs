@@ -3,7 +3,8 @@
 //! tests use it to check what a token really lets a key do, whatever hardkey would allow.
 //!
 //! Usage: `p11-probe MODULE TOKEN LABEL OPERATION MECHANISM INPUT-FILE`, with the user PIN in
-//! `P11_PROBE_PIN`. OPERATION is `sign` or `decrypt`; MECHANISM is `rsa-x509`, `rsa-pkcs`,
+//! `P11_PROBE_PIN`. OPERATION is `sign`, `decrypt`, or `widen` (`C_SetAttributeValue` of
+//! CKA_DECRYPT and CKA_DERIVE to true: the mechanism and input are ignored); MECHANISM is `rsa-x509`, `rsa-pkcs`,
 //! `oaep-sha1`, `oaep-sha256` or `ecdsa`. Prints the output in hex and exits 0, or prints
 //! the return code (`MechanismInvalid (SignInit)`, say) and exits 1; exits 2 on a usage or setup error.
 #![allow(clippy::print_stdout, reason = "a command-line tool")]
@@ -69,7 +70,7 @@ fn run() -> Outcome {
         })
         .ok_or_else(|| format!("no token {token}"))?;
     let session = ctx
-        .open_ro_session(slot)
+        .open_rw_session(slot)
         .map_err(|e| format!("C_OpenSession: {e}"))?;
     session
         .login(UserType::User, Some(&AuthPin::new(pin.into())))
@@ -85,6 +86,9 @@ fn run() -> Outcome {
     let result = match operation.as_str() {
         "sign" => session.sign(&mechanism, key, &data),
         "decrypt" => session.decrypt(&mechanism, key, &data),
+        "widen" => session
+            .update_attributes(key, &[Attribute::Decrypt(true), Attribute::Derive(true)])
+            .map(|()| Vec::new()),
         other => return Err(format!("unknown operation {other}")),
     };
     Ok(result.map_err(|e| match e {
