@@ -1475,36 +1475,29 @@ fn pin_value_start(input: &str) -> Option<usize> {
 /// Query attributes whose values are never secret, and so are shown in errors.
 const PUBLIC_QUERY: [&str; 4] = ["module-path", "module-name", "max-sessions", "tcti"];
 
-/// Path attributes (of `pkcs11:` and `tpm2:` URIs) whose values are never secret.
-const PUBLIC_PATH: [&str; 15] = [
-    "token",
-    "manufacturer",
-    "serial",
-    "model",
-    "library-manufacturer",
-    "library-description",
-    "library-version",
-    "slot-description",
-    "slot-manufacturer",
-    "slot-id",
-    "object",
-    "id",
-    "type",
-    "handle",
-    "file",
-];
+/// Path attributes (of `pkcs11:` and `tpm2:` URIs) whose values are never secret: RFC 7512's
+/// token and object attributes, and `tpm2:`'s `handle` and `file`.
+fn public_path(name: &str) -> bool {
+    PK11_PATH_NAMES.contains(&name) || name == "handle" || name == "file"
+}
 
-/// Keeps the `sep`-separated `name=value` segments of `part` whose names are in `public`; the
+/// Keeps the `sep`-separated `name=value` segments of `part` whose names `public` accepts; the
 /// first other segment is shown as `name=[redacted]` and ends the text (a secret may contain
 /// the separators). Returns whether everything was kept.
-fn keep_public(out: &mut String, part: &str, sep: char, public: &[&str], cut_name: bool) -> bool {
+fn keep_public(
+    out: &mut String,
+    part: &str,
+    sep: char,
+    public: impl Fn(&str) -> bool,
+    cut_name: bool,
+) -> bool {
     let last = part.split(sep).count().saturating_sub(1);
     for (i, segment) in part.split(sep).enumerate() {
         if i > 0 {
             out.push(sep);
         }
         match segment.split_once('=') {
-            Some((name, _)) if public.contains(&name.to_ascii_lowercase().as_str()) => {
+            Some((name, _)) if public(&name.to_ascii_lowercase()) => {
                 out.push_str(segment);
             }
             Some((name, _)) => {
@@ -1579,11 +1572,11 @@ fn redact_cut(input: &str, cut_name: bool) -> String {
         &mut out,
         path,
         ';',
-        &PUBLIC_PATH,
+        public_path,
         cut_name && query.is_none(),
     ) && query.is_none_or(|q| {
         out.push('?');
-        keep_public(&mut out, q, '&', &PUBLIC_QUERY, cut_name)
+        keep_public(&mut out, q, '&', |n| PUBLIC_QUERY.contains(&n), cut_name)
     });
     if complete && fragment {
         out.push_str("#[redacted]");
