@@ -269,7 +269,7 @@ impl Tpm {
         let template = srk_template().map_err(mapper(&name, op, "SRK template"))?;
         let owner_auth = self.owner_auth.clone();
         self.set_hierarchy_auth(ObjectHandle::Owner, owner_auth.as_ref(), op)?;
-        let session = self.owner_session(op)?;
+        let session = self.owner_session()?;
         let created = retrying(|| {
             self.ctx.execute_with_session(Some(session), |c| {
                 c.create_primary(Hierarchy::Owner, template.clone(), None, None, None, None)
@@ -357,11 +357,10 @@ impl Tpm {
 
     /// The session authorizing the owner hierarchy: a password session when its auth is
     /// empty (nothing secret crosses the bus), else the salted HMAC session.
-    pub(crate) fn owner_session(&mut self, op: Operation) -> Result<AuthSession> {
+    pub(crate) fn owner_session(&mut self) -> Result<AuthSession> {
         if self.owner_auth.is_none() {
             return Ok(AuthSession::Password);
         }
-        let _ = op;
         self.hmac_session()
     }
 

@@ -542,7 +542,7 @@ impl TpmDevice {
     /// The session for an owner-authorized command, with the owner auth set.
     fn owner_session(&mut self, op: Operation) -> Result<AuthSession> {
         self.tpm.set_owner_auth(op)?;
-        self.tpm.owner_session(op)
+        self.tpm.owner_session()
     }
 
     /// Creates a key under the SRK and stores it where asked.
