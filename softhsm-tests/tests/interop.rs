@@ -493,14 +493,20 @@ fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
         "--sign",
         "-m",
         "RSA-X-509",
-        "--label",
-        "lp-rsa-sign",
+        // By CKA_ID: pkcs11-tool picks the first private key when given only a label.
+        "--id",
+        &hex(sign_only.info().id.as_bytes()),
         "-i",
         p(&ct_file),
     ])
     .args(["-o", p(&dir.path().join("sig"))]);
     let out = tool.output().unwrap();
-    assert!(!out.status.success());
+    assert!(
+        !out.status.success(),
+        "pkcs11-tool signed with raw RSA: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("CKR_MECHANISM_INVALID"),
         "{}",
@@ -543,8 +549,8 @@ fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
         "--derive",
         "-m",
         "ECDH1-DERIVE",
-        "--label",
-        "lp-ec",
+        "--id",
+        &hex(ec.info().id.as_bytes()),
         "--input-file",
         p(&peer),
     ]);
