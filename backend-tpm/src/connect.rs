@@ -267,8 +267,7 @@ impl Tpm {
         }
         let name = self.name.clone();
         let template = srk_template().map_err(mapper(&name, op, "SRK template"))?;
-        let owner_auth = self.owner_auth.clone();
-        self.set_hierarchy_auth(ObjectHandle::Owner, owner_auth.as_ref(), op)?;
+        self.set_owner_auth(op)?;
         let session = self.owner_session()?;
         let created = retrying(|| {
             self.ctx.execute_with_session(Some(session), |c| {

@@ -72,17 +72,7 @@ impl Canary {
         let inner = self.hk.command(args);
         let log = self.strace_dir.join(format!("run-{}.strace", self.runs));
         self.runs += 1;
-        let mut cmd = Command::new("strace");
-        cmd.args(["-f", "-qq", "-e", "trace=execve,execveat,fork,vfork", "-o"])
-            .arg(&log)
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        for (name, value) in inner.get_envs() {
-            match value {
-                Some(v) => cmd.env(name, v),
-                None => cmd.env_remove(name),
-            };
-        }
+        let mut cmd = under_strace(&inner, &log);
         for name in [
             "HARDKEY_PIN",
             "HARDKEY_SO_PIN",
@@ -156,6 +146,23 @@ impl Canary {
             }
         }
     }
+}
+
+/// `inner` (a `hardkey` command) run under `strace -f`, which logs every exec and fork to
+/// `log`; the environment and its removals are carried over.
+fn under_strace(inner: &Command, log: &Path) -> Command {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=execve,execveat,fork,vfork", "-o"])
+        .arg(log)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (name, value) in inner.get_envs() {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    cmd
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -409,22 +416,13 @@ fn serve(c: &mut Canary, hsm: &SoftHsm) {
         "--pin-file",
         "canary-new",
     ]);
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-e", "trace=execve,execveat,fork,vfork", "-o"])
-        .arg(&log)
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .env("RUST_LOG", "trace")
+    let mut cmd = under_strace(&inner, &log);
+    cmd.env("RUST_LOG", "trace")
         .env("HARDKEY_KEY_AUTH", &c.canary)
         .current_dir(c.hk.dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (name, value) in inner.get_envs() {
-        if let Some(v) = value {
-            cmd.env(name, v);
-        }
-    }
     let child = cmd.spawn().expect("start hardkey serve under strace");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
