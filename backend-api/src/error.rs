@@ -72,6 +72,9 @@ pub enum ErrorKind {
     DeviceUnavailable,
     /// The operation queue is full.
     Busy,
+    /// The device ran out of slots, sessions or descriptors shared with other clients;
+    /// retrying later may succeed.
+    Exhausted,
     /// The operation did not complete before its deadline.
     Timeout,
     /// The operation was cancelled.
@@ -125,11 +128,27 @@ pub enum Error {
 
     /// The device is unreachable, or its session or connection was lost. Retriable: the pool
     /// rebuilds its device state in the background.
-    #[error("{device} is unavailable: {source}; hardkey is reconnecting, retry the operation")]
+    #[error("{device} is unavailable: {source}")]
     DeviceUnavailable {
         /// The device (pool) name.
         device: String,
         /// Why it is unavailable.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The device ran out of something it shares with other clients: TPM object or session
+    /// slots, PKCS#11 sessions, memory, the process's file descriptors. Retriable: the same
+    /// request may succeed once others free theirs; `remedy` says what frees them.
+    #[error("{device} is out of {resource}: {remedy} ({source})")]
+    Exhausted {
+        /// The device (pool) name.
+        device: String,
+        /// What ran out ("transient object slots", "file descriptors").
+        resource: &'static str,
+        /// What frees it.
+        remedy: String,
+        /// The device's answer.
         #[source]
         source: BoxError,
     },
@@ -209,6 +228,7 @@ impl Error {
             Self::PinLocked { .. } => ErrorKind::PinLocked,
             Self::DeviceUnavailable { .. } => ErrorKind::DeviceUnavailable,
             Self::Busy { .. } => ErrorKind::Busy,
+            Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Cancelled { .. } => ErrorKind::Cancelled,
             Self::InvalidInput(_) | Self::Uri(_) => ErrorKind::InvalidInput,
@@ -225,7 +245,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::DeviceUnavailable | ErrorKind::Busy | ErrorKind::Timeout
+            ErrorKind::DeviceUnavailable
+                | ErrorKind::Busy
+                | ErrorKind::Exhausted
+                | ErrorKind::Timeout
         )
     }
 

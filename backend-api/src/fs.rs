@@ -1,5 +1,6 @@
 //! Private files (keys, sealed data, PINs): read into zeroized memory, written atomically with
-//! mode 0600 and never over an existing file.
+//! mode 0600 and never over an existing file. And the process's file-descriptor headroom,
+//! which device libraries that open files per operation depend on.
 
 use std::fs;
 use std::io::{self, Write};
@@ -157,6 +158,41 @@ impl std::fmt::Display for PathError {
 impl std::error::Error for PathError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
+    }
+}
+
+/// File descriptors this process may still open before `RLIMIT_NOFILE` (`None`: unknown).
+/// 0 when even listing its descriptors fails for want of one.
+pub fn descriptors_left() -> Option<u64> {
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    match std::fs::read_dir("/proc/self/fd") {
+        // The listing's own descriptor is counted: it is closed again once counted.
+        Ok(dir) => Some(soft.saturating_sub(dir.count() as u64)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Whether this process is (nearly) out of file descriptors: fewer than 16 left. A device
+/// library that opens files or sockets per operation (SoftHSM reads its token directory on
+/// every lookup) then fails in ways that look like something else.
+pub fn descriptors_short() -> bool {
+    descriptors_left().is_some_and(|left| left < 16)
+}
+
+/// The error for an operation that failed because the process is out of descriptors.
+pub fn descriptors_exhausted(device: &str, cause: impl Into<crate::error::BoxError>) -> Error {
+    Error::Exhausted {
+        device: device.to_owned(),
+        resource: "file descriptors",
+        remedy: format!(
+            "this process has {} of its RLIMIT_NOFILE descriptors left, so the device cannot \
+             open its files or sockets; close connections (a server: lower its connection \
+             cap) or raise the limit (ulimit -n), then retry",
+            descriptors_left().map_or_else(|| "almost none".to_owned(), |n| n.to_string())
+        ),
+        source: cause.into(),
     }
 }
 

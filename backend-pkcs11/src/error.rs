@@ -96,6 +96,24 @@ pub(crate) fn map(device: &str, op: Operation, error: CkError) -> Error {
             op,
             source: Box::new(cause),
         },
+        RvError::HostMemory | RvError::DeviceMemory | RvError::SessionCount => Error::Exhausted {
+            device: device.to_owned(),
+            resource: match rv {
+                RvError::SessionCount => "sessions",
+                RvError::DeviceMemory => "device memory",
+                _ => "memory",
+            },
+            remedy: "other applications (or this one's other pools) hold what the token can \
+                     give; retry when they finish, or open the store with fewer sessions"
+                .to_owned(),
+            source: Box::new(cause),
+        },
+        // A module that cannot open its files says so only as a general or device error.
+        RvError::GeneralError | RvError::DeviceError | RvError::FunctionFailed
+            if hardkey_api::fs::descriptors_short() =>
+        {
+            hardkey_api::fs::descriptors_exhausted(device, cause)
+        }
         rv if is_lost(rv) => Error::device_unavailable(device, cause),
         _ => Error::backend(device, op, cause),
     }

@@ -50,6 +50,42 @@ pub(crate) struct Target {
     /// Set when `C_Login` refused the PIN: no worker tries it again until
     /// [`Pkcs11Store::reconnect`](crate::Pkcs11Store::reconnect) clears it.
     pub(crate) login_refused: std::sync::atomic::AtomicBool,
+    /// Set when a lookup found nothing where a key should be: the next connect
+    /// re-initializes the module, in case its view of the token went stale.
+    pub(crate) refresh_requested: std::sync::atomic::AtomicBool,
+    /// When the module was last re-initialized for that reason (at most one per 10 s).
+    pub(crate) last_refresh: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Target {
+    /// The error for a lookup that matched no key: out of descriptors when the process is
+    /// (the module could not read its token); else, when the session sees no object at all,
+    /// a retryable loss of the device (once per 10 s), so the pool re-initializes the module
+    /// and looks again (SoftHSM marks its token invalid for good after failing to read its
+    /// directory, and then finds nothing until re-initialized); else `not_found`.
+    pub(crate) fn missing_key(&self, session: &Session, not_found: Error) -> Error {
+        if hardkey_api::fs::descriptors_short() {
+            return hardkey_api::fs::descriptors_exhausted(&self.name, not_found);
+        }
+        if session.find_objects(&[]).is_ok_and(|all| !all.is_empty()) {
+            // The token shows its other objects: this key is really not there.
+            return not_found;
+        }
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10)) {
+            return not_found;
+        }
+        *last = Some(now);
+        self.refresh_requested.store(true, Ordering::Relaxed);
+        Error::device_unavailable(
+            &self.name,
+            format!(
+                "{not_found} (the module is re-initialized and the lookup made again, in case \
+                 its view of the token went stale)"
+            ),
+        )
+    }
 }
 
 /// `Target::oaep_sha256` values.
@@ -96,6 +132,11 @@ impl Pkcs11Device {
     /// worker gets there first) and finds the token again; if only the token's slot changed,
     /// finds the token again.
     pub(crate) fn connect(target: Arc<Target>) -> Result<Self> {
+        if target.refresh_requested.swap(false, Ordering::Relaxed) {
+            // A lookup found nothing where a key was: start the module afresh.
+            target.module.reinitialize(target.module.generation());
+            target.find_token_again()?;
+        }
         let seen = target.module.generation();
         let failure = match Self::open_and_login(&target) {
             Ok(device) => return Ok(device),
@@ -199,9 +240,12 @@ impl Pkcs11Device {
                 self.handles.insert(key.clone(), *h);
                 Ok(*h)
             }
-            [] => Err(Error::not_found(
-                format!("{key:?} on {}", self.target.name),
-                "the key was deleted from the token; list the keys (hardkey list)",
+            [] => Err(self.target.missing_key(
+                &self.session,
+                Error::not_found(
+                    format!("{key:?} on {}", self.target.name),
+                    "the key is no longer on the token (deleted?); list the keys (hardkey list)",
+                ),
             )),
             _ => Err(Error::not_found(
                 format!(

@@ -151,6 +151,8 @@ impl Pkcs11Store {
             login_lock: std::sync::Mutex::new(()),
             key_epoch: AtomicU64::new(0),
             login_refused: std::sync::atomic::AtomicBool::new(false),
+            refresh_requested: std::sync::atomic::AtomicBool::new(false),
+            last_refresh: std::sync::Mutex::new(None),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)
@@ -222,10 +224,13 @@ fn one_key(
     let t = dev.target();
     match handles {
         [h] => t.describe(dev.session(), *h),
-        [] => Err(Error::NotFound {
-            selector: format!("{selector} on {}", t.name),
-            hint: "list the token's keys (hardkey list) and check object= and id=",
-        }),
+        [] => Err(t.missing_key(
+            dev.session(),
+            Error::NotFound {
+                selector: format!("{selector} on {}", t.name),
+                hint: "list the token's keys (hardkey list) and check object= and id=",
+            },
+        )),
         several => {
             let names: Vec<String> = several
                 .iter()

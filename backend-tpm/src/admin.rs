@@ -8,8 +8,8 @@ use hardkey_api::{Operation, Result};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use crate::connect::{Tpm, open_context};
-use crate::da::{self, DaCommand};
+use crate::connect::{Flush, Tpm, open_context};
+use crate::ffi::{self, DaCommand};
 use crate::owner::{self, Hierarchy, TpmStatus};
 use crate::seal::{self, SealOptions, SealedData};
 
@@ -201,11 +201,32 @@ impl TpmAdmin {
         self.with_context(owner::transient_handles)
     }
 
+    /// The sessions loaded in or saved out of the TPM now (all clients'). Blocks.
+    pub fn session_handles(&mut self) -> Result<Vec<u32>> {
+        self.with_context(owner::session_handles)
+    }
+
+    /// Flushes every transient object and/or session in the TPM, **whoever made it**
+    /// (`tpm2_flushcontext -t -l -s`): on a TPM without a resource manager, what a killed
+    /// process left loaded holds a slot until flushed. Other processes using the TPM now lose
+    /// theirs too. Behind a resource manager this sees (and flushes) only this connection's,
+    /// so it does nothing: the resource manager flushes what a dead client left. Returns the
+    /// handles flushed. Blocks.
+    pub fn flush(&mut self, what: Flush) -> Result<Vec<u32>> {
+        self.with_context(|ctx, name| crate::connect::flush_all(ctx, name, what))
+    }
+
+    /// Whether this TPM is reached through a resource manager (`tpm2-abrmd`, the kernel's
+    /// `/dev/tpmrm0`), which gives each client its own view of objects and sessions.
+    pub fn has_resource_manager(&self) -> bool {
+        crate::connect::has_resource_manager(&self.tcti)
+    }
+
     fn dictionary_attack(&mut self, lockout_auth: &SecretSource, command: DaCommand) -> Result<()> {
         let lockout = lockout_auth.load(&self.name)?;
         // A TPM may serve one connection at a time: close ours first.
         self.conn = Conn::Closed;
-        da::run(&self.tcti, &self.name, lockout.as_ref(), command)
+        ffi::run(&self.tcti, &self.name, lockout.as_ref(), command)
     }
 
     /// Runs `f` on the open context (reopening a bare one if closed); a lost connection is

@@ -113,21 +113,36 @@ pub fn srk_template() -> tss_esapi::Result<Public> {
 }
 
 /// Runs a TPM command, sending it again while the TPM answers `TPM_RC_RETRY`, `YIELDED`,
-/// `TESTING` or `NV_RATE` (a few times, with a short pause).
+/// `TESTING` or `NV_RATE` (a few times, with a short pause), and while it is out of object
+/// or session slots (for about 2 s, with jittered backoff: on a TPM shared by several
+/// processes, another one usually frees its slots within milliseconds).
 pub(crate) fn retrying<T>(
     mut command: impl FnMut() -> tss_esapi::Result<T>,
 ) -> tss_esapi::Result<T> {
+    use rand::Rng as _;
     let mut attempt = 0u32;
+    let mut waited_for_slots = Duration::ZERO;
     loop {
         match command() {
             Err(e) if attempt < 8 && rc_of(&e).is_some_and(error::is_transient) => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(5 << attempt.min(6)));
             }
+            Err(e)
+                if waited_for_slots < SLOT_WAIT && rc_of(&e).is_some_and(error::is_exhausted) =>
+            {
+                let ceiling = (waited_for_slots.as_millis() as u64).clamp(10, 400);
+                let pause = Duration::from_millis(rand::thread_rng().gen_range(5..=ceiling));
+                std::thread::sleep(pause);
+                waited_for_slots += pause;
+            }
             other => return other,
         }
     }
 }
+
+/// How long a command waits, in all, for object or session slots other processes hold.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// One connection to a TPM.
 pub(crate) struct Tpm {
@@ -155,7 +170,10 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
         reason: "not a TCTI string; use device:/dev/tpmrm0, swtpm:host=HOST,port=PORT, \
                  mssim:host=HOST,port=PORT or tabrmd",
     })?;
-    Context::new(conf).map_err(|e| {
+    let before = crate::ffi::open_descriptors();
+    let ctx = Context::new(conf);
+    crate::ffi::close_on_exec_since(&before);
+    ctx.map_err(|e| {
         // Whatever the layer, failing to open the context means the TPM is not reachable.
         Error::device_unavailable(
             name,
@@ -167,9 +185,129 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
     })
 }
 
+/// A range of TPM handles (`TPM2_GetCapability(HANDLES)` lists one range at a time).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandleRange {
+    pub(crate) first: u32,
+    pub(crate) last: u32,
+}
+
+/// Transient objects (`TPM_HT_TRANSIENT`).
+pub(crate) const TRANSIENT: HandleRange = HandleRange {
+    first: 0x8000_0000,
+    last: 0x80FF_FFFF,
+};
+/// Persistent objects (`TPM_HT_PERSISTENT`).
+pub(crate) const PERSISTENT: HandleRange = HandleRange {
+    first: 0x8100_0000,
+    last: 0x81FF_FFFF,
+};
+/// Sessions loaded in the TPM (`TPM_HT_LOADED_SESSION`: HMAC and policy sessions).
+pub(crate) const LOADED_SESSIONS: HandleRange = HandleRange {
+    first: 0x0200_0000,
+    last: 0x02FF_FFFF,
+};
+/// Sessions saved out of the TPM but still active (`TPM_HT_SAVED_SESSION`): they hold a
+/// session slot until flushed.
+pub(crate) const SAVED_SESSIONS: HandleRange = HandleRange {
+    first: 0x0300_0000,
+    last: 0x03FF_FFFF,
+};
+
+/// The handles of `range` in the TPM now, every client's.
+pub(crate) fn list_handles(
+    ctx: &mut Context,
+    device: &str,
+    op: Operation,
+    range: HandleRange,
+) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut next = range.first;
+    loop {
+        let (data, more) = retrying(|| {
+            ctx.execute_without_session(|c| c.get_capability(CapabilityType::Handles, next, 64))
+        })
+        .map_err(mapper(device, op, "TPM2_GetCapability"))?;
+        let CapabilityData::Handles(list) = data else {
+            return Ok(out);
+        };
+        let mut last_seen = None;
+        for h in list.into_inner() {
+            let raw = u32::from(h);
+            last_seen = Some(raw);
+            if (range.first..=range.last).contains(&raw) {
+                out.push(raw);
+            }
+        }
+        match last_seen {
+            Some(raw) if more && raw < range.last => next = raw + 1,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// What [`flush_all`] flushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flush {
+    /// Transient objects (keys, primaries, sequences).
+    pub objects: bool,
+    /// Loaded and saved sessions.
+    pub sessions: bool,
+}
+
+impl Flush {
+    /// Objects and sessions.
+    pub const ALL: Self = Self {
+        objects: true,
+        sessions: true,
+    };
+}
+
+/// Flushes every transient object and/or session in the TPM, whoever made it: on a TPM
+/// without a resource manager, what a killed process had loaded stays until flushed. Only on
+/// request (`hardkey tpm flush`, `[tpm] flush-leftovers`): other processes' objects go too.
+/// Returns the handles flushed; a handle that vanished meanwhile (its owner flushed it) is
+/// skipped.
+pub(crate) fn flush_all(ctx: &mut Context, device: &str, what: Flush) -> Result<Vec<u32>> {
+    let op = Operation::Admin;
+    let mut ranges = Vec::new();
+    if what.objects {
+        ranges.push(TRANSIENT);
+    }
+    if what.sessions {
+        ranges.extend([LOADED_SESSIONS, SAVED_SESSIONS]);
+    }
+    let mut flushed = Vec::new();
+    for range in ranges {
+        for handle in list_handles(ctx, device, op, range)? {
+            let tpm_handle =
+                TpmHandle::try_from(handle).map_err(mapper(device, op, "Esys_TR_FromTPMPublic"))?;
+            let object = match retrying(|| {
+                ctx.execute_without_session(|c| c.tr_from_tpm_public(tpm_handle))
+            }) {
+                Ok(object) => object,
+                // Flushed by its owner since the listing.
+                Err(e) if rc_of(&e).is_some_and(error::is_unloaded_handle) => continue,
+                Err(e) => return Err(error::map(device, op, "Esys_TR_FromTPMPublic", e)),
+            };
+            let mut object = object;
+            match retrying(|| ctx.flush_context(object)) {
+                Ok(()) => flushed.push(handle),
+                Err(e) if rc_of(&e).is_some_and(error::is_unloaded_handle) => {
+                    let _ = ctx.tr_close(&mut object);
+                }
+                Err(e) => return Err(error::map(device, op, "TPM2_FlushContext", e)),
+            }
+        }
+    }
+    Ok(flushed)
+}
+
 impl Tpm {
-    /// Connects: opens the context and flushes objects a dead process left on a TPM without
-    /// a resource manager (when `flush_leftovers`). The SRK is looked at only when needed.
+    /// Connects: opens the context, and flushes every transient object and session in the
+    /// TPM when `flush_leftovers` (asked for in the configuration: on a TPM no other process
+    /// uses, objects of a process that died stay loaded). The SRK is looked at only when
+    /// needed.
     pub(crate) fn connect(
         tcti: &str,
         owner_auth: Option<Zeroizing<String>>,
@@ -187,64 +325,19 @@ impl Tpm {
             name,
         };
         if flush_leftovers {
-            tpm.flush_transients()?;
+            flush_all(&mut tpm.ctx, &tpm.name, Flush::ALL)?;
         }
         Ok(tpm)
     }
 
-    /// Flushes every transient object loaded in the TPM: on a TPM without a resource
-    /// manager, objects of a process that died stay loaded and fill the ~3 slots.
-    pub(crate) fn flush_transients(&mut self) -> Result<usize> {
-        let handles = self.transient_handles()?;
-        for &h in &handles {
-            let name = self.name.clone();
-            let tr = self.tr_from_public(h, Operation::Connect)?;
-            self.ctx.flush_context(tr).map_err(mapper(
-                &name,
-                Operation::Connect,
-                "TPM2_FlushContext",
-            ))?;
-        }
-        Ok(handles.len())
-    }
-
     /// The transient objects loaded in the TPM now (`TPM2_GetCapability(HANDLES)`).
     pub(crate) fn transient_handles(&mut self) -> Result<Vec<u32>> {
-        self.handles(0x8000_0000, 0x80FF_FFFF)
+        list_handles(&mut self.ctx, &self.name, Operation::List, TRANSIENT)
     }
 
     /// The persistent objects of the TPM.
     pub(crate) fn persistent_handles(&mut self) -> Result<Vec<u32>> {
-        self.handles(0x8100_0000, 0x81FF_FFFF)
-    }
-
-    fn handles(&mut self, first: u32, last: u32) -> Result<Vec<u32>> {
-        let mut out = Vec::new();
-        let mut next = first;
-        loop {
-            let (data, more) = retrying(|| {
-                self.ctx.execute_without_session(|c| {
-                    c.get_capability(CapabilityType::Handles, next, 64)
-                })
-            })
-            .map_err(mapper(&self.name, Operation::List, "TPM2_GetCapability"))?;
-            let CapabilityData::Handles(list) = data else {
-                break;
-            };
-            let mut last_seen = None;
-            for h in list.into_inner() {
-                let raw = u32::from(h);
-                last_seen = Some(raw);
-                if (first..=last).contains(&raw) {
-                    out.push(raw);
-                }
-            }
-            match last_seen {
-                Some(raw) if more && raw < last => next = raw + 1,
-                _ => break,
-            }
-        }
-        Ok(out)
+        list_handles(&mut self.ctx, &self.name, Operation::List, PERSISTENT)
     }
 
     /// An ESAPI object for a handle already in the TPM (reads its public area).

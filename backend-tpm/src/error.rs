@@ -193,6 +193,11 @@ pub(crate) mod rc {
     pub(crate) const OBJECT_MEMORY: u32 = 0x902;
     /// `TPM_RC_SESSION_MEMORY`: no session slot free.
     pub(crate) const SESSION_MEMORY: u32 = 0x903;
+    /// `TPM_RC_OBJECT_HANDLES`: no object handle free.
+    pub(crate) const OBJECT_HANDLES: u32 = 0x904;
+    /// `TPM_RC_SESSION_HANDLES`: no session handle free (too many active sessions, saved
+    /// ones included).
+    pub(crate) const SESSION_HANDLES: u32 = 0x905;
     /// `TPM_RC_YIELDED`: the TPM suspended the command; send it again.
     pub(crate) const YIELDED: u32 = 0x908;
     /// `TPM_RC_TESTING`: the TPM is self-testing; send it again.
@@ -248,6 +253,11 @@ pub(crate) fn is_object_memory(rc: u32) -> bool {
     format_zero(rc) == Some(rc::OBJECT_MEMORY)
 }
 
+/// Out of object or session slots or handles, for now.
+pub(crate) fn is_exhausted(rc: u32) -> bool {
+    exhausted(rc).is_some()
+}
+
 /// Whether the ESAPI context is unusable after this code: anything below the TPM (TCTI,
 /// marshalling, ESAPI sequence) or a TPM that needs a restart.
 pub(crate) fn is_context_lost(rc: u32) -> bool {
@@ -300,6 +310,8 @@ pub(crate) fn rc_name(rc: u32) -> &'static str {
             0x143 => "TPM_RC_COMMAND_CODE",
             rc::OBJECT_MEMORY => "TPM_RC_OBJECT_MEMORY",
             rc::SESSION_MEMORY => "TPM_RC_SESSION_MEMORY",
+            rc::OBJECT_HANDLES => "TPM_RC_OBJECT_HANDLES",
+            rc::SESSION_HANDLES => "TPM_RC_SESSION_HANDLES",
             rc::YIELDED => "TPM_RC_YIELDED",
             rc::TESTING => "TPM_RC_TESTING",
             rc::NV_RATE => "TPM_RC_NV_RATE",
@@ -345,10 +357,48 @@ pub(crate) fn map(
             source: Some(cause.into()),
         };
     }
+    if let Some(resource) = exhausted(rc) {
+        let shared = device
+            .strip_prefix("TPM at ")
+            .is_some_and(crate::connect::has_resource_manager);
+        return Error::Exhausted {
+            device: device.to_owned(),
+            resource,
+            remedy: exhausted_remedy(shared),
+            source: cause.into(),
+        };
+    }
     if is_context_lost(rc) {
         return Error::device_unavailable(device, cause);
     }
     Error::backend(device, op, cause)
+}
+
+/// What ran out, for `TPM_RC_OBJECT_MEMORY`, `SESSION_MEMORY`, `OBJECT_HANDLES` and
+/// `SESSION_HANDLES`.
+fn exhausted(rc: u32) -> Option<&'static str> {
+    match format_zero(rc) {
+        Some(rc::OBJECT_MEMORY) => Some("transient object slots"),
+        Some(rc::SESSION_MEMORY) => Some("session slots"),
+        Some(rc::OBJECT_HANDLES) => Some("object handles"),
+        Some(rc::SESSION_HANDLES) => Some("session handles"),
+        _ => None,
+    }
+}
+
+/// What frees TPM slots: behind a resource manager, other clients finishing; on a raw TPM,
+/// flushing what killed processes left.
+fn exhausted_remedy(resource_manager: bool) -> String {
+    if resource_manager {
+        "other clients of the resource manager hold them; retry when they finish".to_owned()
+    } else {
+        "other processes hold them, and this TPM has no resource manager: processes using it \
+         at once compete for its few slots, and whatever a killed process had loaded stays \
+         there until `hardkey tpm flush` frees it (every client's: stop other TPM users \
+         first). A resource manager (the kernel's device:/dev/tpmrm0, or tpm2-abrmd with \
+         tcti=tabrmd) shares the TPM between processes and frees a dead client's handles"
+            .to_owned()
+    }
 }
 
 /// A closure for `map_err`: `ctx.sign(..).map_err(mapper(&name, Operation::Sign, "TPM2_Sign"))`.
@@ -389,5 +439,36 @@ mod tests {
         assert!(is_policy_failure(0x99d) && is_policy_failure(0x128));
         assert!(!is_policy_failure(0x98e));
         assert!(is_integrity(0x19f));
+    }
+
+    #[test]
+    fn out_of_slots_names_the_remedy() {
+        let e = |rc| {
+            tss_esapi::Error::Tss2Error(
+                tss_esapi::constants::response_code::Tss2ResponseCode::from(rc),
+            )
+        };
+        let raw = map(
+            "TPM at swtpm:port=1",
+            Operation::Sign,
+            "TPM2_Load",
+            e(0x903),
+        );
+        assert_eq!(raw.kind(), hardkey_api::ErrorKind::Exhausted, "{raw}");
+        assert!(raw.is_retryable());
+        let text = raw.to_string();
+        assert!(
+            text.contains("session slots") && text.contains("hardkey tpm flush"),
+            "{text}"
+        );
+        let rm = map(
+            "TPM at tabrmd:bus_type=session",
+            Operation::Sign,
+            "TPM2_Load",
+            e(0x902),
+        );
+        let text = rm.to_string();
+        assert!(text.contains("transient object slots"), "{text}");
+        assert!(!text.contains("hardkey tpm flush"), "{text}");
     }
 }

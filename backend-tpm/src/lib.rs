@@ -24,9 +24,9 @@
 
 mod admin;
 mod connect;
-mod da;
 mod device;
 mod error;
+mod ffi;
 mod keyfile;
 mod keys;
 mod owner;
@@ -37,7 +37,9 @@ mod store;
 
 // Public interface.
 pub use admin::TpmAdmin;
-pub use connect::{DEFAULT_TCTI, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti, srk_template};
+pub use connect::{
+    DEFAULT_TCTI, Flush, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti, srk_template,
+};
 pub use device::TpmDevice;
 pub use error::{SealError, TpmError};
 pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL, PolicyStep};

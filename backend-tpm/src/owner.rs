@@ -349,29 +349,19 @@ fn salted_session(ctx: &mut Context, device: &str, decrypt: bool) -> Result<Auth
 
 /// The transient objects loaded in the TPM now (all clients').
 pub(crate) fn transient_handles(ctx: &mut Context, device: &str) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    let mut next = 0x8000_0000u32;
-    loop {
-        let (data, more) = retrying(|| {
-            ctx.execute_without_session(|c| c.get_capability(CapabilityType::Handles, next, 64))
-        })
-        .map_err(mapper(device, OP, "TPM2_GetCapability"))?;
-        let CapabilityData::Handles(list) = data else {
-            return Ok(out);
-        };
-        let mut last = None;
-        for h in list.into_inner() {
-            let raw = u32::from(h);
-            last = Some(raw);
-            if (0x8000_0000..=0x80FF_FFFF).contains(&raw) {
-                out.push(raw);
-            }
-        }
-        match last {
-            Some(raw) if more && raw < 0x80FF_FFFF => next = raw + 1,
-            _ => return Ok(out),
-        }
-    }
+    crate::connect::list_handles(ctx, device, OP, crate::connect::TRANSIENT)
+}
+
+/// The sessions loaded or saved in the TPM now (all clients').
+pub(crate) fn session_handles(ctx: &mut Context, device: &str) -> Result<Vec<u32>> {
+    let mut out = crate::connect::list_handles(ctx, device, OP, crate::connect::LOADED_SESSIONS)?;
+    out.extend(crate::connect::list_handles(
+        ctx,
+        device,
+        OP,
+        crate::connect::SAVED_SESSIONS,
+    )?);
+    Ok(out)
 }
 
 #[cfg(test)]

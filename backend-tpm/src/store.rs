@@ -17,7 +17,7 @@ use tss_esapi::interface_types::resource_handles::Provision;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::Public;
 
-use crate::connect::{self, SRK_HANDLE, auth_value, has_resource_manager, retrying};
+use crate::connect::{self, SRK_HANDLE, auth_value, retrying};
 use crate::device::{PSS_HASH_LEN, PSS_OTHER, PSS_UNKNOWN, Shared, TpmDevice};
 use crate::error::mapper;
 use crate::keyfile::{KeyFile, KeyFileKind};
@@ -71,9 +71,11 @@ pub struct TpmConfig {
     pub key_auth: SecretSource,
     /// RSA-PSS path.
     pub pss: PssMode,
-    /// Flush the transient objects left in the TPM at startup; `None`: when there is no
-    /// resource manager (swtpm, mssim, `/dev/tpm0`).
-    pub flush_leftovers: Option<bool>,
+    /// Flush every transient object and session in the TPM when the store opens, whoever
+    /// made them (off by default). Only for a TPM without a resource manager that no other
+    /// process uses: there, what a killed process left loaded holds slots until flushed.
+    /// Never needed behind a resource manager, which flushes a dead client's handles.
+    pub flush_leftovers: bool,
     /// At most this many keys stay loaded (the TPM's slots minus one is the ceiling).
     pub max_loaded: Option<usize>,
     /// Deadline of each operation, queue wait included.
@@ -99,7 +101,7 @@ impl TpmConfig {
             owner_auth: SecretSource::None,
             key_auth: SecretSource::None,
             pss: PssMode::Auto,
-            flush_leftovers: None,
+            flush_leftovers: false,
             max_loaded: None,
             op_timeout: Some(Duration::from_secs(30)),
             queue_capacity: 1024,
@@ -189,8 +191,8 @@ pub(crate) struct Settings {
 }
 
 /// The keys of one TPM. Opening it connects (a TPM executes one command at a time, so one
-/// worker thread owns the connection; the pool's bounded queue gives backpressure), flushes
-/// leftovers on a TPM without resource manager, and finds or creates the SRK.
+/// worker thread owns the connection; the pool's bounded queue gives backpressure). It never
+/// flushes what other processes loaded (unless [`TpmConfig::flush_leftovers`] asks it to).
 pub struct TpmStore {
     pool: DevicePool<TpmDevice>,
     shared: Arc<Shared>,
@@ -209,9 +211,7 @@ impl TpmStore {
     pub fn open(config: TpmConfig) -> Result<Self> {
         let name = format!("TPM at {}", config.tcti);
         let settings = Settings {
-            flush_leftovers: config
-                .flush_leftovers
-                .unwrap_or(!has_resource_manager(&config.tcti)),
+            flush_leftovers: config.flush_leftovers,
             uri_tcti: config.tcti_in_uris.then(|| config.tcti.clone()),
             name: name.clone(),
             tcti: config.tcti,

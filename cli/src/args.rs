@@ -348,6 +348,25 @@ pub(crate) enum TpmCommand {
     /// Dictionary-attack lockout.
     #[command(subcommand)]
     Lockout(LockoutCommand),
+    /// Flush every transient object and session in the TPM, whoever loaded them: what killed
+    /// processes left on a TPM without a resource manager (tpm2_flushcontext -t -l -s).
+    Flush(FlushArgs),
+}
+
+/// `tpm flush`.
+#[derive(Debug, Args)]
+pub(crate) struct FlushArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// Only transient objects (keys, primaries).
+    #[arg(long, conflicts_with = "sessions")]
+    pub(crate) objects: bool,
+    /// Only sessions (loaded and saved).
+    #[arg(long)]
+    pub(crate) sessions: bool,
+    /// Flush even with other processes using the TPM now (they lose their objects).
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
 }
 
 /// New hierarchy auth files for take-ownership.
@@ -568,8 +587,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "boring")]
     pub(crate) stack: String,
     /// Event-loop threads (1: a single-threaded event loop).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub(crate) threads: usize,
+    /// Most connections open at once; more are closed as soon as they are accepted. hardkey
+    /// also keeps 64 file descriptors free for the key's device, below RLIMIT_NOFILE.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    pub(crate) max_connections: usize,
+    /// Deadline for a whole request (head and body) once its first byte arrived, and for
+    /// writing a response (e.g. 10s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) request_timeout: Duration,
     /// Add this delay to every private-key operation (e.g. 200ms, 5s), to see how the stack
     /// behaves with a slow device.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -592,6 +619,15 @@ pub(crate) struct ManArgs {
     /// Directory to write the pages to.
     #[arg(long, value_name = "DIR")]
     pub(crate) out_dir: PathBuf,
+}
+
+/// A count that must be at least 1 (`--threads 0` is refused, not quietly raised).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
 }
 
 fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {

@@ -13,6 +13,9 @@
 //! # Trust this persistent SRK at 0x81000001 (its TPM name, hex) without checking it against
 //! # the SRK template, which needs the owner auth when the owner hierarchy has one.
 //! # srk-name = "000b..."
+//! # Flush every transient object and session when a key store opens: only on a TPM without
+//! # a resource manager that no other process uses (else run `hardkey tpm flush` by hand).
+//! # flush-leftovers = true
 //!
 //! [aliases]
 //! web = "pkcs11:token=web;object=tls"
@@ -63,6 +66,10 @@ pub(crate) struct TpmDefaults {
     pub(crate) key_dir: Option<PathBuf>,
     /// The pinned name of the persistent SRK, hex (`hardkey_tpm::TpmConfig::srk_name`).
     pub(crate) srk_name: Option<String>,
+    /// Flush every transient object and session when a key store opens
+    /// (`hardkey_tpm::TpmConfig::flush_leftovers`): only for a TPM no other process uses.
+    #[serde(default)]
+    pub(crate) flush_leftovers: bool,
 }
 
 impl TpmDefaults {

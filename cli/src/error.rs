@@ -60,6 +60,17 @@ impl From<hardkey_api::Error> for CliError {
     fn from(e: hardkey_api::Error) -> Self {
         use hardkey_api::ErrorKind;
         let usage = matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported);
+        if e.kind() == ErrorKind::DeviceUnavailable {
+            // The library's pool would reconnect; this process is about to exit.
+            return Self {
+                usage,
+                chain: false,
+                cause: Box::new(Message(format!(
+                    "{e}; check that the device is running and reachable, then run the \
+                     command again"
+                ))),
+            };
+        }
         Self {
             usage,
             chain: false,

@@ -261,7 +261,9 @@ pub(crate) fn tpm_config(tcti: Option<&str>, config: &Config) -> CliResult<TpmCo
         Some(t) => TpmConfig::new(t),
         None => TpmConfig::default_tpm(),
     };
-    Ok(base.srk_name(config.tpm.srk_name()?))
+    let mut base = base.srk_name(config.tpm.srk_name()?);
+    base.flush_leftovers = config.tpm.flush_leftovers;
+    Ok(base)
 }
 
 /// The TCTI string for admin commands (`--tpm`, else configuration, else default).

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use hardkey_tpm::{TpmConfig, TpmStore};
 
+mod abrmd;
 mod proxy;
 mod raw;
+
+pub use abrmd::Abrmd;
 
 pub use proxy::{Command as TpmCommand, Exchange, RH_NULL, RecordingProxy, SessionStart};
 pub use raw::{RawRate, raw_sign_loop};

@@ -212,8 +212,7 @@ fn bad_input(tpm: &Swtpm) {
 fn object_memory_is_recovered(tpm: &Swtpm) {
     use std::str::FromStr;
     let dir = key_dir();
-    let mut config = tpm.config(dir.path());
-    config.flush_leftovers = Some(false);
+    let config = tpm.config(dir.path());
     let store = open_store(config);
     let make = |alg, location: Option<KeyUri>| {
         let mut request = GenerateRequest::new(alg);

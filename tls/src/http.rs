@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -13,6 +15,17 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body read (and discarded).
 const MAX_BODY: usize = 64 * 1024;
 
+/// The deadlines of one connection's HTTP exchange.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Between requests (no byte of the next one yet): closed quietly when it expires.
+    pub(crate) idle: Duration,
+    /// For a whole request (head and body) from its first byte.
+    pub(crate) request: Duration,
+    /// For writing one response.
+    pub(crate) write: Duration,
+}
+
 /// Why a connection's HTTP exchange ended, when it did not end cleanly.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HttpError {
@@ -20,6 +33,8 @@ pub(crate) enum HttpError {
     Io(#[from] std::io::Error),
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    #[error("{0}")]
+    TimedOut(&'static str),
 }
 
 /// What one request asked for.
@@ -87,7 +102,7 @@ fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
 pub(crate) async fn serve<S>(
     stream: &mut S,
     page: &[u8],
-    idle_timeout: Duration,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
     counter: &AtomicU64,
 ) -> Result<u64, HttpError>
@@ -97,6 +112,8 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut answered = 0u64;
     loop {
+        // The request's deadline runs from its first byte (a pipelined one may be buffered).
+        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.request);
         // Read a complete request head (pipelined requests may already be buffered).
         let head_end = loop {
             if let Some(end) = find_head_end(&buf) {
@@ -106,14 +123,25 @@ where
                 return Err(HttpError::Malformed("request head too large"));
             }
             let mut chunk = [0u8; 4096];
+            let wait = match deadline {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => limits.idle,
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(idle_timeout, stream.read(&mut chunk)) => r,
+                r = tokio::time::timeout(wait, stream.read(&mut chunk)) => r,
                 _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return Ok(answered),
             };
+            if deadline.is_none() && matches!(read, Ok(Ok(n)) if n > 0) {
+                deadline = Some(Instant::now() + limits.request);
+            }
             match read {
                 // Idle too long: close quietly between requests.
                 Err(_) if buf.is_empty() => return Ok(answered),
-                Err(_) => return Err(HttpError::Malformed("request head timed out")),
+                Err(_) => {
+                    return Err(HttpError::TimedOut(
+                        "the request head did not arrive within the request timeout",
+                    ));
+                }
                 Ok(Ok(0)) if buf.is_empty() => return Ok(answered),
                 Ok(Ok(0)) => return Err(HttpError::Malformed("connection closed mid-request")),
                 Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
@@ -123,10 +151,17 @@ where
         let request = parse_head(buf.get(..head_end).unwrap_or_default())?;
         buf.drain(..head_end + 4);
         // Discard the body.
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.request);
         while buf.len() < request.body_len {
             let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(idle_timeout, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Err(_) => return Err(HttpError::Malformed("request body cut short")),
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err(HttpError::TimedOut(
+                        "the request body did not arrive within the request timeout",
+                    ));
+                }
+                Ok(Ok(0)) => return Err(HttpError::Malformed("request body cut short")),
                 Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
                 Ok(Err(e)) => return Err(e.into()),
             }
@@ -155,8 +190,18 @@ where
         }
         answered += 1;
         counter.fetch_add(1, Ordering::Relaxed);
-        stream.write_all(&response).await?;
-        stream.flush().await?;
+        let write = async {
+            stream.write_all(&response).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limits.write, write).await {
+            Ok(done) => done?,
+            Err(_) => {
+                return Err(HttpError::TimedOut(
+                    "the client did not read the response within the write timeout",
+                ));
+            }
+        }
         if !keep_alive {
             // Best effort: send close_notify.
             let _ = stream.shutdown().await;
@@ -173,19 +218,64 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn limits(secs: u64) -> Limits {
+        Limits {
+            idle: Duration::from_secs(secs),
+            request: Duration::from_secs(secs),
+            write: Duration::from_secs(secs),
+        }
+    }
+
+    /// A client that trickles its request head in, a byte at a time, is closed when the
+    /// request timeout expires, though each byte came well within the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn slow_request_head_meets_its_deadline() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let (_tx, rx) = watch::channel(false);
+        let limits = Limits {
+            idle: Duration::from_secs(30),
+            request: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+        };
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let r = serve(&mut server, b"x", limits, rx, &AtomicU64::new(0)).await;
+            (r, started.elapsed())
+        });
+        let trickle = tokio::spawn(async move {
+            for byte in b"GET / HTTP/1.1\r\nHost: slow.example\r\n".iter().cycle() {
+                if client.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let (r, took) = task.await.unwrap();
+        assert!(matches!(r, Err(HttpError::TimedOut(_))), "{r:?}");
+        assert!(took <= Duration::from_secs(11), "{took:?}");
+        trickle.abort();
+    }
+
+    /// A client that never reads its response is closed when the write timeout expires.
+    #[tokio::test(start_paused = true)]
+    async fn client_that_does_not_read_meets_the_write_deadline() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let (_tx, rx) = watch::channel(false);
+        let big = vec![b'x'; 64 * 1024];
+        let task = tokio::spawn(async move {
+            serve(&mut server, &big, limits(10), rx, &AtomicU64::new(0)).await
+        });
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let r = task.await.unwrap();
+        assert!(matches!(r, Err(HttpError::TimedOut(_))), "{r:?}");
+    }
+
     #[tokio::test]
     async fn keep_alive_pipelining_and_close() {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let (_tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            serve(
-                &mut server,
-                b"hello\n",
-                Duration::from_secs(5),
-                rx,
-                &AtomicU64::new(0),
-            )
-            .await
+            serve(&mut server, b"hello\n", limits(5), rx, &AtomicU64::new(0)).await
         });
         client
             .write_all(
@@ -209,14 +299,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let (_tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            serve(
-                &mut server,
-                b"x",
-                Duration::from_secs(5),
-                rx,
-                &AtomicU64::new(0),
-            )
-            .await
+            serve(&mut server, b"x", limits(5), rx, &AtomicU64::new(0)).await
         });
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         let mut out = String::new();
@@ -232,14 +315,7 @@ mod tests {
             let (mut client, mut server) = tokio::io::duplex(4096);
             let (_tx, rx) = watch::channel(false);
             client.write_all(bad).await.unwrap();
-            let r = serve(
-                &mut server,
-                b"x",
-                Duration::from_secs(5),
-                rx,
-                &AtomicU64::new(0),
-            )
-            .await;
+            let r = serve(&mut server, b"x", limits(5), rx, &AtomicU64::new(0)).await;
             assert!(matches!(r, Err(HttpError::Malformed(_))), "{r:?}");
         }
     }
@@ -249,14 +325,7 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(4096);
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            serve(
-                &mut server,
-                b"x",
-                Duration::from_secs(60),
-                rx,
-                &AtomicU64::new(0),
-            )
-            .await
+            serve(&mut server, b"x", limits(60), rx, &AtomicU64::new(0)).await
         });
         tx.send(true).unwrap();
         assert_eq!(task.await.unwrap().unwrap(), 0);

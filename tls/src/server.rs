@@ -125,6 +125,17 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Longest a keep-alive connection may idle between requests. Default 30 s.
     pub idle_timeout: Duration,
+    /// Longest a request may take to arrive once its first byte came: the whole head and
+    /// body, however slowly they trickle in (a slowloris client is closed when it expires).
+    /// Default 10 s.
+    pub request_timeout: Duration,
+    /// Longest writing one response may take (a client that stops reading is closed).
+    /// Default 10 s.
+    pub write_timeout: Duration,
+    /// Most connections open at once; a connection over the cap is closed as soon as it is
+    /// accepted, not queued. The server also keeps 64 file descriptors (or a quarter of a
+    /// small `RLIMIT_NOFILE`) free for the key's device, whatever this says. Default 4096.
+    pub max_connections: usize,
     /// Make one test signature at startup, so an unreachable device fails [`Server::bind`]
     /// rather than the first handshake. Default: on.
     pub probe_key: bool,
@@ -145,6 +156,9 @@ impl ServerConfig {
             backlog: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             probe_key: true,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -194,6 +208,24 @@ impl ServerConfig {
         self
     }
 
+    /// Sets the deadline of one request once its first byte arrived.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the deadline of writing one response.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Caps the connections open at once.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
     /// Turns the startup test signature on or off.
     pub fn probe_key(mut self, probe: bool) -> Self {
         self.probe_key = probe;
@@ -219,6 +251,9 @@ impl fmt::Debug for ServerConfig {
             .field("backlog", &self.backlog)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_connections", &self.max_connections)
             .field("probe_key", &self.probe_key)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish()
@@ -231,7 +266,7 @@ impl fmt::Debug for ServerConfig {
 pub struct ServerStats {
     /// TCP connections accepted.
     pub connections: u64,
-    /// TLS handshakes completed.
+    /// TLS handshakes completed (succeeded).
     pub handshakes: u64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: u64,
@@ -242,6 +277,10 @@ pub struct ServerStats {
     pub requests: u64,
     /// Connections open now.
     pub active: u64,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: u64,
+    /// Times `accept` failed (out of file descriptors, say); the loop backed off each time.
+    pub accept_errors: u64,
 }
 
 #[derive(Default)]
@@ -252,6 +291,8 @@ struct Counters {
     closed_silent: AtomicU64,
     requests: AtomicU64,
     active: AtomicU64,
+    refused: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 impl Counters {
@@ -263,6 +304,8 @@ impl Counters {
             closed_silent: self.closed_silent.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
         }
     }
 }
@@ -312,7 +355,8 @@ struct Shared {
     counters: Arc<Counters>,
     page_head: String,
     handshake_timeout: Duration,
-    idle_timeout: Duration,
+    limits: http::Limits,
+    max_connections: usize,
     shutdown_grace: Duration,
     draining: watch::Sender<bool>,
 }
@@ -411,7 +455,12 @@ impl Server {
                 counters: Arc::default(),
                 page_head,
                 handshake_timeout: config.handshake_timeout,
-                idle_timeout: config.idle_timeout,
+                limits: http::Limits {
+                    idle: config.idle_timeout,
+                    request: config.request_timeout,
+                    write: config.write_timeout,
+                },
+                max_connections: connection_cap(config.max_connections),
                 shutdown_grace: config.shutdown_grace,
                 draining,
             }),
@@ -440,12 +489,27 @@ impl Server {
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let counters = &self.shared.counters;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        self.shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        counters.connections.fetch_add(1, Ordering::Relaxed);
+                        if connections.len() >= self.shared.max_connections {
+                            // Over the cap: closed now (the client sees the connection
+                            // reset or closed), never queued behind the others.
+                            counters.refused.fetch_add(1, Ordering::Relaxed);
+                            drop(tcp);
+                            log::debug!(
+                                target: "hardkey_tls",
+                                "{peer}: refused, {} connections open",
+                                connections.len()
+                            );
+                            continue;
+                        }
                         connections.spawn(connection(
                             Arc::clone(&self.tls),
                             Arc::clone(&self.shared),
@@ -454,9 +518,19 @@ impl Server {
                         ));
                     }
                     Err(e) => {
-                        // E.g. out of file descriptors: wait a little rather than spin.
-                        log::warn!(target: "hardkey_tls", "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        // Out of file descriptors (EMFILE, ENFILE) or memory: retrying at
+                        // once would spin. Back off, doubling up to a second; closing
+                        // connections frees descriptors meanwhile.
+                        counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!(
+                            target: "hardkey_tls",
+                            "accept failed: {e}; retrying in {backoff:?}"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     }
                 },
                 Some(done) = connections.join_next(), if !connections.is_empty() => {
@@ -545,6 +619,23 @@ impl Server {
             }
         }
     }
+}
+
+/// The first pause after a failed `accept`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause after failed `accept`s.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The connection cap: `configured`, lowered so that open connections never take the file
+/// descriptors the key's device needs (a PKCS#11 module opens files and sockets per session
+/// or operation; a token out of descriptors fails its operations in misleading ways).
+fn connection_cap(configured: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // Each connection holds one descriptor; keep 64 (a quarter of small limits) for the rest.
+    let reserve = (limit / 4).min(64);
+    configured.min(limit.saturating_sub(reserve)).max(1)
 }
 
 /// Opens a listening socket with `backlog`.
@@ -658,7 +749,7 @@ where
     let result = http::serve(
         stream,
         page.as_bytes(),
-        shared.idle_timeout,
+        shared.limits,
         shared.draining.subscribe(),
         &shared.counters.requests,
     )

@@ -1,6 +1,7 @@
 //! bench: signatures per second and latency percentiles on one key, like `openssl speed`
 //! for hardware keys.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -19,10 +20,17 @@ use crate::target::{OpenOptions, Store, Target};
 struct Report {
     signatures: u64,
     errors: u64,
+    /// Failures by kind ("DeviceUnavailable", "Timeout"...), with the last of each.
+    failures: BTreeMap<String, (u64, String)>,
     elapsed: Duration,
     latency_us: Histogram<u64>,
     last_error: Option<hardkey_api::Error>,
 }
+
+/// The first pause after a failed operation whose error says "later" (device down, busy,
+/// out of slots); it doubles with each such failure, up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// `hardkey bench`.
 pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
@@ -64,6 +72,11 @@ pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
             None => failed("no signature completed"),
         });
     }
+    let failures = report
+        .failures
+        .iter()
+        .map(|(kind, (n, last))| format!("{n} {kind} (last: {last})"))
+        .collect::<Vec<_>>();
     let rate = report.signatures as f64 / report.elapsed.as_secs_f64();
     let ms = |q: f64| report.latency_us.value_at_quantile(q) as f64 / 1000.0;
     let max = report.latency_us.max() as f64 / 1000.0;
@@ -77,6 +90,9 @@ pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
             "seconds": report.elapsed.as_secs_f64(),
             "signatures": report.signatures,
             "errors": report.errors,
+            "failures": report.failures.iter().map(|(kind, (n, last))| {
+                (kind.clone(), json!({ "count": n, "last": last }))
+            }).collect::<serde_json::Map<_, _>>(),
             "signatures_per_second": rate,
             "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": max },
         }),
@@ -92,14 +108,22 @@ pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
                 ms(0.9),
                 ms(0.99),
                 max,
-                match (&report.errors, &report.last_error) {
-                    (0, _) => String::new(),
-                    (n, Some(e)) => format!("\n{n} errors, the last: {e}"),
-                    (n, None) => format!("\n{n} errors"),
+                match report.errors {
+                    0 => String::new(),
+                    n => format!("\n{n} failed: {}", failures.join("; ")),
                 }
             )
         },
     );
+    if report.errors > 0 {
+        // The figures above are printed, but a run with failures is not a clean result.
+        return Err(failed(format!(
+            "{} of {} signatures failed: {}",
+            report.errors,
+            report.errors + report.signatures,
+            failures.join("; ")
+        )));
+    }
     Ok(())
 }
 
@@ -121,6 +145,8 @@ fn run(
     let start = Instant::now();
     let end = start + duration;
     let (mut signatures, mut errors, mut last_error) = (0u64, 0u64, None);
+    let mut failures: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut backoff = Duration::ZERO;
     let mut last_draw = start;
     block_on(async {
         let mut in_flight: FuturesUnordered<_> = (0..concurrency).map(|_| launch()).collect();
@@ -128,11 +154,25 @@ fn run(
             match result {
                 Ok(_) => {
                     signatures += 1;
+                    backoff = Duration::ZERO;
                     let _ =
                         latency_us.record(took.as_micros().try_into().unwrap_or(u64::MAX).max(1));
                 }
                 Err(e) => {
                     errors += 1;
+                    let entry = failures
+                        .entry(format!("{:?}", e.kind()))
+                        .or_insert((0, String::new()));
+                    entry.0 += 1;
+                    entry.1 = crate::output::printable(&e.to_string()).into_owned();
+                    if e.is_retryable() {
+                        // The device is down or full: wait for it instead of spinning on
+                        // errors (the pool reconnects meanwhile).
+                        backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                        std::thread::sleep(
+                            backoff.min(end.saturating_duration_since(Instant::now())),
+                        );
+                    }
                     last_error = Some(e);
                 }
             }
@@ -158,6 +198,7 @@ fn run(
     Ok(Report {
         signatures,
         errors,
+        failures,
         elapsed: start.elapsed(),
         latency_us,
         last_error,

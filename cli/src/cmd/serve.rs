@@ -31,6 +31,9 @@ fn tls_error(e: hardkey_tls::Error) -> CliError {
 
 /// `hardkey serve`.
 pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
+    // First: a SIGTERM while the store opens (a slow device) still stops the server cleanly.
+    let (stop, stopped) = std::sync::mpsc::channel();
+    crate::signals::stop_on_signal(stop)?;
     let stack = a.stack.parse().map_err(tls_error)?;
     let chain = CertChain::from_pem_file(&a.cert).map_err(tls_error)?;
     let target = Target::parse(&a.key, &ctx.config)?;
@@ -46,13 +49,14 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         .stack(stack)
         .listen(a.listen)
         .threads(a.threads)
+        .max_connections(a.max_connections)
+        .request_timeout(a.request_timeout)
+        .write_timeout(a.request_timeout)
         .simulate_latency(a.simulate_latency);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log_level());
     }
     let handle = Server::start(config).map_err(tls_error)?;
-    let (stop, stopped) = std::sync::mpsc::channel();
-    crate::signals::stop_on_signal(stop)?;
     crate::output::note(&format!(
         "serving https://{} with {} on key {name} ({}), {} event-loop thread(s){}; Ctrl-C stops",
         handle.local_addr(),
@@ -76,15 +80,19 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             "handshake_failures": stats.handshake_failures,
             "closed_silent": stats.closed_silent,
             "requests": stats.requests,
+            "refused": stats.refused,
+            "accept_errors": stats.accept_errors,
         }),
         || {
             format!(
-                "stopped: {}, {} ({} failed), {}; {} closed before sending anything",
+                "stopped: {}; handshakes: {} succeeded, {} failed; {}; {} closed before \
+                 sending anything, {} refused over --max-connections",
                 count(stats.connections, "connection"),
-                count(stats.handshakes, "handshake"),
+                stats.handshakes,
                 stats.handshake_failures,
                 count(stats.requests, "request"),
-                stats.closed_silent
+                stats.closed_silent,
+                stats.refused
             )
         },
     );

@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::{Ctx, confirm};
 use crate::args::{
-    ChangeAuthArgs, ClearArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs, TpmCommand,
+    ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs,
+    TpmCommand,
 };
 use crate::error::{CliResult, usage};
 use crate::secrets::{self, Missing, Secret};
@@ -21,6 +22,7 @@ pub(crate) fn run(command: &TpmCommand, ctx: &Ctx) -> CliResult {
         TpmCommand::TakeOwnership(a) => take_ownership(a, ctx),
         TpmCommand::ChangeAuth(a) => change_auth(a, ctx),
         TpmCommand::Clear(a) => clear(a, ctx),
+        TpmCommand::Flush(a) => flush(a, ctx),
         TpmCommand::Lockout(LockoutCommand::Reset(a)) => {
             let lockout = lockout_auth(a.lockout_auth_file.as_deref())?;
             let mut admin = connect(&a.tpm, ctx, &SecretSource::None)?;
@@ -50,6 +52,77 @@ pub(crate) fn run(command: &TpmCommand, ctx: &Ctx) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `hardkey tpm flush`: what killed processes left on a TPM without a resource manager.
+fn flush(a: &FlushArgs, ctx: &Ctx) -> CliResult {
+    let mut admin = connect(&a.tpm, ctx, &SecretSource::None)?;
+    let what = hardkey_tpm::Flush {
+        objects: !a.sessions,
+        sessions: !a.objects,
+    };
+    if admin.has_resource_manager() {
+        // Each client sees only its own handles: there is nothing here to flush, and the
+        // resource manager already flushed what dead clients left.
+        ctx.out
+            .emit(json!({ "flushed": [], "resource_manager": true }), || {
+                format!(
+                    "{} is behind a resource manager, which flushes what a client leaves when it \
+                 exits: nothing to flush",
+                    admin.name()
+                )
+            });
+        return Ok(());
+    }
+    let mut present = Vec::new();
+    if what.objects {
+        present.extend(admin.transient_handles()?);
+    }
+    if what.sessions {
+        present.extend(admin.session_handles()?);
+    }
+    if present.is_empty() {
+        ctx.out.emit(json!({ "flushed": [] }), || {
+            format!("{}: no transient object or session is loaded", admin.name())
+        });
+        return Ok(());
+    }
+    confirm(
+        &format!(
+            "{} holds {} handle(s) ({}); flushing them also breaks any process using the TPM \
+             now.",
+            admin.name(),
+            present.len(),
+            handle_list(&present)
+        ),
+        a.yes,
+    )?;
+    let flushed = admin.flush(what)?;
+    ctx.out.emit(
+        json!({ "flushed": flushed.iter().map(|h| format!("{h:#010x}")).collect::<Vec<_>>() }),
+        || {
+            format!(
+                "{}: flushed {} handle(s){}",
+                admin.name(),
+                flushed.len(),
+                if flushed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", handle_list(&flushed))
+                }
+            )
+        },
+    );
+    Ok(())
+}
+
+/// "0x80000000, 0x02000001".
+fn handle_list(handles: &[u32]) -> String {
+    handles
+        .iter()
+        .map(|h| format!("{h:#010x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn connect(tpm: &TpmArgs, ctx: &Ctx, owner: &SecretSource) -> CliResult<TpmAdmin> {

@@ -184,10 +184,19 @@ impl Serve {
 
     /// Ctrl-C (SIGINT through kill(1)): the server must stop with exit 0 and print its
     /// counters.
-    pub(crate) fn stop(mut self) -> Stopped {
+    pub(crate) fn stop(self) -> Stopped {
+        self.signal("INT")
+    }
+
+    /// SIGTERM (a service manager stopping it): the same clean stop as Ctrl-C.
+    pub(crate) fn terminate(self) -> Stopped {
+        self.signal("TERM")
+    }
+
+    fn signal(mut self, signal: &str) -> Stopped {
         let child = self.child.take().expect("serve is running");
         let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -INT {}: {status}", child.id());
@@ -196,7 +205,7 @@ impl Serve {
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
-            "hardkey serve ({}) exited with {} on SIGINT:\n{log}\n{stdout}",
+            "hardkey serve ({}) exited with {} on SIG{signal}:\n{log}\n{stdout}",
             self.stack,
             out.status
         );

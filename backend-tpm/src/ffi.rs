@@ -1,4 +1,16 @@
-//! Dictionary-attack administration (`TPM2_DictionaryAttackLockReset`,
+//! What tss-esapi does not wrap, done by hand.
+//!
+//! **Close-on-exec for the TCTI's descriptors.** The TSS opens its TPM device node, its
+//! mssim sockets and the socket tpm2-abrmd passes without `O_CLOEXEC`/`SOCK_CLOEXEC`, so a
+//! child process started later would inherit the connection to the TPM and keep it open (a
+//! TPM that serves one connection at a time then waits for that child to exit).
+//! [`close_on_exec_since`] marks every descriptor opened while a context was being set up.
+//! (The swtpm TCTI opens a new socket for each command and closes it after the response; a
+//! child started during a command still inherits that one, which nothing outside the TSS can
+//! prevent: processes that start children while they use swtpm should reach it through
+//! tpm2-abrmd.)
+//!
+//! **Dictionary-attack administration** (`TPM2_DictionaryAttackLockReset`,
 //! `TPM2_DictionaryAttackParameters`) through the ESAPI C library directly.
 //!
 //! tss-esapi 7 wraps neither command and does not expose its `ESYS_CONTEXT`, so this module
@@ -13,8 +25,11 @@
 //! The crate's only unsafe code lives here; every block says why it is sound.
 #![allow(
     unsafe_code,
-    reason = "FFI to tss2-esys for two TPM commands tss-esapi 7 does not wrap"
+    reason = "FFI to tss2-esys for two TPM commands tss-esapi 7 does not wrap, and fcntl on \
+              descriptors the TSS opened"
 )]
+
+use std::os::fd::{BorrowedFd, RawFd};
 
 use std::ffi::CString;
 use std::ptr::{null, null_mut};
@@ -38,6 +53,49 @@ use crate::connect::{auth_value, retrying};
 use crate::error::{TpmError, mapper};
 
 const OP: Operation = Operation::Admin;
+
+/// The descriptors open in this process now (`/proc/self/fd`), sorted.
+pub(crate) fn open_descriptors() -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// Whether descriptor `fd` is close-on-exec, from `/proc/self/fdinfo` (`None`: closed).
+pub(crate) fn is_close_on_exec(fd: RawFd) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())?;
+    // O_CLOEXEC, as fdinfo shows it (octal 02000000 on Linux).
+    Some(flags & 0o2_000_000 != 0)
+}
+
+/// Marks close-on-exec every descriptor opened since `before` (a listing by
+/// [`open_descriptors`]) that is not. Run right after the TSS set up a TCTI; a descriptor
+/// another thread opened meanwhile gets the flag too, which only stops it leaking into a
+/// child as well.
+pub(crate) fn close_on_exec_since(before: &[RawFd]) {
+    for fd in open_descriptors() {
+        if before.binary_search(&fd).is_ok() || is_close_on_exec(fd) != Some(false) {
+            continue;
+        }
+        // SAFETY: `fd` was listed as open a moment ago; the borrow lasts for this one fcntl
+        // call. Should another thread close it meanwhile, fcntl fails with EBADF (ignored),
+        // or sets the flag on whatever reused the number: harmless either way, nothing is
+        // read or written through the descriptor.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
 
 /// A dictionary-attack command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +209,7 @@ struct Esys {
 
 impl Esys {
     fn open(conf: &CString) -> tss_esapi::Result<Self> {
+        let before = open_descriptors();
         let mut esys = Self {
             tcti: null_mut(),
             ctx: null_mut(),
@@ -165,6 +224,7 @@ impl Esys {
         // out-pointer; a null ABI version skips the version check. On failure `ctx` stays
         // null and `Drop` releases only the TCTI.
         check(unsafe { Esys_Initialize(&mut esys.ctx, esys.tcti, null_mut()) })?;
+        close_on_exec_since(&before);
         Ok(esys)
     }
 
