@@ -188,30 +188,38 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
 /// A range of TPM handles (`TPM2_GetCapability(HANDLES)` lists one range at a time).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HandleRange {
+    /// The handle the listing starts at (the capability's property).
     pub(crate) first: u32,
     pub(crate) last: u32,
+    /// The handles accepted: saved sessions are listed from 0x03000000 but reported with
+    /// their session handles (0x02000000 up).
+    pub(crate) accept: (u32, u32),
 }
 
 /// Transient objects (`TPM_HT_TRANSIENT`).
 pub(crate) const TRANSIENT: HandleRange = HandleRange {
     first: 0x8000_0000,
     last: 0x80FF_FFFF,
+    accept: (0x8000_0000, 0x80FF_FFFF),
 };
 /// Persistent objects (`TPM_HT_PERSISTENT`).
 pub(crate) const PERSISTENT: HandleRange = HandleRange {
     first: 0x8100_0000,
     last: 0x81FF_FFFF,
+    accept: (0x8100_0000, 0x81FF_FFFF),
 };
 /// Sessions loaded in the TPM (`TPM_HT_LOADED_SESSION`: HMAC and policy sessions).
 pub(crate) const LOADED_SESSIONS: HandleRange = HandleRange {
     first: 0x0200_0000,
     last: 0x02FF_FFFF,
+    accept: (0x0200_0000, 0x02FF_FFFF),
 };
 /// Sessions saved out of the TPM but still active (`TPM_HT_SAVED_SESSION`): they hold a
 /// session slot until flushed.
 pub(crate) const SAVED_SESSIONS: HandleRange = HandleRange {
     first: 0x0300_0000,
     last: 0x03FF_FFFF,
+    accept: (0x0200_0000, 0x03FF_FFFF),
 };
 
 /// The handles of `range` in the TPM now, every client's.
@@ -235,12 +243,14 @@ pub(crate) fn list_handles(
         for h in list.into_inner() {
             let raw = u32::from(h);
             last_seen = Some(raw);
-            if (range.first..=range.last).contains(&raw) {
+            if (range.accept.0..=range.accept.1).contains(&raw) {
                 out.push(raw);
             }
         }
         match last_seen {
-            Some(raw) if more && raw < range.last => next = raw + 1,
+            // Go on from the last handle only while it is in the listed range (a saved
+            // session's handle is not: going on from it would list loaded sessions).
+            Some(raw) if more && (next..range.last).contains(&raw) => next = raw + 1,
             _ => return Ok(out),
         }
     }

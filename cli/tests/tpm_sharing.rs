@@ -99,6 +99,38 @@ fn parallel_signs(hk: &Hardkey, keys: &[(&str, &str)], n: usize, round: &str) {
     );
 }
 
+/// The sockets and TPM device nodes of process `pid` that lack `O_CLOEXEC` (descriptors it
+/// inherited from the test harness, such as cargo's jobserver pipe, are not its own doing).
+fn descriptors_without_cloexec(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list descriptors") {
+        let entry = entry.expect("descriptor");
+        let fd: u32 = entry
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("fd number");
+        if fd <= 2 {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("fdinfo flags");
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let text = target.display().to_string();
+        let tpm_side = text.starts_with("socket:") || text.starts_with("/dev/tpm");
+        if tpm_side && flags & 0o2_000_000 == 0 {
+            found.push(format!("{fd} -> {text}"));
+        }
+    }
+    found
+}
+
 /// Signs killed with SIGKILL at random moments of their run.
 fn killed_signs(hk: &Hardkey, uri: &str, n: usize) {
     let msg = hk.file("msg-killed", "killed");
@@ -164,6 +196,10 @@ fn resource_manager_shares_the_tpm() {
         }
         ok
     });
+    // Every descriptor of the server is close-on-exec, the TCTI's too: a child it started
+    // would not hold the connection to the TPM.
+    let inherited = descriptors_without_cloexec(serve.pid());
+    assert!(inherited.is_empty(), "inherited by children: {inherited:?}");
     parallel_signs(&hk, &keys, 16, "1");
     killed_signs(&hk, &file_key, 12);
     parallel_signs(&hk, &keys, 16, "2");

@@ -178,6 +178,11 @@ impl Serve {
         self.addr
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("serve is running").id()
+    }
+
     pub(crate) fn stack(&self) -> &str {
         &self.stack
     }
