@@ -4,10 +4,13 @@
 # softhsm2 (a PKCS#11 token), opensc (pkcs11-tool), p11-kit (remote modules), swtpm and
 # libtss2-dev (a TPM 2.0 emulator and the TSS it is driven through), tpm2-tools and
 # tpm2-openssl (independent TPM tools for the interop tests); cmake, clang, libclang-dev and
-# golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours).
+# golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours);
+# tpm2-abrmd, its TCTI and dbus (a TPM resource manager on a private bus, for the tests of
+# many processes sharing one TPM).
 APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
 	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl \
-	cmake clang libclang-dev golang-go curl strace
+	cmake clang libclang-dev golang-go curl strace \
+	tpm2-abrmd libtss2-tcti-tabrmd0 dbus
 
 CARGO ?= cargo
 

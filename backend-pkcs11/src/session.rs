@@ -53,30 +53,37 @@ pub(crate) struct Target {
     /// Set when a lookup found nothing where a key should be: the next connect
     /// re-initializes the module, in case its view of the token went stale.
     pub(crate) refresh_requested: std::sync::atomic::AtomicBool,
-    /// When the module was last re-initialized for that reason (at most one per 10 s).
-    pub(crate) last_refresh: std::sync::Mutex<Option<std::time::Instant>>,
+    /// `Some(None)` once the process ran out of descriptors on a lookup (the module's view
+    /// may be stale until re-initialized), `Some(Some(when))` once re-initialized for it.
+    pub(crate) last_refresh: std::sync::Mutex<Option<Option<std::time::Instant>>>,
 }
 
 impl Target {
     /// The error for a lookup that matched no key: out of descriptors when the process is
-    /// (the module could not read its token); else, when the session sees no object at all,
-    /// a retryable loss of the device (once per 10 s), so the pool re-initializes the module
-    /// and looks again (SoftHSM marks its token invalid for good after failing to read its
-    /// directory, and then finds nothing until re-initialized); else `not_found`.
+    /// (the module could not read its token). Once descriptors are back, the first lookup
+    /// that finds nothing on a token that shows no object at all is a retryable loss of the
+    /// device, so the pool re-initializes the module and looks again: SoftHSM marks its token
+    /// invalid for good after failing to read its directory, and finds nothing until
+    /// re-initialized. Otherwise `not_found`.
     pub(crate) fn missing_key(&self, session: &Session, not_found: Error) -> Error {
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
         if hardkey_api::fs::descriptors_short() {
+            // Remember it: the module's view of the token may be stale from now on.
+            *last = Some(None);
             return hardkey_api::fs::descriptors_exhausted(&self.name, not_found);
+        }
+        // Only after the process ran out of descriptors, once: a token that is simply empty
+        // is not re-initialized (that would disturb every other user of the module).
+        if *last != Some(None) {
+            return not_found;
         }
         if session.find_objects(&[]).is_ok_and(|all| !all.is_empty()) {
             // The token shows its other objects: this key is really not there.
+            *last = None;
             return not_found;
         }
-        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(10)) {
-            return not_found;
-        }
-        *last = Some(now);
+        *last = Some(Some(now));
         self.refresh_requested.store(true, Ordering::Relaxed);
         Error::device_unavailable(
             &self.name,

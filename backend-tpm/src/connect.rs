@@ -256,7 +256,7 @@ pub(crate) fn list_handles(
     }
 }
 
-/// What [`flush_all`] flushes.
+/// What [`TpmAdmin::flush`](crate::TpmAdmin::flush) flushes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flush {
     /// Transient objects (keys, primaries, sequences).

@@ -253,3 +253,29 @@ fn completions_and_man_pages_are_generated() {
     assert!(page.contains(".TH") && page.contains("persist"), "{page}");
     assert!(hk.path("man/hardkey-tpm-lockout-set.1").exists());
 }
+
+#[test]
+fn conflicting_names_and_zero_counts_are_refused() {
+    let hk = Hardkey::new();
+    // object= and --label both name the new key: refused before any device is touched.
+    hk.fails(
+        &["keygen", "pkcs11:token=t;object=foo", "--label", "bar"],
+        2,
+        &["object=", "--label", "'foo'", "'bar'"],
+    );
+    // A count of 0 is refused, not quietly raised to 1.
+    let out = hk.run(&[
+        "serve",
+        "--key",
+        "file:k.pem",
+        "--cert",
+        "c.pem",
+        "--threads",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 1"),
+        "{out:?}"
+    );
+}

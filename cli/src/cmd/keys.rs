@@ -31,6 +31,7 @@ pub(crate) fn keygen(a: &KeygenArgs, ctx: &Ctx) -> CliResult {
             path.display()
         )));
     }
+    check_label_conflict(&target, a.label.as_deref())?;
     let store = Store::open(&target, &ctx.config, &a.secrets, OpenOptions::default())?;
     let mut request = GenerateRequest::new(a.alg);
     if let Some(label) = &a.label {
@@ -209,6 +210,7 @@ pub(crate) fn import(a: &ImportArgs, ctx: &Ctx) -> CliResult {
         // (An EC key to import ignores it: its algorithm is known once it is read.)
         request = request.raw_rsa(raw_rsa_allowed(&target, None, true)?);
     }
+    check_label_conflict(&target, a.label.as_deref())?;
     let label = match &target {
         Target::Pkcs11(uri) => a.label.clone().or_else(|| uri.object().map(str::to_owned)),
         _ => a.label.clone(),
@@ -311,6 +313,22 @@ pub(crate) fn pubkey(a: &PubkeyArgs, ctx: &Ctx) -> CliResult {
             String::new,
         ),
         _ => write_output(std::path::Path::new("-"), &bytes, "the public key", &[])?,
+    }
+    Ok(())
+}
+
+/// A URI's `object=` and `--label` name the new key twice: refused when they differ (the key
+/// would silently get one of the two names).
+fn check_label_conflict(target: &Target, label: Option<&str>) -> CliResult<()> {
+    if let (Target::Pkcs11(uri), Some(label)) = (target, label) {
+        if let Some(object) = uri.object().filter(|object| *object != label) {
+            return Err(usage(format!(
+                "the URI names the key '{}' (object=) and --label names it '{}': give one of \
+                 the two",
+                crate::output::printable(object),
+                crate::output::printable(label)
+            )));
+        }
     }
     Ok(())
 }
