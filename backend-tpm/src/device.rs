@@ -268,11 +268,7 @@ impl TpmDevice {
                                         c.load(srk, private.clone(), public.clone())
                                     })
                             })
-                            .map_err(mapper(
-                                &tpm.name.clone(),
-                                op,
-                                "TPM2_Load",
-                            ))
+                            .map_err(|e| error::map_key_load(&tpm.name.clone(), op, e))
                         })
                         .map_err(LoadError::Hardkey)
                     })

@@ -149,6 +149,51 @@ impl std::error::Error for SealError {
     }
 }
 
+/// A key file whose private part this TPM's parent key cannot unwrap (`TPM_RC_INTEGRITY` on
+/// `TPM2_Load`): the cause kept inside [`hardkey_api::Error::Backend`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ForeignKeyFile {
+    /// The TPM's answer to `TPM2_Load`.
+    pub cause: TpmError,
+}
+
+impl std::fmt::Display for ForeignKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the key file does not belong to this TPM ({}): it was made on another TPM, or on \
+             this one before it was cleared (a clear replaces the owner seed its parent key \
+             comes from), and cannot be loaded here; make a new key on this TPM",
+            self.cause
+        )
+    }
+}
+
+impl std::error::Error for ForeignKeyFile {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+/// Maps an error of `TPM2_Load` on a key file: `TPM_RC_INTEGRITY` says the file is another
+/// TPM's; the rest as [`map`] does.
+pub(crate) fn map_key_load(device: &str, op: Operation, error: tss_esapi::Error) -> Error {
+    match rc_of(&error) {
+        Some(rc) if is_integrity(rc) => Error::backend(
+            device,
+            op,
+            ForeignKeyFile {
+                cause: TpmError {
+                    command: "TPM2_Load",
+                    error,
+                },
+            },
+        ),
+        _ => map(device, op, "TPM2_Load", error),
+    }
+}
+
 /// `TPM_RC_VALUE` (format one, any parameter): on `TPM2_PolicyPCR` with a PCR digest, the
 /// current PCR values do not match it.
 pub(crate) fn is_value(rc: u32) -> bool {

@@ -41,7 +41,7 @@ pub use connect::{
     DEFAULT_TCTI, Flush, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti, srk_template,
 };
 pub use device::TpmDevice;
-pub use error::{SealError, TpmError};
+pub use error::{ForeignKeyFile, SealError, TpmError};
 pub use keyfile::{KeyFile, KeyFileKind, PEM_LABEL, PolicyStep};
 pub use keys::TpmKeyRef;
 pub use owner::{Hierarchy, TpmStatus};

@@ -289,6 +289,20 @@ fn leaked_sessions_are_named_and_flushed() {
     assert!(all_handles(&tpm).is_empty(), "{:?}", all_handles(&tpm));
 }
 
+fn key_file_of_another_tpm_is_named() {
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let hk = Hardkey::new().env("HARDKEY_TCTI", &a.tcti());
+    hk.ok(&["keygen", "tpm2:file=k.pem"]);
+    let key = format!("tpm2:file={}", hk.path("k.pem").display());
+    let msg = hk.file("msg", "hello");
+    let on_b = Hardkey::new().env("HARDKEY_TCTI", &b.tcti());
+    on_b.fails(
+        &["sign", &key, "--in", &msg, "--out", "sig"],
+        1,
+        &["does not belong to this TPM", "another TPM", "cleared"],
+    );
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
@@ -298,6 +312,10 @@ fn main() -> ExitCode {
         }),
         Trial::test("raw_tpm_leaves_other_clients_alone", || {
             raw_tpm_leaves_other_clients_alone();
+            Ok(())
+        }),
+        Trial::test("key_file_of_another_tpm_is_named", || {
+            key_file_of_another_tpm_is_named();
             Ok(())
         }),
         Trial::test("leaked_sessions_are_named_and_flushed", || {
