@@ -163,13 +163,34 @@ impl std::fmt::Debug for Tpm {
     }
 }
 
+/// Why `tcti` does not parse, naming the part at fault: a port out of range, else the
+/// whole string with the accepted forms.
+fn tcti_error(tcti: &str) -> InvalidInput {
+    let bad_port = tcti
+        .split_once(':')
+        .map(|(_, conf)| conf)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("port="))
+        .find(|port| port.parse::<u16>().map_or(true, |p| p == 0));
+    match bad_port {
+        Some(port) => InvalidInput::Value {
+            what: "TCTI port",
+            given: port.chars().take(32).collect(),
+            expected: "a TCP port from 1 to 65535 (swtpm:host=127.0.0.1,port=2321)",
+        },
+        None => InvalidInput::Value {
+            what: "TCTI",
+            given: tcti.chars().take(128).collect(),
+            expected: "device:/dev/tpmrm0, swtpm:host=HOST,port=PORT, mssim:host=HOST,port=PORT \
+                       or tabrmd[:bus_type=session]",
+        },
+    }
+}
+
 /// Opens an ESAPI context on `tcti`.
 pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
-    let conf = TctiNameConf::from_str(tcti).map_err(|_| InvalidInput::Config {
-        what: "TCTI",
-        reason: "not a TCTI string; use device:/dev/tpmrm0, swtpm:host=HOST,port=PORT, \
-                 mssim:host=HOST,port=PORT or tabrmd",
-    })?;
+    let conf = TctiNameConf::from_str(tcti).map_err(|_| tcti_error(tcti))?;
     let before = crate::ffi::open_descriptors();
     let ctx = Context::new(conf);
     crate::ffi::close_on_exec_since(&before);

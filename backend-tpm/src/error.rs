@@ -446,6 +446,13 @@ fn exhausted_remedy(resource_manager: bool) -> String {
     }
 }
 
+/// The remedy of a lockout met by a command authorized with the lockout auth itself.
+pub(crate) const LOCKOUT_AUTH_LOCKED: &str = "a wrong lockout auth locks the lockout \
+    hierarchy itself for its lockout recovery time (hardkey tpm status shows it; only time, \
+    or a TPM restart on some TPMs, ends it), and after that only the right lockout auth resets \
+    the dictionary-attack lockout; without it, wait: each failure is forgotten after the \
+    recovery time";
+
 /// A closure for `map_err`: `ctx.sign(..).map_err(mapper(&name, Operation::Sign, "TPM2_Sign"))`.
 pub(crate) fn mapper<'a>(
     device: &'a str,

@@ -160,7 +160,18 @@ pub(crate) fn run(
             .map_err(mapper(device, OP, "TPM2_StartAuthSession"))?;
     // The session lives on without its salt key.
     drop(salt_key);
-    retrying(|| session.send(command)).map_err(mapper(device, OP, command.name()))
+    retrying(|| session.send(command))
+        .map_err(mapper(device, OP, command.name()))
+        .map_err(|e| match e {
+            // The lockout the error reports is the lockout hierarchy's own: the command that
+            // resets lockouts is the one that failed, so say what ends this one.
+            Error::PinLocked { target, source, .. } => Error::PinLocked {
+                target,
+                remedy: crate::error::LOCKOUT_AUTH_LOCKED,
+                source,
+            },
+            other => other,
+        })
 }
 
 /// A TSS2 return code as tss-esapi's error.

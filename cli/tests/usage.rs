@@ -279,3 +279,13 @@ fn conflicting_names_and_zero_counts_are_refused() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_bad_tcti_port_is_named() {
+    let hk = Hardkey::new();
+    hk.fails(
+        &["tpm", "status", "--tpm", "swtpm:host=127.0.0.1,port=99999"],
+        2,
+        &["TCTI port", "'99999'", "65535"],
+    );
+}
