@@ -52,28 +52,44 @@ pub(crate) fn tokens(module: &Module) -> Result<Vec<(Slot, TokenSummary)>> {
 
 /// The one initialized token the URI names; an error listing the tokens present otherwise.
 pub(crate) fn find(module: &Module, uri: &Pkcs11Uri) -> Result<(Slot, TokenSummary)> {
-    let all = tokens(module)?;
-    let matching: Vec<_> = all
-        .iter()
-        .filter(|(slot, t)| {
-            t.initialized
-                && uri.matches_slot(slot.id(), "", "")
-                && uri.matches_token(&TokenAttrs {
-                    label: &t.label,
-                    manufacturer: &t.manufacturer,
-                    serial: &t.serial,
-                    model: &t.model,
-                })
-        })
-        .cloned()
-        .collect();
+    let select = |all: &[(Slot, TokenSummary)]| -> Vec<(Slot, TokenSummary)> {
+        all.iter()
+            .filter(|(slot, t)| {
+                t.initialized
+                    && uri.matches_slot(slot.id(), "", "")
+                    && uri.matches_token(&TokenAttrs {
+                        label: &t.label,
+                        manufacturer: &t.manufacturer,
+                        serial: &t.serial,
+                        model: &t.model,
+                    })
+            })
+            .cloned()
+            .collect()
+    };
+    let mut all = tokens(module)?;
+    let mut matching = select(&all);
+    if matching.is_empty() {
+        // A token another process is initializing (or SoftHSM renumbering its slots while
+        // another process writes its token directory) can be missed by one enumeration:
+        // look once more before saying it is not there.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        all = tokens(module)?;
+        matching = select(&all);
+    }
     let present = || {
         let list: Vec<String> = all
             .iter()
             .filter(|(_, t)| t.initialized)
             .map(|(_, t)| format!("'{}' (serial {}, slot {})", t.label, t.serial, t.slot_id))
             .collect();
-        if list.is_empty() {
+        if all.is_empty() {
+            // Not even an empty slot: the module reaches nothing.
+            "none, and no slot at all: the module reaches no device (for a remote module such \
+             as p11-kit-client.so, its server is unreachable: check that it runs and \
+             P11_KIT_SERVER_ADDRESS)"
+                .to_owned()
+        } else if list.is_empty() {
             "none (initialize one with hardkey token init)".to_owned()
         } else {
             list.join(", ")

@@ -289,3 +289,20 @@ fn a_bad_tcti_port_is_named() {
         &["TCTI port", "'99999'", "65535"],
     );
 }
+
+#[test]
+fn an_unreachable_remote_module_is_named_as_such() {
+    let hk = Hardkey::new().env("HARDKEY_PIN", "1234").env(
+        "P11_KIT_SERVER_ADDRESS",
+        "unix:path=/nonexistent/hardkey-p11-kit.sock",
+    );
+    let line = hk.fails(
+        &[
+            "list",
+            "pkcs11:token=web?module-path=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+        ],
+        1,
+        &["no slot at all", "server is unreachable"],
+    );
+    assert!(!line.contains("hardkey token init"), "{line}");
+}
