@@ -589,8 +589,9 @@ pub(crate) struct ServeArgs {
     /// Event-loop threads (1: a single-threaded event loop).
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub(crate) threads: usize,
-    /// Most connections open at once; more are closed as soon as they are accepted. hardkey
-    /// also keeps 64 file descriptors free for the key's device, below RLIMIT_NOFILE.
+    /// Most connections open at once; more are closed as soon as they are accepted. The cap
+    /// is also kept below RLIMIT_NOFILE, leaving 64 descriptors (a quarter of a limit under
+    /// 256) for the key's device.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
     /// Deadline for a whole request (head and body) once its first byte arrived, and for

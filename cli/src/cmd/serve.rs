@@ -86,7 +86,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         || {
             format!(
                 "stopped: {}; handshakes: {} succeeded, {} failed; {}; {} closed before \
-                 sending anything, {} refused over --max-connections",
+                 sending anything, {} refused over the connection cap",
                 count(stats.connections, "connection"),
                 stats.handshakes,
                 stats.handshake_failures,
