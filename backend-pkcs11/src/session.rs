@@ -53,9 +53,9 @@ pub(crate) struct Target {
     /// Set when a lookup found nothing where a key should be: the next connect
     /// re-initializes the module, in case its view of the token went stale.
     pub(crate) refresh_requested: std::sync::atomic::AtomicBool,
-    /// `Some(None)` once the process ran out of descriptors on a lookup (the module's view
-    /// may be stale until re-initialized), `Some(Some(when))` once re-initialized for it.
-    pub(crate) last_refresh: std::sync::Mutex<Option<Option<std::time::Instant>>>,
+    /// Set when a lookup met the process out of descriptors: the module's view of the token
+    /// may be stale until it is re-initialized.
+    pub(crate) ran_out_of_descriptors: std::sync::atomic::AtomicBool,
 }
 
 impl Target {
@@ -66,24 +66,19 @@ impl Target {
     /// invalid for good after failing to read its directory, and finds nothing until
     /// re-initialized. Otherwise `not_found`.
     pub(crate) fn missing_key(&self, session: &Session, not_found: Error) -> Error {
-        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
         if hardkey_api::fs::descriptors_short() {
-            // Remember it: the module's view of the token may be stale from now on.
-            *last = Some(None);
+            self.ran_out_of_descriptors.store(true, Ordering::Relaxed);
             return hardkey_api::fs::descriptors_exhausted(&self.name, not_found);
         }
-        // Only after the process ran out of descriptors, once: a token that is simply empty
-        // is not re-initialized (that would disturb every other user of the module).
-        if *last != Some(None) {
+        // Only after the process ran out of descriptors: a token that is simply empty is not
+        // re-initialized (that would disturb every other user of the module).
+        if !self.ran_out_of_descriptors.swap(false, Ordering::Relaxed) {
             return not_found;
         }
         if session.find_objects(&[]).is_ok_and(|all| !all.is_empty()) {
             // The token shows its other objects: this key is really not there.
-            *last = None;
             return not_found;
         }
-        let now = std::time::Instant::now();
-        *last = Some(Some(now));
         self.refresh_requested.store(true, Ordering::Relaxed);
         Error::device_unavailable(
             &self.name,

@@ -152,7 +152,7 @@ impl Pkcs11Store {
             key_epoch: AtomicU64::new(0),
             login_refused: std::sync::atomic::AtomicBool::new(false),
             refresh_requested: std::sync::atomic::AtomicBool::new(false),
-            last_refresh: std::sync::Mutex::new(None),
+            ran_out_of_descriptors: std::sync::atomic::AtomicBool::new(false),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)
