@@ -57,7 +57,7 @@ impl fmt::Display for Operation {
 }
 
 /// The broad class of an [`Error`], for callers that branch on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// No key (or token, or device) matched.

@@ -11,7 +11,9 @@
 //! - **Backpressure**: the queue is bounded. Callers await a free slot, or get
 //!   [`Error::Busy`] at once if the pool was configured with [`Backpressure::FailFast`].
 //! - **Deadlines**: every job has a deadline (queue wait included), after which the caller gets
-//!   [`Error::Timeout`]; a job found expired when dequeued is never run.
+//!   [`Error::Timeout`]; a job found expired when dequeued is never run, nor is one whose
+//!   remaining time is below what its kind of operation typically takes on the worker (under
+//!   overload, the device's time goes to answers someone will still read).
 //! - **Cancellation**: a job whose caller dropped its future before the job started is skipped.
 //! - **Recovery**: a job that fails with a device-lost error ([`Error::is_device_lost`]) makes
 //!   its worker drop its state and build a new one at once; an idempotent job (sign, decrypt)
@@ -1068,6 +1070,78 @@ struct Worker<D: 'static> {
     deferred: Arc<Deferred>,
     index: usize,
     state: Option<D>,
+    /// How long each kind of operation typically takes on this worker (see [`Typical`]).
+    typical: Typical,
+}
+
+/// A worker's estimate of how long each kind of operation takes: the median service time of
+/// its last [`TYPICAL_SAMPLES`] successful jobs of that kind.
+///
+/// Under overload, a FIFO queue hands the worker jobs close to their deadlines; starting one
+/// that cannot finish in time wastes the device on an answer nobody will read, and the next
+/// caller misses its deadline too (goodput collapses). So a job whose remaining time is below
+/// its operation's typical time is answered with a Timeout at once, not started. The median
+/// ignores a single slow outlier; with fewer than [`TYPICAL_MIN_SAMPLES`] samples nothing is
+/// refused; and after [`TYPICAL_PROBE_EVERY`] refusals in a row the next job runs anyway, so a
+/// device that became faster is noticed.
+#[derive(Default)]
+struct Typical {
+    by_op: Vec<(Operation, OpTimes)>,
+}
+
+#[derive(Default)]
+struct OpTimes {
+    samples: std::collections::VecDeque<Duration>,
+    refused_in_a_row: u32,
+}
+
+const TYPICAL_SAMPLES: usize = 15;
+const TYPICAL_MIN_SAMPLES: usize = 5;
+const TYPICAL_PROBE_EVERY: u32 = 8;
+
+impl Typical {
+    fn times(&mut self, op: Operation) -> &mut OpTimes {
+        let i = match self.by_op.iter().position(|(o, _)| *o == op) {
+            Some(i) => i,
+            None => {
+                self.by_op.push((op, OpTimes::default()));
+                self.by_op.len() - 1
+            }
+        };
+        &mut self.by_op[i].1
+    }
+
+    fn record(&mut self, op: Operation, took: Duration) {
+        let t = self.times(op);
+        if t.samples.len() == TYPICAL_SAMPLES {
+            t.samples.pop_front();
+        }
+        t.samples.push_back(took);
+        t.refused_in_a_row = 0;
+    }
+
+    /// Whether a job of `op` starting now cannot finish before `deadline`.
+    fn too_late(&mut self, op: Operation, now: Instant, deadline: Option<Instant>) -> bool {
+        let Some(deadline) = deadline else {
+            return false;
+        };
+        let t = self.times(op);
+        if t.samples.len() < TYPICAL_MIN_SAMPLES {
+            return false;
+        }
+        let mut sorted: Vec<Duration> = t.samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let typical = sorted[sorted.len() / 2];
+        if now.checked_add(typical).is_none_or(|end| end <= deadline) {
+            return false;
+        }
+        t.refused_in_a_row += 1;
+        if t.refused_in_a_row >= TYPICAL_PROBE_EVERY {
+            t.refused_in_a_row = 0;
+            return false;
+        }
+        true
+    }
 }
 
 impl<D: 'static> Worker<D> {
@@ -1077,6 +1151,7 @@ impl<D: 'static> Worker<D> {
             deferred: Arc::default(),
             index,
             state: None,
+            typical: Typical::default(),
         };
         match worker.shared.build(index) {
             Ok(state) => {
@@ -1167,7 +1242,10 @@ impl<D: 'static> Worker<D> {
             }
             return;
         }
-        if job.deadline().is_some_and(|d| started >= d) {
+        let op = job.options().op;
+        if job.deadline().is_some_and(|d| started >= d)
+            || self.typical.too_late(op, started, job.deadline())
+        {
             c.timed_out.fetch_add(1, Relaxed);
             job.expire(shared.name());
             return;
@@ -1175,6 +1253,9 @@ impl<D: 'static> Worker<D> {
         c.in_flight.fetch_add(1, Relaxed);
         let ok = self.run_with_recovery(job.as_mut());
         c.in_flight.fetch_sub(1, Relaxed);
+        if ok == Some(true) {
+            self.typical.record(op, started.elapsed());
+        }
         match ok {
             Some(true) => c.completed.fetch_add(1, Relaxed),
             Some(false) | None => c.failed.fetch_add(1, Relaxed),

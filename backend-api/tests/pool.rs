@@ -875,3 +875,126 @@ fn batched_wake_ups_do_not_wait_for_the_next_job() {
     assert_eq!(block_on(slow).unwrap(), 99);
     assert_eq!(block_on(after).unwrap(), 100);
 }
+
+/// Offers `offered` jobs at one per `every`, each taking `service` on a device with two
+/// workers, and returns each caller's latency and result (T7 of issue 12).
+fn offer_load(
+    config: PoolConfig,
+    offered: usize,
+    every: Duration,
+    service: Duration,
+) -> Vec<(Duration, Result<usize>)> {
+    let (pool, _device) = start_pool(config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut tasks = Vec::with_capacity(offered);
+        let mut next = tokio::time::Instant::now();
+        for i in 0..offered {
+            tokio::time::sleep_until(next).await;
+            next += every;
+            let job = pool.run(sign(), move |_: &mut TestDevice| {
+                std::thread::sleep(service);
+                Ok(i)
+            });
+            tasks.push(tokio::spawn(async move {
+                let start = Instant::now();
+                let result = job.await;
+                (start.elapsed(), result)
+            }));
+        }
+        let mut out = Vec::with_capacity(offered);
+        for task in tasks {
+            out.push(task.await.expect("caller task"));
+        }
+        out
+    })
+}
+
+/// 5× overload (a job every 2 ms on two workers that each take 20 ms per job: 1,000 jobs/s
+/// offered, 100/s served) with `FailFast`: the excess is refused with Busy at once, in the
+/// caller's first poll, never after a wait; what was accepted succeeds.
+#[test]
+fn overload_fails_fast_with_busy_at_once() {
+    let config = PoolConfig::new("overload-failfast")
+        .workers(2)
+        .queue_capacity(8)
+        .backpressure(Backpressure::FailFast)
+        .op_timeout(None);
+    let results = offer_load(
+        config,
+        300,
+        Duration::from_millis(2),
+        Duration::from_millis(20),
+    );
+    let busy: Vec<Duration> = results
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Busy))
+        .map(|(d, _)| *d)
+        .collect();
+    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let slowest = busy.iter().max().copied().unwrap_or_default();
+    println!(
+        "5x overload, FailFast: {ok} served, {} busy, slowest Busy answer {slowest:?}",
+        busy.len()
+    );
+    assert_eq!(ok + busy.len(), results.len(), "other errors: {results:?}");
+    assert!(
+        busy.len() > results.len() / 2,
+        "a 5x overload refused only {} of {}",
+        busy.len(),
+        results.len()
+    );
+    assert!(
+        slowest < Duration::from_millis(5),
+        "a Busy answer took {slowest:?}"
+    );
+}
+
+/// The same overload with `Wait` and a 150 ms deadline: every caller has its answer (a
+/// result or a Timeout) by its deadline plus scheduling slack, never later; and the device's
+/// time goes to answers someone reads (a FIFO pool that started jobs too close to their
+/// deadlines served 18 of the 60 it had time for).
+#[test]
+fn overload_with_wait_keeps_every_deadline() {
+    let deadline = Duration::from_millis(150);
+    let config = PoolConfig::new("overload-wait")
+        .workers(2)
+        .queue_capacity(1024)
+        .backpressure(Backpressure::Wait)
+        .op_timeout(Some(deadline));
+    let results = offer_load(
+        config,
+        300,
+        Duration::from_millis(2),
+        Duration::from_millis(20),
+    );
+    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let timed_out = results
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Timeout))
+        .count();
+    let latest = results.iter().map(|(d, _)| *d).max().unwrap_or_default();
+    println!(
+        "5x overload, Wait, {deadline:?} deadline: {ok} served, {timed_out} timed out, \
+         slowest answer {latest:?}"
+    );
+    assert_eq!(ok + timed_out, results.len(), "other errors: {results:?}");
+    assert!(
+        timed_out > 0 && ok > 0,
+        "{ok} served, {timed_out} timed out"
+    );
+    // 600 ms of offered load on two workers at 20 ms a job: time for about 60 answers.
+    assert!(
+        ok >= 32,
+        "only {ok} callers served in time: the device worked for callers who had given up"
+    );
+    // The slack covers a loaded 2-core machine's scheduling, not a missed deadline: a pool
+    // that let callers wait for the device would answer after seconds.
+    assert!(
+        latest < deadline + Duration::from_millis(100),
+        "an answer came {latest:?} after submission, deadline {deadline:?}"
+    );
+}

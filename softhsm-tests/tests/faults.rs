@@ -2,17 +2,24 @@
 //! try or locked gets no login attempt at all; a wrong PIN is tried once, never again; a lost
 //! session is rebuilt and the sign retried once; a failed operation's session is replaced; a
 //! slow device misses deadlines with a timeout, not a hang.
-#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "test code"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::future::join_all;
+use hardkey_api::testkit::soak::{Soak, SoakKey};
 use hardkey_api::testkit::verify_signature;
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
-    ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme,
+    DynKeyStore, ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SharedKey,
+    SignatureScheme,
 };
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Key, Pkcs11Store};
 use libtest_mimic::{Arguments, Trial};
@@ -355,13 +362,124 @@ fn slow_device_times_out_without_hanging(env: &Env) {
     assert_eq!(report.detached_workers, 0, "{report:?}");
 }
 
+/// T2 (issue 12): the soak's mixed operations through a storm of random faults on 10% of
+/// signatures and decryptions (device errors, lost sessions, slow calls). Callers see only
+/// the errors a device fault honestly gives, never a wrong result, a lost operation, a missing
+/// key or a wrong PIN; within 2 s of the storm ending every key signs again.
+fn fault_storm_gives_typed_errors_then_recovers(env: &Env) {
+    env.shim.set("");
+    let store = Arc::new(Pkcs11Store::open(env.config(4)).unwrap());
+    let mut keys = Vec::new();
+    for alg in [
+        KeyAlgorithm::EcP256,
+        KeyAlgorithm::EcP384,
+        KeyAlgorithm::Rsa2048,
+    ] {
+        // SoftHSM 2.6 has no RSA-OAEP with SHA-256: hardkey pads on the host, over raw RSA.
+        let key = block_on(store.generate(GenerateRequest::new(alg).raw_rsa(true))).unwrap();
+        keys.push(Arc::new(key) as SharedKey);
+    }
+    let soak_keys = keys
+        .iter()
+        .map(|k| {
+            SoakKey::new(k.info().algorithm.to_string(), Arc::clone(k))
+                .reopen_with(Arc::clone(&store) as Arc<dyn DynKeyStore>)
+        })
+        .collect();
+    let operations = if std::env::var_os("HARDKEY_SOAK").is_some_and(|v| v != "0") {
+        20_000
+    } else {
+        2_000
+    };
+    let seed: u64 = std::env::var("HARDKEY_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+    env.shim
+        .set(&format!("storm_percent=10\nstorm_seed={seed}"));
+    let report = block_on(
+        Soak::new(soak_keys)
+            .operations(operations)
+            .in_flight(256)
+            .seed(seed)
+            .run(),
+    );
+    env.shim.set("");
+    let ended = Instant::now();
+    println!("fault storm: {report}");
+    report.assert_nothing_lost_or_wrong();
+    report.assert_failures_only(&[
+        ErrorKind::DeviceUnavailable,
+        ErrorKind::Backend,
+        ErrorKind::Timeout,
+        ErrorKind::Exhausted,
+    ]);
+    let stats = store.pool().stats();
+    println!(
+        "  pool: {stats}; {} device states lost, {} rebuilt, {} retried",
+        stats.device_lost, stats.recoveries, stats.retried
+    );
+    assert!(stats.device_lost > 0, "the storm hit nothing: {stats}");
+
+    // Recovery: every key signs, and every worker is healthy again.
+    let mut first = None;
+    for key in &keys {
+        let scheme = key.info().signature_schemes[0];
+        loop {
+            match block_on(key.sign(scheme, b"after the storm")) {
+                Ok(sig) => {
+                    verify_signature(
+                        key.info().public_key.der(),
+                        scheme,
+                        b"after the storm",
+                        &sig,
+                    )
+                    .unwrap();
+                    first.get_or_insert_with(|| ended.elapsed());
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.is_retryable(), "after the storm: {e}");
+                    assert!(
+                        ended.elapsed() < Duration::from_secs(10),
+                        "not back after 10 s: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    while store.pool().stats().healthy_workers < 4 {
+        assert!(
+            ended.elapsed() < Duration::from_secs(10),
+            "workers not healthy after 10 s: {}",
+            store.pool().stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let healthy = ended.elapsed();
+    println!(
+        "  after the storm: first signature in {:?}, every key signs and every worker is healthy in {healthy:?}",
+        first.unwrap_or_default()
+    );
+    // The pool's backoff tops out at 2 s; the bound leaves room for a loaded 2-core machine.
+    assert!(
+        healthy < Duration::from_secs(4),
+        "recovery took {healthy:?}"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1); // one control file: faults apply to whoever calls
     let hsm = SoftHsm::start();
     let shim = FaultShim::start(&hsm);
     let env = Arc::new(Env { hsm, shim });
-    let tests: [(&str, FaultTest); 11] = [
+    let tests: [(&str, FaultTest); 12] = [
+        (
+            "fault_storm_gives_typed_errors_then_recovers",
+            fault_storm_gives_typed_errors_then_recovers,
+        ),
         (
             "legacy_decrypt_fails_with_the_same_calls",
             legacy_decrypt_fails_with_the_same_calls,

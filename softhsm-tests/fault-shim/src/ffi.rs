@@ -166,6 +166,13 @@ unsafe extern "C" fn sign(
     if let Some(rv) = control::take_sign_failure(&c) {
         return rv;
     }
+    if !signature.is_null() {
+        match control::storm(&c) {
+            Some(control::StormFault::Fail(rv)) => return rv,
+            Some(control::StormFault::Slow(d)) => std::thread::sleep(d),
+            None => {}
+        }
+    }
     let Some(real) = shim().and_then(|s| s.real.C_Sign) else {
         return CKR_GENERAL_ERROR;
     };
@@ -224,6 +231,13 @@ unsafe extern "C" fn decrypt(
     out: CK_UTF8CHAR_PTR,
     out_len: CK_ULONG_PTR,
 ) -> CK_RV {
+    if !out.is_null() {
+        match control::storm(&control::read()) {
+            Some(control::StormFault::Fail(rv)) => return rv,
+            Some(control::StormFault::Slow(d)) => std::thread::sleep(d),
+            None => {}
+        }
+    }
     let Some(real) = shim().and_then(|s| s.real.C_Decrypt) else {
         return CKR_GENERAL_ERROR;
     };

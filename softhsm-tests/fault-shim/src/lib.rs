@@ -14,7 +14,10 @@
 //! every `C_Login`),
 //! `sign_rv=N` with `sign_times=K` (the next K `C_Sign` calls fail with N),
 //! `sign_delay_ms=N`, `reject_allowed_mechanisms=1` (templates holding CKA_ALLOWED_MECHANISMS
-//! are refused with CKR_ATTRIBUTE_TYPE_INVALID, as by a token that does not know it).
+//! are refused with CKR_ATTRIBUTE_TYPE_INVALID, as by a token that does not know it),
+//! `storm_percent=N` with `storm_seed=S` (N% of `C_Sign` and `C_Decrypt` calls, chosen by a
+//! generator seeded with S, fail with CKR_DEVICE_ERROR or CKR_SESSION_HANDLE_INVALID or are
+//! slowed by 20 to 100 ms, a third each).
 
 mod control;
 mod ffi;
