@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::RvError;
@@ -32,6 +32,8 @@ pub(crate) struct Module {
     /// Bumped by each re-initialization. Sessions (and their handle numbers, which the module
     /// may reuse) from an older generation are gone.
     generation: AtomicU64,
+    /// Serializes the calls that create or destroy token objects (see [`Module::writes`]).
+    writes: Mutex<()>,
 }
 
 /// A session with the module generation it belongs to. Closed on drop only if that generation
@@ -84,6 +86,15 @@ impl Module {
     /// Holds off re-initialization while calls are made.
     pub(crate) fn calls(&self) -> RwLockReadGuard<'_, ()> {
         self.calls.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held while token objects are created or destroyed: one such sequence at a time per
+    /// module. SoftHSM 2's file object store fails concurrent creations at random with
+    /// CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT (SoftHSMv2 issue #573, seen here as a
+    /// flaky key generation under parallel tests). Keys are created rarely, so every module
+    /// pays this small cost rather than SoftHSM users a random failure.
+    pub(crate) fn writes(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current generation.
@@ -169,6 +180,7 @@ pub(crate) fn load(path: Option<&Path>) -> Result<Arc<Module>> {
         path: canonical.clone(),
         calls: RwLock::new(()),
         generation: AtomicU64::new(0),
+        writes: Mutex::new(()),
     });
     modules.insert(canonical, Arc::clone(&module));
     Ok(module)

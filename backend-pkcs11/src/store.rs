@@ -376,6 +376,7 @@ impl KeyStore for Pkcs11Store {
                 } else {
                     label.clone()
                 };
+                let _writes = t.module.writes();
                 let (public, private) = t.with_restriction(Operation::Generate, |restrict| {
                     let (mechanism, public, private) = generate_templates(
                         request.algorithm,
@@ -406,6 +407,7 @@ impl KeyStore for Pkcs11Store {
                 .label
                 .clone()
                 .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
+            let _writes = t.module.writes();
             let (public_handle, private_handle) =
                 t.with_restriction(Operation::Import, |restrict| {
                     let (_, public, mut private) = import_templates(
@@ -457,9 +459,12 @@ impl KeyStore for Pkcs11Store {
                     .session()
                     .find_objects(&id_template(ObjectClass::PUBLIC_KEY, id.as_bytes()))
                     .map_err(&map)?;
+                let module = Arc::clone(&dev.target().module);
+                let writes = module.writes();
                 for handle in private.iter().chain(public.iter()) {
                     dev.session().destroy_object(*handle).map_err(&map)?;
                 }
+                drop(writes);
                 dev.keys_deleted();
                 Ok(())
             }),
