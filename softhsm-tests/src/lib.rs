@@ -185,6 +185,17 @@ impl SoftHsm {
     }
 }
 
+/// Sets an environment variable a library under test reads only from the environment (e.g.
+/// `DBUS_SESSION_BUS_ADDRESS` for the tpm2-abrmd TCTI on a private bus).
+///
+/// # Panics
+///
+/// If the process already has other threads: call it from a `harness = false` test's `main`
+/// before the harness (or anything else) starts one.
+pub fn set_env_before_threads(name: &str, value: &std::ffi::OsStr) {
+    env::set_before_threads(name, value);
+}
+
 /// Runs the trials `make` builds with the started fixture under libtest-mimic, then drops
 /// the fixture. The whole `main` of a SoftHSM test binary.
 pub fn run(make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {

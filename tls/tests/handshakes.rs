@@ -268,24 +268,27 @@ fn curl_keep_alive(fx: &Fixture, stack: Stack) {
 }
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    // One trial at a time. The swtpm TCTI opens a socket per TPM command without
-    // close-on-exec: an `openssl` or `curl` started by a parallel trial while a command is in
-    // flight inherits it, and swtpm (one connection at a time) then waits for that tool to
-    // exit, which waits for the handshake, which waits for the TPM: stalls until the
-    // handshake timeout.
-    args.test_threads = Some(1);
+    let args = Arguments::from_args();
     // SoftHSM first: it sets its configuration variable while the process has one thread.
     let hsm = softhsm_tests::SoftHsm::start();
-    common::capture_logs();
+    // The TPM through tpm2-abrmd, so trials run in parallel: the swtpm TCTI opens a socket
+    // per TPM command without close-on-exec, and an `openssl` or `curl` that a parallel trial
+    // starts while a command is in flight would inherit it; swtpm (one connection at a time)
+    // then waits for that tool to exit, which waits for its handshake, which waits for the
+    // TPM. The tabrmd TCTI's one connection is made close-on-exec by hardkey when it opens.
     let tpm = swtpm_tests::Swtpm::start();
+    let abrmd = swtpm_tests::Abrmd::start(&tpm);
+    softhsm_tests::set_env_before_threads("DBUS_SESSION_BUS_ADDRESS", abrmd.bus_address().as_ref());
+    common::capture_logs();
     let tpm_keys = tempfile::Builder::new()
         .prefix("hardkey-tls-tpm-")
         .tempdir()
         .unwrap();
     let soft = hardkey_soft::SoftStore::in_memory().unwrap();
     let softhsm = hsm.store(2);
-    let swtpm = Arc::new(swtpm_tests::open_store(tpm.config(tpm_keys.path())));
+    let swtpm = Arc::new(swtpm_tests::open_store(
+        hardkey_tpm::TpmConfig::new(abrmd.tcti()).key_dir(tpm_keys.path()),
+    ));
     let stores: HashMap<&'static str, Arc<dyn DynKeyStore>> = HashMap::from([
         ("soft", Arc::new(soft) as Arc<dyn DynKeyStore>),
         ("softhsm", Arc::new(softhsm) as Arc<dyn DynKeyStore>),
@@ -346,6 +349,7 @@ fn main() -> ExitCode {
         Ok(fx) => drop(fx),
         Err(_) => eprintln!("fixture still shared at exit"),
     }
+    drop(abrmd);
     drop(tpm);
     drop(hsm);
     conclusion.exit_code()
