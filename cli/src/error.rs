@@ -18,6 +18,8 @@ pub(crate) struct CliError {
     /// Whether to print the causes under the message (hardkey's errors already say theirs).
     chain: bool,
     cause: Cause,
+    /// The library's classification, when the failure came from hardkey's libraries.
+    kind: Option<hardkey_api::ErrorKind>,
 }
 
 /// The CLI's result.
@@ -30,6 +32,7 @@ impl CliError {
             usage: true,
             chain: true,
             cause: cause.into(),
+            kind: None,
         }
     }
 
@@ -39,12 +42,41 @@ impl CliError {
             usage: false,
             chain: true,
             cause: cause.into(),
+            kind: None,
         }
     }
 
     /// The process exit status for this error.
     pub(crate) fn exit_code(&self) -> u8 {
         if self.usage { EXIT_USAGE } else { EXIT_FAILED }
+    }
+
+    /// The error as the JSON document `--json` prints on stdout: the message, the exit
+    /// status, and the library's error kind (`not_found`, `device_unavailable`...) with
+    /// whether retrying may help, when the failure came from hardkey's libraries.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        // A usage error is by definition input the user must fix.
+        let kind = self
+            .kind
+            .or_else(|| {
+                self.cause
+                    .downcast_ref::<hardkey_api::Error>()
+                    .map(hardkey_api::Error::kind)
+            })
+            .or(self.usage.then_some(hardkey_api::ErrorKind::InvalidInput));
+        let retryable = kind.map(|k| {
+            use hardkey_api::ErrorKind::{Busy, DeviceUnavailable, Exhausted, Timeout};
+            matches!(k, Busy | DeviceUnavailable | Exhausted | Timeout)
+        });
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "usage": self.usage,
+                "exit_code": self.exit_code(),
+                "kind": kind.map(|k| snake_case(&format!("{k:?}"))),
+                "retryable": retryable,
+            }
+        })
     }
 
     /// Whether this is a usage error.
@@ -69,19 +101,25 @@ impl From<hardkey_api::Error> for CliError {
                     "{e}; check that the device is running and reachable, then run the \
                      command again"
                 ))),
+                kind: Some(e.kind()),
             };
         }
+        let kind = Some(e.kind());
         Self {
             usage,
             chain: false,
             cause: Box::new(e),
+            kind,
         }
     }
 }
 
 impl From<hardkey_api::UriError> for CliError {
     fn from(e: hardkey_api::UriError) -> Self {
-        Self::usage(e)
+        Self {
+            kind: Some(hardkey_api::ErrorKind::InvalidInput),
+            ..Self::usage(e)
+        }
     }
 }
 
@@ -100,6 +138,22 @@ impl fmt::Display for CliError {
         }
         f.write_str(&text)
     }
+}
+
+/// `DeviceUnavailable` -> `device_unavailable`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A plain message as an error cause.

@@ -34,9 +34,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(&e),
     };
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Scripts asked for one JSON document on stdout: they get the error as one too.
+            if json {
+                output::write_stdout(&format!("{:#}", e.to_json()));
+            }
             output::error_line(&format!("hardkey: error: {e}"));
             ExitCode::from(e.exit_code())
         }

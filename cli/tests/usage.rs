@@ -281,6 +281,36 @@ fn conflicting_names_and_zero_counts_are_refused() {
 }
 
 #[test]
+fn json_errors_are_json_documents_too() {
+    let hk = Hardkey::new();
+    // A key that is not there (software key file): an operation failure, NotFound.
+    let out = hk.run(&["--json", "info", "file:missing.pem"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"));
+    let error = &doc["error"];
+    assert_eq!(error["exit_code"], 1, "{doc}");
+    assert_eq!(error["usage"], false, "{doc}");
+    assert!(error["kind"].is_string(), "{doc}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing.pem")),
+        "{doc}"
+    );
+    // The human line still goes to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hardkey: error:"));
+    // A malformed URI: a usage error, kind invalid_input.
+    let out = hk.run(&["--json", "info", "pkcs11:token=a;module-path=/x.so"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "invalid_input", "{doc}");
+    assert_eq!(doc["error"]["usage"], true, "{doc}");
+    // Without --json, nothing on stdout.
+    assert!(hk.run(&["info", "file:missing.pem"]).stdout.is_empty());
+}
+
+#[test]
 fn a_bad_tcti_port_is_named() {
     let hk = Hardkey::new();
     hk.fails(
