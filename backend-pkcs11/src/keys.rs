@@ -434,6 +434,115 @@ pub(crate) fn refuses_allowed_mechanisms(e: &cryptoki::error::Error) -> bool {
         .any(|rv| crate::error::is_rv(e, rv, None))
 }
 
+/// Destroys what an interrupted key generation left on the token: a process killed inside
+/// `C_GenerateKeyPair` can leave (SoftHSM makes the public key object, sets its attributes,
+/// then does the same for the private key) a public key generated on the token, labelled
+/// `label`, whose CKA_ID names no private key, and EC or RSA key objects, labelled `label`
+/// or not labelled at all, whose key was never written (no CKA_EC_POINT, CKA_EC_PARAMS or
+/// CKA_MODULUS: nothing to lose). Called before generating a key with that label, so that the
+/// rerun of a killed keygen leaves no orphan behind. Returns how many objects went.
+pub(crate) fn remove_interrupted(session: &Session, label: &str) -> usize {
+    let find = |class| {
+        session
+            .find_objects(&[Attribute::Class(class)])
+            .unwrap_or_default()
+    };
+    let mut doomed: Vec<ObjectHandle> = Vec::new();
+    // Private keys first: one whose key was never written goes, and then its public key is
+    // an orphan too.
+    let mut private_ids = Vec::new();
+    for h in find(ObjectClass::PRIVATE_KEY) {
+        let Some(o) = Leftover::read(session, h, label) else {
+            continue;
+        };
+        if o.incomplete && (o.own_label || o.blank) {
+            doomed.push(h);
+        } else {
+            private_ids.push(o.id);
+        }
+    }
+    for h in find(ObjectClass::PUBLIC_KEY) {
+        let Some(o) = Leftover::read(session, h, label) else {
+            continue;
+        };
+        // A public key generated on the token (CKA_LOCAL) whose private key never came: not
+        // one imported to verify with.
+        let orphan = o.own_label && o.generated && !private_ids.contains(&o.id);
+        if (o.incomplete && (o.own_label || o.blank)) || orphan {
+            doomed.push(h);
+        }
+    }
+    doomed
+        .into_iter()
+        .filter(|h| session.destroy_object(*h).is_ok())
+        .count()
+}
+
+/// What [`remove_interrupted`] reads of a key object.
+struct Leftover {
+    id: Vec<u8>,
+    /// Labelled with the label of the key being generated.
+    own_label: bool,
+    /// Neither CKA_ID nor CKA_LABEL.
+    blank: bool,
+    /// CKA_LOCAL: generated on the token.
+    generated: bool,
+    /// An EC or RSA key whose key was never written (the kinds hardkey makes).
+    incomplete: bool,
+}
+
+impl Leftover {
+    fn read(session: &Session, h: ObjectHandle, label: &str) -> Option<Self> {
+        let attrs = session
+            .get_attributes(
+                h,
+                &[
+                    AttributeType::Class,
+                    AttributeType::KeyType,
+                    AttributeType::Id,
+                    AttributeType::Label,
+                    AttributeType::EcParams,
+                    AttributeType::EcPoint,
+                    AttributeType::Modulus,
+                    AttributeType::Local,
+                ],
+            )
+            .ok()?;
+        let (mut public, mut generated, mut key_type, mut id) = (false, false, None, Vec::new());
+        let (mut own_label, mut unlabelled) = (false, true);
+        let (mut ec_params, mut ec_point, mut modulus) = (Vec::new(), Vec::new(), Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => public = c == ObjectClass::PUBLIC_KEY,
+                Attribute::KeyType(t) => key_type = Some(t),
+                Attribute::Id(v) => id = v,
+                Attribute::Label(l) => {
+                    own_label = l == label.as_bytes();
+                    unlabelled = l.is_empty();
+                }
+                Attribute::EcParams(v) => ec_params = v,
+                Attribute::EcPoint(v) => ec_point = v,
+                Attribute::Modulus(v) => modulus = v,
+                Attribute::Local(l) => generated = l,
+                _ => {}
+            }
+        }
+        let incomplete = match key_type {
+            Some(KeyType::EC) if public => ec_point.is_empty(),
+            Some(KeyType::EC) => ec_params.is_empty(),
+            Some(KeyType::RSA) => modulus.is_empty(),
+            _ => false,
+        };
+        Some(Self {
+            blank: unlabelled && id.is_empty(),
+            id,
+            own_label,
+            generated,
+            incomplete,
+        })
+    }
+}
+
 /// Key-pair generation templates: token objects; the private key sensitive, not extractable;
 /// every usage attribute explicit and, when `restrict`, the allowed mechanisms.
 pub(crate) fn generate_templates(

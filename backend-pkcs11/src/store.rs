@@ -16,7 +16,7 @@ use hardkey_api::{
 use crate::error::mapper;
 use crate::keys::{
     ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase, find_private, generate_templates, import_templates,
-    new_id, wipe,
+    new_id, remove_interrupted, wipe,
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
@@ -377,6 +377,8 @@ impl KeyStore for Pkcs11Store {
                     label.clone()
                 };
                 let _writes = t.module.writes();
+                // What a keygen of this label killed midway left goes first.
+                remove_interrupted(dev.session(), &label);
                 let (public, private) = t.with_restriction(Operation::Generate, |restrict| {
                     let (mechanism, public, private) = generate_templates(
                         request.algorithm,

@@ -90,7 +90,8 @@ impl TpmAdmin {
     }
 
     /// Sets the owner, endorsement and lockout auths of a TPM whose auths are all empty
-    /// (refused, pointing to [`TpmAdmin::change_auth`], when any is set). A
+    /// (refused, pointing to [`TpmAdmin::change_auth`], when any is set, except to finish a
+    /// take-ownership with the same auths that was interrupted before the lockout auth). A
     /// [`SecretSource::None`] leaves that auth empty. The new values travel encrypted
     /// (`TPM2_HierarchyChangeAuth` under a salted HMAC session). Blocks.
     pub fn take_ownership(

@@ -536,11 +536,22 @@ impl Tpm {
             OWNER_PARENT => {
                 let (_, saved) = self.template_primary(op)?;
                 let name = self.name.clone();
-                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(mapper(
-                    &name,
-                    op,
-                    "TPM2_ContextLoad (SRK)",
-                ))?;
+                let handle = retrying(|| self.ctx.context_load(saved.clone())).map_err(|e| {
+                    // Our own saved context of the SRK is refused only when the TPM was
+                    // reset since (swtpm restarted between two commands, which the swtpm
+                    // TCTI does not notice): the connection's state is stale, rebuild it.
+                    if rc_of(&e).is_some_and(error::is_stale_context) {
+                        Error::device_unavailable(
+                            &name,
+                            error::TpmError {
+                                command: "TPM2_ContextLoad (SRK)",
+                                error: e,
+                            },
+                        )
+                    } else {
+                        error::map(&name, op, "TPM2_ContextLoad (SRK)", e)
+                    }
+                })?;
                 let result = f(self, handle.into());
                 let flushed = self.ctx.flush_context(handle).map_err(mapper(
                     &name,

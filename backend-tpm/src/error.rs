@@ -303,11 +303,20 @@ pub(crate) fn is_exhausted(rc: u32) -> bool {
     exhausted(rc).is_some()
 }
 
+/// `TPM_RC_REFERENCE_S0..S6`: an authorization session we started is not loaded any more
+/// (the TPM was reset since, or someone flushed it).
+pub(crate) fn is_unloaded_session(rc: u32) -> bool {
+    matches!(format_zero(rc), Some(0x918..=0x91e))
+}
+
 /// Whether the ESAPI context is unusable after this code: anything below the TPM (TCTI,
-/// marshalling, ESAPI sequence) or a TPM that needs a restart.
+/// marshalling, ESAPI sequence), a TPM that needs a restart, or a session of ours that the
+/// TPM no longer has (it was reset behind the connection's back).
 pub(crate) fn is_context_lost(rc: u32) -> bool {
     match layer(rc) {
-        0 => matches!(format_zero(rc), Some(rc::INITIALIZE | rc::FAILURE)),
+        0 => {
+            matches!(format_zero(rc), Some(rc::INITIALIZE | rc::FAILURE)) || is_unloaded_session(rc)
+        }
         // ESAPI (7), SAPI (8), MU (9), TCTI (10), resource manager (11, 12: its TPM side).
         7..=12 => !is_esys_input_error(rc),
         _ => false,
@@ -479,6 +488,10 @@ mod tests {
         assert!(is_context_lost(0x000a_000a));
         assert!(is_context_lost(0x0007_0007));
         assert!(is_context_lost(0x100));
+        // TPM_RC_REFERENCE_S0/S6: our session is gone (a TPM reset); REFERENCE_H0 (an
+        // object flushed behind our back) is reloaded instead.
+        assert!(is_context_lost(0x918) && is_context_lost(0x91e));
+        assert!(!is_context_lost(0x910));
         // A bad value passed to ESAPI is the caller's, not the connection's.
         assert!(!is_context_lost(0x0007_000b));
         assert!(!is_context_lost(0x1df));

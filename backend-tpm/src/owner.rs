@@ -223,41 +223,75 @@ pub(crate) fn status(ctx: &mut Context, device: &str) -> Result<TpmStatus> {
 /// Sets the auths of a TPM whose hierarchy auths are all empty, in the order owner,
 /// endorsement, lockout (lockout last: if an earlier one fails, the TPM can still be
 /// cleared with the empty lockout auth). `None` leaves that hierarchy's auth empty.
+///
+/// A take-ownership interrupted between its commands (the process killed) leaves the first
+/// hierarchies with their new auths and the rest empty. Run again with the same auths, it
+/// resumes: each hierarchy already set must hold the auth given (checked by changing it to
+/// itself; owner and endorsement authorizations are not dictionary-attack protected, so a
+/// wrong one costs nothing), then the rest are set. A TPM whose lockout auth is set, or
+/// with any other pattern of set auths, is owned: refused, pointing to change-auth.
 pub(crate) fn take_ownership(
     ctx: &mut Context,
     device: &str,
     auths: [(Hierarchy, Option<&Zeroizing<String>>); 3],
 ) -> Result<()> {
     let status = status(ctx, device)?;
-    if status.owned() {
-        let set: Vec<&str> = [
-            (status.owner_auth_set, "owner"),
-            (status.endorsement_auth_set, "endorsement"),
-            (status.lockout_auth_set, "lockout"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
+    let is_set = |h: Hierarchy| match h {
+        Hierarchy::Owner => status.owner_auth_set,
+        Hierarchy::Endorsement => status.endorsement_auth_set,
+        Hierarchy::Lockout => status.lockout_auth_set,
+    };
+    let to_set: Vec<(Hierarchy, &Zeroizing<String>)> = auths
+        .iter()
+        .filter_map(|&(h, auth)| auth.map(|a| (h, a)))
         .collect();
-        return Err(InvalidInput::AlreadyExists {
-            what: format!("the {} auth on {device}", set.join("/")),
-            remedy: "the TPM is already owned; use change-auth (hardkey tpm change-auth) to \
-                     change an auth, or clear the TPM with the lockout auth first",
-        }
-        .into());
+    let done = to_set.iter().take_while(|(h, _)| is_set(*h)).count();
+    let set_count = [Hierarchy::Owner, Hierarchy::Endorsement, Hierarchy::Lockout]
+        .into_iter()
+        .filter(|h| is_set(*h))
+        .count();
+    let resumable = !status.lockout_auth_set && done < to_set.len() && set_count == done;
+    if status.owned() && !resumable {
+        return Err(already_owned(&status, device, ""));
     }
-    if auths.iter().all(|(_, auth)| auth.is_none()) {
+    if to_set.is_empty() {
         return Err(InvalidInput::Config {
             what: "ownership",
             reason: "no auth value given: give at least the owner auth",
         }
         .into());
     }
-    for (hierarchy, auth) in auths {
-        if let Some(auth) = auth {
-            change_auth(ctx, device, hierarchy, None, Some(auth))?;
-        }
+    for &(hierarchy, auth) in &to_set[..done] {
+        change_auth(ctx, device, hierarchy, Some(auth), Some(auth)).map_err(|e| {
+            if e.kind() == hardkey_api::ErrorKind::AuthFailed {
+                already_owned(&status, device, " (with other values than the ones given)")
+            } else {
+                e
+            }
+        })?;
+    }
+    for &(hierarchy, auth) in &to_set[done..] {
+        change_auth(ctx, device, hierarchy, None, Some(auth))?;
     }
     Ok(())
+}
+
+/// The refusal to take ownership of an owned TPM, naming the auths set.
+fn already_owned(status: &TpmStatus, device: &str, detail: &str) -> Error {
+    let set: Vec<&str> = [
+        (status.owner_auth_set, "owner"),
+        (status.endorsement_auth_set, "endorsement"),
+        (status.lockout_auth_set, "lockout"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    InvalidInput::AlreadyExists {
+        what: format!("the {} auth on {device}{detail}", set.join("/")),
+        remedy: "the TPM is already owned; use change-auth (hardkey tpm change-auth) to \
+                 change an auth, or clear the TPM with the lockout auth first",
+    }
+    .into()
 }
 
 /// `TPM2_HierarchyChangeAuth` from `current` to `new` (`None`: empty).

@@ -41,9 +41,16 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     }
 }
 
+/// Closes every inherited descriptor above stderr, then runs the command given after it.
+/// The swtpm TCTI opens a socket for each command without close-on-exec: started while a
+/// store of this process has a command in flight (a restart under load), swtpm would inherit
+/// that client socket, never see the client close it, and serve no other connection again.
+/// (`pre_exec` would need unsafe code, which this crate forbids.)
+const CLOSE_INHERITED: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null; exec "$@""#;
+
 fn spawn(port: u16, state: &Path, log: std::fs::File) -> Child {
-    Command::new("swtpm")
-        .args(["socket", "--tpm2"])
+    Command::new("bash")
+        .args(["-c", CLOSE_INHERITED, "bash", "swtpm", "socket", "--tpm2"])
         .arg("--server")
         .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
         .arg("--ctrl")
