@@ -340,6 +340,10 @@ pub(crate) enum TpmCommand {
     /// Which hierarchy auths are set, the dictionary-attack counter and parameters.
     Status(TpmArgs),
     /// Set the owner, endorsement and lockout auths of an unowned TPM.
+    ///
+    /// The three are set in that order. A run that was interrupted part-way (killed, power
+    /// lost) can be run again with the same files: it checks the auths already set hold those
+    /// values and sets the rest.
     TakeOwnership(TakeOwnershipArgs),
     /// Change one hierarchy's auth.
     ChangeAuth(ChangeAuthArgs),
