@@ -14,14 +14,14 @@ APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-k
 
 CARGO ?= cargo
 
-.PHONY: all deps test fmt-check clippy doc unit demo bench bench-tls man clean
+.PHONY: all deps test fmt-check clippy doc unit soak fuzz fuzz-smoke demo bench bench-tls man clean
 
 all: test
 
 deps:
 	@scripts/ensure-deps.sh $(APT_PACKAGES)
 
-test: deps fmt-check clippy doc unit
+test: deps fmt-check clippy doc unit fuzz-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -36,6 +36,49 @@ doc:
 # TSS's own stderr logging is silenced unless TSS2_LOG is set.
 unit:
 	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test --workspace --all-features
+
+# The long forms of the tests `make test` runs short (HARDKEY_SOAK=1): swtpm SIGKILLed and
+# restarted 20 times under load; hardkey SIGKILLed 50 times during each kind of provisioning;
+# 20,000 mixed operations over every device (and again with 60% of futures dropped); 20,000
+# through a storm of PKCS#11 faults.
+soak: deps
+	HARDKEY_SOAK=1 TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test -p swtpm-tests --test recovery -- --nocapture
+	HARDKEY_SOAK=1 TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test -p hardkey-cli --test interrupted -- --nocapture
+	HARDKEY_SOAK=1 TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test -p softhsm-tests --test soak -- --nocapture
+	HARDKEY_SOAK=1 TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) test -p softhsm-tests --test faults -- --nocapture storm
+
+# The fuzz targets of the parsers (fuzz/: its own cargo package, built with the nightly
+# toolchain by cargo-fuzz, outside the workspace). `make fuzz` runs each for FUZZ_SECONDS,
+# `make fuzz-smoke` (part of `make test`) for FUZZ_SMOKE_SECONDS. libFuzzer adds the inputs it
+# finds to its first corpus directory, a scratch one under fuzz/target/corpus, so the committed
+# seeds in fuzz/corpus/<target> stay as they are. A crash ends that target's run (the others
+# still run, then make fails) and is saved in fuzz/artifacts/<target>/; replay it with
+# `cargo +nightly fuzz run <target> <file>` in fuzz/.
+FUZZ_TARGETS := uri keyfile public_key signature cert_chain pcr_selection http_head
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ := $(CARGO) +nightly fuzz
+
+# $(call fuzz-each,SECONDS,EXTRA LIBFUZZER FLAGS)
+define fuzz-each
+	cd fuzz && $(FUZZ) build
+	cd fuzz && failed=; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$t || exit 1; \
+		dict=; if [ -f dict/$$t.dict ]; then dict=-dict=dict/$$t.dict; fi; \
+		echo "fuzz $$t for $(1) s"; \
+		$(FUZZ) run $$t target/corpus/$$t corpus/$$t -- \
+			-max_total_time=$(1) $(2) $$dict || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then \
+		echo "fuzz: crashes in$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; \
+	fi
+endef
+
+fuzz: deps
+	$(call fuzz-each,$(FUZZ_SECONDS),-print_final_stats=1)
+
+fuzz-smoke: deps
+	$(call fuzz-each,$(FUZZ_SMOKE_SECONDS),)
 
 # The tour: swtpm and a SoftHSM token under target/demo/, driven by the hardkey command.
 demo: deps

@@ -1442,10 +1442,11 @@ impl fmt::Display for UriErrorReason {
 
 fn error(input: &str, position: usize, reason: UriErrorReason, expected: &'static str) -> UriError {
     // An error inside or after a PIN value could quote part of the PIN (a PIN holding ';' or
-    // '&' splits into bogus "attributes"): keep only where it is.
+    // '&' splits into bogus "attributes"): keep only where it is. So could one before it whose
+    // reason quotes text running past `pin-value=` (a `file:` host, a value holding it).
     let reason = match pin_value_start(input) {
         Some(start)
-            if position >= start
+            if (position >= start || reason.quoted().is_some_and(holds_pin_value))
                 && !matches!(
                     reason,
                     UriErrorReason::PinValueRefused | UriErrorReason::MalformedSecret { .. }
@@ -1470,6 +1471,39 @@ fn pin_value_start(input: &str) -> Option<usize> {
         .to_ascii_lowercase()
         .find(KEY)
         .map(|found| found + KEY.len())
+}
+
+/// Whether `text` holds a `pin-value=` (case-insensitive): a quoted piece of input that
+/// starts before a PIN value and reaches into it holds the whole key, the PIN's only marker.
+fn holds_pin_value(text: &str) -> bool {
+    pin_value_start(text).is_some()
+}
+
+impl UriErrorReason {
+    /// The piece of the input this reason quotes, if any (in its message or its `Debug`).
+    fn quoted(&self) -> Option<&str> {
+        match self {
+            Self::UnknownScheme { scheme } | Self::WrongScheme { scheme, .. } => Some(scheme),
+            Self::BadAttributeName { name }
+            | Self::MissingEquals { name }
+            | Self::DuplicateAttribute { name }
+            | Self::MisplacedAttribute { name, .. }
+            | Self::UnknownAttribute { name } => Some(name),
+            Self::BadPercentEncoding { fragment } => Some(fragment),
+            Self::UnexpectedCharacter { attr, .. } | Self::NotUtf8 { attr } => Some(attr),
+            Self::InvalidValue { value, .. } | Self::BadHandle { value } => Some(value),
+            Self::RemoteFileHost { host } => Some(host),
+            Self::MissingScheme
+            | Self::EmptyAttributeName
+            | Self::MalformedSecret { .. }
+            | Self::PinValueRefused
+            | Self::ConflictingAttributes { .. }
+            | Self::MissingKey
+            | Self::HandleOutOfRange { .. }
+            | Self::EmptyPath
+            | Self::Redacted => None,
+        }
+    }
 }
 
 /// Query attributes whose values are never secret, and so are shown in errors.
@@ -2517,6 +2551,28 @@ mod tests {
             e.reason,
             UriErrorReason::ConflictingAttributes { .. }
         ));
+    }
+
+    /// Found by the `uri` fuzz target: a reason quoted input text (a `file:` host, an invalid
+    /// value) that runs past a `pin-value=` although the error's position is before it.
+    #[test]
+    fn reasons_quoting_text_past_a_pin_value_are_redacted() {
+        for s in [
+            "file://pkcs11:token=web?pin-value=S3CRET/key.pem",
+            "pkcs11:type=xpin-value=S3CRET",
+            "pkcs11:slot-id=pin-value=S3CRET",
+            "tpm2:handle=0xpin-value=S3CRET",
+        ] {
+            let opts = UriParseOptions::new().allow_pin_value(true);
+            for e in [
+                s.parse::<KeyUri>().unwrap_err(),
+                KeyUri::parse_with(s, &opts).unwrap_err(),
+            ] {
+                assert_eq!(e.reason, UriErrorReason::Redacted, "{s}");
+                let shown = format!("{e} {e:?}");
+                assert!(!shown.contains("S3CRET"), "{shown}");
+            }
+        }
     }
 
     #[test]

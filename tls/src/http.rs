@@ -13,7 +13,7 @@ use tokio::sync::watch;
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body read (and discarded).
-const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The deadlines of one connection's HTTP exchange.
 #[derive(Clone, Copy, Debug)]
@@ -38,14 +38,14 @@ pub(crate) enum HttpError {
 }
 
 /// What one request asked for.
-struct Request {
-    head_only: bool,
-    allowed: bool,
-    keep_alive: bool,
-    body_len: usize,
+pub(crate) struct Request {
+    pub(crate) head_only: bool,
+    pub(crate) allowed: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) body_len: usize,
 }
 
-fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
+pub(crate) fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
     let text = std::str::from_utf8(head).map_err(|_| HttpError::Malformed("not UTF-8"))?;
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
@@ -62,6 +62,7 @@ fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
     };
     let mut keep_alive = http11;
     let mut body_len = 0;
+    let mut content_length: Option<&str> = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(HttpError::Malformed("header without ':'"));
@@ -76,6 +77,16 @@ fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
                 }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 6.3: digits only (Rust's parser would take "+5"), and several
+            // Content-Length headers that differ are refused: a proxy in front that took the
+            // other one would frame the next request differently (request smuggling).
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed("bad Content-Length"));
+            }
+            if content_length.is_some_and(|seen| seen != value) {
+                return Err(HttpError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(value);
             body_len = value
                 .parse()
                 .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
@@ -210,13 +221,37 @@ where
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found reading the code while fuzzing `parse_head`: a signed or conflicting
+    /// Content-Length frames the next request differently from a proxy that reads it
+    /// strictly; both are refused.
+    #[test]
+    fn content_length_is_digits_and_unambiguous() {
+        let head = |cl: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{cl}\r\n");
+        for bad in [
+            "Content-Length: +5\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 5 5\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(head(bad).as_bytes()), Err(HttpError::Malformed(_))),
+                "{bad:?} accepted"
+            );
+        }
+        let same = head("Content-Length: 5\r\ncontent-length: 5\r\n");
+        assert_eq!(parse_head(same.as_bytes()).map(|r| r.body_len).ok(), Some(5));
+        let plain = head("Content-Length: 007\r\n");
+        assert_eq!(parse_head(plain.as_bytes()).map(|r| r.body_len).ok(), Some(7));
+    }
 
     fn limits(secs: u64) -> Limits {
         Limits {

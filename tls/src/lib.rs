@@ -40,6 +40,9 @@ compile_error!("hardkey-tls needs a TLS stack: enable its `boring` or `rustls` f
 pub mod boring;
 mod cert;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 #[cfg(feature = "rustls")]
 pub mod rustls;
