@@ -243,14 +243,23 @@ mod tests {
             "Content-Length: 5\r\nContent-Length: 6\r\n",
         ] {
             assert!(
-                matches!(parse_head(head(bad).as_bytes()), Err(HttpError::Malformed(_))),
+                matches!(
+                    parse_head(head(bad).as_bytes()),
+                    Err(HttpError::Malformed(_))
+                ),
                 "{bad:?} accepted"
             );
         }
         let same = head("Content-Length: 5\r\ncontent-length: 5\r\n");
-        assert_eq!(parse_head(same.as_bytes()).map(|r| r.body_len).ok(), Some(5));
+        assert_eq!(
+            parse_head(same.as_bytes()).map(|r| r.body_len).ok(),
+            Some(5)
+        );
         let plain = head("Content-Length: 007\r\n");
-        assert_eq!(parse_head(plain.as_bytes()).map(|r| r.body_len).ok(), Some(7));
+        assert_eq!(
+            parse_head(plain.as_bytes()).map(|r| r.body_len).ok(),
+            Some(7)
+        );
     }
 
     fn limits(secs: u64) -> Limits {
