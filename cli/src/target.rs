@@ -128,7 +128,8 @@ fn usage_uri(e: hardkey_api::UriError) -> crate::error::CliError {
 /// How a command wants the store opened.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OpenOptions {
-    /// Operations in flight at once (PKCS#11 sessions).
+    /// Operations in flight at once (PKCS#11 sessions) when the key URI sets no
+    /// `max-sessions`: the URI's value always wins.
     pub(crate) sessions: usize,
     /// Per-operation deadline.
     pub(crate) op_timeout: Option<Duration>,
@@ -190,9 +191,10 @@ impl Store {
                 if cfg.module.is_none() {
                     cfg.module = config.pkcs11.module.clone();
                 }
-                let cfg = cfg
-                    .sessions(options.sessions)
-                    .op_timeout(options.op_timeout);
+                // The URI's max-sessions wins: the operator sized it for the token (a network
+                // HSM with 200 ms per call wants many more than a smart card allows).
+                let sessions = uri.max_sessions().map_or(options.sessions, |n| n.get());
+                let cfg = cfg.sessions(sessions).op_timeout(options.op_timeout);
                 Ok(Self::Pkcs11(Pkcs11Store::open(cfg)?))
             }
             Target::Tpm { tcti, .. } => {

@@ -15,7 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::serve::{KeyType, check_serve, selfsign_localhost};
+use common::serve::{KeyType, Serve, Stopped, check_serve, selfsign_localhost};
 use common::{Hardkey, check_certificates, openssl_verify, tool};
 use secrecy::ExposeSecret;
 use softhsm_tests::{SoftHsm, run_serial, trial};
@@ -427,6 +427,18 @@ fn serve_token_keys_over_tls(hsm: &SoftHsm) {
         let cert = selfsign_localhost(&hk, &uri, &format!("{alg}.crt"), &[]);
         let on = format!("on key '{label}' (token '{}')", hsm.label());
         check_serve(&hk, &uri, &cert, key_type, &on);
+        if key_type == KeyType::P256 {
+            // The URI's max-sessions wins over serve's default of 4 (issue 13, item 0).
+            for (query, sessions) in [("", 4), ("?max-sessions=16", 16)] {
+                let server = Serve::start(&hk, &format!("{uri}{query}"), &cert, "boring");
+                let Stopped { log, .. } = server.stop();
+                let expected = format!("{on}, {sessions} device operation(s) at once");
+                assert!(
+                    log.contains(&expected),
+                    "{query}: expected '{expected}' in:\n{log}"
+                );
+            }
+        }
         hk.ok(&["delete", &uri, "--yes"]);
     }
     assert_eq!(private_keys(hsm), keys, "the served keys are deleted");

@@ -57,8 +57,13 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         log::set_max_level(log_level());
     }
     let handle = Server::start(config).map_err(tls_error)?;
+    let at_once = key
+        .pool_stats()
+        .map(|s| format!(", {} device operation(s) at once", s.workers))
+        .unwrap_or_default();
     crate::output::note(&format!(
-        "serving https://{} with {} on key {name} ({}), {} event-loop thread(s){}; Ctrl-C stops",
+        "serving https://{} with {} on key {name} ({}){at_once}, {} event-loop thread(s){}; \
+         Ctrl-C stops",
         handle.local_addr(),
         handle.stack(),
         store.keys().dyn_name(),
