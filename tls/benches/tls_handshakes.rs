@@ -27,9 +27,14 @@
 //! benchmark raises its scheduling priority (nice -10, when run as root) for both the raw loop
 //! and the servers; `HARDKEY_BENCH_SWTPM_NICE=0` measures without.
 //!
+//! **Sessions.** A PKCS#11 token that spends 200 ms in every `C_Sign`, like a network HSM
+//! (the fault shim's delay in front of SoftHSM): 50 concurrent handshakes on one server with
+//! S = 4, 16 and 64 sessions (the key URI's `max-sessions`) take about ceil(50/S) delays,
+//! the bound being ceil(50/S) + 1.
+//!
 //! Environment: `HARDKEY_BENCH_DELAY_MS` (200), `HARDKEY_BENCH_HANDSHAKES` (100),
 //! `HARDKEY_BENCH_ROUNDS` (3), `HARDKEY_BENCH_BASELINE_TIMEOUT_MS` (5000),
-//! `HARDKEY_BENCH_SECONDS` (2), `HARDKEY_BENCH_SWTPM_NICE` (-10); `HARDKEY_BENCH_PARTS` (`experiment`, `throughput`; both by
+//! `HARDKEY_BENCH_SECONDS` (2), `HARDKEY_BENCH_SWTPM_NICE` (-10); `HARDKEY_BENCH_PARTS` (`experiment`, `throughput`, `sessions`; all by
 //! default) and `HARDKEY_BENCH_ONLY` (`boring`, `rustls`, `blocking`) select what runs.
 #![allow(
     clippy::expect_used,
@@ -794,9 +799,85 @@ fn throughput(ca: &Ca, client: &tokio::runtime::Runtime, hsm: &softhsm_tests::So
     softhsm_store.pool().shutdown(Duration::from_secs(5));
 }
 
+/// 50 concurrent handshakes on a token whose every `C_Sign` takes `delay`, with 4, 16 and 64
+/// sessions: wall time in delays next to the bound ceil(50/S) + 1.
+fn sessions(
+    ca: &Ca,
+    client: &tokio::runtime::Runtime,
+    hsm: &softhsm_tests::SoftHsm,
+    shim: &softhsm_tests::FaultShim,
+) {
+    let delay = Duration::from_millis(env("HARDKEY_BENCH_DELAY_MS", 200));
+    let n = 50usize;
+    let config = client_config(ca);
+    println!(
+        "\n== Sessions: {n} concurrent TLS 1.3 handshakes (BoringSSL, one server thread) on a \
+         PKCS#11 P-256 key whose every C_Sign takes {}",
+        ms(delay)
+    );
+    println!(
+        "{:>8} {:>11} {:>11} {:>16}",
+        "sessions", "batch wall", "wall/delay", "bound ceil(n/S)+1"
+    );
+    for sessions in [4usize, 16, 64] {
+        shim.set("");
+        let store = hardkey_pkcs11::Pkcs11Store::open(
+            hsm.config().module(shim.module()).sessions(sessions),
+        )
+        .unwrap();
+        let key: SharedKey =
+            Arc::new(block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap());
+        let chain = CertChain::from_pem(ca.issue(&key.info().public_key, "sessions")).unwrap();
+        let server = Server::start(
+            ServerConfig::new(Arc::clone(&key), chain)
+                .stack(Stack::Boring)
+                .listen("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        // Warm up without the delay: connections and every session's first use.
+        shim.set("");
+        rate(client, addr, &config, Duration::from_millis(200));
+        shim.set(&format!("sign_delay_ms={}", delay.as_millis()));
+        let start = Instant::now();
+        let failed = client.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let config = Arc::clone(&config);
+                    tokio::spawn(async move { fetch(addr, config, &OnceLock::new()).await })
+                })
+                .collect();
+            let mut failed = 0;
+            for t in tasks {
+                if !matches!(t.await, Ok(Ok(()))) {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+        let wall = start.elapsed();
+        shim.set("");
+        let bound = n.div_ceil(sessions) + 1;
+        println!(
+            "{sessions:>8} {:>11} {:>11.2} {bound:>16}{}",
+            ms(wall),
+            wall.as_secs_f64() / delay.as_secs_f64(),
+            if failed > 0 {
+                format!("  ({failed} failed)")
+            } else {
+                String::new()
+            }
+        );
+        server.shutdown().unwrap();
+        drop(key);
+        let _ = store.pool().shutdown(Duration::from_secs(10));
+    }
+}
+
 fn main() {
     // SoftHSM first: it is configured through the environment while the process has one thread.
     let hsm = softhsm_tests::SoftHsm::start();
+    let shim = softhsm_tests::FaultShim::start(&hsm);
     let ca = Ca::new();
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -809,5 +890,8 @@ fn main() {
     }
     if parts.is_empty() || parts.contains("throughput") {
         throughput(&ca, &client, &hsm);
+    }
+    if parts.is_empty() || parts.contains("sessions") {
+        sessions(&ca, &client, &hsm, &shim);
     }
 }
