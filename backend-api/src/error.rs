@@ -176,6 +176,23 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The operation was not started: less of its deadline was left than the fastest recent
+    /// operation of its kind took on the device, so it would have timed out anyway.
+    #[error(
+        "{op} on {device} not started: {left:?} of its deadline was left, and the fastest \
+         recent {op} there took {takes:?} (the device is overloaded, or the deadline too short)"
+    )]
+    NoTimeLeft {
+        /// The device (pool) name.
+        device: String,
+        /// What was not started.
+        op: Operation,
+        /// What was left of the deadline when a worker took the job.
+        left: Duration,
+        /// The fastest recent operation of this kind on that worker.
+        takes: Duration,
+    },
+
     /// The device or its owner cancelled the operation.
     #[error("{op} on {device} was cancelled: {source}")]
     Cancelled {
@@ -229,7 +246,7 @@ impl Error {
             Self::DeviceUnavailable { .. } => ErrorKind::DeviceUnavailable,
             Self::Busy { .. } => ErrorKind::Busy,
             Self::Exhausted { .. } => ErrorKind::Exhausted,
-            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Timeout { .. } | Self::NoTimeLeft { .. } => ErrorKind::Timeout,
             Self::Cancelled { .. } => ErrorKind::Cancelled,
             Self::InvalidInput(_) | Self::Uri(_) => ErrorKind::InvalidInput,
             Self::ShutDown { .. } => ErrorKind::ShutDown,

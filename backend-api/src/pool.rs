@@ -11,9 +11,10 @@
 //! - **Backpressure**: the queue is bounded. Callers await a free slot, or get
 //!   [`Error::Busy`] at once if the pool was configured with [`Backpressure::FailFast`].
 //! - **Deadlines**: every job has a deadline (queue wait included), after which the caller gets
-//!   [`Error::Timeout`]; a job found expired when dequeued is never run, nor is one whose
-//!   remaining time is below what its kind of operation typically takes on the worker (under
-//!   overload, the device's time goes to answers someone will still read).
+//!   [`Error::Timeout`]; a job found expired when dequeued is never run, and one with less
+//!   time left than the fastest recent job of its kind took there fails at once with
+//!   [`Error::NoTimeLeft`] (under overload, the device's time goes to answers someone will
+//!   still read).
 //! - **Cancellation**: a job whose caller dropped its future before the job started is skipped.
 //! - **Recovery**: a job that fails with a device-lost error ([`Error::is_device_lost`]) makes
 //!   its worker drop its state and build a new one at once; an idempotent job (sign, decrypt)
@@ -1074,16 +1075,18 @@ struct Worker<D: 'static> {
     typical: Typical,
 }
 
-/// A worker's estimate of how long each kind of operation takes: the median service time of
-/// its last [`TYPICAL_SAMPLES`] successful jobs of that kind.
+/// A worker's estimate of how long each kind of operation takes at least: the fastest of its
+/// last [`TYPICAL_SAMPLES`] successful jobs of that kind.
 ///
 /// Under overload, a FIFO queue hands the worker jobs close to their deadlines; starting one
 /// that cannot finish in time wastes the device on an answer nobody will read, and the next
-/// caller misses its deadline too (goodput collapses). So a job whose remaining time is below
-/// its operation's typical time is answered with a Timeout at once, not started. The median
-/// ignores a single slow outlier; with fewer than [`TYPICAL_MIN_SAMPLES`] samples nothing is
-/// refused; and after [`TYPICAL_PROBE_EVERY`] refusals in a row the next job runs anyway, so a
-/// device that became faster is noticed.
+/// caller misses its deadline too (goodput collapses). So a job with less time left than the
+/// fastest recent job of its kind took is refused at once ([`Error::NoTimeLeft`]), not
+/// started, when other jobs wait behind it. The fastest, not the median: one device serves slow and fast operations of one
+/// kind (RSA-4096 and P-256 signatures), and a fast one must never be refused for the slow
+/// ones' sake. With fewer than [`TYPICAL_MIN_SAMPLES`] samples nothing is refused, and every
+/// [`TYPICAL_PROBE_EVERY`]th job that would be refused runs anyway, so a device that became
+/// faster after a slow spell is noticed.
 #[derive(Default)]
 struct Typical {
     by_op: Vec<(Operation, OpTimes)>,
@@ -1092,7 +1095,7 @@ struct Typical {
 #[derive(Default)]
 struct OpTimes {
     samples: std::collections::VecDeque<Duration>,
-    refused_in_a_row: u32,
+    refused_since_probe: u32,
 }
 
 const TYPICAL_SAMPLES: usize = 15;
@@ -1117,30 +1120,32 @@ impl Typical {
             t.samples.pop_front();
         }
         t.samples.push_back(took);
-        t.refused_in_a_row = 0;
     }
 
-    /// Whether a job of `op` starting now cannot finish before `deadline`.
-    fn too_late(&mut self, op: Operation, now: Instant, deadline: Option<Instant>) -> bool {
-        let Some(deadline) = deadline else {
-            return false;
-        };
+    /// If a job of `op` starting at `now` cannot finish before `deadline`: how much time it
+    /// has left, and the least its kind took recently.
+    fn too_late(
+        &mut self,
+        op: Operation,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Option<(Duration, Duration)> {
+        let deadline = deadline?;
         let t = self.times(op);
         if t.samples.len() < TYPICAL_MIN_SAMPLES {
-            return false;
+            return None;
         }
-        let mut sorted: Vec<Duration> = t.samples.iter().copied().collect();
-        sorted.sort_unstable();
-        let typical = sorted[sorted.len() / 2];
-        if now.checked_add(typical).is_none_or(|end| end <= deadline) {
-            return false;
+        let fastest = t.samples.iter().min().copied()?;
+        let left = deadline.saturating_duration_since(now);
+        if left >= fastest {
+            return None;
         }
-        t.refused_in_a_row += 1;
-        if t.refused_in_a_row >= TYPICAL_PROBE_EVERY {
-            t.refused_in_a_row = 0;
-            return false;
+        t.refused_since_probe += 1;
+        if t.refused_since_probe >= TYPICAL_PROBE_EVERY {
+            t.refused_since_probe = 0;
+            return None;
         }
-        true
+        Some((left, fastest))
     }
 }
 
@@ -1243,11 +1248,25 @@ impl<D: 'static> Worker<D> {
             return;
         }
         let op = job.options().op;
-        if job.deadline().is_some_and(|d| started >= d)
-            || self.typical.too_late(op, started, job.deadline())
-        {
+        if job.deadline().is_some_and(|d| started >= d) {
             c.timed_out.fetch_add(1, Relaxed);
             job.expire(shared.name());
+            return;
+        }
+        // Refusing helps only callers waiting behind this job: with none, a job that may
+        // still make its deadline is run.
+        let others_wait = shared.queued() > 0;
+        if let Some((left, takes)) = others_wait
+            .then(|| self.typical.too_late(op, started, job.deadline()))
+            .flatten()
+        {
+            c.timed_out.fetch_add(1, Relaxed);
+            job.fail(Error::NoTimeLeft {
+                device: shared.name().to_owned(),
+                op,
+                left,
+                takes,
+            });
             return;
         }
         c.in_flight.fetch_add(1, Relaxed);

@@ -998,3 +998,48 @@ fn overload_with_wait_keeps_every_deadline() {
         "an answer came {latest:?} after submission, deadline {deadline:?}"
     );
 }
+
+/// Found by an attacker's review: slow and fast jobs of one kind on one device (RSA-4096 and
+/// P-256 signatures). A fast job with ample time for itself must run, however many slow
+/// ones came before it; only a job with less time left than the fastest recent one took, and
+/// with others waiting behind it, is refused, and then with an error that says so.
+#[test]
+fn fast_jobs_are_not_refused_for_slow_ones() {
+    let (pool, _device) = start_pool(PoolConfig::new("mixed").op_timeout(None));
+    let job = |ms: u64, deadline: Option<u64>| {
+        let options = sign().with_timeout(deadline.map_or(JobTimeout::Never, |d| {
+            JobTimeout::After(Duration::from_millis(d))
+        }));
+        pool.run(options, move |_: &mut TestDevice| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        })
+    };
+    for _ in 0..8 {
+        block_on(job(60, None)).unwrap();
+    }
+    // One slow to seven fast, one at a time: every fast job has 40 ms for its 2 ms.
+    for round in 0..3 {
+        block_on(job(60, None)).unwrap();
+        for i in 0..7 {
+            let r = block_on(job(2, Some(40)));
+            assert!(r.is_ok(), "round {round}, fast job {i}: {r:?}");
+        }
+    }
+    // Now fast jobs are known to take 2 ms: a 1 ms deadline behind a queue is refused at
+    // once, named as such.
+    let held = hold(&pool);
+    let mut doomed: Job<u64> = Box::pin(job(2, Some(1)));
+    enqueue(&mut doomed);
+    let mut behind: Job<u64> = Box::pin(job(2, None));
+    enqueue(&mut behind);
+    std::thread::sleep(Duration::from_millis(5));
+    block_on(held.release()).unwrap();
+    let err = block_on(doomed).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        matches!(err, Error::Timeout { .. } | Error::NoTimeLeft { .. }),
+        "{err:?}"
+    );
+    assert_eq!(block_on(behind).unwrap(), 2);
+}
