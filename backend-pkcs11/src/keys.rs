@@ -327,8 +327,11 @@ fn public_object_key(
 }
 
 /// A fresh random 16-byte CKA_ID.
+/// The length of the CKA_ID hardkey gives the keys it generates (random bytes).
+const HARDKEY_ID_LEN: usize = 16;
+
 pub(crate) fn new_id() -> Vec<u8> {
-    let mut id = vec![0u8; 16];
+    let mut id = vec![0u8; HARDKEY_ID_LEN];
     rand::thread_rng().fill_bytes(&mut id);
     id
 }
@@ -434,13 +437,19 @@ pub(crate) fn refuses_allowed_mechanisms(e: &cryptoki::error::Error) -> bool {
         .any(|rv| crate::error::is_rv(e, rv, None))
 }
 
-/// Destroys what an interrupted key generation left on the token: a process killed inside
-/// `C_GenerateKeyPair` can leave (SoftHSM makes the public key object, sets its attributes,
-/// then does the same for the private key) a public key generated on the token, labelled
-/// `label`, whose CKA_ID names no private key, and EC or RSA key objects, labelled `label`
-/// or not labelled at all, whose key was never written (no CKA_EC_POINT, CKA_EC_PARAMS or
-/// CKA_MODULUS: nothing to lose). Called before generating a key with that label, so that the
-/// rerun of a killed keygen leaves no orphan behind. Returns how many objects went.
+/// Destroys what an interrupted hardkey key generation left on the token: a process killed
+/// inside `C_GenerateKeyPair` can leave (SoftHSM makes the public key object, sets its
+/// attributes, then does the same for the private key) EC or RSA key objects, labelled
+/// `label` or not labelled at all, whose key was never written (no CKA_EC_POINT,
+/// CKA_EC_PARAMS or CKA_MODULUS: nothing to lose), and a public key with no private half.
+///
+/// Such a public key goes only if everything says hardkey made it for this label and its
+/// private key never came: labelled `label`, generated on the token (CKA_LOCAL), a CKA_ID of
+/// hardkey's shape (16 random bytes), no private key with that CKA_ID, and no private key
+/// labelled `label` at all. A public key another tool made (its own CKA_ID), one whose
+/// private half carries another CKA_ID, or one kept on purpose under a label nobody
+/// generates again is left alone. Called before generating a key with that label, so that
+/// the rerun of a killed keygen leaves no orphan behind. Returns how many objects went.
 pub(crate) fn remove_interrupted(session: &Session, label: &str) -> usize {
     let find = |class| {
         session
@@ -451,6 +460,7 @@ pub(crate) fn remove_interrupted(session: &Session, label: &str) -> usize {
     // Private keys first: one whose key was never written goes, and then its public key is
     // an orphan too.
     let mut private_ids = Vec::new();
+    let mut private_labelled = false;
     for h in find(ObjectClass::PRIVATE_KEY) {
         let Some(o) = Leftover::read(session, h, label) else {
             continue;
@@ -458,6 +468,7 @@ pub(crate) fn remove_interrupted(session: &Session, label: &str) -> usize {
         if o.incomplete && (o.own_label || o.blank) {
             doomed.push(h);
         } else {
+            private_labelled |= o.own_label;
             private_ids.push(o.id);
         }
     }
@@ -467,7 +478,11 @@ pub(crate) fn remove_interrupted(session: &Session, label: &str) -> usize {
         };
         // A public key generated on the token (CKA_LOCAL) whose private key never came: not
         // one imported to verify with.
-        let orphan = o.own_label && o.generated && !private_ids.contains(&o.id);
+        let orphan = o.own_label
+            && o.generated
+            && o.id.len() == HARDKEY_ID_LEN
+            && !private_labelled
+            && !private_ids.contains(&o.id);
         if (o.incomplete && (o.own_label || o.blank)) || orphan {
             doomed.push(h);
         }

@@ -860,7 +860,6 @@ fn pkcs11_key(hsm: &SoftHsm) {
 fn pkcs11_rerun_removes_an_orphan_public_key(hsm: &SoftHsm) {
     let hk = Hardkey::new();
     hk.file("pin", hsm.user_pin().expose_secret());
-    let label = "orphaned";
     let run = |args: &[&str]| {
         let out = hsm.pkcs11_tool().args(args).output().expect("pkcs11-tool");
         assert!(
@@ -869,37 +868,68 @@ fn pkcs11_rerun_removes_an_orphan_public_key(hsm: &SoftHsm) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&[
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        label,
-        "--id",
-        "77",
-    ]);
-    run(&["--delete-object", "--type", "privkey", "--id", "77"]);
-    let labelled = |objects: &[(String, String, String, bool)]| -> Vec<(String, String)> {
-        objects
+    let labelled = |label: &str| -> Vec<(String, String)> {
+        token_objects(hsm)
             .iter()
             .filter(|o| o.2 == label)
             .map(|o| (o.0.clone(), o.1.clone()))
             .collect()
     };
-    let left = labelled(&token_objects(hsm));
-    assert_eq!(left, [("Public Key Object".to_owned(), "77".to_owned())]);
-    let uri = format!("pkcs11:token={};object={label}", hsm.label());
-    hk.ok(&["keygen", &uri, "--pin-file", "pin"]);
-    let after = labelled(&token_objects(hsm));
+    let uri = |label: &str| format!("pkcs11:token={};object={label}", hsm.label());
+
+    // What a keygen killed between the public and the private key leaves: hardkey's public
+    // key (its CKA_ID) without its private half. The rerun removes it.
+    let label = "orphaned";
+    hk.ok(&["keygen", &uri(label), "--pin-file", "pin"]);
+    let made = labelled(label);
+    assert_eq!(made.len(), 2, "{made:?}");
+    let id = made[0].1.clone();
+    run(&["--delete-object", "--type", "privkey", "--id", &id]);
+    assert_eq!(
+        labelled(label),
+        [("Public Key Object".to_owned(), id.clone())]
+    );
+    hk.ok(&["keygen", &uri(label), "--pin-file", "pin"]);
+    let after = labelled(label);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(
-        after.iter().all(|o| o.1 != "77"),
+        after.iter().all(|o| o.1 != id),
         "the orphan is still there: {after:?}"
     );
     assert_eq!(after[0].1, after[1].1, "{after:?}");
-    signs(&hk, &uri, &["--pin-file", "pin"]);
-    hk.ok(&["delete", &uri, "--yes", "--pin-file", "pin"]);
-    assert!(labelled(&token_objects(hsm)).is_empty());
+    signs(&hk, &uri(label), &["--pin-file", "pin"]);
+    hk.ok(&["delete", &uri(label), "--yes", "--pin-file", "pin"]);
+    assert!(labelled(label).is_empty());
+
+    // Found by an attacker's review: public keys of other tools are not hardkey's to remove.
+    // A public key kept on purpose (its private key deleted), and a pair whose private half
+    // carries another CKA_ID, both made by pkcs11-tool under the label being generated.
+    let keygen = |label: &str, id: &str| {
+        run(&[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            label,
+            "--id",
+            id,
+        ]);
+    };
+    keygen("kept", "77");
+    run(&["--delete-object", "--type", "privkey", "--id", "77"]);
+    keygen("renumbered", "01");
+    run(&["--type", "privkey", "--id", "01", "--set-id", "02"]);
+    for (label, public_id) in [("kept", "77"), ("renumbered", "01")] {
+        let before = labelled(label);
+        // The same label: what a user reusing it gets.
+        let out = hk.run(&["keygen", &uri(label), "--pin-file", "pin"]);
+        let after = labelled(label);
+        assert!(
+            after.contains(&("Public Key Object".to_owned(), public_id.to_owned())),
+            "keygen of '{label}' ({}) destroyed another tool's public key: {before:?} -> {after:?}",
+            out.status
+        );
+    }
 }
 
 fn main() -> ExitCode {
