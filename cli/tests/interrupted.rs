@@ -930,6 +930,14 @@ fn pkcs11_rerun_removes_an_orphan_public_key(hsm: &SoftHsm) {
             out.status
         );
     }
+    // Leave the token as found: pkcs11-tool's objects, then hardkey's keys.
+    for (class, id) in [("pubkey", "77"), ("pubkey", "01"), ("privkey", "02")] {
+        run(&["--delete-object", "--type", class, "--id", id]);
+    }
+    for label in ["kept", "renumbered"] {
+        hk.ok(&["delete", &uri(label), "--yes", "--pin-file", "pin"]);
+        assert!(labelled(label).is_empty(), "{:?}", labelled(label));
+    }
 }
 
 fn main() -> ExitCode {
