@@ -1373,6 +1373,10 @@ impl fmt::Display for UriErrorReason {
             Self::BadAttributeName { name } => {
                 write!(f, "bad attribute name \"{}\"", Escaped(name))
             }
+            Self::MissingEquals { name } if name.is_empty() => f.write_str(
+                "an attribute has no '=' (not shown, in case it is a secret typed in the wrong \
+                 place)",
+            ),
             Self::MissingEquals { name } => {
                 write!(f, "attribute \"{}\" has no '='", Escaped(name))
             }
@@ -1711,11 +1715,23 @@ fn split_attributes<'a>(
                     "name=value (no empty attribute, no trailing separator)",
                 )
             } else {
+                // Only a known attribute name is quoted: anything else may be a secret typed
+                // in the wrong place (`pin-value:1234`, a bare PIN), found by an attacker's
+                // review.
+                let known = PK11_PATH_NAMES
+                    .iter()
+                    .chain(PK11_QUERY_NAMES.iter())
+                    .chain(["file", "handle", "tcti"].iter())
+                    .any(|n| n.eq_ignore_ascii_case(piece));
                 error(
                     input,
                     pos + piece.len(),
                     UriErrorReason::MissingEquals {
-                        name: piece.to_owned(),
+                        name: if known {
+                            piece.to_owned()
+                        } else {
+                            String::new()
+                        },
                     },
                     "name=value",
                 )
@@ -2551,6 +2567,26 @@ mod tests {
             e.reason,
             UriErrorReason::ConflictingAttributes { .. }
         ));
+    }
+
+    /// Found by an attacker's review: a piece without '=' may be a PIN typed in the wrong
+    /// place; only a known attribute name is quoted.
+    #[test]
+    fn unknown_pieces_without_equals_are_not_quoted() {
+        for s in [
+            "pkcs11:token=L;object=web?pin-value:SECRET99",
+            "pkcs11:token=L;pin-value:SECRET99",
+            "pkcs11:token=L;object=web?pin-valueSECRET99",
+            "pkcs11:token=L;object=web?pin-value%3DSECRET99",
+            "pkcs11:token=L;SECRET99",
+        ] {
+            let e = s.parse::<KeyUri>().unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("SECRET99"), "{s}: {shown}");
+            assert!(shown.contains("no '='"), "{s}: {shown}");
+        }
+        let e = "pkcs11:token".parse::<KeyUri>().unwrap_err();
+        assert!(e.to_string().contains("\"token\" has no '='"), "{e}");
     }
 
     /// Found by the `uri` fuzz target: a reason quoted input text (a `file:` host, an invalid
