@@ -63,17 +63,19 @@ impl CliError {
                     .downcast_ref::<hardkey_api::Error>()
                     .map(hardkey_api::Error::kind)
             })
-            .or(self.usage.then_some(hardkey_api::ErrorKind::InvalidInput));
-        let retryable = kind.map(|k| {
+            .or(self.usage.then_some(hardkey_api::ErrorKind::InvalidInput))
+            // Not a library error (a file that cannot be written, say): the operation failed.
+            .unwrap_or(hardkey_api::ErrorKind::Backend);
+        let retryable = {
             use hardkey_api::ErrorKind::{Busy, DeviceUnavailable, Exhausted, Timeout};
-            matches!(k, Busy | DeviceUnavailable | Exhausted | Timeout)
-        });
+            matches!(kind, Busy | DeviceUnavailable | Exhausted | Timeout)
+        };
         serde_json::json!({
             "error": {
                 "message": self.to_string(),
                 "usage": self.usage,
                 "exit_code": self.exit_code(),
-                "kind": kind.map(|k| snake_case(&format!("{k:?}"))),
+                "kind": snake_case(&format!("{kind:?}")),
                 "retryable": retryable,
             }
         })

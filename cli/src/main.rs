@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         Err(e) => return clap_error(&e),
     };
     let json = cli.json;
+    if json {
+        output::set_json_on_stdout();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -64,6 +67,28 @@ fn clap_error(e: &clap::Error) -> ExitCode {
     } else {
         e.render().to_string()
     };
+    // `--json` anywhere on the command line (before the first `--`): the script gets the
+    // usage error as a JSON document too.
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if json {
+        let message = text.lines().next().unwrap_or_default();
+        let message = message.strip_prefix("error: ").unwrap_or(message);
+        output::write_stdout(&format!(
+            "{:#}",
+            serde_json::json!({
+                "error": {
+                    "message": output::printable(message),
+                    "usage": true,
+                    "exit_code": error::EXIT_USAGE,
+                    "kind": "invalid_input",
+                    "retryable": false,
+                }
+            })
+        ));
+    }
     output::note(&text);
     ExitCode::from(error::EXIT_USAGE)
 }

@@ -6,6 +6,18 @@ use hardkey_api::KeyInfo;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+static JSON_ON_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that `--json` was given: stdout carries one JSON document and nothing else.
+pub(crate) fn set_json_on_stdout() {
+    JSON_ON_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `--json` was given (see [`set_json_on_stdout`]).
+pub(crate) fn json_on_stdout() -> bool {
+    JSON_ON_STDOUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where results go.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Output {

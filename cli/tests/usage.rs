@@ -308,6 +308,21 @@ fn json_errors_are_json_documents_too() {
     assert_eq!(doc["error"]["usage"], true, "{doc}");
     // Without --json, nothing on stdout.
     assert!(hk.run(&["info", "file:missing.pem"]).stdout.is_empty());
+    // Found by an attacker's review: stdout holds one JSON document and nothing else, so an
+    // output to stdout is refused, and the argument parser's errors are JSON too.
+    hk.ok(&["keygen", "file:j.pem", "--alg", "p256"]);
+    hk.file("m", b"m");
+    for args in [
+        &["--json", "sign", "file:j.pem", "--in", "m", "--out", "-"][..],
+        &["--json", "--bogus"][..],
+        &["--json", "info"][..],
+    ] {
+        let out = hk.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not one JSON document ({e}): {out:?}"));
+        assert_eq!(doc["error"]["kind"], "invalid_input", "{args:?}: {doc}");
+    }
 }
 
 #[test]

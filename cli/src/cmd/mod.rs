@@ -113,6 +113,13 @@ impl OutputFile {
         // lose the log).
         match path.to_str() {
             Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1") => {
+                // Scripts that asked for one JSON document on stdout get exactly that.
+                if crate::output::json_on_stdout() {
+                    return Err(usage(format!(
+                        "--json prints its report on stdout, so {what} cannot go there too: \
+                         write it to a file with --out FILE, or drop --json"
+                    )));
+                }
                 return made(Sink::Stdout);
             }
             Some("/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2") => return made(Sink::Stderr),
