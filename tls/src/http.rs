@@ -61,20 +61,36 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
         _ => return Err(HttpError::Malformed("unsupported HTTP version")),
     };
     let mut keep_alive = http11;
+    let mut close = false;
     let mut body_len = 0;
     let mut content_length: Option<&str> = None;
     for line in lines.filter(|l| !l.is_empty()) {
+        // RFC 9112: a bare CR or LF, a folded line (obs-fold), whitespace before the colon or
+        // a name that is not a token, and control characters in a value are refused, never
+        // guessed at: a proxy in front that reads them otherwise would frame the requests
+        // differently (request smuggling).
+        if line.contains(['\r', '\n']) {
+            return Err(HttpError::Malformed("bare CR or LF in the request head"));
+        }
         let Some((name, value)) = line.split_once(':') else {
             return Err(HttpError::Malformed("header without ':'"));
         };
-        let value = value.trim();
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(HttpError::Malformed(
+                "bad header name (whitespace before ':', a folded line or not a token)",
+            ));
+        }
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(HttpError::Malformed("control character in a header value"));
+        }
+        let value = value.trim_matches([' ', '\t']);
         if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    keep_alive = true;
-                }
+            let tokens = || value.split(',').map(|t| t.trim_matches([' ', '\t']));
+            // "close" wins over "keep-alive", wherever it stands.
+            if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
+                close = true;
+            } else if tokens().any(|t| t.eq_ignore_ascii_case("keep-alive")) {
+                keep_alive = true;
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             // RFC 9112 6.3: digits only (Rust's parser would take "+5"), and several
@@ -102,9 +118,31 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
     Ok(Request {
         head_only: method == "HEAD",
         allowed: method == "GET" || method == "HEAD",
-        keep_alive,
+        keep_alive: keep_alive && !close,
         body_len,
     })
+}
+
+/// RFC 9110 `tchar`: what a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Answers a request that cannot be served with `400 Bad Request` and `Connection: close`
+/// (best effort, within the write deadline), so the client learns why it is closed.
+async fn reject<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    limits: Limits,
+    why: HttpError,
+) -> HttpError {
+    const BAD: &[u8] =
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let write = async {
+        stream.write_all(BAD).await?;
+        stream.flush().await
+    };
+    let _ = tokio::time::timeout(limits.write, write).await;
+    why
 }
 
 /// Serves requests on `stream` until it ends. `page` is the body of every response; each
@@ -131,7 +169,12 @@ where
                 break end;
             }
             if buf.len() > MAX_HEAD {
-                return Err(HttpError::Malformed("request head too large"));
+                return Err(reject(
+                    stream,
+                    limits,
+                    HttpError::Malformed("request head too large"),
+                )
+                .await);
             }
             let mut chunk = [0u8; 4096];
             let wait = match deadline {
@@ -159,7 +202,18 @@ where
                 Ok(Err(e)) => return Err(e.into()),
             }
         };
-        let request = parse_head(buf.get(..head_end).unwrap_or_default())?;
+        if head_end > MAX_HEAD {
+            return Err(reject(
+                stream,
+                limits,
+                HttpError::Malformed("request head too large"),
+            )
+            .await);
+        }
+        let request = match parse_head(buf.get(..head_end).unwrap_or_default()) {
+            Ok(request) => request,
+            Err(e) => return Err(reject(stream, limits, e).await),
+        };
         buf.drain(..head_end + 4);
         // Discard the body.
         let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.request);
@@ -228,6 +282,37 @@ pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by an attacker's review: header lines a lenient proxy reads differently are
+    /// refused, not guessed at; only SP and HTAB are trimmed; "close" wins.
+    #[test]
+    fn ambiguous_header_lines_are_refused() {
+        let head = |lines: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{lines}");
+        for bad in [
+            "Content-Length : 27",
+            "\nContent-Length: 27",
+            "Content-Length: 27\nX: y",
+            "Transfer-Encoding : chunked",
+            " Transfer-Encoding: chunked",
+            "X: a\r\n\tfolded",
+            ": empty name",
+            "X: nul\0byte",
+            "Content-Length: 3\u{a0}",
+            "Content-Length: 3\x0b",
+        ] {
+            assert!(
+                matches!(
+                    parse_head(head(bad).as_bytes()),
+                    Err(HttpError::Malformed(_))
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        let ok = parse_head(head("Content-Length: \t3 ").as_bytes()).map(|r| r.body_len);
+        assert_eq!(ok.ok(), Some(3));
+        let closing = parse_head(head("Connection: close, keep-alive").as_bytes());
+        assert!(closing.is_ok_and(|r| !r.keep_alive));
+    }
 
     /// Found reading the code while fuzzing `parse_head`: a signed or conflicting
     /// Content-Length frames the next request differently from a proxy that reads it
