@@ -5,13 +5,18 @@
 //! backend under test. Each check runs under a plain `block_on`, which also proves that the
 //! backend's futures need no particular async runtime.
 //!
-//! Instantiate it in a backend's integration tests with [`conformance_tests!`](crate::conformance_tests):
+//! Every check is listed once, in [`checks`]; a backend's integration test (a `harness =
+//! false` binary, so it can start its device before any thread) runs them all:
 //!
 //! ```ignore
-//! fn suite() -> hardkey_api::testkit::Suite<MyStore> {
-//!     hardkey_api::testkit::Suite::new(MyStore::open_test_device(), missing_key_uri())
+//! fn main() -> std::process::ExitCode {
+//!     let suite = || Suite::new(MyStore::open_test_device(), missing_key_uri());
+//!     let trials = hardkey_api::testkit::checks(suite, &[("p256", KeyAlgorithm::EcP256)])
+//!         .into_iter()
+//!         .map(|c| libtest_mimic::Trial::test(c.name, move || Ok((c.run)())))
+//!         .collect();
+//!     libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials).exit_code()
 //! }
-//! hardkey_api::conformance_tests!(suite; p256 => EcP256, rsa2048 => Rsa2048);
 //! ```
 //!
 //! The test kit reports failures by panicking, as `assert!` does.
@@ -467,11 +472,10 @@ impl<S: KeyStore> Suite<S> {
 
 type CheckFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
 
-/// One named conformance check, for test harnesses other than libtest (e.g. a
-/// `harness = false` binary that must set up a device before any thread starts).
+/// One named conformance check, run by a backend's `harness = false` test binary (which can
+/// set up its device before any thread starts).
 pub struct Check {
-    /// `algorithm::check` or `store::check`, as [`conformance_tests!`](crate::conformance_tests)
-    /// names its tests.
+    /// `algorithm::check` or `store::check` (e.g. `p256::reopen_by_id_and_uri`).
     pub name: String,
     /// Runs the check; panics on failure.
     pub run: Box<dyn FnOnce() + Send>,
@@ -546,61 +550,4 @@ impl<S: KeyStore> Drop for Suite<S> {
             let _ = block_on(self.store.delete(&id));
         }
     }
-}
-
-/// Instantiates the conformance suite as `#[test]` functions.
-///
-/// `$suite` is the name of a function, in the invoking module, returning a [`Suite`]; each `name => Algorithm` pair makes a
-/// module of per-algorithm tests. Store-level tests go in a module named `store`.
-#[macro_export]
-macro_rules! conformance_tests {
-    ($suite:ident; $($name:ident => $alg:ident),+ $(,)?) => {
-        $(
-            mod $name {
-                const ALG: $crate::KeyAlgorithm = $crate::KeyAlgorithm::$alg;
-                #[test]
-                fn sign_and_verify_every_scheme() {
-                    $crate::testkit::block_on(super::$suite().sign_and_verify(ALG));
-                }
-                #[test]
-                fn unsupported_schemes_are_refused() {
-                    $crate::testkit::block_on(super::$suite().unsupported_schemes(ALG));
-                }
-                #[test]
-                fn decrypt_round_trip() {
-                    $crate::testkit::block_on(super::$suite().decrypt_round_trip(ALG));
-                }
-                #[test]
-                fn concurrent_signs_all_verify() {
-                    $crate::testkit::block_on(super::$suite().concurrent_signs(ALG));
-                }
-                #[test]
-                fn dropped_futures_leave_the_device_usable() {
-                    $crate::testkit::block_on(super::$suite().dropped_futures(ALG));
-                }
-                #[test]
-                fn reopen_by_id_and_uri() {
-                    $crate::testkit::block_on(super::$suite().reopen(ALG));
-                }
-                #[test]
-                fn import_pkcs8() {
-                    $crate::testkit::block_on(super::$suite().import_pkcs8(ALG));
-                }
-            }
-        )+
-        mod store {
-            #[test]
-            fn list_and_delete() {
-                $crate::testkit::block_on(super::$suite().list_and_delete());
-            }
-            #[test]
-            fn unknown_key_is_not_found() {
-                $crate::testkit::block_on(super::$suite().unknown_key());
-            }
-            #[test]
-            fn unsupported_algorithms_are_refused() {
-                $crate::testkit::block_on(super::$suite().unsupported_algorithms());
-            }
-        }
-    };
 }
