@@ -81,23 +81,8 @@ fn verify_inner(
                     signature,
                 ),
             };
+            // `Pss::new_with_salt` checks the salt length too (TLS 1.3: the hash length).
             result.map_err(|e| format!("{scheme} signature does not verify: {e}"))?;
-            if scheme.kind() == SignatureKind::RsaPss {
-                // Recover EM = s^e mod n and read the salt length it was made with.
-                let s = rsa::BigUint::from_bytes_be(signature);
-                let raw = s.modpow(key.e(), key.n()).to_bytes_be();
-                // to_bytes_be drops leading zero bytes: restore the k-byte block.
-                let mut em = vec![0u8; key.size().saturating_sub(raw.len())];
-                em.extend_from_slice(&raw);
-                let mod_bits = key.n().bits();
-                let salt = encoding::pss_salt_len_of(scheme.hash(), &digest, &em, mod_bits);
-                if salt != scheme.pss_salt_len() {
-                    return Err(format!(
-                        "{scheme} signature uses salt length {salt:?}, TLS 1.3 needs {:?}",
-                        scheme.pss_salt_len()
-                    ));
-                }
-            }
             Ok(())
         }
         SignatureKind::Ecdsa => match scheme {
@@ -119,5 +104,34 @@ fn verify_inner(
             }
             other => Err(format!("unknown ECDSA scheme {other}")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs8::EncodePublicKey;
+    use rsa::signature::{RandomizedSigner, SignatureEncoding};
+
+    /// TLS 1.3 wants RSA-PSS with a salt as long as the hash: a signature made with another
+    /// salt length is refused, whatever checks it.
+    #[test]
+    fn pss_with_another_salt_length_is_refused() {
+        let mut rng = rand::rngs::OsRng;
+        let private = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let spki = private.to_public_key().to_public_key_der().unwrap();
+        let message = b"salted";
+        for (salt, ok) in [(32, true), (20, false), (0, false), (64, false)] {
+            let signer =
+                rsa::pss::SigningKey::<sha2::Sha256>::new_with_salt_len(private.clone(), salt);
+            let sig = signer.sign_with_rng(&mut rng, message).to_vec();
+            let result = verify_signature(
+                spki.as_bytes(),
+                SignatureScheme::RsaPssSha256,
+                message,
+                &sig,
+            );
+            assert_eq!(result.is_ok(), ok, "salt {salt}: {result:?}");
+        }
     }
 }
