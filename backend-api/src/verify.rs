@@ -8,21 +8,48 @@ use rsa::traits::PublicKeyParts;
 use crate::{HashAlgorithm, SignatureKind, SignatureScheme, encoding};
 
 /// A signature that did not verify, and why.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{scheme} signature rejected: {reason}")]
+#[non_exhaustive]
 pub struct VerifyError {
     /// The scheme the signature claimed.
     pub scheme: SignatureScheme,
     /// What was wrong.
-    pub reason: String,
+    #[source]
+    pub reason: VerifyReason,
 }
 
-impl std::fmt::Display for VerifyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} signature rejected: {}", self.scheme, self.reason)
-    }
+/// Why a signature did not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyReason {
+    /// The public key is not one the scheme uses (or not a valid SPKI at all).
+    #[error("not {expected} public key: {source}")]
+    WrongKey {
+        /// What the scheme needs ("an RSA", "a P-256").
+        expected: &'static str,
+        /// Why the key was not read as one.
+        source: spki::Error,
+    },
+    /// An RSA signature whose length is not the modulus's.
+    #[error("RSA signature is {got} bytes, modulus is {modulus}")]
+    RsaLength {
+        /// The signature's length.
+        got: usize,
+        /// The modulus's length in bytes.
+        modulus: usize,
+    },
+    /// An ECDSA signature that is not a DER `Ecdsa-Sig-Value`.
+    #[error("not a DER ECDSA signature: {0}")]
+    NotDer(p256::ecdsa::Error),
+    /// A well-formed signature that does not match the key and message (for RSA-PSS also
+    /// one made with a salt length other than the hash's, as TLS 1.3 requires).
+    #[error("does not verify: {0}")]
+    Mismatch(Box<dyn std::error::Error + Send + Sync>),
+    /// A scheme this verifier does not know.
+    #[error("no software verifier for this scheme")]
+    UnknownScheme,
 }
-
-impl std::error::Error for VerifyError {}
 
 /// Verifies `signature` over `message` with the public key `spki_der`, using the `rsa`,
 /// `p256` and `p384` crates. For RSA-PSS it also checks that the salt length equals the hash
@@ -37,23 +64,30 @@ pub fn verify_signature(
         .map_err(|reason| VerifyError { scheme, reason })
 }
 
+fn mismatch(e: impl std::error::Error + Send + Sync + 'static) -> VerifyReason {
+    VerifyReason::Mismatch(Box::new(e))
+}
+
 fn verify_inner(
     spki_der: &[u8],
     scheme: SignatureScheme,
     message: &[u8],
     signature: &[u8],
-) -> Result<(), String> {
+) -> Result<(), VerifyReason> {
     let digest = encoding::digest(scheme.hash(), message);
     match scheme.kind() {
         SignatureKind::RsaPkcs1v15 | SignatureKind::RsaPss => {
-            let key = rsa::RsaPublicKey::from_public_key_der(spki_der)
-                .map_err(|e| format!("not an RSA public key: {e}"))?;
+            let key = rsa::RsaPublicKey::from_public_key_der(spki_der).map_err(|source| {
+                VerifyReason::WrongKey {
+                    expected: "an RSA",
+                    source,
+                }
+            })?;
             if signature.len() != key.size() {
-                return Err(format!(
-                    "RSA signature is {} bytes, modulus is {}",
-                    signature.len(),
-                    key.size()
-                ));
+                return Err(VerifyReason::RsaLength {
+                    got: signature.len(),
+                    modulus: key.size(),
+                });
             }
             let result = match (scheme.kind(), scheme.hash()) {
                 (SignatureKind::RsaPkcs1v15, HashAlgorithm::Sha256) => {
@@ -82,28 +116,36 @@ fn verify_inner(
                 ),
             };
             // `Pss::new_with_salt` checks the salt length too (TLS 1.3: the hash length).
-            result.map_err(|e| format!("{scheme} signature does not verify: {e}"))?;
+            result.map_err(mismatch)?;
             Ok(())
         }
-        SignatureKind::Ecdsa => match scheme {
-            SignatureScheme::EcdsaP256Sha256 => {
-                let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
-                    .map_err(|e| format!("not a P-256 public key: {e}"))?;
-                let sig = p256::ecdsa::Signature::from_der(signature)
-                    .map_err(|e| format!("not a DER ECDSA signature: {e}"))?;
-                key.verify(message, &sig)
-                    .map_err(|e| format!("{scheme} signature does not verify: {e}"))
+        SignatureKind::Ecdsa => {
+            match scheme {
+                SignatureScheme::EcdsaP256Sha256 => {
+                    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der).map_err(
+                        |source| VerifyReason::WrongKey {
+                            expected: "a P-256",
+                            source,
+                        },
+                    )?;
+                    let sig = p256::ecdsa::Signature::from_der(signature)
+                        .map_err(VerifyReason::NotDer)?;
+                    key.verify(message, &sig).map_err(mismatch)
+                }
+                SignatureScheme::EcdsaP384Sha384 => {
+                    let key = p384::ecdsa::VerifyingKey::from_public_key_der(spki_der).map_err(
+                        |source| VerifyReason::WrongKey {
+                            expected: "a P-384",
+                            source,
+                        },
+                    )?;
+                    let sig = p384::ecdsa::Signature::from_der(signature)
+                        .map_err(VerifyReason::NotDer)?;
+                    key.verify(message, &sig).map_err(mismatch)
+                }
+                _ => Err(VerifyReason::UnknownScheme),
             }
-            SignatureScheme::EcdsaP384Sha384 => {
-                let key = p384::ecdsa::VerifyingKey::from_public_key_der(spki_der)
-                    .map_err(|e| format!("not a P-384 public key: {e}"))?;
-                let sig = p384::ecdsa::Signature::from_der(signature)
-                    .map_err(|e| format!("not a DER ECDSA signature: {e}"))?;
-                key.verify(message, &sig)
-                    .map_err(|e| format!("{scheme} signature does not verify: {e}"))
-            }
-            other => Err(format!("unknown ECDSA scheme {other}")),
-        },
+        }
     }
 }
 
