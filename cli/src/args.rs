@@ -626,21 +626,29 @@ pub(crate) struct ManArgs {
     pub(crate) out_dir: PathBuf,
 }
 
+/// A count that is not at least 1.
+#[derive(Debug, thiserror::Error)]
+enum CountError {
+    #[error("must be at least 1")]
+    Zero,
+    #[error("not a count: {0}")]
+    NotANumber(#[from] std::num::ParseIntError),
+}
+
 /// A count that must be at least 1 (`--threads 0` is refused, not quietly raised).
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("not a count: {e}")),
+fn at_least_one(s: &str) -> Result<usize, CountError> {
+    match s.parse::<usize>()? {
+        0 => Err(CountError::Zero),
+        n => Ok(n),
     }
 }
 
-fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
-    s.parse().map_err(|e: hardkey_api::Error| e.to_string())
+fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, hardkey_api::Error> {
+    s.parse()
 }
 
-fn parse_scheme(s: &str) -> Result<SignatureScheme, String> {
-    s.parse().map_err(|e: hardkey_api::Error| e.to_string())
+fn parse_scheme(s: &str) -> Result<SignatureScheme, hardkey_api::Error> {
+    s.parse()
 }
 
 #[cfg(test)]
