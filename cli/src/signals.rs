@@ -32,9 +32,10 @@ fn state() -> MutexGuard<'static, State> {
 }
 
 fn install() -> CliResult<()> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    // The outcome of the one installation, for every caller (ctrlc's error is not Clone).
+    static INSTALLED: OnceLock<Result<(), std::sync::Arc<ctrlc::Error>>> = OnceLock::new();
     INSTALLED
-        .get_or_init(|| ctrlc::set_handler(on_signal).map_err(|e| e.to_string()))
+        .get_or_init(|| ctrlc::set_handler(on_signal).map_err(std::sync::Arc::new))
         .clone()
         .map_err(|e| failed(format!("cannot handle SIGINT/SIGTERM: {e}")))
 }
