@@ -33,6 +33,13 @@ pub fn digest(hash: HashAlgorithm, message: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The SHA-256 of a DER SubjectPublicKeyInfo, lowercase hex: how `openssl pkey -pubin
+/// -outform der | sha256sum` names a public key (for keys hardkey cannot parse too, such as
+/// a certificate's).
+pub fn spki_fingerprint(spki_der: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(spki_der))
+}
+
 /// Check that `digest` has the length `scheme`'s hash produces.
 pub fn check_digest_len(scheme: SignatureScheme, digest: &[u8]) -> Result<()> {
     let expected = scheme.hash().output_len();

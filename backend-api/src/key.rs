@@ -269,6 +269,11 @@ impl PublicKey {
         self.algorithm
     }
 
+    /// The SHA-256 of the DER SubjectPublicKeyInfo, hex ([`encoding::spki_fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        encoding::spki_fingerprint(&self.der)
+    }
+
     /// The PEM form (`-----BEGIN PUBLIC KEY-----`), as `openssl pkey -pubout` prints it.
     pub fn to_pem(&self) -> String {
         // Encoding a byte slice into a String cannot fail except on length overflow.

@@ -4,7 +4,6 @@ use std::io::Write;
 
 use hardkey_api::KeyInfo;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 static JSON_ON_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -114,7 +113,7 @@ fn escape(text: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
 /// The SHA-256 of the DER SubjectPublicKeyInfo, hex: how `openssl pkey -pubin -outform der |
 /// sha256sum` names a public key.
 pub(crate) fn fingerprint(info: &KeyInfo) -> String {
-    hex::encode(Sha256::digest(info.public_key.der()))
+    info.public_key.fingerprint()
 }
 
 /// A key as JSON.

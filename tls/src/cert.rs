@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::Path;
 
 use der::{Decode, Encode};
-use hardkey_api::{HashAlgorithm, KeyInfo, PublicKey, encoding};
+use hardkey_api::encoding::spki_fingerprint as fingerprint;
+use hardkey_api::{KeyInfo, PublicKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -134,15 +135,6 @@ impl fmt::Debug for CertChain {
             .field("origin", &self.origin)
             .finish()
     }
-}
-
-/// SHA-256 of `der`, hex.
-fn fingerprint(der: &[u8]) -> String {
-    hex_string(&encoding::digest(HashAlgorithm::Sha256, der))
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A key's name for messages: label or id, and its URI when it has one.
