@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::timer::lock;
+use crate::sync::lock;
 
 enum State<T> {
     /// No value yet; the receiver's waker, if it has been polled.

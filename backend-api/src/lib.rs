@@ -13,6 +13,7 @@ pub mod oid;
 mod pool;
 pub mod secret;
 mod store;
+mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod timer;

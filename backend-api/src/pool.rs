@@ -52,7 +52,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::completion;
 use crate::error::{Error, InvalidInput, Operation, Result};
-use crate::timer::{lock, sleep_until};
+use crate::sync::lock;
+use crate::timer::sleep_until;
 
 /// What a caller does when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -854,10 +855,7 @@ impl<D: 'static> Shared<D> {
             name: self.name().to_owned(),
             workers: self.config.workers,
             healthy_workers: self.healthy.load(Relaxed),
-            queued: self
-                .config
-                .queue_capacity
-                .saturating_sub(self.slots.available_permits()),
+            queued: self.queued(),
             in_flight: c.in_flight.load(Relaxed),
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),

@@ -32,14 +32,15 @@ pub mod soak;
 pub mod x509;
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use futures::future::join_all;
 use rand::rngs::OsRng;
 use rsa::pkcs8::{DecodePublicKey, EncodePrivateKey};
 use zeroize::Zeroizing;
 
+use crate::sync::lock;
 use crate::{
     DecryptScheme, ErrorKind, GenerateRequest, ImportRequest, KeyAlgorithm, KeyFamily, KeyId,
     KeyInfo, KeyStore, KeyUri, PrivateKey, SignatureScheme, encoding,
@@ -79,10 +80,6 @@ pub fn make_pkcs8(alg: KeyAlgorithm) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
 }
 
 static LABELS: AtomicU64 = AtomicU64::new(0);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The conformance suite bound to one store.
 pub struct Suite<S: KeyStore> {

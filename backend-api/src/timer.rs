@@ -14,6 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
+
 struct Entry {
     fired: AtomicBool,
     /// Set when the `Sleep` is dropped before firing: the heap entry is dead weight.
@@ -140,12 +142,6 @@ pub(crate) fn wake_at(at: Instant, waker: Waker) {
         waker: Mutex::new(Some(waker)),
     });
     timer().register(at, entry);
-}
-
-/// Locks a mutex, ignoring poisoning (the protected data stays consistent: every critical
-/// section here is a single push, pop or swap).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A future that completes at a given instant, on any executor.
