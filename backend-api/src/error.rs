@@ -87,6 +87,16 @@ pub enum ErrorKind {
     Backend,
 }
 
+impl ErrorKind {
+    /// Whether the same request may succeed if retried later (device back, queue drained).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::DeviceUnavailable | Self::Busy | Self::Exhausted | Self::Timeout
+        )
+    }
+}
+
 /// hardkey's error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -260,13 +270,7 @@ impl Error {
     /// device does not tell whether the device acted before failing: list the keys before
     /// retrying. Sign and decrypt are safe to retry.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind(),
-            ErrorKind::DeviceUnavailable
-                | ErrorKind::Busy
-                | ErrorKind::Exhausted
-                | ErrorKind::Timeout
-        )
+        self.kind().is_retryable()
     }
 
     /// Whether the error is about credentials (wrong or locked PIN / auth value).

@@ -66,10 +66,7 @@ impl CliError {
             .or(self.usage.then_some(hardkey_api::ErrorKind::InvalidInput))
             // Not a library error (a file that cannot be written, say): the operation failed.
             .unwrap_or(hardkey_api::ErrorKind::Backend);
-        let retryable = {
-            use hardkey_api::ErrorKind::{Busy, DeviceUnavailable, Exhausted, Timeout};
-            matches!(kind, Busy | DeviceUnavailable | Exhausted | Timeout)
-        };
+        let retryable = kind.is_retryable();
         serde_json::json!({
             "error": {
                 "message": self.to_string(),
@@ -118,10 +115,7 @@ impl From<hardkey_api::Error> for CliError {
 
 impl From<hardkey_api::UriError> for CliError {
     fn from(e: hardkey_api::UriError) -> Self {
-        Self {
-            kind: Some(hardkey_api::ErrorKind::InvalidInput),
-            ..Self::usage(e)
-        }
+        Self::usage(e)
     }
 }
 

@@ -76,18 +76,8 @@ fn clap_error(e: &clap::Error) -> ExitCode {
     if json {
         let message = text.lines().next().unwrap_or_default();
         let message = message.strip_prefix("error: ").unwrap_or(message);
-        output::write_stdout(&format!(
-            "{:#}",
-            serde_json::json!({
-                "error": {
-                    "message": output::printable(message),
-                    "usage": true,
-                    "exit_code": error::EXIT_USAGE,
-                    "kind": "invalid_input",
-                    "retryable": false,
-                }
-            })
-        ));
+        let e = error::usage(output::printable(message).into_owned());
+        output::write_stdout(&format!("{:#}", e.to_json()));
     }
     output::note(&text);
     ExitCode::from(error::EXIT_USAGE)

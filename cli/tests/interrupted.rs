@@ -50,17 +50,7 @@ use swtpm_tests::{Abrmd, Swtpm};
 
 /// Kills per operation: `HARDKEY_KILLS`, else 50 with `HARDKEY_SOAK=1`, else 5.
 fn kills() -> usize {
-    if let Some(n) = std::env::var("HARDKEY_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return n;
-    }
-    if std::env::var("HARDKEY_SOAK").is_ok_and(|v| v == "1") {
-        50
-    } else {
-        5
-    }
+    hardkey_api::testkit::soak::size(5, 50, "HARDKEY_KILLS")
 }
 
 /// The seed of the kill delays, fixed for the run: `HARDKEY_SEED`, else the clock.

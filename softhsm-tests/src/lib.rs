@@ -221,6 +221,24 @@ fn run_with(
     conclusion.exit_code()
 }
 
+/// A test of a `harness = false` binary: its name and the function run on the environment.
+pub type NamedTest<E> = (&'static str, fn(&E));
+
+/// One trial per `(name, test)`, each run on the shared environment `env` (the fixtures a
+/// `harness = false` binary's `main` started).
+pub fn trials_on<E: Send + Sync + 'static>(
+    env: &Arc<E>,
+    tests: &[NamedTest<E>],
+) -> Vec<libtest_mimic::Trial> {
+    tests
+        .iter()
+        .map(|&(name, test)| {
+            let env = Arc::clone(env);
+            trial(name, move || test(&env))
+        })
+        .collect()
+}
+
 /// A trial from a closure that panics on failure.
 pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic::Trial {
     libtest_mimic::Trial::test(name, move || {

@@ -22,7 +22,7 @@ use hardkey_api::{
     SignatureScheme,
 };
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Key, Pkcs11Store};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use softhsm_tests::{FaultShim, SoftHsm};
 
 const SCHEME: SignatureScheme = SignatureScheme::EcdsaP256Sha256;
@@ -386,11 +386,7 @@ fn fault_storm_gives_typed_errors_then_recovers(env: &Env) {
                 .reopen_with(Arc::clone(&store) as Arc<dyn DynKeyStore>)
         })
         .collect();
-    let operations = if std::env::var_os("HARDKEY_SOAK").is_some_and(|v| v != "0") {
-        20_000
-    } else {
-        2_000
-    };
+    let operations = hardkey_api::testkit::soak::size(2_000, 20_000, "HARDKEY_SOAK_OPERATIONS");
     let seed: u64 = std::env::var("HARDKEY_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -516,16 +512,7 @@ fn main() -> std::process::ExitCode {
             slow_device_times_out_without_hanging,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || {
-                test(&env);
-                Ok(())
-            })
-        })
-        .collect();
+    let trials = softhsm_tests::trials_on(&env, &tests);
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

@@ -31,7 +31,7 @@ use hardkey_api::{
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store};
 use hardkey_soft::SoftStore;
 use hardkey_tpm::{TpmAdmin, TpmStore};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use softhsm_tests::{P11KitServer, SoftHsm};
 use swtpm_tests::Swtpm;
 
@@ -51,12 +51,8 @@ struct Devices {
     _tpm_dir: tempfile::TempDir,
 }
 
-fn soak_scale() -> bool {
-    std::env::var_os("HARDKEY_SOAK").is_some_and(|v| v != "0")
-}
-
 fn operations() -> usize {
-    if soak_scale() { 20_000 } else { 2_000 }
+    hardkey_api::testkit::soak::size(2_000, 20_000, "HARDKEY_SOAK_OPERATIONS")
 }
 
 fn seed() -> Option<u64> {
@@ -264,16 +260,7 @@ fn main() -> std::process::ExitCode {
             cancellation,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let env = Arc::clone(&env);
-            Trial::test(name, move || {
-                test(&env);
-                Ok(())
-            })
-        })
-        .collect();
+    let trials = softhsm_tests::trials_on(&env, &tests);
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()

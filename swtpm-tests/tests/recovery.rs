@@ -50,17 +50,7 @@ const IN_FLIGHT: usize = 8;
 
 /// Restarts: `HARDKEY_RESTARTS`, else 20 with `HARDKEY_SOAK=1`, else 4.
 fn restarts() -> usize {
-    if let Some(n) = std::env::var("HARDKEY_RESTARTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return n;
-    }
-    if std::env::var("HARDKEY_SOAK").is_ok_and(|v| v == "1") {
-        20
-    } else {
-        4
-    }
+    hardkey_api::testkit::soak::size(4, 20, "HARDKEY_RESTARTS")
 }
 
 /// Signs until it succeeds (the worker may still be reconnecting), at most `limit`.

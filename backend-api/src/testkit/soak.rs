@@ -27,6 +27,22 @@ use crate::{
     SignatureScheme,
 };
 
+/// The size of a reliability run: `override_var` when set to a number, else `long` when
+/// `HARDKEY_SOAK` is set (and not `0`: `make soak`), else `short` (`make test`).
+pub fn size(short: usize, long: usize, override_var: &str) -> usize {
+    if let Some(n) = std::env::var(override_var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    if std::env::var_os("HARDKEY_SOAK").is_some_and(|v| v != "0") {
+        long
+    } else {
+        short
+    }
+}
+
 /// One key under test, and how to reach its device again.
 #[derive(Clone)]
 pub struct SoakKey {
