@@ -65,6 +65,26 @@ fn spawn(port: u16, state: &Path, log: std::fs::File) -> Child {
 }
 
 /// A free port `p` with `p + 1` free too (swtpm's command and control ports).
+/// Two listeners on adjacent ports, bound at once: nothing can take the ports between
+/// choosing and binding them (for a listener of ours; swtpm binds its own, see
+/// [`free_port_pair`]).
+pub(crate) fn bind_port_pair() -> (TcpListener, TcpListener) {
+    for _ in 0..100 {
+        let Ok(first) = TcpListener::bind(("127.0.0.1", 0)) else {
+            continue;
+        };
+        let Ok(port) = first.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if port < u16::MAX {
+            if let Ok(second) = TcpListener::bind(("127.0.0.1", port + 1)) {
+                return (first, second);
+            }
+        }
+    }
+    fail("free ports", "no free pair of adjacent ports found")
+}
+
 pub(crate) fn free_port_pair() -> u16 {
     for _ in 0..100 {
         let Ok(first) = TcpListener::bind(("127.0.0.1", 0)) else {

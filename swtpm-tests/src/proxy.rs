@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::{Swtpm, fail, free_port_pair};
+use crate::{Swtpm, bind_port_pair, fail};
 
 /// One proxied connection's bytes.
 #[derive(Clone, Debug, Default)]
@@ -128,18 +128,25 @@ fn serve(
 impl RecordingProxy {
     /// Starts recording in front of `tpm`.
     pub fn start(tpm: &Swtpm) -> Self {
-        let port = free_port_pair();
+        // Bound at once: a port chosen free and bound later can be taken in between by any
+        // process on the machine (seen as "proxy port: Address already in use").
+        let (command, control) = bind_port_pair();
+        let port = command
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| fail("proxy port", e));
         let record: Record = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let acceptors = [(port, tpm.port(), false), (port + 1, tpm.port() + 1, true)]
-            .into_iter()
-            .map(|(listen, upstream, control)| {
-                let listener = TcpListener::bind(("127.0.0.1", listen))
-                    .unwrap_or_else(|e| fail("proxy port", e));
-                let (record, stop) = (Arc::clone(&record), Arc::clone(&stop));
-                std::thread::spawn(move || serve(listener, upstream, control, record, stop))
-            })
-            .collect();
+        let acceptors = [
+            (command, tpm.port(), false),
+            (control, tpm.port() + 1, true),
+        ]
+        .into_iter()
+        .map(|(listener, upstream, control)| {
+            let (record, stop) = (Arc::clone(&record), Arc::clone(&stop));
+            std::thread::spawn(move || serve(listener, upstream, control, record, stop))
+        })
+        .collect();
         Self {
             port,
             record,
