@@ -157,6 +157,17 @@ impl KeyAlgorithm {
         }
     }
 
+    /// The scheme to sign with when the caller names none: ECDSA with SHA-256 for P-256, ECDSA
+    /// with SHA-384 for P-384 and RSA PKCS#1 v1.5 with SHA-256 for RSA (what `openssl dgst
+    /// -sha256 -sign` and `openssl req` use, and what every verifier accepts).
+    pub const fn default_signature_scheme(self) -> SignatureScheme {
+        match self {
+            Self::EcP256 => SignatureScheme::EcdsaP256Sha256,
+            Self::EcP384 => SignatureScheme::EcdsaP384Sha384,
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => SignatureScheme::RsaPkcs1Sha256,
+        }
+    }
+
     /// The decryption schemes a key of this algorithm can serve by default (the legacy
     /// PKCS#1 v1.5 scheme is never included: it needs [`KeyPolicy::allow_legacy_rsa_pkcs1v15_decrypt`]).
     ///

@@ -21,7 +21,7 @@ use rand::RngCore;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use crate::algorithm::{HashAlgorithm, KeyAlgorithm, SignatureScheme};
+use crate::algorithm::{HashAlgorithm, KeyAlgorithm, SignatureKind, SignatureScheme};
 use crate::error::{Error, InvalidInput, Operation, Result};
 
 /// Hash `message` with `hash`.
@@ -386,6 +386,36 @@ pub const fn ecdsa_field_len(alg: KeyAlgorithm) -> Option<usize> {
         KeyAlgorithm::EcP256 => Some(32),
         KeyAlgorithm::EcP384 => Some(48),
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => None,
+    }
+}
+
+/// Checks that `signature` has the form `scheme` gives it for a key of `algorithm`: a DER
+/// `Ecdsa-Sig-Value` of the curve's field size for ECDSA, the modulus length for RSA. Catches a
+/// device answer in the wrong encoding before it goes into a certificate or a handshake.
+pub fn check_signature_form(
+    scheme: SignatureScheme,
+    algorithm: KeyAlgorithm,
+    signature: &[u8],
+) -> Result<()> {
+    match scheme.kind() {
+        SignatureKind::Ecdsa => {
+            let field_len = ecdsa_field_len(algorithm).ok_or(InvalidInput::Malformed {
+                what: "signature from the key",
+                reason: "an ECDSA signature from a key that is not an EC key",
+            })?;
+            ecdsa_der_to_raw(signature, field_len).map(drop)
+        }
+        SignatureKind::RsaPkcs1v15 | SignatureKind::RsaPss => {
+            if signature.len() == algorithm.bits().div_ceil(8) {
+                Ok(())
+            } else {
+                Err(InvalidInput::Malformed {
+                    what: "signature from the key",
+                    reason: "an RSA signature whose length is not the modulus length",
+                }
+                .into())
+            }
+        }
     }
 }
 

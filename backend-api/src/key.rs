@@ -282,6 +282,14 @@ impl PublicKey {
     }
 }
 
+impl spki::EncodePublicKey for PublicKey {
+    /// The SubjectPublicKeyInfo DER, as [`PublicKey::der`] holds it (what RustCrypto's
+    /// builders, e.g. x509-cert's, ask of a verifying key).
+    fn to_public_key_der(&self) -> spki::Result<der::Document> {
+        Ok(der::Document::try_from(self.der())?)
+    }
+}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublicKey")

@@ -20,8 +20,6 @@ mod timer;
 pub mod uri;
 #[cfg(feature = "verify")]
 pub mod verify;
-#[cfg(feature = "x509")]
-pub mod x509;
 
 // Public interface.
 pub use algorithm::{

@@ -28,8 +28,6 @@
 )]
 
 pub mod soak;
-#[cfg(feature = "x509")]
-pub mod x509;
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -1,19 +1,20 @@
 //! Certificate signing requests and self-signed certificates made through software keys,
-//! checked by `openssl` and the RustCrypto verifiers (hardkey_api::testkit::x509), plus the
+//! checked by `openssl` and the RustCrypto verifiers (hardkey_x509::testkit), plus the
 //! refusals of bad input and the `Send + 'static` futures the CLI and servers rely on.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use hardkey_api::testkit::x509::check_with_openssl;
-use hardkey_api::x509::{
-    self, CertOptions, CsrOptions, Subject, SubjectAltNames, X509Signer, build_csr, self_signed,
-};
 use hardkey_api::{
     ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SharedKey, SignatureScheme,
 };
 use hardkey_soft::{SoftKey, SoftStore};
+use hardkey_x509::testkit::check_with_openssl;
+use hardkey_x509::{
+    self as x509, CertOptions, CsrOptions, Subject, SubjectAltNames, X509Signer, build_csr,
+    self_signed,
+};
 
 fn generate(store: &SoftStore, alg: KeyAlgorithm) -> SoftKey {
     block_on(store.generate(GenerateRequest::new(alg))).unwrap()
@@ -59,7 +60,7 @@ fn rsa_pkcs1_default_and_pss_verify_with_openssl() {
 
 #[test]
 fn rsa_pss_algorithm_identifier_has_the_rfc4055_parameters() {
-    use hardkey_api::x509::x509_cert::der::{Decode, Encode};
+    use hardkey_x509::x509_cert::der::{Decode, Encode};
     let store = SoftStore::in_memory().unwrap();
     let key = generate(&store, KeyAlgorithm::Rsa2048);
     let options = CsrOptions::new(subject()).scheme(Some(SignatureScheme::RsaPssSha256));
@@ -149,7 +150,7 @@ fn zero_days_and_bad_names_are_refused_before_signing() {
 
 #[test]
 fn futures_are_send_and_static_under_tokio_and_block_on() {
-    use hardkey_api::x509::x509_cert::der::Decode;
+    use hardkey_x509::x509_cert::der::Decode;
     fn assert_send_static<T: Send + 'static>(_: &T) {}
 
     let store = SoftStore::in_memory().unwrap();
@@ -210,7 +211,7 @@ fn csr_without_sans_has_no_attributes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("req.pem");
     std::fs::write(&path, csr.to_pem()).unwrap();
-    let text = hardkey_api::testkit::x509::openssl_ok(&[
+    let text = hardkey_x509::testkit::openssl_ok(&[
         "req",
         "-in",
         path.to_str().unwrap(),

@@ -1,5 +1,5 @@
 //! Certificates and signing requests signed by PKCS#11 keys on SoftHSM, checked by `openssl`
-//! and the RustCrypto verifiers (hardkey_api::testkit::x509): the token returns ECDSA as
+//! and the RustCrypto verifiers (hardkey_x509::testkit): the token returns ECDSA as
 //! `r || s` and signs RSA-PSS through its own mechanism, so the X.509 path is checked on the
 //! device itself.
 #![allow(
@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use hardkey_api::testkit::x509::check_with_openssl;
 use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme};
+use hardkey_x509::testkit::{CASES, check_with_openssl};
 use softhsm_tests::{SoftHsm, run, trial};
 
 /// One token key of `algorithm` signs everything `check_with_openssl` makes, with each of
@@ -35,21 +35,14 @@ fn certificates(hsm: &SoftHsm, algorithm: KeyAlgorithm, schemes: &[Option<Signat
 
 fn main() -> std::process::ExitCode {
     run(|hsm: Arc<SoftHsm>| {
-        let [a, b, c] = [Arc::clone(&hsm), Arc::clone(&hsm), Arc::clone(&hsm)];
-        vec![
-            trial("p256_csr_and_certificates", move || {
-                certificates(&a, KeyAlgorithm::EcP256, &[None])
-            }),
-            trial("p384_csr_and_certificates", move || {
-                certificates(&b, KeyAlgorithm::EcP384, &[None])
-            }),
-            trial("rsa2048_pkcs1_and_pss_csr_and_certificates", move || {
-                certificates(
-                    &c,
-                    KeyAlgorithm::Rsa2048,
-                    &[None, Some(SignatureScheme::RsaPssSha256)],
-                )
-            }),
-        ]
+        CASES
+            .iter()
+            .map(|case| {
+                let hsm = Arc::clone(&hsm);
+                trial(case.name, move || {
+                    certificates(&hsm, case.algorithm, case.schemes)
+                })
+            })
+            .collect()
     })
 }

@@ -1,5 +1,5 @@
 //! Certificates and signing requests signed by TPM keys on swtpm, checked by `openssl` and the
-//! RustCrypto verifiers (hardkey_api::testkit::x509): the TPM returns ECDSA as `r || s` and may
+//! RustCrypto verifiers (hardkey_x509::testkit): the TPM returns ECDSA as `r || s` and may
 //! sign RSA-PSS differently, so the X.509 path is checked on the device itself.
 #![allow(
     clippy::expect_used,
@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use hardkey_api::testkit::block_on;
-use hardkey_api::testkit::x509::check_with_openssl;
 use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, SignatureScheme};
+use hardkey_x509::testkit::{CASES, check_with_openssl};
 use swtpm_tests::{Swtpm, open_store, run, trial};
 
 /// One TPM key of `algorithm` signs everything `check_with_openssl` makes, with each of
@@ -43,21 +43,14 @@ fn certificates(tpm: &Swtpm, algorithm: KeyAlgorithm, schemes: &[Option<Signatur
 
 fn main() -> std::process::ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let [a, b, c] = [Arc::clone(&tpm), Arc::clone(&tpm), Arc::clone(&tpm)];
-        vec![
-            trial("p256_csr_and_certificates", move || {
-                certificates(&a, KeyAlgorithm::EcP256, &[None])
-            }),
-            trial("p384_csr_and_certificates", move || {
-                certificates(&b, KeyAlgorithm::EcP384, &[None])
-            }),
-            trial("rsa2048_pkcs1_and_pss_csr_and_certificates", move || {
-                certificates(
-                    &c,
-                    KeyAlgorithm::Rsa2048,
-                    &[None, Some(SignatureScheme::RsaPssSha256)],
-                )
-            }),
-        ]
+        CASES
+            .iter()
+            .map(|case| {
+                let tpm = Arc::clone(&tpm);
+                trial(case.name, move || {
+                    certificates(&tpm, case.algorithm, case.schemes)
+                })
+            })
+            .collect()
     })
 }

@@ -1,7 +1,7 @@
 //! csr and selfsign: X.509 built with x509-cert and signed through the key, asynchronously.
 
 use futures::executor::block_on;
-use hardkey_api::x509::{self, CertOptions, CsrOptions, Subject, SubjectAltNames};
+use hardkey_x509::{self as x509, CertOptions, CsrOptions, Subject, SubjectAltNames};
 use serde_json::json;
 
 use super::{Ctx, OutputFile};

@@ -33,11 +33,7 @@ pub(crate) struct Ctx {
 /// The scheme to sign with when none is given: the curve's ECDSA, or RSA PKCS#1 v1.5 with
 /// SHA-256 (what `openssl dgst -sha256 -sign` makes).
 pub(crate) fn default_scheme(alg: KeyAlgorithm) -> SignatureScheme {
-    match alg {
-        KeyAlgorithm::EcP256 => SignatureScheme::EcdsaP256Sha256,
-        KeyAlgorithm::EcP384 => SignatureScheme::EcdsaP384Sha384,
-        _ => SignatureScheme::RsaPkcs1Sha256,
-    }
+    alg.default_signature_scheme()
 }
 
 /// Reads an input file, or stdin for `-`. Held zeroized: inputs may be secrets.

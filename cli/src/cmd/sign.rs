@@ -85,13 +85,12 @@ pub(crate) fn read_public_key(path: &Path) -> CliResult<PublicKey> {
             "PUBLIC KEY" => der,
             "CERTIFICATE" => {
                 use der::{Decode, Encode};
-                let cert =
-                    hardkey_api::x509::x509_cert::Certificate::from_der(&der).map_err(|e| {
-                        usage(format!(
-                            "{} is not an X.509 certificate: {e}",
-                            path.display()
-                        ))
-                    })?;
+                let cert = hardkey_x509::x509_cert::Certificate::from_der(&der).map_err(|e| {
+                    usage(format!(
+                        "{} is not an X.509 certificate: {e}",
+                        path.display()
+                    ))
+                })?;
                 cert.tbs_certificate
                     .subject_public_key_info
                     .to_der()

@@ -22,9 +22,9 @@ use x509_cert::{Certificate as X509Certificate, TbsCertificate, Version};
 use super::name::{Subject, SubjectAltNames};
 use super::signer::X509Signer;
 use super::validity::{random_serial, validity};
-use crate::algorithm::{KeyFamily, SignatureScheme};
-use crate::error::{Error, InvalidInput, Result};
-use crate::key::PrivateKey;
+use hardkey_api::PrivateKey;
+use hardkey_api::{Error, InvalidInput, Result};
+use hardkey_api::{KeyFamily, SignatureScheme};
 
 /// `id-kp-serverAuth` (RFC 5280 section 4.2.1.12).
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
@@ -243,7 +243,7 @@ fn subject_public_key_info<K: PrivateKey>(key: &K) -> Result<SubjectPublicKeyInf
 /// key's [`default_scheme`](super::default_scheme).
 ///
 /// The future owns what it needs (it is `Send + 'static`, like the key's own futures) and
-/// fails with the key's [`Unsupported`](crate::Unsupported) error when it cannot sign with the
+/// fails with the key's [`Unsupported`](hardkey_api::Unsupported) error when it cannot sign with the
 /// scheme, or with the key's error when signing fails.
 pub fn build_csr<K: PrivateKey>(
     key: &K,
@@ -378,7 +378,8 @@ fn self_signed_extensions<K: PrivateKey>(
     } else {
         match key.info().algorithm.family() {
             KeyFamily::Rsa => KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment),
-            KeyFamily::Ec => KeyUsage(KeyUsages::DigitalSignature.into()),
+            // EC keys, and any family added later, only sign.
+            _ => KeyUsage(KeyUsages::DigitalSignature.into()),
         }
     };
 

@@ -4,27 +4,18 @@ use std::future::Future;
 
 use der::Decode;
 use der::asn1::BitString;
-use spki::{
-    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
-    SignatureBitStringEncoding,
-};
+use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, SignatureBitStringEncoding};
 
-use crate::algorithm::{KeyAlgorithm, SignatureKind, SignatureScheme};
-use crate::encoding;
-use crate::error::{InvalidInput, Result};
-use crate::key::{KeyInfo, PrivateKey, PublicKey};
+use hardkey_api::encoding;
+use hardkey_api::{InvalidInput, Result};
+use hardkey_api::{KeyAlgorithm, SignatureScheme};
+use hardkey_api::{KeyInfo, PrivateKey, PublicKey};
 
 /// The scheme certificates and requests are signed with when the caller names none:
-/// ECDSA with SHA-256 for P-256 keys, ECDSA with SHA-384 for P-384 keys and RSA PKCS#1 v1.5 with
-/// SHA-256 for RSA keys (what `openssl req` uses, and what every verifier accepts).
+/// [`KeyAlgorithm::default_signature_scheme`] (ECDSA with the curve's hash, RSA PKCS#1 v1.5
+/// with SHA-256).
 pub const fn default_scheme(algorithm: KeyAlgorithm) -> SignatureScheme {
-    match algorithm {
-        KeyAlgorithm::EcP256 => SignatureScheme::EcdsaP256Sha256,
-        KeyAlgorithm::EcP384 => SignatureScheme::EcdsaP384Sha384,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
-            SignatureScheme::RsaPkcs1Sha256
-        }
-    }
+    algorithm.default_signature_scheme()
 }
 
 /// A [`PrivateKey`] signing X.509 structures (TBSCertificate, CertificationRequestInfo...) with
@@ -63,7 +54,7 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
     /// A signer using the key's [`default_scheme`], or the scheme the key itself prefers when
     /// its device does not offer the default (e.g. an RSA key restricted to PSS).
     ///
-    /// Fails with [`Unsupported`](crate::Unsupported) if the key may not sign at all.
+    /// Fails with [`Unsupported`](hardkey_api::Unsupported) if the key may not sign at all.
     pub fn new(key: &'k K) -> Result<Self> {
         let info = key.info();
         let preferred = default_scheme(info.algorithm);
@@ -76,7 +67,7 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
     }
 
     /// A signer using `scheme`, which the key must offer: otherwise the key's own
-    /// [`Unsupported`](crate::Unsupported) error (wrong algorithm, scheme not offered by the
+    /// [`Unsupported`](hardkey_api::Unsupported) error (wrong algorithm, scheme not offered by the
     /// device, or a key that may not sign) names the schemes it does offer.
     pub fn with_scheme(key: &'k K, scheme: SignatureScheme) -> Result<Self> {
         check_scheme(key.info(), scheme)?;
@@ -129,7 +120,7 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
         let signing = self.key.sign(scheme, message);
         async move {
             let signature = signing.await?;
-            check_signature_form(scheme, algorithm, &signature)?;
+            encoding::check_signature_form(scheme, algorithm, &signature)?;
             Ok(X509Signature(signature))
         }
     }
@@ -139,34 +130,6 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
 /// right length makes [`KeyInfo::check_sign`] check the scheme and usage only).
 fn check_scheme(info: &KeyInfo, scheme: SignatureScheme) -> Result<()> {
     info.check_sign(scheme, &vec![0; scheme.hash().output_len()])
-}
-
-fn check_signature_form(
-    scheme: SignatureScheme,
-    algorithm: KeyAlgorithm,
-    signature: &[u8],
-) -> Result<()> {
-    match scheme.kind() {
-        SignatureKind::Ecdsa => {
-            let field_len =
-                encoding::ecdsa_field_len(algorithm).ok_or(InvalidInput::Malformed {
-                    what: "signature from the key",
-                    reason: "an ECDSA signature from a key that is not an EC key",
-                })?;
-            encoding::ecdsa_der_to_raw(signature, field_len).map(drop)
-        }
-        SignatureKind::RsaPkcs1v15 | SignatureKind::RsaPss => {
-            if signature.len() == algorithm.bits() / 8 {
-                Ok(())
-            } else {
-                Err(InvalidInput::Malformed {
-                    what: "signature from the key",
-                    reason: "an RSA signature whose length is not the modulus length",
-                }
-                .into())
-            }
-        }
-    }
 }
 
 /// A signature as an X.509 structure carries it in its `signature` BIT STRING: a DER
@@ -233,18 +196,11 @@ impl<K: PrivateKey> DynSignatureAlgorithmIdentifier for X509Signer<'_, K> {
 }
 
 impl<K: PrivateKey> async_signature::AsyncSigner<X509Signature> for X509Signer<'_, K> {
-    /// [`X509Signer::sign`]; a hardkey [`Error`](crate::Error) is kept as the source of the
+    /// [`X509Signer::sign`]; a hardkey [`Error`](hardkey_api::Error) is kept as the source of the
     /// [`signature::Error`].
     async fn sign_async(&self, message: &[u8]) -> Result<X509Signature, signature::Error> {
         self.sign(message)
             .await
             .map_err(signature::Error::from_source)
-    }
-}
-
-impl EncodePublicKey for PublicKey {
-    /// The SubjectPublicKeyInfo DER, as [`PublicKey::der`] holds it.
-    fn to_public_key_der(&self) -> spki::Result<der::Document> {
-        Ok(der::Document::try_from(self.der())?)
     }
 }

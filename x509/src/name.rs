@@ -12,7 +12,7 @@ use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 
-use crate::error::{Error, InvalidInput, Result};
+use hardkey_api::{Error, InvalidInput, Result};
 
 const SUBJECT_SYNTAX: &str = "an RFC 4514 name such as CN=web.example,O=Example,C=DE: \
     comma-separated TYPE=value pairs, most significant last; escape , + \" \\ < > ; = in values \
@@ -82,7 +82,7 @@ const ATTRIBUTES: &[(&[&str], &str, ValueKind)] = &[
 ///
 /// ```
 /// # #[cfg(feature = "x509")] {
-/// use hardkey_api::x509::Subject;
+/// use hardkey_x509::Subject;
 ///
 /// let subject: Subject = "CN=web.example, O=Example\\, Inc.,C=DE".parse()?;
 /// assert_eq!(subject.to_string(), "CN=web.example,O=Example\\, Inc.,C=DE");
@@ -331,7 +331,7 @@ fn unescape(raw: &str) -> Option<String> {
 ///
 /// ```
 /// # #[cfg(feature = "x509")] {
-/// use hardkey_api::x509::SubjectAltNames;
+/// use hardkey_x509::SubjectAltNames;
 ///
 /// let sans = SubjectAltNames::parse(["dns:web.example,ip:10.0.0.1", "ip:::1"])?;
 /// assert_eq!(sans.len(), 3);

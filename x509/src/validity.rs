@@ -8,7 +8,7 @@ use rand::RngCore;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
-use crate::error::{Error, InvalidInput, Operation, Result};
+use hardkey_api::{Error, InvalidInput, Operation, Result};
 
 /// How far before "now" a new certificate's `notBefore` is set: 5 minutes, so that a relying
 /// party whose clock lags a little behind ours accepts the certificate at once. (OpenSSL sets

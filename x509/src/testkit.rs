@@ -13,8 +13,14 @@
 //!
 //! ```ignore
 //! let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256)))?;
-//! hardkey_api::testkit::x509::check_with_openssl(&key, None, tempdir.path());
+//! hardkey_x509::testkit::check_with_openssl(&key, None, tempdir.path());
 //! ```
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test kit reports failures by panicking, like assert!"
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -25,12 +31,12 @@ use x509_cert::builder::{CertificateBuilder, Profile, RequestBuilder};
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
 use x509_cert::request::CertReq;
 
-use super::{block_on, make_pkcs8, verify_signature};
-use crate::x509::{
+use crate::{
     CertOptions, Certificate, Csr, CsrOptions, Subject, SubjectAltNames, X509Signature, X509Signer,
     build_async, build_csr, random_serial, self_signed, validity,
 };
-use crate::{KeyAlgorithm, KeyFamily, PrivateKey, SignatureKind, SignatureScheme};
+use hardkey_api::testkit::{block_on, make_pkcs8, verify_signature};
+use hardkey_api::{KeyAlgorithm, KeyFamily, PrivateKey, SignatureKind, SignatureScheme};
 
 /// The subject every check uses (an escaped comma included).
 pub const SUBJECT: &str = "CN=web.example,O=Example\\, Inc.,C=DE";
@@ -42,6 +48,38 @@ pub const SANS: &str = "dns:web.example,dns:*.web.example,ip:10.0.0.1,ip:::1,\
 /// How `openssl -text` prints [`SANS`].
 pub const SANS_TEXT: &str = "DNS:web.example, DNS:*.web.example, IP Address:10.0.0.1, \
     IP Address:0:0:0:0:0:0:0:1, email:admin@web.example, URI:https://web.example/";
+
+/// One X.509 trial of a backend: a key of `algorithm` signs everything [`check_with_openssl`]
+/// makes, once with each of `schemes` (`None`: the default scheme).
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// The trial's name.
+    pub name: &'static str,
+    /// The key's algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// The schemes it signs with.
+    pub schemes: &'static [Option<SignatureScheme>],
+}
+
+/// The trials every device backend runs on its own keys: both curves and RSA with PKCS#1 v1.5
+/// and PSS (devices sign PSS through their own mechanisms).
+pub const CASES: &[Case] = &[
+    Case {
+        name: "p256_csr_and_certificates",
+        algorithm: KeyAlgorithm::EcP256,
+        schemes: &[None],
+    },
+    Case {
+        name: "p384_csr_and_certificates",
+        algorithm: KeyAlgorithm::EcP384,
+        schemes: &[None],
+    },
+    Case {
+        name: "rsa2048_pkcs1_and_pss_csr_and_certificates",
+        algorithm: KeyAlgorithm::Rsa2048,
+        schemes: &[None, Some(SignatureScheme::RsaPssSha256)],
+    },
+];
 
 /// What one run of [`check_with_openssl`] made, for further assertions.
 #[derive(Debug)]
@@ -117,6 +155,7 @@ fn openssl_algorithm_text(scheme: SignatureScheme) -> Vec<String> {
             format!("Salt Length: 0x{:02X}", scheme.hash().output_len()),
             "Trailer Field: 0x01 (default)".to_owned(),
         ],
+        kind => panic!("no openssl text for {kind:?} signatures"),
     }
 }
 
@@ -216,6 +255,7 @@ pub fn check_with_openssl<K: PrivateKey>(
             (true, _) => "Certificate Sign, CRL Sign",
             (false, KeyFamily::Rsa) => "Digital Signature, Key Encipherment",
             (false, KeyFamily::Ec) => "Digital Signature",
+            (false, family) => panic!("no expected key usage for {family:?} keys"),
         };
         let mut needles = vec![
             "Version: 3 (0x2)".to_owned(),
@@ -271,7 +311,7 @@ pub fn check_with_openssl<K: PrivateKey>(
             tbs.validity.not_after.to_unix_duration() - tbs.validity.not_before.to_unix_duration();
         assert_eq!(
             lifetime.as_secs(),
-            u64::from(days) * 86_400 + crate::x509::BACKDATE.as_secs()
+            u64::from(days) * 86_400 + crate::BACKDATE.as_secs()
         );
         assert!(tbs.serial_number.as_bytes().len() <= 20);
         let (_, ski) = tbs.get::<SubjectKeyIdentifier>().unwrap().unwrap();
@@ -333,7 +373,7 @@ pub fn check_with_openssl<K: PrivateKey>(
 
     // The adapter as a RustCrypto AsyncSigner.
     let message = b"signed through async_signature::AsyncSigner";
-    let signature: X509Signature = block_on(crate::x509::async_signature::AsyncSigner::sign_async(
+    let signature: X509Signature = block_on(crate::async_signature::AsyncSigner::sign_async(
         &signer, message,
     ))
     .unwrap();
