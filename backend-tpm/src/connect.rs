@@ -402,25 +402,24 @@ impl Tpm {
         let handle = created
             .map_err(|e| owner_auth_error(&name, op, "TPM2_CreatePrimary (SRK)", e))?
             .key_handle;
-        let made = (|| -> Result<(Vec<u8>, TpmsContext)> {
-            let primary_name = self.ctx.tr_get_name(handle.into()).map_err(mapper(
-                &name,
-                op,
-                "Esys_TR_GetName",
-            ))?;
-            let saved = self.ctx.context_save(handle.into()).map_err(mapper(
-                &name,
-                op,
-                "TPM2_ContextSave",
-            ))?;
-            Ok((primary_name.value().to_vec(), saved))
-        })();
-        let flushed =
-            self.ctx
-                .flush_context(handle.into())
-                .map_err(mapper(&name, op, "TPM2_FlushContext"));
-        let made = made?;
-        flushed?;
+        let made = flushing(
+            &mut self.ctx,
+            handle.into(),
+            &name,
+            op,
+            "TPM2_FlushContext",
+            |ctx| {
+                let primary_name =
+                    ctx.tr_get_name(handle.into())
+                        .map_err(mapper(&name, op, "Esys_TR_GetName"))?;
+                let saved = ctx.context_save(handle.into()).map_err(mapper(
+                    &name,
+                    op,
+                    "TPM2_ContextSave",
+                ))?;
+                Ok((primary_name.value().to_vec(), saved))
+            },
+        )?;
         self.parents.primary = Some(made.clone());
         Ok(made)
     }
@@ -552,15 +551,9 @@ impl Tpm {
                         error::map(&name, op, "TPM2_ContextLoad (SRK)", e)
                     }
                 })?;
-                let result = f(self, handle.into());
-                let flushed = self.ctx.flush_context(handle).map_err(mapper(
-                    &name,
-                    op,
-                    "TPM2_FlushContext (SRK)",
-                ));
-                let value = result?;
-                flushed?;
-                Ok(value)
+                flushing(self, handle, &name, op, "TPM2_FlushContext (SRK)", |tpm| {
+                    f(tpm, handle.into())
+                })
             }
             other => Err(Error::from(InvalidInput::Malformed {
                 what: "TPM key file",
@@ -630,20 +623,42 @@ pub(crate) fn persistent(handle: u32) -> Result<PersistentTpmHandle> {
     })
 }
 
-/// Runs `f`, then flushes `handle` (a transient object or a session hardkey started) whatever
-/// `f` returned: the one way admin code (sealing, ownership) ends what it loads or starts.
-/// `f`'s error wins over a flush error.
-pub(crate) fn flushing<T>(
-    ctx: &mut Context,
+/// What a [`flushing`] scope runs on: the ESAPI context itself, or the connection around it
+/// (when `f` needs the connection's other state).
+pub(crate) trait HasContext {
+    /// The ESAPI context.
+    fn context(&mut self) -> &mut Context;
+}
+
+impl HasContext for Context {
+    fn context(&mut self) -> &mut Context {
+        self
+    }
+}
+
+impl HasContext for Tpm {
+    fn context(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+}
+
+/// Runs `f`, then flushes `handle` (a transient object or a session hardkey loaded or
+/// started) whatever `f` returned: the one way hardkey ends what it loads or starts for one
+/// job (keys kept loaded across jobs are the worker's LRU, flushed by eviction and at
+/// shutdown). `command` names the flush in errors; `f`'s error wins over a flush error.
+pub(crate) fn flushing<H: HasContext, T>(
+    holder: &mut H,
     handle: ObjectHandle,
     device: &str,
     op: Operation,
-    f: impl FnOnce(&mut Context) -> Result<T>,
+    command: &'static str,
+    f: impl FnOnce(&mut H) -> Result<T>,
 ) -> Result<T> {
-    let result = f(ctx);
-    let flushed = ctx
+    let result = f(holder);
+    let flushed = holder
+        .context()
         .flush_context(handle)
-        .map_err(mapper(device, op, "TPM2_FlushContext"));
+        .map_err(mapper(device, op, command));
     let value = result?;
     flushed?;
     Ok(value)
@@ -685,11 +700,16 @@ pub(crate) fn start_session(
         .with_decrypt(encryption.decrypt)
         .with_encrypt(encryption.encrypt)
         .build();
-    if let Err(e) = ctx.tr_sess_set_attributes(session, attributes, mask) {
-        let _ = ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into());
-        return Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e));
+    match ctx.tr_sess_set_attributes(session, attributes, mask) {
+        Ok(()) => Ok(session),
+        // Not handed out: flushed, and the error returned.
+        Err(e) => {
+            let handle = tss_esapi::handles::SessionHandle::from(session).into();
+            flushing(ctx, handle, device, op, "TPM2_FlushContext", |_| {
+                Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e))
+            })
+        }
     }
-    Ok(session)
 }
 
 /// Starts a session of `kind` salted with a primary key made for the purpose in the null
@@ -715,9 +735,14 @@ pub(crate) fn salted_session(
         "TPM2_CreatePrimary (null hierarchy salt key)",
     ))?
     .key_handle;
-    flushing(ctx, salt_key.into(), device, op, |ctx| {
-        start_session(ctx, device, op, Some(salt_key), kind, encryption)
-    })
+    flushing(
+        ctx,
+        salt_key.into(),
+        device,
+        op,
+        "TPM2_FlushContext",
+        |ctx| start_session(ctx, device, op, Some(salt_key), kind, encryption),
+    )
 }
 
 /// An error of an owner-authorized command: a refused auth names the owner hierarchy and

@@ -242,27 +242,37 @@ pub(crate) fn unseal(
                 })
         })
         .map_err(|e| load_error(&name, e))?;
-        flushing(&mut tpm.ctx, loaded.into(), &name, OP, |ctx| {
-            ctx.tr_set_auth(loaded.into(), auth)
-                .map_err(mapper(&name, OP, "Esys_TR_SetAuth"))?;
-            let kind = if file.policy.is_empty() {
-                SessionType::Hmac
-            } else {
-                SessionType::Policy
-            };
-            let session = salted_session(ctx, &name, srk, kind)?;
-            let handle = SessionHandle::from(session).into();
-            flushing(ctx, handle, &name, OP, |ctx| {
-                if let Ok(policy_session) = PolicySession::try_from(session) {
-                    run_policy(ctx, &name, policy_session, &file.policy)?;
-                }
-                let data = retrying(|| {
-                    ctx.execute_with_session(Some(session), |c| c.unseal(loaded.into()))
+        flushing(
+            &mut tpm.ctx,
+            loaded.into(),
+            &name,
+            OP,
+            "TPM2_FlushContext",
+            |ctx| {
+                ctx.tr_set_auth(loaded.into(), auth).map_err(mapper(
+                    &name,
+                    OP,
+                    "Esys_TR_SetAuth",
+                ))?;
+                let kind = if file.policy.is_empty() {
+                    SessionType::Hmac
+                } else {
+                    SessionType::Policy
+                };
+                let session = salted_session(ctx, &name, srk, kind)?;
+                let handle = SessionHandle::from(session).into();
+                flushing(ctx, handle, &name, OP, "TPM2_FlushContext", |ctx| {
+                    if let Ok(policy_session) = PolicySession::try_from(session) {
+                        run_policy(ctx, &name, policy_session, &file.policy)?;
+                    }
+                    let data = retrying(|| {
+                        ctx.execute_with_session(Some(session), |c| c.unseal(loaded.into()))
+                    })
+                    .map_err(|e| unseal_error(&name, sealed, e))?;
+                    Ok(Zeroizing::new(data.value().to_vec()))
                 })
-                .map_err(|e| unseal_error(&name, sealed, e))?;
-                Ok(Zeroizing::new(data.value().to_vec()))
-            })
-        })
+            },
+        )
     })
 }
 
@@ -362,16 +372,23 @@ fn trial_policy(ctx: &mut Context, name: &str, steps: &[PolicyStep]) -> Result<D
         SessionType::Trial,
         Encryption::default(),
     )?;
-    flushing(ctx, SessionHandle::from(session).into(), name, OP, |ctx| {
-        let policy_session = PolicySession::try_from(session).map_err(mapper(
-            name,
-            OP,
-            "TPM2_StartAuthSession (trial)",
-        ))?;
-        run_policy(ctx, name, policy_session, steps)?;
-        retrying(|| ctx.execute_without_session(|c| c.policy_get_digest(policy_session)))
-            .map_err(mapper(name, OP, "TPM2_PolicyGetDigest"))
-    })
+    flushing(
+        ctx,
+        SessionHandle::from(session).into(),
+        name,
+        OP,
+        "TPM2_FlushContext",
+        |ctx| {
+            let policy_session = PolicySession::try_from(session).map_err(mapper(
+                name,
+                OP,
+                "TPM2_StartAuthSession (trial)",
+            ))?;
+            run_policy(ctx, name, policy_session, steps)?;
+            retrying(|| ctx.execute_without_session(|c| c.policy_get_digest(policy_session)))
+                .map_err(mapper(name, OP, "TPM2_PolicyGetDigest"))
+        },
+    )
 }
 
 /// Sends the policy commands of `steps` to a policy (or trial) session.

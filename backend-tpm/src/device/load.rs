@@ -54,22 +54,28 @@ impl TpmDevice {
         if self.loaded.is_empty() {
             return Ok(false);
         }
-        let (_, handle) = self.loaded.remove(0);
+        self.unload(0)?;
+        Ok(true)
+    }
+
+    /// Takes the `i`th key out of the LRU and flushes it: the one place a key kept loaded
+    /// across jobs leaves the TPM (what one job loads for itself is flushed by
+    /// [`flushing`](crate::connect::flushing)).
+    fn unload(&mut self, i: usize) -> Result<()> {
+        let (_, handle) = self.loaded.remove(i);
         let name = self.tpm.name.clone();
         self.tpm.ctx.flush_context(handle.into()).map_err(mapper(
             &name,
             Operation::Sign,
             "TPM2_FlushContext",
-        ))?;
-        Ok(true)
+        ))
     }
 
     /// Forgets a key (by TPM name): flushes it if loaded, drops its saved context and its
     /// persistent handle's ESAPI object.
     pub(super) fn forget(&mut self, name: &[u8], persistent: Option<u32>) {
         if let Some(i) = self.loaded.iter().position(|(n, _)| n == name) {
-            let (_, handle) = self.loaded.remove(i);
-            let _ = self.tpm.ctx.flush_context(handle.into());
+            let _ = self.unload(i);
         }
         self.saved.remove(name);
         if let Some(mut tr) = persistent.and_then(|h| self.persistent.remove(&h)) {

@@ -10,7 +10,7 @@ use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Private, Public};
 
 use super::TpmDevice;
-use crate::connect::{self, auth_value, retrying};
+use crate::connect::{self, auth_value, flushing, retrying};
 use crate::error::mapper;
 use crate::keyfile::{KeyFile, KeyFileKind};
 use crate::keys::{
@@ -185,22 +185,19 @@ impl TpmDevice {
                     })
             })
             .map_err(mapper(&n, op, "TPM2_Load"))?;
-            let evicted = retrying(|| {
-                tpm.ctx.execute_with_session(Some(session), |c| {
-                    c.evict_control(
-                        Provision::Owner,
-                        loaded.into(),
-                        Persistent::Persistent(persistent),
-                    )
+            flushing(tpm, loaded.into(), &n, op, "TPM2_FlushContext", |tpm| {
+                retrying(|| {
+                    tpm.ctx.execute_with_session(Some(session), |c| {
+                        c.evict_control(
+                            Provision::Owner,
+                            loaded.into(),
+                            Persistent::Persistent(persistent),
+                        )
+                    })
                 })
+                .map_err(|e| connect::owner_auth_error(&n, op, "TPM2_EvictControl", e))
+                .map(drop)
             })
-            .map_err(|e| connect::owner_auth_error(&n, op, "TPM2_EvictControl", e));
-            let flushed =
-                tpm.ctx
-                    .flush_context(loaded.into())
-                    .map_err(mapper(&n, op, "TPM2_FlushContext"));
-            evicted?;
-            flushed
         })
     }
 
