@@ -30,8 +30,9 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, CapabilityData, EccPoint, EccScheme, KeyDerivationFunctionScheme, Public, PublicBuilder,
-    PublicEccParametersBuilder, SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, CapabilityData, EccPoint, EccScheme, KeyDerivationFunctionScheme, Private, Public,
+    PublicBuilder, PublicEccParametersBuilder, SensitiveData, SymmetricDefinition,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::utils::TpmsContext;
@@ -566,6 +567,39 @@ impl Tpm {
                 },
             })),
         }
+    }
+
+    /// Creates an object from `template` with the auth value `auth` (and `sensitive` data,
+    /// for sealing) under the parent new objects go under ([`Tpm::new_object_parent`]), in
+    /// `session`: the salted HMAC session whenever the auth value or the data must travel
+    /// encrypted (decrypt attribute). `command` names `TPM2_Create` in errors. Returns the
+    /// parent as key files record it, the public area and the private blob.
+    pub(crate) fn create_under_srk(
+        &mut self,
+        op: Operation,
+        command: &'static str,
+        session: AuthSession,
+        template: &Public,
+        auth: &Auth,
+        sensitive: Option<&SensitiveData>,
+    ) -> Result<(u32, Public, Private)> {
+        let parent = self.new_object_parent(op)?;
+        let created = self.with_parent(parent, op, |tpm, srk| {
+            retrying(|| {
+                tpm.ctx.execute_with_session(Some(session), |c| {
+                    c.create(
+                        srk,
+                        template.clone(),
+                        Some(auth.clone()),
+                        sensitive.cloned(),
+                        None,
+                        None,
+                    )
+                })
+            })
+            .map_err(mapper(&tpm.name, op, command))
+        })?;
+        Ok((parent, created.out_public, created.out_private))
     }
 
     /// The HMAC session for commands that carry secrets: salted ([`salted_session`]), with

@@ -186,29 +186,21 @@ pub(crate) fn seal(tpm: &mut Tpm, data: &[u8], options: &SealOptions) -> Result<
         SensitiveData::try_from(data.to_vec()).map_err(mapper(&name, OP, "sealed data"))?;
     // The data and the auth value travel encrypted (salted session, decrypt attribute).
     let session = tpm.hmac_session()?;
-    let parent = tpm.new_object_parent(OP)?;
-    let created = tpm.with_parent(parent, OP, |tpm, srk| {
-        retrying(|| {
-            tpm.ctx.execute_with_session(Some(session), |c| {
-                c.create(
-                    srk,
-                    template.clone(),
-                    Some(auth_value.clone()),
-                    Some(sensitive.clone()),
-                    None,
-                    None,
-                )
-            })
-        })
-        .map_err(mapper(&name, OP, "TPM2_Create (sealed data)"))
-    })?;
+    let (parent, public, private) = tpm.create_under_srk(
+        OP,
+        "TPM2_Create (sealed data)",
+        session,
+        &template,
+        &auth_value,
+        Some(&sensitive),
+    )?;
     Ok(SealedData {
         file: KeyFile {
             kind: KeyFileKind::Sealed,
             empty_auth: auth.is_none(),
             parent,
-            public: created.out_public,
-            private: created.out_private,
+            public,
+            private,
             policy,
         },
     })

@@ -86,25 +86,9 @@ impl TpmDevice {
         };
         // The SRK needs a slot while the key is created under it.
         self.make_room(1)?;
-        let parent = self.tpm.new_object_parent(op)?;
-        let created = self.tpm.with_parent(parent, op, |tpm, srk| {
-            let n = tpm.name.clone();
-            retrying(|| {
-                tpm.ctx.execute_with_session(Some(session), |c| {
-                    c.create(
-                        srk,
-                        template.clone(),
-                        Some(auth_value.clone()),
-                        None,
-                        None,
-                        None,
-                    )
-                })
-            })
-            .map_err(mapper(&n, op, "TPM2_Create"))
-        })?;
-        let public = created.out_public;
-        let private = created.out_private;
+        let (parent, public, private) =
+            self.tpm
+                .create_under_srk(op, "TPM2_Create", session, &template, &auth_value, None)?;
         let tpm_name_value = tpm_name(&public)?;
         let Some(described) = describe(&public)? else {
             return Err(Error::backend(&name, op, "the TPM made a restricted key"));
