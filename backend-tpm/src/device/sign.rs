@@ -97,12 +97,10 @@ impl TpmDevice {
         digest: &[u8],
     ) -> Result<Vec<u8>> {
         let bits = key.algorithm.bits();
-        let em = encoding::emsa_pss_encode_random(hash, digest, bits)?;
-        let k = bits.div_ceil(8);
-        let mut padded = vec![0u8; k - em.len()];
-        padded.extend_from_slice(&em);
+        // The k-byte block a raw RSA operation takes.
+        let block = encoding::emsa_pss_encode_random(hash, digest, bits)?;
         let name = self.tpm.name.clone();
-        let input = PublicKeyRsa::try_from(padded).map_err(mapper(
+        let input = PublicKeyRsa::try_from(block).map_err(mapper(
             &name,
             Operation::Sign,
             "TPM2_RSA_Decrypt",
@@ -110,7 +108,7 @@ impl TpmDevice {
         let out = self.on_key(key, Operation::Sign, "TPM2_RSA_Decrypt", false, |c, h| {
             c.rsa_decrypt(h, input.clone(), RsaDecryptionScheme::Null, Data::default())
         })?;
-        Ok(left_pad(out.value(), k))
+        Ok(left_pad(out.value(), bits.div_ceil(8)))
     }
 
     /// Finds out (once per TPM) which salt length the TPM's own RSA-PSS uses, by signing a
