@@ -199,10 +199,7 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
         // Whatever the layer, failing to open the context means the TPM is not reachable.
         Error::device_unavailable(
             name,
-            crate::error::TpmError {
-                command: "Esys_Initialize (opening the TCTI)",
-                error: e,
-            },
+            crate::error::TpmError::new("Esys_Initialize (opening the TCTI)", e),
         )
     })
 }
@@ -543,10 +540,7 @@ impl Tpm {
                     if rc_of(&e).is_some_and(error::is_stale_context) {
                         Error::device_unavailable(
                             &name,
-                            error::TpmError {
-                                command: "TPM2_ContextLoad (SRK)",
-                                error: e,
-                            },
+                            error::TpmError::new("TPM2_ContextLoad (SRK)", e),
                         )
                     } else {
                         error::map(&name, op, "TPM2_ContextLoad (SRK)", e)

@@ -428,7 +428,7 @@ fn pcr_changed(
         OP,
         SealError::PcrChanged {
             pcrs: pcrs.to_string(),
-            cause: TpmError { command, error },
+            cause: TpmError::new(command, error),
         },
     )
 }
@@ -450,7 +450,7 @@ fn load_error(name: &str, e: tss_esapi::Error) -> Error {
             name,
             OP,
             SealError::OtherParent {
-                cause: TpmError { command, error: e },
+                cause: TpmError::new(command, e),
             },
         ),
         _ => error::map(name, OP, command, e),
