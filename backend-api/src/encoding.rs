@@ -275,8 +275,8 @@ pub fn emsa_pss_encode_for_modulus(
 /// EMSA-PSS-ENCODE with a fresh random salt of `hash.output_len()` bytes from the operating
 /// system (the salt length TLS 1.3 and [`SignatureScheme::pss_salt_len`] require).
 ///
-/// Returns `EM` of `emLen` bytes like [`emsa_pss_encode`]; for moduli whose size is a multiple of
-/// 8 bits (every [`KeyAlgorithm`]) that is exactly the modulus length. Fails like
+/// Returns the block left-padded to exactly `k = ceil(mod_bits / 8)` bytes, like
+/// [`emsa_pss_encode_for_modulus`]: the input for a raw RSA private-key operation. Fails like
 /// [`emsa_pss_encode`], or with a backend error if the OS random generator fails.
 pub fn emsa_pss_encode_random(
     hash: HashAlgorithm,
@@ -287,7 +287,7 @@ pub fn emsa_pss_encode_random(
     rand::rngs::OsRng
         .try_fill_bytes(&mut salt)
         .map_err(|e| Error::backend("host random generator", Operation::Sign, e))?;
-    emsa_pss_encode(hash, digest, &salt, mod_bits)
+    emsa_pss_encode_for_modulus(hash, digest, &salt, mod_bits)
 }
 
 /// EMSA-PSS-VERIFY (RFC 8017 section 9.1.2): whether `em` is a valid PSS encoding of `digest`

@@ -30,8 +30,9 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, CapabilityData, EccPoint, EccScheme, KeyDerivationFunctionScheme, Public, PublicBuilder,
-    PublicEccParametersBuilder, SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, CapabilityData, EccPoint, EccScheme, KeyDerivationFunctionScheme, Private, Public,
+    PublicBuilder, PublicEccParametersBuilder, SensitiveData, SymmetricDefinition,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::utils::TpmsContext;
@@ -198,10 +199,7 @@ pub(crate) fn open_context(tcti: &str, name: &str) -> Result<Context> {
         // Whatever the layer, failing to open the context means the TPM is not reachable.
         Error::device_unavailable(
             name,
-            crate::error::TpmError {
-                command: "Esys_Initialize (opening the TCTI)",
-                error: e,
-            },
+            crate::error::TpmError::new("Esys_Initialize (opening the TCTI)", e),
         )
     })
 }
@@ -402,25 +400,24 @@ impl Tpm {
         let handle = created
             .map_err(|e| owner_auth_error(&name, op, "TPM2_CreatePrimary (SRK)", e))?
             .key_handle;
-        let made = (|| -> Result<(Vec<u8>, TpmsContext)> {
-            let primary_name = self.ctx.tr_get_name(handle.into()).map_err(mapper(
-                &name,
-                op,
-                "Esys_TR_GetName",
-            ))?;
-            let saved = self.ctx.context_save(handle.into()).map_err(mapper(
-                &name,
-                op,
-                "TPM2_ContextSave",
-            ))?;
-            Ok((primary_name.value().to_vec(), saved))
-        })();
-        let flushed =
-            self.ctx
-                .flush_context(handle.into())
-                .map_err(mapper(&name, op, "TPM2_FlushContext"));
-        let made = made?;
-        flushed?;
+        let made = flushing(
+            &mut self.ctx,
+            handle.into(),
+            &name,
+            op,
+            "TPM2_FlushContext",
+            |ctx| {
+                let primary_name =
+                    ctx.tr_get_name(handle.into())
+                        .map_err(mapper(&name, op, "Esys_TR_GetName"))?;
+                let saved = ctx.context_save(handle.into()).map_err(mapper(
+                    &name,
+                    op,
+                    "TPM2_ContextSave",
+                ))?;
+                Ok((primary_name.value().to_vec(), saved))
+            },
+        )?;
         self.parents.primary = Some(made.clone());
         Ok(made)
     }
@@ -543,24 +540,15 @@ impl Tpm {
                     if rc_of(&e).is_some_and(error::is_stale_context) {
                         Error::device_unavailable(
                             &name,
-                            error::TpmError {
-                                command: "TPM2_ContextLoad (SRK)",
-                                error: e,
-                            },
+                            error::TpmError::new("TPM2_ContextLoad (SRK)", e),
                         )
                     } else {
                         error::map(&name, op, "TPM2_ContextLoad (SRK)", e)
                     }
                 })?;
-                let result = f(self, handle.into());
-                let flushed = self.ctx.flush_context(handle).map_err(mapper(
-                    &name,
-                    op,
-                    "TPM2_FlushContext (SRK)",
-                ));
-                let value = result?;
-                flushed?;
-                Ok(value)
+                flushing(self, handle, &name, op, "TPM2_FlushContext (SRK)", |tpm| {
+                    f(tpm, handle.into())
+                })
             }
             other => Err(Error::from(InvalidInput::Malformed {
                 what: "TPM key file",
@@ -573,6 +561,39 @@ impl Tpm {
                 },
             })),
         }
+    }
+
+    /// Creates an object from `template` with the auth value `auth` (and `sensitive` data,
+    /// for sealing) under the parent new objects go under ([`Tpm::new_object_parent`]), in
+    /// `session`: the salted HMAC session whenever the auth value or the data must travel
+    /// encrypted (decrypt attribute). `command` names `TPM2_Create` in errors. Returns the
+    /// parent as key files record it, the public area and the private blob.
+    pub(crate) fn create_under_srk(
+        &mut self,
+        op: Operation,
+        command: &'static str,
+        session: AuthSession,
+        template: &Public,
+        auth: &Auth,
+        sensitive: Option<&SensitiveData>,
+    ) -> Result<(u32, Public, Private)> {
+        let parent = self.new_object_parent(op)?;
+        let created = self.with_parent(parent, op, |tpm, srk| {
+            retrying(|| {
+                tpm.ctx.execute_with_session(Some(session), |c| {
+                    c.create(
+                        srk,
+                        template.clone(),
+                        Some(auth.clone()),
+                        sensitive.cloned(),
+                        None,
+                        None,
+                    )
+                })
+            })
+            .map_err(mapper(&tpm.name, op, command))
+        })?;
+        Ok((parent, created.out_public, created.out_private))
     }
 
     /// The HMAC session for commands that carry secrets: salted ([`salted_session`]), with
@@ -630,20 +651,42 @@ pub(crate) fn persistent(handle: u32) -> Result<PersistentTpmHandle> {
     })
 }
 
-/// Runs `f`, then flushes `handle` (a transient object or a session hardkey started) whatever
-/// `f` returned: the one way admin code (sealing, ownership) ends what it loads or starts.
-/// `f`'s error wins over a flush error.
-pub(crate) fn flushing<T>(
-    ctx: &mut Context,
+/// What a [`flushing`] scope runs on: the ESAPI context itself, or the connection around it
+/// (when `f` needs the connection's other state).
+pub(crate) trait HasContext {
+    /// The ESAPI context.
+    fn context(&mut self) -> &mut Context;
+}
+
+impl HasContext for Context {
+    fn context(&mut self) -> &mut Context {
+        self
+    }
+}
+
+impl HasContext for Tpm {
+    fn context(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+}
+
+/// Runs `f`, then flushes `handle` (a transient object or a session hardkey loaded or
+/// started) whatever `f` returned: the one way hardkey ends what it loads or starts for one
+/// job (keys kept loaded across jobs are the worker's LRU, flushed by eviction and at
+/// shutdown). `command` names the flush in errors; `f`'s error wins over a flush error.
+pub(crate) fn flushing<H: HasContext, T>(
+    holder: &mut H,
     handle: ObjectHandle,
     device: &str,
     op: Operation,
-    f: impl FnOnce(&mut Context) -> Result<T>,
+    command: &'static str,
+    f: impl FnOnce(&mut H) -> Result<T>,
 ) -> Result<T> {
-    let result = f(ctx);
-    let flushed = ctx
+    let result = f(holder);
+    let flushed = holder
+        .context()
         .flush_context(handle)
-        .map_err(mapper(device, op, "TPM2_FlushContext"));
+        .map_err(mapper(device, op, command));
     let value = result?;
     flushed?;
     Ok(value)
@@ -685,11 +728,16 @@ pub(crate) fn start_session(
         .with_decrypt(encryption.decrypt)
         .with_encrypt(encryption.encrypt)
         .build();
-    if let Err(e) = ctx.tr_sess_set_attributes(session, attributes, mask) {
-        let _ = ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into());
-        return Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e));
+    match ctx.tr_sess_set_attributes(session, attributes, mask) {
+        Ok(()) => Ok(session),
+        // Not handed out: flushed, and the error returned.
+        Err(e) => {
+            let handle = tss_esapi::handles::SessionHandle::from(session).into();
+            flushing(ctx, handle, device, op, "TPM2_FlushContext", |_| {
+                Err(mapper(device, op, "Esys_TRSess_SetAttributes")(e))
+            })
+        }
     }
-    Ok(session)
 }
 
 /// Starts a session of `kind` salted with a primary key made for the purpose in the null
@@ -715,9 +763,14 @@ pub(crate) fn salted_session(
         "TPM2_CreatePrimary (null hierarchy salt key)",
     ))?
     .key_handle;
-    flushing(ctx, salt_key.into(), device, op, |ctx| {
-        start_session(ctx, device, op, Some(salt_key), kind, encryption)
-    })
+    flushing(
+        ctx,
+        salt_key.into(),
+        device,
+        op,
+        "TPM2_FlushContext",
+        |ctx| start_session(ctx, device, op, Some(salt_key), kind, encryption),
+    )
 }
 
 /// An error of an owner-authorized command: a refused auth names the owner hierarchy and

@@ -11,13 +11,28 @@ use hardkey_api::{Error, Operation};
 use tss_esapi::constants::response_code::Tss2ResponseCode;
 
 /// A tss-esapi error with the TPM command that returned it: the cause kept inside
-/// [`hardkey_api::Error`].
+/// [`hardkey_api::Error`] (downcast the source to inspect it).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct TpmError {
+    command: &'static str,
+    error: tss_esapi::Error,
+}
+
+impl TpmError {
+    pub(crate) fn new(command: &'static str, error: tss_esapi::Error) -> Self {
+        Self { command, error }
+    }
+
     /// The TPM command (`TPM2_Sign`, `TPM2_Load`, ...).
-    pub command: &'static str,
+    pub fn command(&self) -> &'static str {
+        self.command
+    }
+
     /// What tss-esapi returned.
-    pub error: tss_esapi::Error,
+    pub fn tss_error(&self) -> &tss_esapi::Error {
+        &self.error
+    }
 }
 
 impl std::fmt::Display for TpmError {
@@ -154,8 +169,14 @@ impl std::error::Error for SealError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ForeignKeyFile {
+    cause: TpmError,
+}
+
+impl ForeignKeyFile {
     /// The TPM's answer to `TPM2_Load`.
-    pub cause: TpmError,
+    pub fn cause(&self) -> &TpmError {
+        &self.cause
+    }
 }
 
 impl std::fmt::Display for ForeignKeyFile {
@@ -176,6 +197,16 @@ impl std::error::Error for ForeignKeyFile {
     }
 }
 
+/// A key file `delete` could not remove: the cause kept inside
+/// [`hardkey_api::Error::Backend`], with the I/O error as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove {}: {source}", path.display())]
+pub(crate) struct RemoveKeyFile {
+    pub(crate) path: std::path::PathBuf,
+    #[source]
+    pub(crate) source: std::io::Error,
+}
+
 /// Maps an error of `TPM2_Load` on a key file: `TPM_RC_INTEGRITY` says the file is another
 /// TPM's; the rest as [`map`] does.
 pub(crate) fn map_key_load(device: &str, op: Operation, error: tss_esapi::Error) -> Error {
@@ -184,10 +215,7 @@ pub(crate) fn map_key_load(device: &str, op: Operation, error: tss_esapi::Error)
             device,
             op,
             ForeignKeyFile {
-                cause: TpmError {
-                    command: "TPM2_Load",
-                    error,
-                },
+                cause: TpmError::new("TPM2_Load", error),
             },
         ),
         _ => map(device, op, "TPM2_Load", error),
@@ -392,7 +420,7 @@ pub(crate) fn map(
     command: &'static str,
     error: tss_esapi::Error,
 ) -> Error {
-    let cause = TpmError { command, error };
+    let cause = TpmError::new(command, error);
     let Some(rc) = rc_of(&cause.error) else {
         return Error::backend(device, op, cause);
     };

@@ -139,10 +139,7 @@ pub(crate) fn run(
     let mut esys = Esys::open(&conf).map_err(|error| {
         Error::device_unavailable(
             device,
-            TpmError {
-                command: "Esys_Initialize (opening the TCTI)",
-                error,
-            },
+            TpmError::new("Esys_Initialize (opening the TCTI)", error),
         )
     })?;
     esys.set_lockout_auth(&auth)

@@ -175,9 +175,18 @@ struct TpmKeyAsn1 {
 }
 
 fn bad(what: &str, reason: impl std::fmt::Display) -> Error {
+    bad_because(what, reason.to_string().into())
+}
+
+/// [`bad`] with the DER codec's error kept as the typed source.
+fn bad_der(what: &str, e: der::Error) -> Error {
+    bad_because(what, Box::new(e))
+}
+
+fn bad_because(what: &str, source: hardkey_api::BoxError) -> Error {
     InvalidInput::KeyEncoding {
         what: format!("TSS2 key file {what}"),
-        source: reason.to_string().into(),
+        source,
     }
     .into()
 }
@@ -205,7 +214,7 @@ impl KeyFile {
 
     /// Parses the DER structure.
     pub fn from_der(der: &[u8], origin: &str) -> Result<Self> {
-        let asn1 = TpmKeyAsn1::from_der(der).map_err(|e| bad(origin, e))?;
+        let asn1 = TpmKeyAsn1::from_der(der).map_err(|e| bad_der(origin, e))?;
         let kind = match asn1.key_type {
             t if t == LOADABLE_KEY => KeyFileKind::Key,
             t if t == SEALED_DATA => KeyFileKind::Sealed,
@@ -257,7 +266,7 @@ impl KeyFile {
 
     /// The DER structure.
     pub fn to_der(&self) -> Result<Vec<u8>> {
-        let encode = |e: der::Error| bad("encoding", e);
+        let encode = |e: der::Error| bad_der("encoding", e);
         if self.kind == KeyFileKind::Key && !self.policy.is_empty() {
             return Err(bad(
                 "encoding",

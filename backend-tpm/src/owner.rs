@@ -359,7 +359,9 @@ fn with_hierarchy<T>(
         .map_err(mapper(device, OP, "Esys_TR_SetAuth"))?;
     let result = salted_session(ctx, device, encrypt_parameter).and_then(|session| {
         let handle = SessionHandle::from(session).into();
-        flushing(ctx, handle, device, OP, |ctx| f(ctx, session))
+        flushing(ctx, handle, device, OP, "TPM2_FlushContext", |ctx| {
+            f(ctx, session)
+        })
     });
     // ESAPI keeps the last auth set (after HierarchyChangeAuth, the new one): forget it.
     let _ = ctx.tr_set_auth(hierarchy.object(), Default::default());

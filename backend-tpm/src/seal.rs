@@ -186,29 +186,21 @@ pub(crate) fn seal(tpm: &mut Tpm, data: &[u8], options: &SealOptions) -> Result<
         SensitiveData::try_from(data.to_vec()).map_err(mapper(&name, OP, "sealed data"))?;
     // The data and the auth value travel encrypted (salted session, decrypt attribute).
     let session = tpm.hmac_session()?;
-    let parent = tpm.new_object_parent(OP)?;
-    let created = tpm.with_parent(parent, OP, |tpm, srk| {
-        retrying(|| {
-            tpm.ctx.execute_with_session(Some(session), |c| {
-                c.create(
-                    srk,
-                    template.clone(),
-                    Some(auth_value.clone()),
-                    Some(sensitive.clone()),
-                    None,
-                    None,
-                )
-            })
-        })
-        .map_err(mapper(&name, OP, "TPM2_Create (sealed data)"))
-    })?;
+    let (parent, public, private) = tpm.create_under_srk(
+        OP,
+        "TPM2_Create (sealed data)",
+        session,
+        &template,
+        &auth_value,
+        Some(&sensitive),
+    )?;
     Ok(SealedData {
         file: KeyFile {
             kind: KeyFileKind::Sealed,
             empty_auth: auth.is_none(),
             parent,
-            public: created.out_public,
-            private: created.out_private,
+            public,
+            private,
             policy,
         },
     })
@@ -242,27 +234,37 @@ pub(crate) fn unseal(
                 })
         })
         .map_err(|e| load_error(&name, e))?;
-        flushing(&mut tpm.ctx, loaded.into(), &name, OP, |ctx| {
-            ctx.tr_set_auth(loaded.into(), auth)
-                .map_err(mapper(&name, OP, "Esys_TR_SetAuth"))?;
-            let kind = if file.policy.is_empty() {
-                SessionType::Hmac
-            } else {
-                SessionType::Policy
-            };
-            let session = salted_session(ctx, &name, srk, kind)?;
-            let handle = SessionHandle::from(session).into();
-            flushing(ctx, handle, &name, OP, |ctx| {
-                if let Ok(policy_session) = PolicySession::try_from(session) {
-                    run_policy(ctx, &name, policy_session, &file.policy)?;
-                }
-                let data = retrying(|| {
-                    ctx.execute_with_session(Some(session), |c| c.unseal(loaded.into()))
+        flushing(
+            &mut tpm.ctx,
+            loaded.into(),
+            &name,
+            OP,
+            "TPM2_FlushContext",
+            |ctx| {
+                ctx.tr_set_auth(loaded.into(), auth).map_err(mapper(
+                    &name,
+                    OP,
+                    "Esys_TR_SetAuth",
+                ))?;
+                let kind = if file.policy.is_empty() {
+                    SessionType::Hmac
+                } else {
+                    SessionType::Policy
+                };
+                let session = salted_session(ctx, &name, srk, kind)?;
+                let handle = SessionHandle::from(session).into();
+                flushing(ctx, handle, &name, OP, "TPM2_FlushContext", |ctx| {
+                    if let Ok(policy_session) = PolicySession::try_from(session) {
+                        run_policy(ctx, &name, policy_session, &file.policy)?;
+                    }
+                    let data = retrying(|| {
+                        ctx.execute_with_session(Some(session), |c| c.unseal(loaded.into()))
+                    })
+                    .map_err(|e| unseal_error(&name, sealed, e))?;
+                    Ok(Zeroizing::new(data.value().to_vec()))
                 })
-                .map_err(|e| unseal_error(&name, sealed, e))?;
-                Ok(Zeroizing::new(data.value().to_vec()))
-            })
-        })
+            },
+        )
     })
 }
 
@@ -362,16 +364,23 @@ fn trial_policy(ctx: &mut Context, name: &str, steps: &[PolicyStep]) -> Result<D
         SessionType::Trial,
         Encryption::default(),
     )?;
-    flushing(ctx, SessionHandle::from(session).into(), name, OP, |ctx| {
-        let policy_session = PolicySession::try_from(session).map_err(mapper(
-            name,
-            OP,
-            "TPM2_StartAuthSession (trial)",
-        ))?;
-        run_policy(ctx, name, policy_session, steps)?;
-        retrying(|| ctx.execute_without_session(|c| c.policy_get_digest(policy_session)))
-            .map_err(mapper(name, OP, "TPM2_PolicyGetDigest"))
-    })
+    flushing(
+        ctx,
+        SessionHandle::from(session).into(),
+        name,
+        OP,
+        "TPM2_FlushContext",
+        |ctx| {
+            let policy_session = PolicySession::try_from(session).map_err(mapper(
+                name,
+                OP,
+                "TPM2_StartAuthSession (trial)",
+            ))?;
+            run_policy(ctx, name, policy_session, steps)?;
+            retrying(|| ctx.execute_without_session(|c| c.policy_get_digest(policy_session)))
+                .map_err(mapper(name, OP, "TPM2_PolicyGetDigest"))
+        },
+    )
 }
 
 /// Sends the policy commands of `steps` to a policy (or trial) session.
@@ -419,7 +428,7 @@ fn pcr_changed(
         OP,
         SealError::PcrChanged {
             pcrs: pcrs.to_string(),
-            cause: TpmError { command, error },
+            cause: TpmError::new(command, error),
         },
     )
 }
@@ -441,7 +450,7 @@ fn load_error(name: &str, e: tss_esapi::Error) -> Error {
             name,
             OP,
             SealError::OtherParent {
-                cause: TpmError { command, error: e },
+                cause: TpmError::new(command, e),
             },
         ),
         _ => error::map(name, OP, command, e),
