@@ -283,6 +283,21 @@ impl SignatureScheme {
         }
     }
 
+    /// The curve of the keys an ECDSA scheme signs with (TLS 1.3 ties each ECDSA scheme to one
+    /// curve), or `None` for RSA schemes.
+    pub const fn ecdsa_curve(self) -> Option<KeyAlgorithm> {
+        match self {
+            Self::EcdsaP256Sha256 => Some(KeyAlgorithm::EcP256),
+            Self::EcdsaP384Sha384 => Some(KeyAlgorithm::EcP384),
+            Self::RsaPkcs1Sha256
+            | Self::RsaPkcs1Sha384
+            | Self::RsaPkcs1Sha512
+            | Self::RsaPssSha256
+            | Self::RsaPssSha384
+            | Self::RsaPssSha512 => None,
+        }
+    }
+
     /// PSS salt length in bytes (= hash length), or `None` for non-PSS schemes.
     pub const fn pss_salt_len(self) -> Option<usize> {
         match self.kind() {

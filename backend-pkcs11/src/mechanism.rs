@@ -40,9 +40,9 @@ pub(crate) fn sign_input(
 
 /// `C_Sign`'s output in hardkey's form: ECDSA `r || s` becomes DER; RSA stays raw.
 pub(crate) fn sign_output(scheme: SignatureScheme, raw: Vec<u8>) -> Result<Vec<u8>> {
-    match scheme.kind() {
-        SignatureKind::Ecdsa => encoding::ecdsa_raw_to_der(&raw),
-        _ => Ok(raw),
+    match scheme.ecdsa_curve() {
+        Some(curve) => encoding::ecdsa_raw_to_der(curve, &raw),
+        None => Ok(raw),
     }
 }
 

@@ -43,11 +43,9 @@ impl TpmDevice {
         let signature = self.sign_on_tpm(key, scheme, digest)?;
         let name = self.tpm.name.clone();
         match (&signature, scheme.kind()) {
-            (Signature::EcDsa(sig), SignatureKind::Ecdsa) => ecdsa_der(
-                sig.signature_r(),
-                sig.signature_s(),
-                key.algorithm.bits().div_ceil(8),
-            ),
+            (Signature::EcDsa(sig), SignatureKind::Ecdsa) => {
+                ecdsa_der(sig.signature_r(), sig.signature_s(), key.algorithm)
+            }
             (Signature::RsaSsa(_), SignatureKind::RsaPkcs1v15)
             | (Signature::RsaPss(_), SignatureKind::RsaPss) => {
                 rsa_bytes(&signature, key.algorithm.bits().div_ceil(8)).ok_or_else(|| {
@@ -150,8 +148,13 @@ fn rsa_bytes(signature: &Signature, k: usize) -> Option<Vec<u8>> {
 }
 
 /// An ECDSA signature as DER.
-fn ecdsa_der(r: &EccParameter, s: &EccParameter, field: usize) -> Result<Vec<u8>> {
+fn ecdsa_der(
+    r: &EccParameter,
+    s: &EccParameter,
+    algorithm: hardkey_api::KeyAlgorithm,
+) -> Result<Vec<u8>> {
+    let field = algorithm.bits().div_ceil(8);
     let mut raw = left_pad(r.value(), field);
     raw.extend_from_slice(&left_pad(s.value(), field));
-    encoding::ecdsa_raw_to_der(&raw)
+    encoding::ecdsa_raw_to_der(algorithm, &raw)
 }
