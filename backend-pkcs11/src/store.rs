@@ -475,5 +475,5 @@ impl KeyStore for Pkcs11Store {
 }
 
 fn hex_prefix(id: &[u8]) -> String {
-    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    hex::encode(id.get(..4).unwrap_or(id))
 }

@@ -25,9 +25,13 @@ pub fn find_head_end(buf: &[u8]) -> Option<usize> {
     http::find_head_end(buf)
 }
 
-/// Parses a request head (the bytes before its `\r\n\r\n`) as the server does; the error is
-/// the reason the server gives for closing the connection.
-pub fn parse_head(head: &[u8]) -> Result<RequestHead, String> {
+/// Why the server refuses a request head: the reason it gives for closing the connection.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadHead(http::HttpError);
+
+/// Parses a request head (the bytes before its `\r\n\r\n`) as the server does.
+pub fn parse_head(head: &[u8]) -> Result<RequestHead, BadHead> {
     http::parse_head(head)
         .map(|r| RequestHead {
             head_only: r.head_only,
@@ -35,5 +39,5 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, String> {
             keep_alive: r.keep_alive,
             body_len: r.body_len,
         })
-        .map_err(|e| e.to_string())
+        .map_err(BadHead)
 }
