@@ -235,12 +235,42 @@ fn wrong_pin_is_tried_once(env: &Env) {
     let before = env.shim.calls("C_Login");
     let err = Pkcs11Store::open(env.config(4)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Once no worker thread is left, none can still log in behind the caller's back.
+    wait_until_no_pool_workers();
     assert_eq!(
         env.shim.calls("C_Login") - before,
         1,
         "4 sessions, but one login attempt"
     );
+}
+
+/// Waits (bounded, failing the test) until this process has no pool worker thread (the pool
+/// names them `hk<index>:<device>`). The trials run one at a time, and a store that failed to
+/// open or was dropped has no work left, so its workers end.
+fn wait_until_no_pool_workers() {
+    let is_worker = |name: &str| {
+        name.strip_prefix("hk").is_some_and(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest.as_bytes().get(digits) == Some(&b':')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .filter(|name| is_worker(name))
+            .collect();
+        if workers.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool workers still running after 10 s: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn wrong_pin_during_recovery_is_tried_once(env: &Env) {
@@ -252,7 +282,20 @@ fn wrong_pin_during_recovery_is_tried_once(env: &Env) {
     ));
     let results = block_on(join_all((0..16u8).map(|i| key.sign(SCHEME, &[i]))));
     assert!(results.iter().all(Result::is_err));
-    std::thread::sleep(Duration::from_millis(100));
+    // Every worker has lost its session and made (or, the PIN refused, skipped) its one
+    // attempt to rebuild it: only then does it count as unhealthy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = store.pool().stats();
+        if stats.healthy_workers == 0 && stats.device_lost >= 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every worker lost its session: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         env.shim.calls("C_Login") - before,
         1,
