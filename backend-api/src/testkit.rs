@@ -27,6 +27,7 @@
     reason = "a test kit reports failures by panicking, like assert!"
 )]
 
+pub mod harness;
 pub mod soak;
 #[cfg(feature = "x509")]
 pub mod x509;
