@@ -128,11 +128,20 @@ mod tests {
     #[test]
     fn the_returned_waker_completes_a_pending_receiver() {
         let (tx, rx) = channel::<u32>();
+        let shared = Arc::clone(&rx.shared);
         let handle = std::thread::spawn(move || futures::executor::block_on(rx));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        if let Some(w) = tx.send(9) {
-            w.wake();
+        // Until the receiver has been polled and is pending, there is no waker to return.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(*lock(&shared.state), State::Waiting(Some(_))) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the receiver was never polled"
+            );
+            std::thread::yield_now();
         }
+        drop(shared);
+        let waker = tx.send(9).expect("a pending receiver left its waker");
+        waker.wake();
         assert_eq!(handle.join().unwrap(), Some(9));
     }
 }

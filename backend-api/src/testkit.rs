@@ -27,6 +27,7 @@
     reason = "a test kit reports failures by panicking, like assert!"
 )]
 
+pub mod harness;
 pub mod soak;
 
 use std::future::Future;

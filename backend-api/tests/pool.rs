@@ -2,8 +2,11 @@
 //! deadlines, cancellation, recovery, shutdown, stats), on a fake device that can disconnect.
 //!
 //! Every test synchronizes with channels; where a background state change must be observed,
-//! it polls `stats()` with a bounded loop. Sleeps only ever make a test stronger (e.g. wait past
-//! a default deadline that must not apply), never decide whether it passes.
+//! it polls `stats()` or a counter with a bounded loop that fails the test when it runs out.
+//! Sleeps stand only for device work or for a deadline to pass (a clock fact a sleep
+//! guarantees), never for "by now the pool did X". A check that something did *not* happen
+//! first waits for what would have made it happen (a device with the same backoff being
+//! retried: `RetryClock`), so a slow machine cannot pass it vacuously.
 
 // clippy.toml allows these inside `#[test]` fns only; the shared helpers below are test code
 // too, where a failed expectation must fail the test.
@@ -736,17 +739,20 @@ fn panicking_factory_during_recovery_does_not_kill_the_worker() {
     assert_eq!(report.detached_workers, 0, "{report:?}");
 }
 
-/// A factory whose credentials can be made wrong: counts every attempt.
+/// A factory whose credentials can be made wrong, or whose device can go away: counts every
+/// attempt.
 #[derive(Clone, Default)]
 struct Token {
     attempts: Arc<AtomicUsize>,
     wrong_pin: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl Token {
     fn factory(&self) -> impl Fn(usize) -> Result<TestDevice> + Send + Sync + 'static {
         let attempts = Arc::clone(&self.attempts);
         let wrong_pin = Arc::clone(&self.wrong_pin);
+        let down = Arc::clone(&self.down);
         move |id| {
             let generation = attempts.fetch_add(1, SeqCst) + 1;
             if wrong_pin.load(SeqCst) {
@@ -755,12 +761,54 @@ impl Token {
                     source: "CKR_PIN_INCORRECT".into(),
                 });
             }
+            if down.load(SeqCst) {
+                return Err(lost());
+            }
             Ok(TestDevice { id, generation })
         }
     }
 
     fn attempts(&self) -> usize {
         self.attempts.load(SeqCst)
+    }
+
+    /// Waits (bounded) until the factory has been tried `n` times in all.
+    fn wait_for_attempts(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.attempts() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} attempts, {} made",
+                self.attempts()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The measure of a "nothing happened" window: a pool whose device is down (not refusing the
+/// PIN), so its worker retries with the backoff it was given. A wait for `n` of its retries
+/// is a window in which a worker with that backoff that did retry would have retried about
+/// `n` times too, however slow the machine.
+struct RetryClock {
+    token: Token,
+    _pool: DevicePool<TestDevice>,
+}
+
+impl RetryClock {
+    fn start(config: PoolConfig) -> Self {
+        let token = Token::default();
+        let pool = DevicePool::new(config.workers(1), token.factory()).expect("pool starts");
+        token.down.store(true, SeqCst);
+        let err = block_on(pool.run(sign(), |_: &mut TestDevice| -> Result<()> { Err(lost()) }))
+            .expect_err("the device is lost");
+        assert!(err.is_retryable(), "{err}");
+        Self { token, _pool: pool }
+    }
+
+    /// Waits (bounded) for `n` more retries of the down device.
+    fn wait_retries(&self, n: usize) {
+        self.token.wait_for_attempts(self.token.attempts() + n);
     }
 }
 
@@ -780,10 +828,9 @@ fn a_wrong_pin_is_tried_once_at_startup_not_once_per_worker() {
 #[test]
 fn auth_failures_are_never_retried_until_reconnect() {
     let token = Token::default();
-    let config = PoolConfig::new("pin")
-        .workers(3)
-        .backoff(Duration::from_millis(2), Duration::from_millis(5));
-    let pool = DevicePool::new(config, token.factory()).unwrap();
+    let backoff =
+        |name| PoolConfig::new(name).backoff(Duration::from_millis(2), Duration::from_millis(5));
+    let pool = DevicePool::new(backoff("pin").workers(3), token.factory()).unwrap();
     assert_eq!(token.attempts(), 3);
 
     // The PIN changes under us and every session drops.
@@ -795,8 +842,10 @@ fn auth_failures_are_never_retried_until_reconnect() {
     }
     wait_for(&pool, "all workers unhealthy", |s| s.healthy_workers == 0);
     let after_loss = token.attempts();
-    // Far more than the backoff: a retrying worker would have tried dozens of times.
-    std::thread::sleep(Duration::from_millis(200));
+    // A device that is down and not refusing the PIN, with the same backoff, is retried 20
+    // times meanwhile: a worker retrying the wrong PIN would have tried about as often.
+    let clock = RetryClock::start(backoff("clock"));
+    clock.wait_retries(20);
     assert_eq!(
         token.attempts(),
         after_loss,
@@ -810,11 +859,9 @@ fn auth_failures_are_never_retried_until_reconnect() {
 
     // reconnect() with the PIN still wrong: exactly one more attempt, not one per worker.
     pool.reconnect();
-    let deadline = Instant::now() + PATIENCE;
-    while token.attempts() == after_loss && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    token.wait_for_attempts(after_loss + 1);
+    // The other two workers were woken too; in 20 more retries of the clock none followed.
+    clock.wait_retries(20);
     assert_eq!(token.attempts(), after_loss + 1);
 
     // Fixed: one reconnect brings every worker back.
@@ -1029,10 +1076,13 @@ fn fast_jobs_are_not_refused_for_slow_ones() {
     // Now fast jobs are known to take 2 ms: a 1 ms deadline behind a queue is refused at
     // once, named as such.
     let held = hold(&pool);
-    let mut doomed: Job<u64> = Box::pin(job(2, Some(1)));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let doomed_options = sign().with_timeout(JobTimeout::After(Duration::from_millis(1)));
+    let mut doomed: Job<usize> = Box::pin(pool.run(doomed_options, counting_job(&ran)));
     enqueue(&mut doomed);
     let mut behind: Job<u64> = Box::pin(job(2, None));
     enqueue(&mut behind);
+    // Past the doomed job's deadline: a clock fact, which a sleep guarantees.
     std::thread::sleep(Duration::from_millis(5));
     block_on(held.release()).unwrap();
     let err = block_on(doomed).unwrap_err();
@@ -1042,4 +1092,7 @@ fn fast_jobs_are_not_refused_for_slow_ones() {
         "{err:?}"
     );
     assert_eq!(block_on(behind).unwrap(), 2);
+    // FIFO on one worker: `behind` ran, so the doomed job was dequeued, and it was not run
+    // (its caller's own timeout would not show a job that ran anyway).
+    assert_eq!(ran.load(SeqCst), 0, "the doomed job ran");
 }

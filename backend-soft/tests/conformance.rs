@@ -3,9 +3,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use hardkey_api::testkit::Suite;
-use hardkey_api::{FileUri, KeyAlgorithm, KeyUri};
+use hardkey_api::testkit::harness::{Arguments, CONFORMANCE_ALGORITHMS, conformance_trials};
+use hardkey_api::{FileUri, KeyUri};
 use hardkey_soft::{SoftConfig, SoftStore};
-use libtest_mimic::{Arguments, Trial};
 
 fn suite() -> Suite<SoftStore> {
     let store = SoftStore::new(SoftConfig::default().workers(2)).expect("software key store");
@@ -14,21 +14,6 @@ fn suite() -> Suite<SoftStore> {
 }
 
 fn main() -> std::process::ExitCode {
-    let algorithms = [
-        ("p256", KeyAlgorithm::EcP256),
-        ("p384", KeyAlgorithm::EcP384),
-        ("rsa2048", KeyAlgorithm::Rsa2048),
-        ("rsa3072", KeyAlgorithm::Rsa3072),
-    ];
-    let trials = hardkey_api::testkit::checks(suite, &algorithms)
-        .into_iter()
-        .map(|check| {
-            let run = check.run;
-            Trial::test(check.name, move || {
-                run();
-                Ok(())
-            })
-        })
-        .collect();
+    let trials = conformance_trials(suite, &CONFORMANCE_ALGORITHMS);
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }

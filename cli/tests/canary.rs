@@ -20,6 +20,7 @@ use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Hardkey;
+use hardkey_api::testkit::harness::trial;
 use softhsm_tests::SoftHsm;
 use swtpm_tests::Swtpm;
 
@@ -551,7 +552,7 @@ fn nix_uid() -> u32 {
 fn main() -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     let hsm = SoftHsm::start();
-    let trial = libtest_mimic::Trial::test("the_canary_appears_nowhere", move || {
+    let canary = trial("the_canary_appears_nowhere", move || {
         let tpm = Swtpm::start();
         let hk = Hardkey::new();
         let canary = format!("cnry7Qz-{}-{:x}", std::process::id(), rand_suffix());
@@ -579,13 +580,9 @@ fn main() -> ExitCode {
             "{} commands ran; the canary was never seen",
             c.commands.len()
         );
-        Ok(())
     });
-    let dumps = libtest_mimic::Trial::test("serve_is_not_dumpable", || {
-        serve_is_not_dumpable();
-        Ok(())
-    });
-    libtest_mimic::run(&args, vec![trial, dumps]).exit_code()
+    let dumps = trial("serve_is_not_dumpable", serve_is_not_dumpable);
+    libtest_mimic::run(&args, vec![canary, dumps]).exit_code()
 }
 
 fn rand_suffix() -> u64 {

@@ -39,11 +39,10 @@ use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Hardkey, openssl_verify, tool};
-use libtest_mimic::{Arguments, Trial};
+use common::{Hardkey, TAKE_OWNERSHIP, openssl_verify, run_ok, tool};
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trials_on};
 use secrecy::ExposeSecret;
 use softhsm_tests::SoftHsm;
 use swtpm_tests::{Abrmd, Swtpm};
@@ -521,18 +520,7 @@ fn tpm_take_ownership() {
     Op {
         name: "tpm take-ownership",
         hk: &hk,
-        args: [
-            "tpm",
-            "take-ownership",
-            "--owner-auth-file",
-            "owner",
-            "--endorsement-auth-file",
-            "endorsement",
-            "--lockout-auth-file",
-            "lockout",
-        ]
-        .map(String::from)
-        .to_vec(),
+        args: TAKE_OWNERSHIP.map(String::from).to_vec(),
         refused_with: "change-auth",
         check: &check,
         reset: &reset,
@@ -566,16 +554,7 @@ fn take_ownership_resumes_after_a_kill() {
         assert_eq!(ownership_state(&tpm, &hk), Left::Partial);
     };
     set_owner_only();
-    let owned = hk.json(&[
-        "tpm",
-        "take-ownership",
-        "--owner-auth-file",
-        "owner",
-        "--endorsement-auth-file",
-        "endorsement",
-        "--lockout-auth-file",
-        "lockout",
-    ]);
+    let owned = hk.json(&TAKE_OWNERSHIP);
     for auth in ["owner_auth_set", "endorsement_auth_set", "lockout_auth_set"] {
         assert_eq!(owned[auth], true, "{auth}: {owned}");
     }
@@ -606,16 +585,7 @@ fn take_ownership_resumes_after_a_kill() {
 
 /// The token's objects as pkcs11-tool lists them: (class, ID, label, has EC_POINT).
 fn token_objects(hsm: &SoftHsm) -> Vec<(String, String, String, bool)> {
-    let out = hsm
-        .pkcs11_tool()
-        .arg("--list-objects")
-        .output()
-        .expect("run pkcs11-tool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(hsm.pkcs11_tool().arg("--list-objects"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut objects: Vec<(String, String, String, bool)> = Vec::new();
     for line in text.lines() {
@@ -851,12 +821,7 @@ fn pkcs11_rerun_removes_an_orphan_public_key(hsm: &SoftHsm) {
     let hk = Hardkey::new();
     hk.file("pin", hsm.user_pin().expose_secret());
     let run = |args: &[&str]| {
-        let out = hsm.pkcs11_tool().args(args).output().expect("pkcs11-tool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(hsm.pkcs11_tool().args(args));
     };
     let labelled = |label: &str| -> Vec<(String, String)> {
         token_objects(hsm)
@@ -934,50 +899,28 @@ fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // One at a time: the kill delays are measured against an otherwise idle machine.
     args.test_threads = Some(1);
-    // Sets SOFTHSM2_CONF for the process (and the hardkey children) before any thread.
-    let hsm = Arc::new(SoftHsm::start());
-    println!(
-        "interrupted provisioning: seed {} (HARDKEY_SEED replays it), {} kills per operation",
-        seed(),
-        kills()
-    );
-    let trials = vec![
-        Trial::test("tpm_key_file", || {
-            tpm_key_file();
-            Ok(())
-        }),
-        Trial::test("tpm_persistent_key", || {
-            tpm_persistent_key();
-            Ok(())
-        }),
-        Trial::test("tpm_seal", || {
-            tpm_seal();
-            Ok(())
-        }),
-        Trial::test("tpm_take_ownership", || {
-            tpm_take_ownership();
-            Ok(())
-        }),
-        Trial::test("take_ownership_resumes_after_a_kill", || {
+    let tests: [NamedTest<SoftHsm>; 7] = [
+        ("tpm_key_file", |_| tpm_key_file()),
+        ("tpm_persistent_key", |_| tpm_persistent_key()),
+        ("tpm_seal", |_| tpm_seal()),
+        ("tpm_take_ownership", |_| tpm_take_ownership()),
+        ("take_ownership_resumes_after_a_kill", |_| {
             take_ownership_resumes_after_a_kill();
-            Ok(())
         }),
-        Trial::test("pkcs11_rerun_removes_an_orphan_public_key", {
-            let hsm = Arc::clone(&hsm);
-            move || {
-                pkcs11_rerun_removes_an_orphan_public_key(&hsm);
-                Ok(())
-            }
-        }),
-        Trial::test("pkcs11_key", {
-            let hsm = Arc::clone(&hsm);
-            move || {
-                pkcs11_key(&hsm);
-                Ok(())
-            }
-        }),
+        (
+            "pkcs11_rerun_removes_an_orphan_public_key",
+            pkcs11_rerun_removes_an_orphan_public_key,
+        ),
+        ("pkcs11_key", pkcs11_key),
     ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(hsm);
-    conclusion.exit_code()
+    // SoftHsm::start sets SOFTHSM2_CONF for the process (and the hardkey children) before any
+    // thread.
+    run_on(&args, SoftHsm::start, |hsm| {
+        println!(
+            "interrupted provisioning: seed {} (HARDKEY_SEED replays it), {} kills per operation",
+            seed(),
+            kills()
+        );
+        trials_on(hsm, &tests)
+    })
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Hardkey, openssl_verify};
+use common::{Hardkey, openssl_verify, run_ok};
 
 /// A scratch directory with a P-256 software key and a message.
 fn with_key() -> Hardkey {
@@ -274,15 +274,9 @@ fn dev_stdout_writes_through_the_open_descriptor() {
         .append(true)
         .open(hk.path("log.txt"))
         .unwrap();
-    let out = hk
-        .command(&["sign", "file:k.pem", "--in", "msg", "--out", "/dev/stdout"])
-        .stdout(log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        hk.command(&["sign", "file:k.pem", "--in", "msg", "--out", "/dev/stdout"])
+            .stdout(log),
     );
     let text = std::fs::read(hk.path("log.txt")).unwrap();
     assert!(text.starts_with(b"line1\nline2\n"), "the log was replaced");

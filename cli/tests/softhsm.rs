@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use common::serve::{KeyType, Serve, Stopped, check_serve, selfsign_localhost};
-use common::{Hardkey, check_certificates, openssl_verify, tool};
+use common::{Hardkey, check_certificates, openssl_verify, run_ok, tool};
 use secrecy::ExposeSecret;
 use softhsm_tests::{SoftHsm, run_serial, trial};
 
@@ -35,16 +35,10 @@ fn key_uri(hsm: &SoftHsm, label: &str) -> String {
 
 /// The private keys on the token, as pkcs11-tool lists them.
 fn private_keys(hsm: &SoftHsm) -> usize {
-    let out = hsm
-        .pkcs11_tool()
-        .args(["--list-objects", "--type", "privkey", "--login", "--pin"])
-        .arg(hsm.user_pin().expose_secret())
-        .output()
-        .expect("run pkcs11-tool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        hsm.pkcs11_tool()
+            .args(["--list-objects", "--type", "privkey", "--login", "--pin"])
+            .arg(hsm.user_pin().expose_secret()),
     );
     String::from_utf8_lossy(&out.stdout)
         .matches("Private Key Object")
@@ -91,16 +85,10 @@ fn provision_sign_and_verify_with_openssl(hsm: &SoftHsm) {
         }
         let id = made["id"].as_str().unwrap();
         let der = hk.path("pub.der");
-        let out = hsm
-            .pkcs11_tool()
-            .args(["--read-object", "--type", "pubkey", "--id", id, "-o"])
-            .arg(&der)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            hsm.pkcs11_tool()
+                .args(["--read-object", "--type", "pubkey", "--id", id, "-o"])
+                .arg(&der),
         );
         let theirs = tool(
             "openssl",

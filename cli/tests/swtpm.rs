@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use common::serve::{KeyType, check_serve, selfsign_localhost};
-use common::{Hardkey, check_certificates, openssl_verify, tool};
+use common::{Hardkey, TAKE_OWNERSHIP, check_certificates, openssl_verify, tool};
 use swtpm_tests::{Swtpm, run, trial};
 
 fn hardkey(tpm: &Swtpm) -> Hardkey {
@@ -44,16 +44,7 @@ fn take_ownership_then_clear(tpm: &Swtpm) {
     hk.file("owner", "owner-secret");
     hk.file("lockout", "lockout-secret");
     hk.file("endorsement", "endorsement-secret");
-    let owned = hk.json(&[
-        "tpm",
-        "take-ownership",
-        "--owner-auth-file",
-        "owner",
-        "--endorsement-auth-file",
-        "endorsement",
-        "--lockout-auth-file",
-        "lockout",
-    ]);
+    let owned = hk.json(&TAKE_OWNERSHIP);
     for auth in ["owner_auth_set", "endorsement_auth_set", "lockout_auth_set"] {
         assert_eq!(owned[auth], true, "{auth}: {owned}");
     }

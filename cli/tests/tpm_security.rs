@@ -21,8 +21,9 @@ mod common;
 use std::path::Path;
 use std::process::ExitCode;
 
-use common::{Hardkey, openssl_verify, tool};
-use swtpm_tests::{RecordingProxy, Swtpm, trial};
+use common::{Hardkey, TAKE_OWNERSHIP, openssl_verify, tool};
+use hardkey_api::testkit::harness::{NamedTest, trial};
+use swtpm_tests::{RecordingProxy, Swtpm};
 
 fn hardkey(tcti: &str) -> Hardkey {
     Hardkey::new().env("HARDKEY_TCTI", tcti)
@@ -68,16 +69,7 @@ fn nothing_secret_crosses_the_bus(tpm: &Swtpm) {
         hk.file(file, value);
     }
     hk.file("msg", "signed through a recorded bus");
-    hk.ok(&[
-        "tpm",
-        "take-ownership",
-        "--owner-auth-file",
-        "owner",
-        "--endorsement-auth-file",
-        "endorsement",
-        "--lockout-auth-file",
-        "lockout",
-    ]);
+    hk.ok(&TAKE_OWNERSHIP);
     // A persistent key and a key file, both with an auth value, made (under the SRK, which
     // the owner auth creates) and used.
     hk.ok(&[
@@ -396,11 +388,9 @@ fn persistent_keys_need_no_owner_auth(tpm: &Swtpm) {
     assert_no_transients(tpm);
 }
 
-type Test = (&'static str, fn(&Swtpm));
-
 fn main() -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
-    let tests: [Test; 4] = [
+    let tests: [NamedTest<Swtpm>; 4] = [
         (
             "nothing_secret_crosses_the_bus",
             nothing_secret_crosses_the_bus,

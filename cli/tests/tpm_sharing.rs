@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::serve::{Serve, selfsign_localhost};
 use common::{Hardkey, openssl_verify, tool};
-use libtest_mimic::{Arguments, Trial};
+use hardkey_api::testkit::harness::{Arguments, trial};
 use swtpm_tests::{Abrmd, Swtpm};
 
 /// `tpm2_getcap` on the emulator itself (the swtpm TCTI, past any resource manager).
@@ -306,22 +306,22 @@ fn key_file_of_another_tpm_is_named() {
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let trials = vec![
-        Trial::test("resource_manager_shares_the_tpm", || {
-            resource_manager_shares_the_tpm();
-            Ok(())
-        }),
-        Trial::test("raw_tpm_leaves_other_clients_alone", || {
-            raw_tpm_leaves_other_clients_alone();
-            Ok(())
-        }),
-        Trial::test("key_file_of_another_tpm_is_named", || {
-            key_file_of_another_tpm_is_named();
-            Ok(())
-        }),
-        Trial::test("leaked_sessions_are_named_and_flushed", || {
-            leaked_sessions_are_named_and_flushed();
-            Ok(())
-        }),
+        trial(
+            "resource_manager_shares_the_tpm",
+            resource_manager_shares_the_tpm,
+        ),
+        trial(
+            "raw_tpm_leaves_other_clients_alone",
+            raw_tpm_leaves_other_clients_alone,
+        ),
+        trial(
+            "key_file_of_another_tpm_is_named",
+            key_file_of_another_tpm_is_named,
+        ),
+        trial(
+            "leaked_sessions_are_named_and_flushed",
+            leaked_sessions_are_named_and_flushed,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
+use hardkey_api::testkit::harness::{self, Arguments, run_on};
+// The harness pieces these suites (and the CLI's) were written with; they live in the test kit.
+pub use hardkey_api::testkit::harness::{NamedTest, trial, trials_on};
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store, default_module_path};
 use secrecy::{ExposeSecret, SecretString};
@@ -199,52 +202,17 @@ pub fn set_env_before_threads(name: &str, value: &std::ffi::OsStr) {
 /// Runs the trials `make` builds with the started fixture under libtest-mimic, then drops
 /// the fixture. The whole `main` of a SoftHSM test binary.
 pub fn run(make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
-    run_with(libtest_mimic::Arguments::from_args(), make)
+    run_on(&Arguments::from_args(), SoftHsm::start, |hsm| {
+        make(Arc::clone(hsm))
+    })
 }
 
 /// As [`run`], one trial at a time: for suites that compare the token's whole contents before
 /// and after.
 pub fn run_serial(make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
-    let mut args = libtest_mimic::Arguments::from_args();
+    let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    run_with(args, make)
-}
-
-fn run_with(
-    args: libtest_mimic::Arguments,
-    make: impl FnOnce(Arc<SoftHsm>) -> Vec<libtest_mimic::Trial>,
-) -> ExitCode {
-    let hsm = Arc::new(SoftHsm::start());
-    let trials = make(Arc::clone(&hsm));
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(hsm);
-    conclusion.exit_code()
-}
-
-/// A test of a `harness = false` binary: its name and the function run on the environment.
-pub type NamedTest<E> = (&'static str, fn(&E));
-
-/// One trial per `(name, test)`, each run on the shared environment `env` (the fixtures a
-/// `harness = false` binary's `main` started).
-pub fn trials_on<E: Send + Sync + 'static>(
-    env: &Arc<E>,
-    tests: &[NamedTest<E>],
-) -> Vec<libtest_mimic::Trial> {
-    tests
-        .iter()
-        .map(|&(name, test)| {
-            let env = Arc::clone(env);
-            trial(name, move || test(&env))
-        })
-        .collect()
-}
-
-/// A trial from a closure that panics on failure.
-pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic::Trial {
-    libtest_mimic::Trial::test(name, move || {
-        test();
-        Ok(())
-    })
+    run_on(&args, SoftHsm::start, |hsm| make(Arc::clone(hsm)))
 }
 
 /// Where distributions install the p11-kit client module (a PKCS#11 module whose calls run in
@@ -432,7 +400,6 @@ fn shim_library() -> PathBuf {
 /// The hardkey-api conformance suite as trials, each on a fresh store opened with `config`
 /// (P-256, P-384, RSA-2048, RSA-3072).
 pub fn conformance_trials(config: Pkcs11Config, token_label: &str) -> Vec<libtest_mimic::Trial> {
-    use hardkey_api::KeyAlgorithm::{EcP256, EcP384, Rsa2048, Rsa3072};
     let missing = hardkey_api::KeyUri::Pkcs11(
         Pkcs11Uri::new()
             .with_token(token_label)
@@ -445,14 +412,5 @@ pub fn conformance_trials(config: Pkcs11Config, token_label: &str) -> Vec<libtes
         // needs a key that allows raw RSA.
         hardkey_api::testkit::Suite::new(store, missing.clone()).raw_rsa_for_decrypt(true)
     };
-    let algorithms = [
-        ("p256", EcP256),
-        ("p384", EcP384),
-        ("rsa2048", Rsa2048),
-        ("rsa3072", Rsa3072),
-    ];
-    hardkey_api::testkit::checks(suite, &algorithms)
-        .into_iter()
-        .map(|check| trial(&check.name, check.run))
-        .collect()
+    harness::conformance_trials(suite, &harness::CONFORMANCE_ALGORITHMS)
 }

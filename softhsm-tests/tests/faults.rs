@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::future::join_all;
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trials_on};
 use hardkey_api::testkit::soak::{Soak, SoakKey};
 use hardkey_api::testkit::verify_signature;
 use hardkey_api::uri::Pkcs11Uri;
@@ -22,7 +23,6 @@ use hardkey_api::{
     SignatureScheme,
 };
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Key, Pkcs11Store};
-use libtest_mimic::Arguments;
 use softhsm_tests::{FaultShim, SoftHsm};
 
 const SCHEME: SignatureScheme = SignatureScheme::EcdsaP256Sha256;
@@ -30,8 +30,6 @@ const CKR_FUNCTION_FAILED: u64 = 0x06;
 const CKR_DEVICE_ERROR: u64 = 0x30;
 const CKR_PIN_INCORRECT: u64 = 0xa0;
 const CKR_SESSION_HANDLE_INVALID: u64 = 0xb3;
-
-type FaultTest = fn(&Env);
 
 struct Env {
     hsm: SoftHsm,
@@ -235,12 +233,42 @@ fn wrong_pin_is_tried_once(env: &Env) {
     let before = env.shim.calls("C_Login");
     let err = Pkcs11Store::open(env.config(4)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Once no worker thread is left, none can still log in behind the caller's back.
+    wait_until_no_pool_workers();
     assert_eq!(
         env.shim.calls("C_Login") - before,
         1,
         "4 sessions, but one login attempt"
     );
+}
+
+/// Waits (bounded, failing the test) until this process has no pool worker thread (the pool
+/// names them `hk<index>:<device>`). The trials run one at a time, and a store that failed to
+/// open or was dropped has no work left, so its workers end.
+fn wait_until_no_pool_workers() {
+    let is_worker = |name: &str| {
+        name.strip_prefix("hk").is_some_and(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest.as_bytes().get(digits) == Some(&b':')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .filter(|name| is_worker(name))
+            .collect();
+        if workers.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool workers still running after 10 s: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn wrong_pin_during_recovery_is_tried_once(env: &Env) {
@@ -252,7 +280,19 @@ fn wrong_pin_during_recovery_is_tried_once(env: &Env) {
     ));
     let results = block_on(join_all((0..16u8).map(|i| key.sign(SCHEME, &[i]))));
     assert!(results.iter().all(Result::is_err));
-    std::thread::sleep(Duration::from_millis(100));
+    // The workers rebuild their sessions after a backoff; the first that needs a login makes
+    // the one attempt, and from then on callers are told it is the PIN (until then, that the
+    // device is unavailable). Waiting for that answer, not for a while, proves the attempt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = block_on(key.sign(SCHEME, b"refused")).unwrap_err();
+        if err.is_auth() {
+            break;
+        }
+        assert!(err.is_retryable(), "{err}");
+        assert!(Instant::now() < deadline, "the PIN was never tried: {err}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         env.shim.calls("C_Login") - before,
         1,
@@ -468,10 +508,7 @@ fn fault_storm_gives_typed_errors_then_recovers(env: &Env) {
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1); // one control file: faults apply to whoever calls
-    let hsm = SoftHsm::start();
-    let shim = FaultShim::start(&hsm);
-    let env = Arc::new(Env { hsm, shim });
-    let tests: [(&str, FaultTest); 12] = [
+    let tests: [NamedTest<Env>; 12] = [
         (
             "fault_storm_gives_typed_errors_then_recovers",
             fault_storm_gives_typed_errors_then_recovers,
@@ -512,8 +549,10 @@ fn main() -> std::process::ExitCode {
             slow_device_times_out_without_hanging,
         ),
     ];
-    let trials = softhsm_tests::trials_on(&env, &tests);
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit_code()
+    let start = || {
+        let hsm = SoftHsm::start();
+        let shim = FaultShim::start(&hsm);
+        Env { hsm, shim }
+    };
+    run_on(&args, start, |env| trials_on(env, &tests))
 }

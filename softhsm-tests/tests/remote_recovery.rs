@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::future::join_all;
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trials_on};
 use hardkey_api::testkit::verify_signature;
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
     ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme,
 };
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store};
-use libtest_mimic::{Arguments, Trial};
 use softhsm_tests::{P11KitServer, SoftHsm};
 
 const SCHEME: SignatureScheme = SignatureScheme::EcdsaP256Sha256;
@@ -124,21 +124,20 @@ fn kill_and_restart(hsm: &SoftHsm, server: &mut P11KitServer) {
     println!("recovered: {stats}");
 }
 
+/// The token and the `p11-kit server` exporting it (stopped first: fields drop in order).
+struct Env {
+    server: std::sync::Mutex<P11KitServer>,
+    hsm: SoftHsm,
+}
+
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let hsm = SoftHsm::start();
-    let server = std::sync::Arc::new(std::sync::Mutex::new(P11KitServer::start(&hsm)));
-    let hsm = std::sync::Arc::new(hsm);
-    let (h, s) = (std::sync::Arc::clone(&hsm), std::sync::Arc::clone(&server));
-    let trials = vec![Trial::test(
-        "kill_and_restart_the_remote_module",
-        move || {
-            kill_and_restart(&h, &mut s.lock().unwrap());
-            Ok(())
-        },
-    )];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(server);
-    drop(hsm);
-    conclusion.exit_code()
+    let start = || {
+        let hsm = SoftHsm::start();
+        let server = std::sync::Mutex::new(P11KitServer::start(&hsm));
+        Env { server, hsm }
+    };
+    let tests: [NamedTest<Env>; 1] = [("kill_and_restart_the_remote_module", |env| {
+        kill_and_restart(&env.hsm, &mut env.server.lock().unwrap());
+    })];
+    run_on(&Arguments::from_args(), start, |env| trials_on(env, &tests))
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trials_on};
 use hardkey_api::testkit::soak::{Soak, SoakKey, SoakReport};
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{
@@ -31,7 +32,6 @@ use hardkey_api::{
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store};
 use hardkey_soft::SoftStore;
 use hardkey_tpm::{TpmAdmin, TpmStore};
-use libtest_mimic::Arguments;
 use softhsm_tests::{P11KitServer, SoftHsm};
 use swtpm_tests::Swtpm;
 
@@ -248,20 +248,18 @@ fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     // One swtpm: its TCTI sockets are not close-on-exec, and the trials each open a store.
     args.test_threads = Some(1);
-    let hsm = SoftHsm::start();
-    let server = P11KitServer::start(&hsm);
-    let tpm = Swtpm::start();
-    let env = Arc::new(Env { hsm, server, tpm });
-    type Test = fn(&Env);
-    let tests: [(&str, Test); 2] = [
+    let tests: [NamedTest<Env>; 2] = [
         ("soak_mixed_operations_on_every_device", soak),
         (
             "cancellation_dropped_futures_leave_pools_consistent",
             cancellation,
         ),
     ];
-    let trials = softhsm_tests::trials_on(&env, &tests);
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit_code()
+    let start = || {
+        let hsm = SoftHsm::start();
+        let server = P11KitServer::start(&hsm);
+        let tpm = Swtpm::start();
+        Env { hsm, server, tpm }
+    };
+    run_on(&args, start, |env| trials_on(env, &tests))
 }

@@ -11,6 +11,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hardkey_api::testkit::harness;
+// The harness piece these suites (and the CLI's) were written with; it lives in the test kit.
+pub use hardkey_api::testkit::harness::trial;
 use hardkey_tpm::{TpmConfig, TpmStore};
 
 mod abrmd;
@@ -230,21 +233,9 @@ impl Drop for Swtpm {
 /// by `make`, one at a time (swtpm serves one connection at a time, and a store opening on a
 /// TPM without resource manager flushes the objects left loaded), then the emulator stops.
 pub fn run(make: impl FnOnce(Arc<Swtpm>) -> Vec<libtest_mimic::Trial>) -> ExitCode {
-    let mut args = libtest_mimic::Arguments::from_args();
+    let mut args = harness::Arguments::from_args();
     args.test_threads = Some(1);
-    let tpm = Arc::new(Swtpm::start());
-    let trials = make(Arc::clone(&tpm));
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(tpm);
-    conclusion.exit_code()
-}
-
-/// A trial from a closure that panics on failure.
-pub fn trial(name: &str, test: impl FnOnce() + Send + 'static) -> libtest_mimic::Trial {
-    libtest_mimic::Trial::test(name, move || {
-        test();
-        Ok(())
-    })
+    harness::run_on(&args, Swtpm::start, |tpm| make(Arc::clone(tpm)))
 }
 
 impl Swtpm {
@@ -276,7 +267,6 @@ pub fn conformance_trials(
     tpm: &Arc<Swtpm>,
     configure: fn(TpmConfig) -> TpmConfig,
 ) -> Vec<libtest_mimic::Trial> {
-    use hardkey_api::KeyAlgorithm::{EcP256, EcP384, Rsa2048, Rsa3072};
     let dir = Arc::new(
         tempfile::Builder::new()
             .prefix("hardkey-tpm-keys-")
@@ -297,14 +287,5 @@ pub fn conformance_trials(
             .without_import()
             .concurrency(200)
     };
-    let algorithms = [
-        ("p256", EcP256),
-        ("p384", EcP384),
-        ("rsa2048", Rsa2048),
-        ("rsa3072", Rsa3072),
-    ];
-    hardkey_api::testkit::checks(suite, &algorithms)
-        .into_iter()
-        .map(|check| trial(&check.name, check.run))
-        .collect()
+    harness::conformance_trials(suite, &harness::CONFORMANCE_ALGORITHMS)
 }

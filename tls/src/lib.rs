@@ -47,6 +47,9 @@ mod http;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 mod server;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
 // Public interface.
 pub use cert::CertChain;

@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 
 use common::{Ca, Version, curl_twice, openssl_s_client, rust_client_fetch};
 use futures::executor::block_on;
+use hardkey_api::testkit::harness::{Arguments, trial};
 use hardkey_api::{DynKeyStore, GenerateRequest, KeyAlgorithm, PrivateKey, SharedKey};
 use hardkey_tls::{CertChain, Server, ServerConfig, Stack};
-use libtest_mimic::{Arguments, Trial};
 use rustls::SignatureScheme as S;
 
 /// One handshake to check: the version, what the client offers, what the server must sign
@@ -322,25 +322,17 @@ fn main() -> ExitCode {
         ] {
             for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
                 let fx = Arc::clone(&fx);
-                trials.push(Trial::test(
-                    format!("{device}::{alg_name}::{stack}"),
-                    move || {
-                        handshakes(&fx, device, alg, stack);
-                        Ok(())
-                    },
-                ));
+                trials.push(trial(format!("{device}::{alg_name}::{stack}"), move || {
+                    handshakes(&fx, device, alg, stack)
+                }));
             }
         }
     }
     for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
         let fx = Arc::clone(&fx);
-        trials.push(Trial::test(
-            format!("curl_keep_alive::{stack}"),
-            move || {
-                curl_keep_alive(&fx, stack);
-                Ok(())
-            },
-        ));
+        trials.push(trial(format!("curl_keep_alive::{stack}"), move || {
+            curl_keep_alive(&fx, stack)
+        }));
     }
 
     let conclusion = libtest_mimic::run(&args, trials);

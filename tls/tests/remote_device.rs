@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use common::{Ca, Version, capture_logs, connect, get, logged};
 use futures::executor::block_on;
+use hardkey_api::testkit::harness::{Arguments, trial};
 use hardkey_api::uri::Pkcs11Uri;
 use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SharedKey};
 use hardkey_pkcs11::{PinSource, Pkcs11Config, Pkcs11Store};
 use hardkey_tls::{CertChain, Error, Server, ServerConfig, Stack};
-use libtest_mimic::{Arguments, Trial};
 use rustls::SignatureScheme as S;
 use softhsm_tests::{P11KitServer, SoftHsm};
 
@@ -268,31 +268,22 @@ fn main() -> ExitCode {
         p11kit: Mutex::new(p11kit),
         legacy,
     });
-    let mut trials = vec![Trial::test("unreachable_hsm_is_refused_at_startup", {
+    let mut trials = vec![trial("unreachable_hsm_is_refused_at_startup", {
         let fx = Arc::clone(&fx);
-        move || {
-            unreachable_at_startup(&fx);
-            Ok(())
-        }
+        move || unreachable_at_startup(&fx)
     })];
     if Stack::Boring.is_available() {
         let fx = Arc::clone(&fx);
-        trials.push(Trial::test(
+        trials.push(trial(
             "tls12_rsa_key_exchange_decrypts_on_the_token",
-            move || {
-                tls12_rsa_key_exchange_decrypts_on_the_token(&fx);
-                Ok(())
-            },
+            move || tls12_rsa_key_exchange_decrypts_on_the_token(&fx),
         ));
     }
     for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
         let fx = Arc::clone(&fx);
-        trials.push(Trial::test(
+        trials.push(trial(
             format!("hsm_dies_mid_handshake::{stack}"),
-            move || {
-                dies_mid_handshake(&fx, stack);
-                Ok(())
-            },
+            move || dies_mid_handshake(&fx, stack),
         ));
     }
     let conclusion = libtest_mimic::run(&args, trials);

@@ -14,6 +14,19 @@ pub(crate) mod serve;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// `hardkey tpm take-ownership` setting all three hierarchy auths, from the files `owner`,
+/// `endorsement` and `lockout` in the scratch directory.
+pub(crate) const TAKE_OWNERSHIP: [&str; 8] = [
+    "tpm",
+    "take-ownership",
+    "--owner-auth-file",
+    "owner",
+    "--endorsement-auth-file",
+    "endorsement",
+    "--lockout-auth-file",
+    "lockout",
+];
+
 /// The `hardkey` binary with a scratch directory as its working directory.
 pub(crate) struct Hardkey {
     pub(crate) dir: tempfile::TempDir,
@@ -131,6 +144,21 @@ impl Hardkey {
         names.sort();
         names
     }
+}
+
+/// Runs `cmd` (an independent tool such as `pkcs11-tool`, or a prepared `hardkey` command),
+/// expects success, returns its output.
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs an independent tool, expects success, returns stdout + stderr.

@@ -14,17 +14,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use hardkey_tls::testing::recording_client_config;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
-    SupportedProtocolVersion,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ProtocolVersion, SignatureScheme, SupportedProtocolVersion};
 
 use super::Hardkey;
 
@@ -355,64 +351,6 @@ pub(crate) fn s_client(
     SClient { summary, response }
 }
 
-/// A rustls verifier: rustls-webpki's (chain, host name, handshake signature) with its
-/// offer narrowed to `offer` if given, remembering the scheme of the signature it verified.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    offer: Option<Vec<SignatureScheme>>,
-    verified: Mutex<Option<SignatureScheme>>,
-}
-
-impl Recording {
-    fn record(&self, scheme: SignatureScheme) {
-        *self.verified.lock().expect("verifier lock") = Some(scheme);
-    }
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let valid = self.inner.verify_tls12_signature(message, cert, dss)?;
-        self.record(dss.scheme);
-        Ok(valid)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let valid = self.inner.verify_tls13_signature(message, cert, dss)?;
-        self.record(dss.scheme);
-        Ok(valid)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        match &self.offer {
-            Some(offer) => offer.clone(),
-            None => self.inner.supported_verify_schemes(),
-        }
-    }
-}
-
 /// What the rustls client saw.
 #[derive(Debug)]
 pub(crate) struct RustlsFetch {
@@ -432,26 +370,10 @@ pub(crate) fn rustls_get(
     version: &'static SupportedProtocolVersion,
     offer: Option<&[SignatureScheme]>,
 ) -> RustlsFetch {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = CertificateDer::from_pem_file(cert_file)
         .unwrap_or_else(|e| panic!("{}: {e}", cert_file.display()));
-    let mut roots = RootCertStore::empty();
-    roots.add(cert).expect("the certificate as a trust anchor");
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-        .build()
-        .expect("webpki verifier");
-    let verifier = Arc::new(Recording {
-        inner,
-        offer: offer.map(<[SignatureScheme]>::to_vec),
-        verified: Mutex::new(None),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .expect("protocol version")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
+    let (config, verifier) = recording_client_config(cert, version, offer)
+        .unwrap_or_else(|e| panic!("rustls client for {}: {e}", cert_file.display()));
     let name = ServerName::try_from(server_name.to_owned()).expect("server name");
     let mut conn =
         rustls::ClientConnection::new(Arc::new(config), name).expect("rustls client connection");
@@ -479,7 +401,7 @@ pub(crate) fn rustls_get(
     let mut body = vec![0u8; len];
     tls.read_exact(&mut body)
         .unwrap_or_else(|e| panic!("{context}: response body: {e}"));
-    let verified = *verifier.verified.lock().expect("verifier lock");
+    let verified = verifier.verified();
     RustlsFetch {
         response: format!("{head}{}", String::from_utf8_lossy(&body)),
         version: conn.protocol_version(),

@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use der::Decode;
 use hardkey_api::{KeyFamily, PublicKey};
+use hardkey_tls::testing::{RecordingVerifier, recording_client_config};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ProtocolVersion, SignatureScheme};
 
 /// A test CA: a software P-256 key and a self-signed certificate, written to a temp dir.
 pub(crate) struct Ca {
@@ -114,61 +113,6 @@ impl Ca {
     }
 }
 
-/// A rustls verifier: rustls-webpki verification against the test CA, offering only
-/// `offer`, and remembering the scheme of the signature it verified.
-#[derive(Debug)]
-pub(crate) struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    offer: Vec<SignatureScheme>,
-    verified: Mutex<Option<SignatureScheme>>,
-}
-
-impl Recording {
-    pub(crate) fn verified(&self) -> Option<SignatureScheme> {
-        *self.verified.lock().unwrap()
-    }
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let valid = self.inner.verify_tls12_signature(message, cert, dss)?;
-        *self.verified.lock().unwrap() = Some(dss.scheme);
-        Ok(valid)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let valid = self.inner.verify_tls13_signature(message, cert, dss)?;
-        *self.verified.lock().unwrap() = Some(dss.scheme);
-        Ok(valid)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.offer.clone()
-    }
-}
-
 /// A TLS version to test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Version {
@@ -204,30 +148,14 @@ impl Version {
 }
 
 /// A rustls client configuration trusting only `ca`, speaking only `version`, offering only
-/// `offer`, with no session resumption (every handshake is a full one).
+/// `offer`, with no session resumption (every handshake is a full one), speaking HTTP/1.1.
 pub(crate) fn client_config(
     ca: &CertificateDer<'static>,
     version: Version,
     offer: &[SignatureScheme],
-) -> (Arc<rustls::ClientConfig>, Arc<Recording>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-        .build()
-        .unwrap();
-    let verifier = Arc::new(Recording {
-        inner,
-        offer: offer.to_vec(),
-        verified: Mutex::new(None),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version.rustls()])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
+) -> (Arc<rustls::ClientConfig>, Arc<RecordingVerifier>) {
+    let (mut config, verifier) =
+        recording_client_config(ca.clone(), version.rustls(), Some(offer)).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     (Arc::new(config), verifier)
 }
