@@ -140,7 +140,9 @@ pub struct PathError {
 }
 
 impl PathError {
-    fn new(what: &'static str, path: &Path, source: io::Error) -> Self {
+    /// `what` failed on `path` (`"cannot read"`, `"cannot remove"`...) with `source`; it prints
+    /// as `what path: source`.
+    pub fn new(what: &'static str, path: &Path, source: io::Error) -> Self {
         Self {
             what,
             path: path.to_path_buf(),

@@ -7,9 +7,34 @@ use hardkey_api::{Error, Operation};
 /// A cryptoki error with the PKCS#11 function that returned it: the cause kept inside
 /// [`hardkey_api::Error`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Pkcs11Error {
-    /// What failed.
-    pub error: CkError,
+    error: CkError,
+}
+
+impl Pkcs11Error {
+    pub(crate) fn new(error: CkError) -> Self {
+        Self { error }
+    }
+
+    /// What failed, as cryptoki reported it.
+    pub fn cryptoki(&self) -> &CkError {
+        &self.error
+    }
+
+    /// The PKCS#11 return value (`CKR_...`), if the module returned one (not for a module that
+    /// failed to load).
+    pub fn rv(&self) -> Option<RvError> {
+        rv_of(&self.error)
+    }
+
+    /// The PKCS#11 function that failed, if the module returned an error.
+    pub fn function(&self) -> Option<Function> {
+        match &self.error {
+            CkError::Pkcs11(_, function) => Some(*function),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Pkcs11Error {
@@ -70,12 +95,12 @@ pub(crate) fn map(device: &str, op: Operation, error: CkError) -> Error {
     let Some(rv) = rv_of(&error) else {
         return match error {
             CkError::LibraryLoading(_) | CkError::MissingSymbol(_) => {
-                Error::device_unavailable(device, Pkcs11Error { error })
+                Error::device_unavailable(device, Pkcs11Error::new(error))
             }
-            _ => Error::backend(device, op, Pkcs11Error { error }),
+            _ => Error::backend(device, op, Pkcs11Error::new(error)),
         };
     };
-    let cause = Pkcs11Error { error };
+    let cause = Pkcs11Error::new(error);
     match rv {
         RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange => Error::AuthFailed {
             target: device.to_owned(),

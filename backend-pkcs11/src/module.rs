@@ -173,8 +173,9 @@ pub(crate) fn load(path: Option<&Path>) -> Result<Arc<Module>> {
     }
     let device = canonical.display().to_string();
     let ctx = Pkcs11::new(&canonical)
-        .map_err(|error| Error::device_unavailable(&device, Pkcs11Error { error }))?;
-    initialize(&ctx).map_err(|error| Error::device_unavailable(&device, Pkcs11Error { error }))?;
+        .map_err(|error| Error::device_unavailable(&device, Pkcs11Error::new(error)))?;
+    initialize(&ctx)
+        .map_err(|error| Error::device_unavailable(&device, Pkcs11Error::new(error)))?;
     let module = Arc::new(Module {
         ctx,
         path: canonical.clone(),

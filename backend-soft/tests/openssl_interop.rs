@@ -19,17 +19,7 @@ use hardkey_api::{
 use hardkey_soft::SoftStore;
 
 fn openssl(args: &[&str]) -> std::process::Output {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("the openssl command is needed (apt-get install openssl; make test installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    hardkey_api::testkit::harness::run_ok(Command::new("openssl").args(args))
 }
 
 fn p(path: &Path) -> &str {

@@ -197,16 +197,6 @@ impl std::error::Error for ForeignKeyFile {
     }
 }
 
-/// A key file `delete` could not remove: the cause kept inside
-/// [`hardkey_api::Error::Backend`], with the I/O error as its source.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot remove {}: {source}", path.display())]
-pub(crate) struct RemoveKeyFile {
-    pub(crate) path: std::path::PathBuf,
-    #[source]
-    pub(crate) source: std::io::Error,
-}
-
 /// Maps an error of `TPM2_Load` on a key file: `TPM_RC_INTEGRITY` says the file is another
 /// TPM's; the rest as [`map`] does.
 pub(crate) fn map_key_load(device: &str, op: Operation, error: tss_esapi::Error) -> Error {

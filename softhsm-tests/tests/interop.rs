@@ -25,16 +25,7 @@ use secrecy::SecretString;
 use softhsm_tests::{SoftHsm, run_serial, trial};
 
 fn ok(mut cmd: Command) -> Output {
-    let out = cmd
-        .output()
-        .expect("the tool runs (make test installs opensc and openssl)");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    hardkey_api::testkit::harness::run_ok(&mut cmd)
 }
 
 fn p(path: &Path) -> &str {

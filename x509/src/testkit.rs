@@ -104,14 +104,7 @@ pub fn openssl(args: &[&str]) -> Output {
 
 /// Runs `openssl` with `args` and returns its stdout and stderr; panics if it fails.
 pub fn openssl_ok(args: &[&str]) -> String {
-    let out = openssl(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "openssl {args:?} failed:\n{text}");
-    text
+    hardkey_api::testkit::harness::run_ok_text(Command::new("openssl").args(args))
 }
 
 fn path_str(path: &Path) -> &str {

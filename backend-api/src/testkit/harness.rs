@@ -12,7 +12,7 @@
 //! }
 //! ```
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Output};
 use std::sync::Arc;
 
 pub use libtest_mimic::{Arguments, Trial};
@@ -78,4 +78,31 @@ pub fn run_on<E>(
     let conclusion = libtest_mimic::run(args, trials);
     drop(fixture);
     conclusion.exit_code()
+}
+
+/// Runs `cmd` (an independent tool such as `openssl` or `pkcs11-tool`, or a prepared `hardkey`
+/// command), expects success, and returns its output; on failure the panic shows the command,
+/// its status, stdout and stderr. `make test` installs the tools the tests use.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (make test installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd` like [`run_ok`] and returns its stdout and stderr as text.
+pub fn run_ok_text(cmd: &mut Command) -> String {
+    let out = run_ok(cmd);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

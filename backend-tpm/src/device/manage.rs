@@ -11,7 +11,7 @@ use tss_esapi::structures::{Private, Public};
 
 use super::TpmDevice;
 use crate::connect::{self, auth_value, flushing, retrying};
-use crate::error::{RemoveKeyFile, mapper};
+use crate::error::mapper;
 use crate::keyfile::{KeyFile, KeyFileKind};
 use crate::keys::{
     self, KeyMaterial, Location, TpmKeyRef, describe, file_label, key_uri, tpm_name,
@@ -223,8 +223,8 @@ impl TpmDevice {
             Tpm2Key::File(p) => {
                 self.forget(id.as_bytes(), None);
                 std::fs::remove_file(p).map_err(|source| {
-                    let path = p.clone();
-                    Error::backend(&name, op, RemoveKeyFile { path, source })
+                    let cause = hardkey_api::fs::PathError::new("cannot remove", p, source);
+                    Error::backend(&name, op, cause)
                 })
             }
             other => Err(Error::backend(

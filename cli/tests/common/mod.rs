@@ -146,39 +146,12 @@ impl Hardkey {
     }
 }
 
-/// Runs `cmd` (an independent tool such as `pkcs11-tool`, or a prepared `hardkey` command),
-/// expects success, returns its output.
-pub(crate) fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+#[allow(unused_imports, reason = "not every test binary runs tools")]
+pub(crate) use hardkey_api::testkit::harness::run_ok;
 
-/// Runs an independent tool, expects success, returns stdout + stderr.
+/// Runs an independent tool in `dir`, expects success, returns stdout + stderr.
 pub(crate) fn tool(program: &str, args: &[&str], dir: &Path) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed with {}:\n{text}",
-        out.status
-    );
-    text
+    hardkey_api::testkit::harness::run_ok_text(Command::new(program).args(args).current_dir(dir))
 }
 
 /// `openssl dgst` verification of `sig` over `msg` with the public key PEM `pubkey`; RSA-PSS
