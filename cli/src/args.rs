@@ -578,12 +578,27 @@ pub(crate) struct BenchArgs {
 /// `serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The key: any key URI or alias.
+    /// The key: any key URI or alias (with --cert).
     #[arg(long, value_name = "URI")]
-    pub(crate) key: String,
-    /// The certificate chain (PEM, leaf first); the leaf must hold the key's public key.
+    pub(crate) key: Option<String>,
+    /// The certificate chain (PEM, leaf first) of --key; the leaf must hold the key's public
+    /// key.
     #[arg(long, value_name = "FILE")]
-    pub(crate) cert: PathBuf,
+    pub(crate) cert: Option<PathBuf>,
+    /// A TOML file of several chains and their keys, chosen per handshake by the client's
+    /// server name (SNI, from each leaf's DNS names) and signature schemes: `[[identity]]`
+    /// entries with key = "URI", cert = "FILE" and optionally default = true; top-level
+    /// unknown-names = "default" | "refuse".
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identities: Option<PathBuf>,
+    /// A directory of chain files (*.pem, *.crt), each naming its key on a line
+    /// 'hardkey-key: URI' before its first -----BEGIN line.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cert_dir: Option<PathBuf>,
+    /// What a client sending no server name, or one no certificate covers, gets: default (the
+    /// default identity, the first) or refuse (a failed handshake). Overrides the file's.
+    #[arg(long, value_name = "POLICY", value_parser = ["default", "refuse"])]
+    pub(crate) unknown_names: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub(crate) listen: std::net::SocketAddr,

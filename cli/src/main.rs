@@ -7,6 +7,7 @@ mod args;
 mod cmd;
 mod config;
 mod error;
+mod identities;
 mod inputs;
 mod output;
 mod secrets;

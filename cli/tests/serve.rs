@@ -4,11 +4,12 @@
 //! with ECDSA, RSA PKCS#1 and RSA-PSS signatures; Ctrl-C stops the server cleanly with its
 //! counters; a certificate for another key is refused at startup. The same checks run on
 //! SoftHSM keys in `softhsm.rs` and on swtpm keys in `swtpm.rs`.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 mod common;
 
 use common::Hardkey;
-use common::serve::{KeyType, check_serve, free_addr, selfsign_localhost};
+use common::serve::{KeyType, Serve, check_serve, free_addr, selfsign_localhost};
 
 #[test]
 fn curl_openssl_and_rustls_handshake_with_both_stacks() {
@@ -81,4 +82,179 @@ fn a_certificate_for_another_key_is_refused() {
         2,
         &["openssl", "boring or rustls"],
     );
+}
+
+/// The CN of the certificate `openssl s_client` got for server name `name` (`None`: no SNI),
+/// and whether it verified against `ca` for that name.
+fn served(
+    hk: &Hardkey,
+    addr: std::net::SocketAddr,
+    ca: &str,
+    name: Option<&str>,
+) -> (Option<String>, bool) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.current_dir(hk.path("")).args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-CAfile",
+        ca,
+        "-no_ticket",
+    ]);
+    match name {
+        Some(name) => cmd.args(["-servername", name, "-verify_hostname", name]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cn = text
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .and_then(|l| l.rsplit("CN").next())
+        .map(|cn| cn.trim_start_matches([' ', '=']).trim().to_owned());
+    // With no certificate (a refused handshake) s_client still says "0 (ok)": nothing failed
+    // verification.
+    let verified = cn.is_some() && text.contains("Verify return code: 0 (ok)");
+    (cn, verified)
+}
+
+#[test]
+fn several_chains_from_an_identities_file_and_a_cert_dir() {
+    let hk = Hardkey::new();
+    hk.ok(&["keygen", "file:a.pem", "--alg", "p256"]);
+    hk.ok(&["keygen", "file:b.pem", "--alg", "rsa2048"]);
+    for (key, name) in [("a", "a.example"), ("b", "b.example")] {
+        hk.ok(&[
+            "selfsign",
+            &format!("file:{key}.pem"),
+            "--subject",
+            &format!("CN={key}"),
+            "--san",
+            &format!("dns:{name}"),
+            "--out",
+            &format!("{key}.crt"),
+        ]);
+    }
+    // One trust file holding both self-signed certificates.
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(hk.path("a.crt")).unwrap(),
+        std::fs::read_to_string(hk.path("b.crt")).unwrap()
+    );
+    hk.file("trust.pem", both);
+    let a_key = hk.path("a.pem").display().to_string();
+    let b_key = hk.path("b.pem").display().to_string();
+    std::fs::create_dir(hk.path("conf")).unwrap();
+    hk.file(
+        "conf/identities.toml",
+        format!(
+            "unknown-names = \"refuse\"\n\n[[identity]]\nkey = \"file:{a_key}\"\ncert = \
+             \"../a.crt\"\n\n[[identity]]\nkey = \"file:{b_key}\"\ncert = \"{}\"\n",
+            hk.path("b.crt").display()
+        ),
+    );
+    std::fs::create_dir(hk.path("certs")).unwrap();
+    for (key, path) in [("a", &a_key), ("b", &b_key)] {
+        let chain = std::fs::read_to_string(hk.path(&format!("{key}.crt"))).unwrap();
+        hk.file(
+            &format!("certs/{key}.pem"),
+            format!("hardkey-key: file:{path}\n{chain}"),
+        );
+    }
+    for stack in ["boring", "rustls"] {
+        let serve = Serve::start_with(&hk, &["--identities", "conf/identities.toml"], stack);
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", Some("a.example")),
+            (Some("a".into()), true)
+        );
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", Some("b.example")),
+            (Some("b".into()), true)
+        );
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", Some("c.example")),
+            (None, false)
+        );
+        assert_eq!(served(&hk, serve.addr(), "trust.pem", None), (None, false));
+        let stopped = serve.stop();
+        assert!(
+            stopped
+                .log
+                .contains("2 certificate chains, selected by server name: [a.example] on key 'a'"),
+            "{}",
+            stopped.log
+        );
+        assert_eq!(
+            stopped.stats["handshakes"], 2,
+            "{stack}: {:?}",
+            stopped.stats
+        );
+
+        // The same from a directory; unknown names get the default (the first file, a).
+        let serve = Serve::start_with(&hk, &["--cert-dir", "certs"], stack);
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", Some("b.example")),
+            (Some("b".into()), true)
+        );
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", Some("c.example")).0,
+            Some("a".into())
+        );
+        assert_eq!(
+            served(&hk, serve.addr(), "trust.pem", None).0,
+            Some("a".into())
+        );
+        serve.stop();
+    }
+}
+
+#[test]
+fn bad_identities_are_refused_with_what_to_fix() {
+    let hk = Hardkey::new();
+    hk.ok(&["keygen", "file:a.pem"]);
+    selfsign_localhost(&hk, "file:a.pem", "a.crt", &[]);
+    let addr = free_addr().to_string();
+    let serve = |what: &[&str], needles: &[&str]| {
+        let mut args = vec!["serve", "--listen", &addr];
+        args.extend_from_slice(what);
+        hk.fails(&args, 2, needles);
+    };
+    serve(&[], &["nothing to serve", "--identities"]);
+    serve(&["--key", "file:a.pem"], &["--key needs --cert"]);
+    serve(&["--cert", "a.crt"], &["--cert needs --key"]);
+    serve(&["--identities", "missing.toml"], &["missing.toml"]);
+    hk.file("bad.toml", "[[identity]]\nkey = \"file:a.pem\"\n");
+    serve(&["--identities", "bad.toml"], &["bad.toml", "cert"]);
+    hk.file(
+        "typo.toml",
+        "[[identity]]\nkey = \"file:a.pem\"\ncert = \"a.crt\"\ncertt = 1\n",
+    );
+    serve(&["--identities", "typo.toml"], &["typo.toml", "certt"]);
+    hk.file("empty.toml", "unknown-names = \"refuse\"\n");
+    serve(&["--identities", "empty.toml"], &["no [[identity]]"]);
+    hk.file(
+        "policy.toml",
+        "unknown-names = \"reject\"\n[[identity]]\nkey = \"file:a.pem\"\ncert = \"a.crt\"\n",
+    );
+    serve(&["--identities", "policy.toml"], &["\"reject\"", "refuse"]);
+    hk.file(
+        "two.toml",
+        "[[identity]]\nkey = \"file:a.pem\"\ncert = \"a.crt\"\ndefault = true\n\
+         [[identity]]\nkey = \"file:a.pem\"\ncert = \"a.crt\"\ndefault = true\n",
+    );
+    serve(
+        &["--identities", "two.toml"],
+        &["default = true", "one may"],
+    );
+    std::fs::create_dir(hk.path("nokey")).unwrap();
+    std::fs::copy(hk.path("a.crt"), hk.path("nokey/a.pem")).unwrap();
+    serve(
+        &["--cert-dir", "nokey"],
+        &["names no key", "hardkey-key: URI"],
+    );
+    std::fs::create_dir(hk.path("empty")).unwrap();
+    serve(&["--cert-dir", "empty"], &["no chain file"]);
 }

@@ -15,14 +15,15 @@
 use ::boring::error::ErrorStack;
 use ::boring::ssl::{
     AlpnError, AsyncPrivateKeyMethod, AsyncPrivateKeyMethodError, BoxPrivateKeyMethodFinish,
-    BoxPrivateKeyMethodFuture, SslAcceptor, SslAcceptorBuilder, SslMethod, SslRef,
-    SslSignatureAlgorithm, select_next_proto,
+    BoxPrivateKeyMethodFuture, ClientHello, ExtensionType, NameType, SelectCertError, SslAcceptor,
+    SslAcceptorBuilder, SslMethod, SslRef, SslSignatureAlgorithm, select_next_proto,
 };
 use ::boring::x509::X509;
 use hardkey_api::{DecryptScheme, KeyInfo, PrivateKey, SharedKey, SignatureScheme};
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
+use crate::identity::Identities;
 use crate::server::Stack;
 
 /// The hardkey scheme for a BoringSSL signature algorithm, if hardkey has it.
@@ -260,6 +261,70 @@ pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor
     });
     builder.set_async_private_key_method(KeyMethod::new(key));
     Ok(builder)
+}
+
+/// A BoringSSL acceptor builder serving several identities, chosen per handshake by the
+/// client's server name and signature schemes ([`Identities::select`]).
+///
+/// Each identity gets its own context, made as [`acceptor_builder`] makes it. The returned
+/// builder is the default identity's, with a certificate-selection callback that moves each
+/// handshake to its identity's context (`SSL_set_SSL_CTX`, the SNI mechanism BoringSSL
+/// documents) before any other ClientHello processing. What you set on the returned builder
+/// governs the handshake as a whole (options, session cache and tickets, protocol versions);
+/// the certificate, key and signing preferences come from the identity chosen. Checks every
+/// identity ([`Identities::check`]).
+pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilder> {
+    identities.check()?;
+    let mut contexts = Vec::with_capacity(identities.len());
+    for identity in identities.iter() {
+        let builder = acceptor_builder(std::sync::Arc::clone(identity.key()), identity.chain())?;
+        contexts.push(builder.build().into_context());
+    }
+    let default = identities.default_index();
+    let default_identity = identities.default_identity();
+    let mut builder = acceptor_builder(
+        std::sync::Arc::clone(default_identity.key()),
+        default_identity.chain(),
+    )?;
+    let identities = identities.clone();
+    builder.set_select_certificate_callback(move |mut hello| {
+        let offered = offered_schemes(&hello);
+        let name = hello.servername(NameType::HOST_NAME).map(str::to_owned);
+        match identities.select(name.as_deref(), &offered) {
+            Some(index) if index == default => Ok(()),
+            Some(index) => {
+                let ctx = contexts.get(index).ok_or(SelectCertError::ERROR)?;
+                hello
+                    .ssl_mut()
+                    .set_ssl_context(ctx)
+                    .map_err(|_| SelectCertError::ERROR)
+            }
+            None => {
+                log::info!(
+                    target: "hardkey_tls",
+                    "no certificate for server name {name:?}: handshake refused"
+                );
+                Err(SelectCertError::ERROR)
+            }
+        }
+    });
+    Ok(builder)
+}
+
+/// The signature schemes hardkey knows among those a ClientHello's `signature_algorithms`
+/// extension offers (RFC 8446 4.2.3: a two-byte length, then two bytes per scheme); empty if
+/// the client sent none.
+fn offered_schemes(hello: &ClientHello<'_>) -> Vec<SignatureScheme> {
+    let Some(ext) = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS) else {
+        return Vec::new();
+    };
+    let list = ext.get(2..).unwrap_or_default();
+    list.chunks_exact(2)
+        .filter_map(|pair| match pair {
+            [hi, lo] => SignatureScheme::from_tls_code_point(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
+        })
+        .collect()
 }
 
 /// [`acceptor_builder`], built: what [`Server`](crate::Server) uses for [`Stack::Boring`].

@@ -22,6 +22,7 @@ pub struct CertChain {
     origin: String,
     subject: String,
     leaf_spki: Vec<u8>,
+    dns_names: Vec<String>,
 }
 
 impl CertChain {
@@ -71,10 +72,11 @@ impl CertChain {
             if leaf.is_none() {
                 let tbs = parsed.tbs_certificate;
                 let spki = tbs.subject_public_key_info.to_der().map_err(bad)?;
-                leaf = Some((tbs.subject.to_string(), spki));
+                let names = dns_names(&tbs).map_err(bad)?;
+                leaf = Some((tbs.subject.to_string(), spki, names));
             }
         }
-        let Some((subject, leaf_spki)) = leaf else {
+        let Some((subject, leaf_spki, dns_names)) = leaf else {
             return Err(Error::NoCertificate { origin });
         };
         Ok(Self {
@@ -82,6 +84,7 @@ impl CertChain {
             origin,
             subject,
             leaf_spki,
+            dns_names,
         })
     }
 
@@ -98,6 +101,13 @@ impl CertChain {
     /// The server's certificate's SubjectPublicKeyInfo (DER).
     pub fn leaf_public_key_der(&self) -> &[u8] {
         &self.leaf_spki
+    }
+
+    /// The DNS names of the server's certificate's subject alternative names, as written
+    /// (`www.example.com`, `*.example.com`): the names it is served for by
+    /// [`Identities`](crate::Identities).
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
     }
 
     /// Where the chain came from (the file name, or "the PEM input").
@@ -127,10 +137,29 @@ impl CertChain {
     }
 }
 
+/// The `dNSName` entries of a certificate's subject alternative names.
+fn dns_names(tbs: &x509_cert::TbsCertificate) -> der::Result<Vec<String>> {
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+
+    let Some((_, san)) = tbs.get::<SubjectAltName>()? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .0
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DnsName(dns) => Some(dns.as_str().to_owned()),
+            _ => None,
+        })
+        .collect())
+}
+
 impl fmt::Debug for CertChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertChain")
             .field("subject", &self.subject)
+            .field("dns_names", &self.dns_names)
             .field("len", &self.certs.len())
             .field("origin", &self.origin)
             .finish()

@@ -64,6 +64,16 @@ pub enum Error {
         key: String,
     },
 
+    /// [`Identities::default_to`](crate::Identities::default_to) named an identity that is not
+    /// there.
+    #[error("no identity {index} to make the default: the set holds {count} (counted from 0)")]
+    NoSuchIdentity {
+        /// The index asked for.
+        index: usize,
+        /// How many identities there are.
+        count: usize,
+    },
+
     /// The key failed the test signature made at startup.
     #[error(
         "key {key} failed its startup test signature ({scheme}): {source}. The server did not \

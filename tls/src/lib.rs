@@ -44,6 +44,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+pub mod identity;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 mod server;
@@ -54,4 +55,5 @@ pub mod testing;
 // Public interface.
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
+pub use identity::{Identities, Identity, UnknownName};
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};

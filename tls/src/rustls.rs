@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
+use crate::identity::{Identities, Identity};
 use crate::server::Stack;
 
 /// The hardkey scheme for a rustls signature scheme, if hardkey has it.
@@ -148,7 +149,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// provider's cipher suites and groups, ALPN `http/1.1`, no client authentication. Checks that
 /// the chain's certificate holds the key's public key. Serve it with [`Acceptor`].
 pub fn server_config(key: SharedKey, chain: &CertChain) -> Result<Arc<rustls::ServerConfig>> {
-    server_config_with_provider(key, chain, provider())
+    server_config_for(&Identities::new(Identity::new(key, chain.clone())))
 }
 
 /// [`server_config`] with another crypto provider (e.g. one restricted to a key-exchange
@@ -158,8 +159,31 @@ pub fn server_config_with_provider(
     chain: &CertChain,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<rustls::ServerConfig>> {
-    chain.check_key(key.info())?;
-    let certified = CertifiedKey::new(chain.certs().to_vec(), Arc::new(SigningKey::new(key)?));
+    let identities = Identities::new(Identity::new(key, chain.clone()));
+    server_config_for_with_provider(&identities, provider)
+}
+
+/// A rustls server configuration serving several identities, chosen per handshake by the
+/// client's server name and signature schemes ([`Identities::select`]); otherwise as
+/// [`server_config`]. Checks every identity ([`Identities::check`]).
+pub fn server_config_for(identities: &Identities) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_for_with_provider(identities, provider())
+}
+
+/// [`server_config_for`] with another crypto provider.
+pub fn server_config_for_with_provider(
+    identities: &Identities,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    identities.check()?;
+    let mut keys = Vec::with_capacity(identities.len());
+    for identity in identities.iter() {
+        let signer = SigningKey::new(Arc::clone(identity.key()))?;
+        keys.push(Arc::new(CertifiedKey::new(
+            identity.chain().certs().to_vec(),
+            Arc::new(signer),
+        )));
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::TlsSetup {
@@ -168,18 +192,47 @@ pub fn server_config_with_provider(
             source: Box::new(e),
         })?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
+        .with_cert_resolver(Arc::new(Resolver {
+            identities: identities.clone(),
+            keys,
+        }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Always the same certified key.
-#[derive(Debug)]
-struct SingleCert(Arc<CertifiedKey>);
+/// Picks the certified key of the identity [`Identities::select`] names.
+struct Resolver {
+    identities: Identities,
+    /// One per identity, in the same order.
+    keys: Vec<Arc<CertifiedKey>>,
+}
 
-impl ResolvesServerCert for SingleCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.0))
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("identities", &self.identities)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let offered: Vec<SignatureScheme> = hello
+            .signature_schemes()
+            .iter()
+            .filter_map(|s| scheme_for(*s))
+            .collect();
+        let name = hello.server_name();
+        match self.identities.select(name, &offered) {
+            Some(index) => self.keys.get(index).cloned(),
+            None => {
+                log::info!(
+                    target: "hardkey_tls",
+                    "no certificate for server name {name:?}: handshake refused"
+                );
+                None
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::http;
+use crate::identity::{Identities, Identity};
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,10 +104,10 @@ impl FromStr for Stack {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// The private key (any backend).
-    pub key: SharedKey,
-    /// The certificate chain; its first certificate must hold `key`'s public key.
-    pub chain: CertChain,
+    /// The certificate chains and their keys (any backends), chosen per handshake by server
+    /// name and signature schemes; each chain's first certificate must hold its key's public
+    /// key.
+    pub identities: Identities,
     /// The TLS library. Default: [`Stack::default`].
     pub stack: Stack,
     /// The address to listen on. Default: `127.0.0.1:8443`.
@@ -146,9 +147,14 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Serves `chain` with `key`, with the defaults above.
     pub fn new(key: SharedKey, chain: CertChain) -> Self {
+        Self::for_identities(Identities::new(Identity::new(key, chain)))
+    }
+
+    /// Serves several certificate chains, each with its key, chosen per handshake by the
+    /// client's server name and signature schemes ([`Identities::select`]); the defaults above.
+    pub fn for_identities(identities: Identities) -> Self {
         Self {
-            key,
-            chain,
+            identities,
             stack: Stack::default(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443),
             threads: 1,
@@ -242,8 +248,7 @@ impl ServerConfig {
 impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
-            .field("key", &key_name(self.key.info()))
-            .field("chain", &self.chain)
+            .field("identities", &self.identities)
             .field("stack", &self.stack)
             .field("listen", &self.listen)
             .field("threads", &self.threads)
@@ -321,32 +326,55 @@ enum Tls {
 impl Tls {
     /// The stack's acceptor, without session resumption: a resumed handshake does not sign,
     /// and this server exists to exercise the key (and to measure handshakes that use it).
-    fn new(stack: Stack, key: SharedKey, chain: &CertChain) -> Result<Self> {
+    fn new(stack: Stack, identities: &Identities) -> Result<Self> {
         match stack {
             #[cfg(feature = "boring")]
             Stack::Boring => {
                 use ::boring::ssl::{SslOptions, SslSessionCacheMode};
-                let mut builder = crate::boring::acceptor_builder(key, chain)?;
+                let mut builder = crate::boring::acceptor_builder_for(identities)?;
                 builder.set_options(SslOptions::NO_TICKET);
                 builder.set_session_cache_mode(SslSessionCacheMode::OFF);
                 Ok(Self::Boring(builder.build()))
             }
             #[cfg(feature = "rustls")]
             Stack::Rustls => {
-                let mut config = (*crate::rustls::server_config(key, chain)?).clone();
+                let mut config = (*crate::rustls::server_config_for(identities)?).clone();
                 config.session_storage = Arc::new(::rustls::server::NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
                 Ok(Self::Rustls(crate::rustls::Acceptor::new(Arc::new(config))))
             }
             #[allow(unreachable_patterns, reason = "reached when a stack's feature is off")]
             other => {
-                let _ = (key, chain);
+                let _ = identities;
                 Err(Error::StackNotBuilt {
                     stack: other,
                     feature: other.feature(),
                 })
             }
         }
+    }
+}
+
+/// One test signature with `key`, within `timeout`.
+async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
+    let info = key.info();
+    let Some(&scheme) = info.signature_schemes.first() else {
+        return Err(Error::KeyCannotSign {
+            key: key_name(info),
+        });
+    };
+    let test = key.sign(scheme, b"hardkey-tls startup test signature");
+    match tokio::time::timeout(timeout, test).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(Error::KeyProbe {
+            key: key_name(info),
+            scheme,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(Error::KeyProbeTimeout {
+            key: key_name(info),
+            timeout,
+        }),
     }
 }
 
@@ -389,13 +417,7 @@ impl Server {
     /// `handshake_timeout` unless `probe_key` is off ([`Error::KeyProbe`],
     /// [`Error::KeyProbeTimeout`]), and the address must be free ([`Error::Bind`]).
     pub async fn bind(config: ServerConfig) -> Result<Self> {
-        let info = config.key.info();
-        config.chain.check_key(info)?;
-        let Some(&probe_scheme) = info.signature_schemes.first() else {
-            return Err(Error::KeyCannotSign {
-                key: key_name(info),
-            });
-        };
+        config.identities.check()?;
         if !config.stack.is_available() {
             return Err(Error::StackNotBuilt {
                 stack: config.stack,
@@ -403,43 +425,40 @@ impl Server {
             });
         }
         if config.probe_key {
-            let probe = config
-                .key
-                .sign(probe_scheme, b"hardkey-tls startup test signature");
-            match tokio::time::timeout(config.handshake_timeout, probe).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(source)) => {
-                    return Err(Error::KeyProbe {
-                        key: key_name(info),
-                        scheme: probe_scheme,
-                        source: Box::new(source),
-                    });
-                }
-                Err(_) => {
-                    return Err(Error::KeyProbeTimeout {
-                        key: key_name(info),
-                        timeout: config.handshake_timeout,
-                    });
+            // Each key once, even when it serves several chains.
+            let mut probed: Vec<*const ()> = Vec::new();
+            for identity in config.identities.iter() {
+                let seen = Arc::as_ptr(identity.key()).cast::<()>();
+                if !probed.contains(&seen) {
+                    probed.push(seen);
+                    probe(identity.key(), config.handshake_timeout).await?;
                 }
             }
         }
         // The page names the key by label or id only: its URI (module path, TCTI, token)
         // is for the operator's logs, not for every client.
+        let info = config.identities.default_identity().key().info();
         let page_head = format!(
-            "hardkey test server\nkey: {} ({})\nstack: {}{}\n",
+            "hardkey test server\nkey: {} ({})\nstack: {}{}\n{}",
             info.display_name(),
             info.algorithm,
             config.stack,
             match config.simulate_latency {
                 Some(d) => format!(" (simulated key latency {d:?})"),
                 None => String::new(),
+            },
+            match config.identities.len() {
+                1 => String::new(),
+                n => format!("identities: {n} (the key above is the default's)\n"),
             }
         );
-        let key: SharedKey = match config.simulate_latency {
-            Some(delay) => Arc::new(Delayed::concurrent(config.key, Latency::Fixed(delay))),
-            None => config.key,
+        let identities = match config.simulate_latency {
+            Some(delay) => config.identities.map_keys(|key| {
+                Arc::new(Delayed::concurrent(Arc::clone(key), Latency::Fixed(delay))) as SharedKey
+            }),
+            None => config.identities,
         };
-        let tls = Tls::new(config.stack, key, &config.chain)?;
+        let tls = Tls::new(config.stack, &identities)?;
         let listener = listen(config.listen, config.backlog)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,

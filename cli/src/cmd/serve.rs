@@ -1,20 +1,19 @@
 //! serve: a minimal HTTPS server on a key, to try a provisioned key with curl or
 //! `openssl s_client`, and to see how a TLS stack behaves with a slow device.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hardkey_api::PrivateKey;
-use hardkey_tls::{CertChain, Server, ServerConfig};
+use hardkey_tls::{Server, ServerConfig};
 use serde_json::json;
 
 use super::Ctx;
 use crate::args::ServeArgs;
 use crate::error::{CliError, CliResult};
-use crate::target::{OpenOptions, Store, Target};
+use crate::target::OpenOptions;
 
 /// A TLS error: what the user gave (certificate, stack) is a usage error; the rest failed.
-fn tls_error(e: hardkey_tls::Error) -> CliError {
+pub(crate) fn tls_error(e: hardkey_tls::Error) -> CliError {
     use hardkey_tls::Error as E;
     match e {
         E::ReadCertificate { .. }
@@ -22,6 +21,7 @@ fn tls_error(e: hardkey_tls::Error) -> CliError {
         | E::BadCertificate { .. }
         | E::KeyMismatch(_)
         | E::KeyCannotSign { .. }
+        | E::NoSuchIdentity { .. }
         | E::UnknownStack { .. }
         | E::StackNotBuilt { .. }
         | E::Bind { .. } => CliError::usage(e),
@@ -35,17 +35,12 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
     let (stop, stopped) = std::sync::mpsc::channel();
     crate::signals::stop_on_signal(stop)?;
     let stack = a.stack.parse().map_err(tls_error)?;
-    let chain = CertChain::from_pem_file(&a.cert).map_err(tls_error)?;
-    let target = Target::parse(&a.key, &ctx.config)?;
-    let uri = target.key_uri()?;
     let options = OpenOptions {
         sessions: 4,
         op_timeout: Some(Duration::from_secs(30)),
     };
-    let store = Store::open(&target, &ctx.config, &a.secrets, options)?;
-    let key = store.key(&uri)?;
-    let name = key.info().display_name();
-    let config = ServerConfig::new(Arc::clone(&key), chain)
+    let served = crate::identities::open(a, &ctx.config, &a.secrets, options)?;
+    let config = ServerConfig::for_identities(served.identities.clone())
         .stack(stack)
         .listen(a.listen)
         .threads(a.threads)
@@ -57,16 +52,41 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         log::set_max_level(log_level());
     }
     let handle = Server::start(config).map_err(tls_error)?;
-    let at_once = key
-        .pool_stats()
-        .map(|s| format!(", {} device operation(s) at once", s.workers))
-        .unwrap_or_default();
+    let keys: Vec<String> = served
+        .keys
+        .iter()
+        .map(|(key, store)| {
+            let at_once = key
+                .pool_stats()
+                .map(|s| format!(", {} device operation(s) at once", s.workers))
+                .unwrap_or_default();
+            format!("{} ({store}){at_once}", key.info().display_name())
+        })
+        .collect();
+    let what = match keys.as_slice() {
+        [one] => format!("key {one}"),
+        many => format!(
+            "{} certificate chains, selected by server name: {}",
+            many.len(),
+            served
+                .identities
+                .iter()
+                .zip(many)
+                .map(|(identity, key)| format!(
+                    "[{}] on key {key}",
+                    match identity.chain().dns_names() {
+                        [] => "no DNS name".to_owned(),
+                        names => names.join(" "),
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
     crate::output::note(&format!(
-        "serving https://{} with {} on key {name} ({}){at_once}, {} event-loop thread(s){}; \
-         Ctrl-C stops",
+        "serving https://{} with {} on {what}, {} event-loop thread(s){}; Ctrl-C stops",
         handle.local_addr(),
         handle.stack(),
-        store.keys().dyn_name(),
         a.threads.max(1),
         a.simulate_latency
             .map(|d| format!(
@@ -78,6 +98,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
     let _ = stopped.recv();
     let stats = handle.stats();
     handle.shutdown().map_err(tls_error)?;
+    drop(served);
     ctx.out.emit(
         json!({
             "connections": stats.connections,

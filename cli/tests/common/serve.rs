@@ -133,13 +133,19 @@ impl Serve {
     /// Starts `hardkey --json serve` with the scratch directory's environment (PIN, TCTI) and
     /// waits until it accepts connections.
     pub(crate) fn start(hk: &Hardkey, key: &str, cert: &str, stack: &str) -> Self {
+        Self::start_with(hk, &["--key", key, "--cert", cert], stack)
+    }
+
+    /// [`Serve::start`] with `what` naming what to serve (`--identities FILE`,
+    /// `--cert-dir DIR`...).
+    pub(crate) fn start_with(hk: &Hardkey, what: &[&str], stack: &str) -> Self {
         let addr = free_addr();
         let addr_text = addr.to_string();
+        let mut args = vec!["--json", "serve"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["--listen", &addr_text, "--stack", stack]);
         let mut child = hk
-            .command(&[
-                "--json", "serve", "--key", key, "--cert", cert, "--listen", &addr_text, "--stack",
-                stack,
-            ])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -78,6 +78,19 @@ impl Ca {
     /// Issues a server certificate for `public_key` (names `localhost` and `127.0.0.1`) and
     /// returns the chain PEM: the server's certificate, then the CA's.
     pub(crate) fn issue(&self, public_key: &PublicKey, cn: &str) -> String {
+        self.issue_for(public_key, cn, &["localhost"], true)
+    }
+
+    /// Issues a server certificate for `public_key` with the DNS names `names` (and
+    /// `127.0.0.1` when `ip`), and returns the chain PEM: the server's certificate, then the
+    /// CA's.
+    pub(crate) fn issue_for(
+        &self,
+        public_key: &PublicKey,
+        cn: &str,
+        names: &[&str],
+        ip: bool,
+    ) -> String {
         let spki = spki::SubjectPublicKeyInfoRef::from_der(public_key.der()).unwrap();
         let alg = match public_key.algorithm().family() {
             KeyFamily::Rsa => &rcgen::PKCS_RSA_SHA256,
@@ -90,10 +103,13 @@ impl Ca {
             bits: spki.subject_public_key.raw_bytes().to_vec(),
             alg,
         };
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        if ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        }
         params.distinguished_name.push(DnType::CommonName, cn);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
