@@ -13,6 +13,8 @@
 //! ([`signing_prefs`]), so BoringSSL negotiates only what the key can do.
 
 use ::boring::error::ErrorStack;
+use ::boring::ex_data::Index;
+use ::boring::ssl::Ssl;
 use ::boring::ssl::{
     AlpnError, AsyncPrivateKeyMethod, AsyncPrivateKeyMethodError, BoxPrivateKeyMethodFinish,
     BoxPrivateKeyMethodFuture, ClientHello, ExtensionType, NameType, SelectCertError, SslAcceptor,
@@ -20,6 +22,8 @@ use ::boring::ssl::{
 };
 use ::boring::x509::X509;
 use hardkey_api::{DecryptScheme, KeyInfo, PrivateKey, SharedKey, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_boring::SslStream;
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
@@ -97,6 +101,50 @@ impl std::fmt::Debug for KeyMethod {
     }
 }
 
+/// The mark [`KeyMethod`] leaves on a connection whose key operation failed.
+struct KeyFailed;
+
+fn key_failed_index() -> Option<Index<Ssl, KeyFailed>> {
+    static INDEX: std::sync::OnceLock<Option<Index<Ssl, KeyFailed>>> = std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+fn mark_key_failed(ssl: &mut SslRef) {
+    if let Some(index) = key_failed_index() {
+        ssl.set_ex_data(index, KeyFailed);
+    }
+}
+
+fn key_failed(ssl: &SslRef) -> bool {
+    key_failed_index().is_some_and(|index| ssl.ex_data(index).is_some())
+}
+
+/// Runs a server handshake on `stream` with `tokio_boring`; if it fails because the key
+/// failed to sign, the client first gets a fatal `internal_error` alert instead of a dropped
+/// connection (BoringSSL sends none itself for a failed private-key method, and the `boring`
+/// crate does not wrap `SSL_send_fatal_alert`; the server's flight was not sent yet, so the
+/// alert goes unencrypted, as the client expects before a ServerHello). The error names what
+/// failed.
+pub async fn accept<S>(acceptor: &SslAcceptor, stream: S) -> std::io::Result<SslStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio_boring::accept(acceptor, stream).await {
+        Ok(stream) => Ok(stream),
+        Err(e) => {
+            let message = e.to_string();
+            let failed = e.ssl().is_some_and(key_failed);
+            if let (true, Some(mut io)) = (failed, e.into_source_stream()) {
+                crate::alert::send_internal_error(&mut io).await;
+                return Err(std::io::Error::other(format!(
+                    "{message} (the key failed to sign: internal_error alert sent)"
+                )));
+            }
+            Err(std::io::Error::other(message))
+        }
+    }
+}
+
 /// Copies `bytes` into BoringSSL's output buffer.
 fn finish_with(bytes: Vec<u8>) -> BoxPrivateKeyMethodFinish {
     Box::new(move |_ssl: &mut SslRef, out: &mut [u8]| {
@@ -134,7 +182,12 @@ impl AsyncPrivateKeyMethod for KeyMethod {
                 Ok(sig) => Ok(finish_with(sig)),
                 Err(e) => {
                     log::warn!(target: "hardkey_tls", "key {name}: {scheme} signature failed: {e}");
-                    Err(AsyncPrivateKeyMethodError)
+                    // Fail in the finishing step, which can mark the connection, so that
+                    // [`accept`] sends the client an internal_error alert.
+                    Ok(Box::new(|ssl: &mut SslRef, _: &mut [u8]| {
+                        mark_key_failed(ssl);
+                        Err(AsyncPrivateKeyMethodError)
+                    }) as BoxPrivateKeyMethodFinish)
                 }
             }
         }))

@@ -36,6 +36,7 @@
 #[cfg(not(any(feature = "boring", feature = "rustls")))]
 compile_error!("hardkey-tls needs a TLS stack: enable its `boring` or `rustls` feature (or both)");
 
+mod alert;
 #[cfg(feature = "boring")]
 pub mod boring;
 mod cert;

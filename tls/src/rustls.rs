@@ -16,7 +16,10 @@
 //! concurrent handshake, its stack, and the wake-up when the device answers.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use hardkey_api::{KeyFamily, PrivateKey, SharedKey, SignatureScheme};
 use rustls::crypto::CryptoProvider;
@@ -24,9 +27,10 @@ use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use rustls::{SignatureAlgorithm, SignatureScheme as TlsScheme};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
+use crate::alert;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::{Identities, Identity};
@@ -122,6 +126,7 @@ impl rustls::sign::Signer for Signer {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
         // Blocks this thread until the device answers: see the module documentation.
         futures::executor::block_on(self.key.sign(self.scheme, message)).map_err(|e| {
+            KEY_FAILED.with(|failed| failed.set(true));
             log::warn!(
                 target: "hardkey_tls",
                 "key {}: {} signature failed: {e}",
@@ -256,22 +261,130 @@ impl Acceptor {
     }
 
     /// Runs a server handshake on `io`. Must be called within a tokio runtime (it uses
-    /// `spawn_blocking`).
-    pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
+    /// `spawn_blocking`). If the key fails to sign, the client gets a fatal `internal_error`
+    /// alert instead of a dropped connection (rustls sends none for a signer's error: see
+    /// [`AlertOnKeyFailure`]).
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<AlertOnKeyFailure<IO>>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let io = AlertOnKeyFailure::new(io);
+        let failed = Arc::clone(&io.failed);
         // Reading the ClientHello needs no key.
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let config = Arc::clone(&self.config);
         // Processing it signs (CertificateVerify in TLS 1.3, ServerKeyExchange in TLS 1.2):
         // on a blocking thread, which waits for the device.
-        let accept = tokio::task::spawn_blocking(move || start.into_stream(config))
-            .await
-            .map_err(|e| io::Error::other(format!("handshake thread failed: {e}")))?;
+        let accept = tokio::task::spawn_blocking(move || {
+            KEY_FAILED.with(|f| f.set(false));
+            let accept = start.into_stream(config);
+            if KEY_FAILED.with(|f| f.replace(false)) {
+                failed.store(true, Ordering::SeqCst);
+            }
+            accept
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("handshake thread failed: {e}")))?;
         // Writing the server's flight and reading the client's Finished: on the event loop.
-        accept.await
+        match accept.into_fallible().await {
+            Ok(stream) => Ok(stream),
+            Err((error, mut io)) => {
+                // rustls had queued nothing to write (TLS 1.2 keeps its flight until it is
+                // complete): the alert is still to be sent.
+                if io.failed.load(Ordering::SeqCst) && io.alert_sent == 0 {
+                    alert::send_internal_error(&mut io.inner).await;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Set by [`Signer::sign`] when the key fails, on the thread that runs the handshake step.
+    static KEY_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The connection of an [`Acceptor`] handshake: `IO` itself, except when the key failed to
+/// sign. rustls then fails the handshake without an alert, and what it had queued (the
+/// ServerHello of a flight it could not finish) would reach the client before the connection
+/// drops. Instead, this sends the client only an unencrypted fatal `internal_error` alert: no
+/// key has been agreed yet, so that is the alert record the client expects.
+#[derive(Debug)]
+pub struct AlertOnKeyFailure<IO> {
+    inner: IO,
+    failed: Arc<AtomicBool>,
+    /// How much of the alert record has been written.
+    alert_sent: usize,
+}
+
+impl<IO> AlertOnKeyFailure<IO> {
+    fn new(inner: IO) -> Self {
+        Self {
+            inner,
+            failed: Arc::new(AtomicBool::new(false)),
+            alert_sent: 0,
+        }
+    }
+
+    /// The connection.
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+
+    /// The connection.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.inner
+    }
+
+    /// The connection.
+    pub fn into_inner(self) -> IO {
+        self.inner
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for AlertOnKeyFailure<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for AlertOnKeyFailure<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        let this = &mut *self;
+        while let Some(rest) = alert::INTERNAL_ERROR
+            .get(this.alert_sent..)
+            .filter(|r| !r.is_empty())
+        {
+            match Pin::new(&mut this.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => this.alert_sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // The unfinished flight rustls queued is dropped, as if written.
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -709,7 +709,7 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
     match &*tls {
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {
-            match tokio::time::timeout(remaining, tokio_boring::accept(acceptor, tcp)).await {
+            match tokio::time::timeout(remaining, crate::boring::accept(acceptor, tcp)).await {
                 Ok(Ok(mut stream)) => {
                     let ssl = stream.ssl();
                     let details = format!(

@@ -227,6 +227,25 @@ fn a_device_dying_mid_handshake_fails_that_handshake_only() {
         assert!(served_in < delay / 2, "{stack}: A waited {served_in:?}");
         let err = b.join().unwrap().expect_err("B's handshake must fail");
         println!("{stack}: client B: {err}");
+        // The client is told: a fatal internal_error alert, not a dropped connection.
+        assert!(
+            err.to_string()
+                .contains("received fatal alert: InternalError"),
+            "{stack}: {err}"
+        );
+        // So is openssl, on TLS 1.3 and TLS 1.2 (each waits one delay for the dead device).
+        for version in [Version::Tls13, Version::Tls12] {
+            let out = common::openssl_s_client(addr, &ca.ca_file(), version, "ECDSA+SHA256");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("alert internal error"),
+                "{stack} {version:?}: openssl saw no internal_error alert:\n{text}"
+            );
+        }
 
         // The device is back: new handshakes work, A still works.
         dead.store(false, Ordering::SeqCst);
@@ -237,7 +256,7 @@ fn a_device_dying_mid_handshake_fails_that_handshake_only() {
         let stats = server.stats();
         assert_eq!(
             (stats.handshakes, stats.handshake_failures),
-            (2, 1),
+            (2, 3),
             "{stack}: {stats:?}"
         );
         let lines = logged(&format!("'{label}'"));
