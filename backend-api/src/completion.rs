@@ -1,5 +1,5 @@
 //! A one-shot completion slot whose sender can deliver a value without waking the receiver at
-//! once: the pool's workers coalesce wake-ups under load (see `pool.rs`), since on many
+//! once: the pool's workers coalesce wake-ups under load (see `pool/wake.rs`), since on many
 //! machines waking a thread costs more than a fast device operation.
 
 use std::future::Future;

@@ -78,7 +78,7 @@ mod digest_info_der {
 
 /// The DER `DigestInfo` prefix for `hash` (RFC 8017 section 9.2, note 1, with the explicit NULL
 /// parameters): the bytes that go in front of the digest itself.
-pub const fn digest_info_prefix(hash: HashAlgorithm) -> &'static [u8] {
+const fn digest_info_prefix(hash: HashAlgorithm) -> &'static [u8] {
     match hash {
         HashAlgorithm::Sha256 => &digest_info_der::SHA256,
         HashAlgorithm::Sha384 => &digest_info_der::SHA384,
@@ -86,7 +86,7 @@ pub const fn digest_info_prefix(hash: HashAlgorithm) -> &'static [u8] {
     }
 }
 
-/// The DER `DigestInfo` for `digest`: [`digest_info_prefix`]`(hash) || digest`.
+/// The DER `DigestInfo` for `digest`: the `DigestInfo` prefix of `hash`, then `digest`.
 ///
 /// This is the input PKCS#11 `CKM_RSA_PKCS` signs (the token adds the `0x00 0x01 0xff..`
 /// padding itself). Fails with [`InvalidInput::DigestLength`] (naming the `rsa-pkcs1` scheme
@@ -104,7 +104,7 @@ pub fn digest_info(hash: HashAlgorithm, digest: &[u8]) -> Result<Vec<u8>> {
 // PSS (RFC 8017 section 9.1) and MGF1 (appendix B.2.1)
 // ---------------------------------------------------------------------------------------------
 
-/// Largest RSA modulus the PSS functions accept, in bits. Far above any device's limit; it only
+/// Largest RSA modulus the PSS and OAEP functions accept, in bits. Far above any device's limit; it only
 /// keeps a nonsensical `mod_bits` from turning into a huge allocation.
 const MAX_MODULUS_BITS: usize = 16_384;
 
@@ -914,6 +914,36 @@ caaI/nSxcxIi8hQ=
     /// big-endian byte strings compare like the numbers they are.
     fn in_range(v: &[u8], n: &[u8]) -> bool {
         v.iter().any(|&b| b != 0) && v < n
+    }
+
+    #[test]
+    fn signature_form_is_checked_against_the_scheme_and_key() {
+        let p256 = KeyAlgorithm::EcP256;
+        let mut raw = vec![0x11u8; 64];
+        raw[0] = 0x80;
+        let der = ecdsa_raw_to_der(p256, &raw).unwrap();
+        assert!(check_signature_form(SignatureScheme::EcdsaP256Sha256, p256, &der).is_ok());
+        // Raw r || s where DER is due, DER for the other curve, ECDSA from an RSA key.
+        assert!(check_signature_form(SignatureScheme::EcdsaP256Sha256, p256, &raw).is_err());
+        let p384_der = ecdsa_raw_to_der(KeyAlgorithm::EcP384, &[0x22; 96]).unwrap();
+        assert!(check_signature_form(SignatureScheme::EcdsaP256Sha256, p256, &p384_der).is_err());
+        let rsa = KeyAlgorithm::Rsa2048;
+        let err = check_signature_form(SignatureScheme::EcdsaP256Sha256, rsa, &der).unwrap_err();
+        assert!(err.to_string().contains("not an EC key"), "{err}");
+        // RSA: exactly the modulus length.
+        for scheme in [
+            SignatureScheme::RsaPssSha256,
+            SignatureScheme::RsaPkcs1Sha384,
+        ] {
+            assert!(check_signature_form(scheme, rsa, &[1; 256]).is_ok());
+            for len in [0, 255, 257, 512] {
+                assert!(
+                    check_signature_form(scheme, rsa, &vec![1; len]).is_err(),
+                    "{len}"
+                );
+            }
+            assert!(check_signature_form(scheme, KeyAlgorithm::Rsa3072, &[1; 384]).is_ok());
+        }
     }
 
     #[test]

@@ -183,7 +183,10 @@ const KEY_LABELS: [&str; 4] = [
 ];
 
 /// The first private-key block of a PEM file, skipping others (`openssl ecparam -genkey`
-/// writes an `EC PARAMETERS` block first; a bundle may hold certificates).
+/// writes an `EC PARAMETERS` block first; a bundle may hold certificates). Each block is
+/// decoded by der's PEM decoder; the scan is not rustls-pki-types' because its 1.15 reader
+/// copies the base64 into a buffer it does not zeroize and skips `ENCRYPTED PRIVATE KEY`
+/// blocks (which must get their own message here).
 fn private_key_block(pem: &str, what: &str) -> Result<(String, Zeroizing<Vec<u8>>)> {
     let mut rest = pem;
     let mut seen = Vec::new();

@@ -317,7 +317,9 @@ impl KeyFile {
     }
 }
 
-/// The body of a TPM2B (a big-endian u16 size, then that many bytes).
+/// The body of a TPM2B (a big-endian u16 size, then that many bytes). Not tss-esapi's
+/// `PublicBuffer::unmarshall`, which ignores bytes after the size it reads: a key file with
+/// trailing bytes is refused here. (`Private` has no marshalling in tss-esapi 7.)
 fn tpm2b<'a>(bytes: &'a [u8], origin: &str, what: &str) -> Result<&'a [u8]> {
     match bytes {
         [hi, lo, rest @ ..] if usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len() => {

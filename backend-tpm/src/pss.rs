@@ -126,4 +126,73 @@ mod tests {
         let digest = hardkey_api::encoding::digest(HashAlgorithm::Sha256, b"probe");
         assert_eq!(salt_len(&public, HashAlgorithm::Sha256, &digest, &n), None);
     }
+
+    /// An RSA-2048 key and two RSA-PSS signatures OpenSSL made with it, over
+    /// SHA-256("hardkey EMSA-PSS fixed vector"): `openssl pkeyutl -sign -pkeyopt
+    /// rsa_padding_mode:pss -pkeyopt digest:sha256` with `rsa_pss_saltlen:32`, then with
+    /// `rsa_pss_saltlen:max` (256 - 32 - 2 = 222, what many TPMs do). Independent of the
+    /// `rsa` crate that verifies them here.
+    const KEY_2048_PEM: &str = r"-----BEGIN PRIVATE KEY-----
+MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQCe5SvpaY972And
+X4ORxNVJteJH902jIYVSNx3Mse6fWnKNJPw1wSOh4XIzG90MgVn7aWHhNfdwcxuz
+SCwzEMhECbFXD3t2zWSl09BlX87Zd55/ejwThRyWsdqGRpnUPB89oTKYU1OLKIJu
+AAflddn+2jC0oFF1imf3DKizXaoPC43HREP/wAXCLv9ZCoF+nvZzzMlrgayvFUjC
+cspf45Kwb48eiNzltsWEW14+wk1vMAP/eQDdFT+4TSyN7w3I18vwLoIK6CngYoSc
+qK//r9VyNS/UIvuD6CVj7EBcVLoRVJZQCfujYzEZZrD/PeDw2tRygPbEOzlBEsNv
+ZydZ8C13AgMBAAECggEAGOGtHydjCxMY9FvtF+n5NkovjXJp62Yn4Oh1l6SzR6vb
+rUOB5Q8B++r4PY2a70bgJtDpPWF8hlTYHRprpXF20sSrywTHIiLmpFsHUqCOnRow
+rSigeLQK9oQSQp2SoBvsDnQMHrNJrUxiJESH+AQc514Wa2qBZwUN469NSY0cwK8g
+yvwxavl3V/AU0JVcCJkU4mg8EvNq23zmtLnMr24ctO1+NVpP480X4U19rufdSxb/
+pMJcwJyrkjHryWyjhgViLrT0e15vckwjQ83ARqkjVM6trl60YMKIa2nJ5U1FWycw
+SXCNhODNOCL04NjAYdeMgvPNWGRuEpoZE2Wq3cr9iQKBgQDPj2OHLE+ycTjWtc2M
+GyW/akmo6JX3R+bHIT4aouwZPXiIsw23d3cCVgpHJRKC20OiuL+/y1a6MPn3+2EM
+sReZ+9qAaDMw3R7Qe4JOJUjuoDfr1pGSzeIwhklBEd1wn3izd7+UB/yX5RKPYRpV
+pCB+7gqa1CZKc7nqUZAaEgpwGQKBgQDD+lBB6rP7OYcFiSDuAX+Ww7zQLusD0hPs
+JHrPQ10sKvsJsQcYW0dXW6IGdufZxUUncmcMCVbx0ayiYpMRxvFxv91v7DKQWXKv
+tAOrRN7DcwkD2u84wTnTVz1DVs9G8I3vE8n2hQ3qdwPlDkOklE9PdKoJw3Xe5haj
+nymNMDP8DwKBgQCTnfU5I8iirmewPKitZnlYQ62TladisR5urTPQGeM0qEVbY4zz
+2OEpJiw1ISajLnJR/ndRXrqVvVNqjLwfHKwedcKW5ITT0c+iktS/40CVhhl/f6EU
++ZxOypK61ovZF3HuodH85Bk/pkmm83aZRhteasncB9obxWaKQevsvrvxsQKBgBoe
+39mZTbnbVgq/1zrByl6u4hihWEOfGXas+g1r/hwn8mO9S6PMbrrPBM51xLs61tfG
+IMPy7rq2ZpsSJmYFLSMrHnmPcsHYmjee96o5OLO2PmpcIOxgnLN1ej3icSgUYeaO
+ramE3HD2wfciqpNiDRwbAZrhiXFXG4ddbG1cEmGzAoGBAJsAgHzXPRiYlk1zWEmw
+i3/JLxF3SG6YJ7gaTN+mQDO9WwoRMCAhMjxtOK8wVOUPGRr43Q9QyM9oAyyFGsOa
+WyJeOL98vndD5fVQXKg7YF090cxytts/5YsJOy6O8y5nH+ffi1rNUopaN/hXhSHx
+t/z688um77wcoyRT0OzX1LHI
+-----END PRIVATE KEY-----";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s.split_whitespace().collect::<String>()).unwrap()
+    }
+
+    #[test]
+    fn recovers_the_salt_of_openssl_signatures() {
+        use rsa::pkcs8::DecodePrivateKey;
+        let key = RsaPrivateKey::from_pkcs8_pem(KEY_2048_PEM).unwrap();
+        let public = public_area(&key);
+        let hash = HashAlgorithm::Sha256;
+        let d = hardkey_api::encoding::digest(hash, b"hardkey EMSA-PSS fixed vector");
+        let sig = unhex(
+            "9ea06698d46d14940c8617be3c3682614fcd00de1f1cd811a52207e6c7e13504\
+             d7f9a45e3c8977c4cc23da1508a157ee6f211c8e232eced563dbfbe0588859ea\
+             427c8e492b906d28932db1e5b7de3e5d3b94e0e8093bab7836dca488bce8528d\
+             95c04575e5de2b1b784cbee27f586abcd9976c4dccd042ba9943553ae9417364\
+             d2978b21bf8ddf994365ad275f18e75a88d7a1868a500b0d4916589bed6c0cff\
+             c7d7a43c2c717078e2701f7f4fb75cd8aba00de682f017a5706c396440fb0834\
+             f5cd5ac8f9c8d5d7c628cc63268bdeeee0ef95b632cf16abc00afab0891cddb6\
+             f48fd8d212a73f28360efaa61dec69da15ea46a330867d4b107a452d1d9c4ec9",
+        );
+        let sig_max = unhex(
+            "748132eb5f1bc2ad76077606dc63f5926d7393e27e0bb845a4aae5c35ca186d8\
+             df013c6414f6e01c473752a254c8500ffa6396cc297c0407cc18717f1e7ceac1\
+             2578861e9a863671f9a455845f88ec614cbe80dcd3b368599cad6981cc8edb6f\
+             da9bc8011e66110440677338d8ffc657312bfb525fca674aa7a508711cc7054a\
+             e6517f1bd982e6c5691f338fca8d6644f9035fd61c3125a3b2aea6e778a62328\
+             e4be662b38b96483865cbc4a23aeacb586f829369b721fbaf85438ccf98cf628\
+             e597d485847ac2e64b97945a9f2190f08e25b455465573c45002ff3a4e26c7d3\
+             7f649170cde52f19c7a451deadc427f284247c02fa3619776c085f7d1c0100a3",
+        );
+        assert_eq!(salt_len(&public, hash, &d, &sig), Some(32));
+        assert_eq!(salt_len(&public, hash, &d, &sig_max), Some(222));
+    }
 }

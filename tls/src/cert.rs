@@ -4,7 +4,6 @@ use std::fmt;
 use std::path::Path;
 
 use der::{Decode, Encode};
-use hardkey_api::encoding::spki_fingerprint as fingerprint;
 use hardkey_api::{KeyInfo, PublicKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -129,10 +128,10 @@ impl CertChain {
             subject: self.subject.clone(),
             origin: self.origin.clone(),
             cert_key,
-            cert_fingerprint: fingerprint(&self.leaf_spki),
+            cert_fingerprint: hardkey_api::encoding::spki_fingerprint(&self.leaf_spki),
             key: key_name(key),
             key_algorithm: key.algorithm,
-            key_fingerprint: fingerprint(key.public_key.der()),
+            key_fingerprint: key.public_key.fingerprint(),
         })))
     }
 }

@@ -81,13 +81,11 @@ const ATTRIBUTES: &[(&[&str], &str, ValueKind)] = &[
 /// `UTF8String` otherwise).
 ///
 /// ```
-/// # #[cfg(feature = "x509")] {
 /// use hardkey_x509::Subject;
 ///
 /// let subject: Subject = "CN=web.example, O=Example\\, Inc.,C=DE".parse()?;
 /// assert_eq!(subject.to_string(), "CN=web.example,O=Example\\, Inc.,C=DE");
 /// assert!("CN web.example".parse::<Subject>().is_err());
-/// # }
 /// # Ok::<(), hardkey_api::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,14 +328,12 @@ fn unescape(raw: &str) -> Option<String> {
 /// their `xn--` form).
 ///
 /// ```
-/// # #[cfg(feature = "x509")] {
 /// use hardkey_x509::SubjectAltNames;
 ///
 /// let sans = SubjectAltNames::parse(["dns:web.example,ip:10.0.0.1", "ip:::1"])?;
 /// assert_eq!(sans.len(), 3);
 /// assert_eq!(sans.to_string(), "dns:web.example,ip:10.0.0.1,ip:::1");
 /// assert!("ip:10.0.0.300".parse::<SubjectAltNames>().is_err());
-/// # }
 /// # Ok::<(), hardkey_api::Error>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -22,14 +22,14 @@ pub(super) struct Typical {
 }
 
 #[derive(Default)]
-pub(super) struct OpTimes {
+struct OpTimes {
     samples: std::collections::VecDeque<Duration>,
     refused_since_probe: u32,
 }
 
-pub(super) const TYPICAL_SAMPLES: usize = 15;
-pub(super) const TYPICAL_MIN_SAMPLES: usize = 5;
-pub(super) const TYPICAL_PROBE_EVERY: u32 = 8;
+const TYPICAL_SAMPLES: usize = 15;
+const TYPICAL_MIN_SAMPLES: usize = 5;
+const TYPICAL_PROBE_EVERY: u32 = 8;
 
 impl Typical {
     fn times(&mut self, op: Operation) -> &mut OpTimes {

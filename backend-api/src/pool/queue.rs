@@ -115,7 +115,7 @@ impl<D: 'static> Shared<D> {
         }
     }
 
-    pub(super) fn check_accepting(&self, op: Operation) -> Result<()> {
+    fn check_accepting(&self, op: Operation) -> Result<()> {
         if self.slots.is_closed() {
             return Err(self.shut_down(op));
         }
@@ -125,7 +125,7 @@ impl<D: 'static> Shared<D> {
         Ok(())
     }
 
-    pub(super) fn enqueue(&self, job: Box<dyn Job<D>>) -> Result<()> {
+    fn enqueue(&self, job: Box<dyn Job<D>>) -> Result<()> {
         let mut q = lock(&self.queue);
         if q.closed {
             return Err(self.shut_down(job.options().op));
@@ -186,10 +186,7 @@ impl<D: 'static> Shared<D> {
 }
 
 /// Awaits `fut` until `deadline`; `None` if the deadline passed first.
-pub(super) async fn with_deadline<F: Future>(
-    fut: F,
-    deadline: Option<Instant>,
-) -> Option<F::Output> {
+async fn with_deadline<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
     let mut fut = pin!(fut);
     let Some(deadline) = deadline else {
         return Some(fut.await);

@@ -25,7 +25,7 @@ impl<D: 'static> Shared<D> {
         })
     }
 
-    pub(super) fn set_last_failure(&self, e: Error) {
+    fn set_last_failure(&self, e: Error) {
         *lock(&self.last_failure) = Some(Arc::new(e));
     }
 
@@ -66,7 +66,7 @@ impl<D: 'static> Shared<D> {
         }
     }
 
-    pub(super) fn auth_blocked(&self) -> bool {
+    fn auth_blocked(&self) -> bool {
         lock(&self.last_failure)
             .as_ref()
             .is_some_and(|e| e.is_auth())
@@ -111,7 +111,7 @@ impl<D: 'static> Worker<D> {
         }
     }
 
-    pub(super) fn lose_state(&mut self) {
+    fn lose_state(&mut self) {
         // Closing a broken session may itself fail loudly; never let that kill the worker.
         let lost = self.state.take();
         let _ = catch_unwind(AssertUnwindSafe(move || drop(lost)));
@@ -120,7 +120,7 @@ impl<D: 'static> Worker<D> {
 
     /// One immediate attempt to rebuild the device state (none while an authentication
     /// failure stands: that waits for [`DevicePool::reconnect`](super::DevicePool::reconnect)).
-    pub(super) fn reconnect_now(&mut self) -> bool {
+    fn reconnect_now(&mut self) -> bool {
         if self.shared.auth_blocked() {
             return false;
         }

@@ -9,21 +9,21 @@ use super::worker::Worker;
 use crate::sync::lock;
 
 /// Most callers a worker lets wait for their wake-up (see [`Worker::wake`]).
-pub(super) const WAKE_BATCH: usize = 32;
+const WAKE_BATCH: usize = 32;
 /// Wake-ups are batched only after operations at most this long.
-pub(super) const WAKE_BATCH_MAX_SERVICE: Duration = Duration::from_micros(250);
+const WAKE_BATCH_MAX_SERVICE: Duration = Duration::from_micros(250);
 /// No caller waits longer than this for its wake-up once its result is ready.
-pub(super) const WAKE_BATCH_MAX_DELAY: Duration = Duration::from_millis(4);
+const WAKE_BATCH_MAX_DELAY: Duration = Duration::from_millis(4);
 
 /// Callers whose results are delivered but who have not been woken yet. Shared with the
 /// timer thread, which flushes a batch [`WAKE_BATCH_MAX_DELAY`] after it started whatever the
 /// worker is doing then (a slow next job, a reconnect, a hung device).
 #[derive(Default)]
 pub(super) struct Deferred {
-    pub(super) wakers: Mutex<Vec<Waker>>,
+    wakers: Mutex<Vec<Waker>>,
     /// A timer-thread flush is pending. One at a time per worker: it may flush a younger batch
     /// early (harmless), and the timer thread wakes at most every [`WAKE_BATCH_MAX_DELAY`].
-    pub(super) armed: std::sync::atomic::AtomicBool,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl Deferred {

@@ -82,7 +82,7 @@ impl<D: 'static> Worker<D> {
         shared.exited_cv.notify_all();
     }
 
-    pub(super) fn serve_until_closed(&mut self) {
+    fn serve_until_closed(&mut self) {
         let shared = Arc::clone(&self.shared);
         loop {
             let deferred = Arc::clone(&self.deferred);

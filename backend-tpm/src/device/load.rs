@@ -90,7 +90,10 @@ impl TpmDevice {
 
     /// Flushes every key this worker loaded (the no-leak guarantee at shutdown).
     pub(crate) fn flush_all(&mut self) {
-        while let Ok(true) = self.evict_one() {}
+        // Every key, whatever one flush says: `unload` takes each out of the LRU first.
+        while !self.loaded.is_empty() {
+            let _ = self.unload(0);
+        }
     }
 
     /// The handle of `key`, loading it if needed.

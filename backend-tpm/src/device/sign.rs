@@ -154,7 +154,12 @@ fn ecdsa_der(
     algorithm: hardkey_api::KeyAlgorithm,
 ) -> Result<Vec<u8>> {
     let field = algorithm.bits().div_ceil(8);
-    let mut raw = left_pad(r.value(), field);
-    raw.extend_from_slice(&left_pad(s.value(), field));
+    // A TPM may send a value with leading zero bytes: the number counts, not its width.
+    let significant = |v: &[u8]| -> Vec<u8> {
+        let start = v.iter().position(|&b| b != 0).unwrap_or(v.len());
+        v.get(start..).unwrap_or_default().to_vec()
+    };
+    let mut raw = left_pad(&significant(r.value()), field);
+    raw.extend_from_slice(&left_pad(&significant(s.value()), field));
     encoding::ecdsa_raw_to_der(algorithm, &raw)
 }
