@@ -47,8 +47,8 @@ impl Canary {
         let mut out = Vec::new();
         for text in [&self.canary, &self.new] {
             out.push(text.as_bytes().to_vec());
-            out.push(hex(text.as_bytes()).into_bytes());
-            out.push(hex(text.as_bytes()).to_uppercase().into_bytes());
+            out.push(hex::encode(text.as_bytes()).into_bytes());
+            out.push(hex::encode(text.as_bytes()).to_uppercase().into_bytes());
         }
         // The stem alone catches a secret cut short or split.
         out.push(b"cnry7Qz".to_vec());
@@ -164,10 +164,6 @@ fn under_strace(inner: &Command, log: &Path) -> Command {
         };
     }
     cmd
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn token_commands(c: &mut Canary, hsm: &SoftHsm) {

@@ -124,7 +124,7 @@ fn hardkey_key_is_used_by_the_tool(hsm: &SoftHsm, alg: KeyAlgorithm) {
     let store = hsm.store(1);
     let label = format!("hk-made-{alg}");
     let key = block_on(store.generate(GenerateRequest::new(alg).label(label.clone()))).unwrap();
-    let id = hex(key.info().id.as_bytes());
+    let id = hex::encode(key.info().id.as_bytes());
 
     let mut list = hsm.pkcs11_tool();
     list.args(["--list-objects", "--type", "privkey"]);
@@ -184,10 +184,6 @@ fn hardkey_key_is_used_by_the_tool(hsm: &SoftHsm, alg: KeyAlgorithm) {
         &std::fs::read(&sig).unwrap(),
     )
     .unwrap();
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn objects(hsm: &SoftHsm) -> String {
@@ -486,7 +482,7 @@ fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
         "RSA-X-509",
         // By CKA_ID: pkcs11-tool picks the first private key when given only a label.
         "--id",
-        &hex(sign_only.info().id.as_bytes()),
+        &hex::encode(sign_only.info().id.as_bytes()),
         "-i",
         p(&ct_file),
     ])
@@ -541,7 +537,7 @@ fn keys_are_least_privilege_on_the_token(hsm: &SoftHsm) {
         "-m",
         "ECDH1-DERIVE",
         "--id",
-        &hex(ec.info().id.as_bytes()),
+        &hex::encode(ec.info().id.as_bytes()),
         "--input-file",
         p(&peer),
     ]);
