@@ -129,7 +129,7 @@ pub(crate) fn open(
     let defaults: Vec<usize> = (0..planned.len()).filter(|&i| planned[i].default).collect();
     if defaults.len() > 1 {
         return Err(usage(format!(
-            "{} identities say default = true ({}): one may",
+            "{} identities say default = true ({}): keep it on one entry only",
             defaults.len(),
             defaults
                 .iter()
@@ -217,8 +217,22 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
              of [[identity]] entries (key = URI, cert = FILE)"
         ))
     })?;
-    let file: IdentitiesFile =
-        toml::from_str(&text).map_err(|e| usage(format!("bad identities file {origin}: {e}")))?;
+    // The message and the line only: toml's own rendering quotes the source line, which may
+    // hold a secret (a pin-value in a key URI).
+    let file: IdentitiesFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|span| {
+            text.get(..span.start)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                .max(1)
+        });
+        let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+        usage(format!(
+            "bad identities file {origin}{at}: {}",
+            e.message().trim_end()
+        ))
+    })?;
     if file.identity.is_empty() {
         return Err(usage(format!(
             "{origin} has no [[identity]] entry: add one per certificate chain, with key = \

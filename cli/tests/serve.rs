@@ -247,8 +247,19 @@ fn bad_identities_are_refused_with_what_to_fix() {
     );
     serve(
         &["--identities", "two.toml"],
-        &["default = true", "one may"],
+        &["default = true", "on one entry only"],
     );
+    // A parse error names the line, and never quotes it (it could hold a PIN).
+    hk.file(
+        "pin.toml",
+        "[[identity]]\nkey = \"pkcs11:token=x;object=y?pin-value=SECRET123\n",
+    );
+    let err = hk.fails(
+        &["serve", "--listen", &addr, "--identities", "pin.toml"],
+        2,
+        &["pin.toml", "line 2"],
+    );
+    assert!(!err.contains("SECRET123"), "{err}");
     std::fs::create_dir(hk.path("nokey")).unwrap();
     std::fs::copy(hk.path("a.crt"), hk.path("nokey/a.pem")).unwrap();
     serve(
