@@ -132,34 +132,7 @@ mod tests {
     /// rsa_padding_mode:pss -pkeyopt digest:sha256` with `rsa_pss_saltlen:32`, then with
     /// `rsa_pss_saltlen:max` (256 - 32 - 2 = 222, what many TPMs do). Independent of the
     /// `rsa` crate that verifies them here.
-    const KEY_2048_PEM: &str = r"-----BEGIN PRIVATE KEY-----
-MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQCe5SvpaY972And
-X4ORxNVJteJH902jIYVSNx3Mse6fWnKNJPw1wSOh4XIzG90MgVn7aWHhNfdwcxuz
-SCwzEMhECbFXD3t2zWSl09BlX87Zd55/ejwThRyWsdqGRpnUPB89oTKYU1OLKIJu
-AAflddn+2jC0oFF1imf3DKizXaoPC43HREP/wAXCLv9ZCoF+nvZzzMlrgayvFUjC
-cspf45Kwb48eiNzltsWEW14+wk1vMAP/eQDdFT+4TSyN7w3I18vwLoIK6CngYoSc
-qK//r9VyNS/UIvuD6CVj7EBcVLoRVJZQCfujYzEZZrD/PeDw2tRygPbEOzlBEsNv
-ZydZ8C13AgMBAAECggEAGOGtHydjCxMY9FvtF+n5NkovjXJp62Yn4Oh1l6SzR6vb
-rUOB5Q8B++r4PY2a70bgJtDpPWF8hlTYHRprpXF20sSrywTHIiLmpFsHUqCOnRow
-rSigeLQK9oQSQp2SoBvsDnQMHrNJrUxiJESH+AQc514Wa2qBZwUN469NSY0cwK8g
-yvwxavl3V/AU0JVcCJkU4mg8EvNq23zmtLnMr24ctO1+NVpP480X4U19rufdSxb/
-pMJcwJyrkjHryWyjhgViLrT0e15vckwjQ83ARqkjVM6trl60YMKIa2nJ5U1FWycw
-SXCNhODNOCL04NjAYdeMgvPNWGRuEpoZE2Wq3cr9iQKBgQDPj2OHLE+ycTjWtc2M
-GyW/akmo6JX3R+bHIT4aouwZPXiIsw23d3cCVgpHJRKC20OiuL+/y1a6MPn3+2EM
-sReZ+9qAaDMw3R7Qe4JOJUjuoDfr1pGSzeIwhklBEd1wn3izd7+UB/yX5RKPYRpV
-pCB+7gqa1CZKc7nqUZAaEgpwGQKBgQDD+lBB6rP7OYcFiSDuAX+Ww7zQLusD0hPs
-JHrPQ10sKvsJsQcYW0dXW6IGdufZxUUncmcMCVbx0ayiYpMRxvFxv91v7DKQWXKv
-tAOrRN7DcwkD2u84wTnTVz1DVs9G8I3vE8n2hQ3qdwPlDkOklE9PdKoJw3Xe5haj
-nymNMDP8DwKBgQCTnfU5I8iirmewPKitZnlYQ62TladisR5urTPQGeM0qEVbY4zz
-2OEpJiw1ISajLnJR/ndRXrqVvVNqjLwfHKwedcKW5ITT0c+iktS/40CVhhl/f6EU
-+ZxOypK61ovZF3HuodH85Bk/pkmm83aZRhteasncB9obxWaKQevsvrvxsQKBgBoe
-39mZTbnbVgq/1zrByl6u4hihWEOfGXas+g1r/hwn8mO9S6PMbrrPBM51xLs61tfG
-IMPy7rq2ZpsSJmYFLSMrHnmPcsHYmjee96o5OLO2PmpcIOxgnLN1ej3icSgUYeaO
-ramE3HD2wfciqpNiDRwbAZrhiXFXG4ddbG1cEmGzAoGBAJsAgHzXPRiYlk1zWEmw
-i3/JLxF3SG6YJ7gaTN+mQDO9WwoRMCAhMjxtOK8wVOUPGRr43Q9QyM9oAyyFGsOa
-WyJeOL98vndD5fVQXKg7YF090cxytts/5YsJOy6O8y5nH+ffi1rNUopaN/hXhSHx
-t/z688um77wcoyRT0OzX1LHI
------END PRIVATE KEY-----";
+    const KEY_2048_PEM: &str = include_str!("../../backend-api/testdata/rsa2048-pss-vectors.pem");
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s.split_whitespace().collect::<String>()).unwrap()

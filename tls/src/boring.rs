@@ -328,12 +328,18 @@ pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor
 /// identity ([`Identities::check`]).
 pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilder> {
     identities.check()?;
-    let mut contexts = Vec::with_capacity(identities.len());
-    for identity in identities.iter() {
-        let builder = acceptor_builder(std::sync::Arc::clone(identity.key()), identity.chain())?;
-        contexts.push(builder.build().into_context());
-    }
     let default = identities.default_index();
+    // The default identity's context is the returned builder's own; the others get theirs.
+    let mut contexts = Vec::with_capacity(identities.len());
+    for (index, identity) in identities.iter().enumerate() {
+        contexts.push(if index == default {
+            None
+        } else {
+            let builder =
+                acceptor_builder(std::sync::Arc::clone(identity.key()), identity.chain())?;
+            Some(builder.build().into_context())
+        });
+    }
     let default_identity = identities.default_identity();
     let mut builder = acceptor_builder(
         std::sync::Arc::clone(default_identity.key()),
@@ -346,7 +352,10 @@ pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilde
         match identities.select(name.as_deref(), &offered) {
             Some(index) if index == default => Ok(()),
             Some(index) => {
-                let ctx = contexts.get(index).ok_or(SelectCertError::ERROR)?;
+                let ctx = contexts
+                    .get(index)
+                    .and_then(Option::as_ref)
+                    .ok_or(SelectCertError::ERROR)?;
                 hello
                     .ssl_mut()
                     .set_ssl_context(ctx)
