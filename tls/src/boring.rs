@@ -17,8 +17,9 @@ use ::boring::ex_data::Index;
 use ::boring::ssl::Ssl;
 use ::boring::ssl::{
     AlpnError, AsyncPrivateKeyMethod, AsyncPrivateKeyMethodError, BoxPrivateKeyMethodFinish,
-    BoxPrivateKeyMethodFuture, ClientHello, ExtensionType, NameType, SelectCertError, SslAcceptor,
-    SslAcceptorBuilder, SslMethod, SslRef, SslSignatureAlgorithm, select_next_proto,
+    BoxPrivateKeyMethodFuture, ClientHello, ExtensionType, NameType, SelectCertError, SniError,
+    SslAcceptor, SslAcceptorBuilder, SslAlert, SslMethod, SslRef, SslSignatureAlgorithm,
+    select_next_proto,
 };
 use ::boring::x509::X509;
 use hardkey_api::{DecryptScheme, KeyInfo, PrivateKey, SharedKey, SignatureScheme};
@@ -27,7 +28,7 @@ use tokio_boring::SslStream;
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
-use crate::identity::Identities;
+use crate::identity::{Identities, Offer};
 use crate::server::Stack;
 
 /// The hardkey scheme for a BoringSSL signature algorithm, if hardkey has it.
@@ -135,7 +136,7 @@ where
             let message = e.to_string();
             let failed = e.ssl().is_some_and(key_failed);
             if let (true, Some(mut io)) = (failed, e.into_source_stream()) {
-                crate::alert::send_internal_error(&mut io).await;
+                crate::alert::send(&mut io, crate::alert::Alert::InternalError).await;
                 return Err(std::io::Error::other(format!(
                     "{message} (the key failed to sign: internal_error alert sent)"
                 )));
@@ -345,11 +346,27 @@ pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilde
         std::sync::Arc::clone(default_identity.key()),
         default_identity.chain(),
     )?;
+    // A name no identity covers, with UnknownName::Refuse, gets an unrecognized_name alert
+    // (RFC 6066 3) from the servername callback, which BoringSSL runs after this one (on the
+    // original context, whichever context the selection switched to).
+    let sni = identities.clone();
+    builder.set_servername_callback(move |ssl, alert| {
+        let name = ssl.servername(NameType::HOST_NAME);
+        if name.is_some() && sni.refuses_name(name) {
+            log::info!(
+                target: "hardkey_tls",
+                "no certificate for server name {name:?}: handshake refused (unrecognized_name)"
+            );
+            *alert = SslAlert::UNRECOGNIZED_NAME;
+            return Err(SniError::ALERT_FATAL);
+        }
+        Ok(())
+    });
     let identities = identities.clone();
     builder.set_select_certificate_callback(move |mut hello| {
-        let offered = offered_schemes(&hello);
+        let offer = offer_of(&hello);
         let name = hello.servername(NameType::HOST_NAME).map(str::to_owned);
-        match identities.select(name.as_deref(), &offered) {
+        match identities.select(name.as_deref(), &offer) {
             Some(index) if index == default => Ok(()),
             Some(index) => {
                 let ctx = contexts
@@ -361,10 +378,12 @@ pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilde
                     .set_ssl_context(ctx)
                     .map_err(|_| SelectCertError::ERROR)
             }
+            // Refused in the servername callback, with the alert that says why.
+            None if name.is_some() => Ok(()),
             None => {
                 log::info!(
                     target: "hardkey_tls",
-                    "no certificate for server name {name:?}: handshake refused"
+                    "client sent no server name: handshake refused"
                 );
                 Err(SelectCertError::ERROR)
             }
@@ -373,20 +392,29 @@ pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilde
     Ok(builder)
 }
 
-/// The signature schemes hardkey knows among those a ClientHello's `signature_algorithms`
-/// extension offers (RFC 8446 4.2.3: a two-byte length, then two bytes per scheme); empty if
-/// the client sent none.
-fn offered_schemes(hello: &ClientHello<'_>) -> Vec<SignatureScheme> {
-    let Some(ext) = hello.get_extension(ExtensionType::SIGNATURE_ALGORITHMS) else {
-        return Vec::new();
-    };
-    let list = ext.get(2..).unwrap_or_default();
-    list.chunks_exact(2)
-        .filter_map(|pair| match pair {
-            [hi, lo] => SignatureScheme::from_tls_code_point(u16::from_be_bytes([*hi, *lo])),
-            _ => None,
+/// What a ClientHello offers: the signature schemes hardkey knows among its
+/// `signature_algorithms` (RFC 8446 4.2.3: a two-byte length, then two bytes per scheme;
+/// none if the client sent none), its cipher suites and its `supported_groups` (the same
+/// layout).
+fn offer_of(hello: &ClientHello<'_>) -> Offer {
+    fn u16s(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+        bytes
+            .chunks_exact(2)
+            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+    }
+    let schemes = hello
+        .get_extension(ExtensionType::SIGNATURE_ALGORITHMS)
+        .map(|ext| {
+            u16s(ext.get(2..).unwrap_or_default())
+                .filter_map(SignatureScheme::from_tls_code_point)
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    let suites: Vec<u16> = u16s(hello.ciphers()).collect();
+    let groups: Option<Vec<u16>> = hello
+        .get_extension(ExtensionType::SUPPORTED_GROUPS)
+        .map(|ext| u16s(ext.get(2..).unwrap_or_default()).collect());
+    Offer::from_hello(schemes, &suites, groups.as_deref())
 }
 
 /// [`acceptor_builder`], built: what [`Server`](crate::Server) uses for [`Stack::Boring`].

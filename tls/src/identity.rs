@@ -9,20 +9,27 @@
 //!    (case-insensitively, a trailing dot ignored), or through a wildcard entry `*.example.com`,
 //!    which covers one label: `www.example.com`, not `example.com` nor `a.b.example.com`.
 //!    Exact names win over wildcards.
-//! 2. Among the identities for that name, the first (in the order they were added) whose key
-//!    can sign with one of the schemes the client offers is chosen: list an ECDSA identity
-//!    before an RSA one to prefer ECDSA for clients that take both. If none can, the first is
-//!    chosen and the handshake fails as it would with that certificate alone.
+//!    A server name that is an IP address literal (which RFC 6066 does not allow in SNI, but
+//!    some clients send) counts as no name.
+//! 2. Among the identities for that name, the first (in the order they were added) that can
+//!    serve what the client offers ([`Offer`]) is chosen: its key signs with one of the
+//!    client's signature schemes and, for a client that cannot negotiate TLS 1.3, the client
+//!    offers a TLS 1.2 cipher suite for the key's type (ECDHE_ECDSA for an EC key, ECDHE_RSA
+//!    or RSA for an RSA key) and lists the key's curve in its supported groups (RFC 8422
+//!    5.1). List an ECDSA identity before an RSA one to prefer ECDSA for clients that take
+//!    both. If none can, the first is chosen and the handshake fails as it would with that
+//!    certificate alone.
 //! 3. A client that sends no server name, or one that no identity covers, gets the default
 //!    identity (the first added, unless [`Identities::default_to`] says otherwise), or a
-//!    failed handshake with [`UnknownName::Refuse`].
+//!    failed handshake with [`UnknownName::Refuse`] (an `unrecognized_name` alert for a name
+//!    no identity covers, `handshake_failure` for a client that sent none).
 //!
 //! Keys may live on different devices: each identity holds its own [`SharedKey`].
 
 use std::collections::HashMap;
 use std::fmt;
 
-use hardkey_api::{PrivateKey, SharedKey, SignatureScheme};
+use hardkey_api::{KeyAlgorithm, KeyFamily, PrivateKey, SharedKey, SignatureScheme};
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
@@ -57,6 +64,29 @@ impl Identity {
         offered.is_empty() || self.key.info().choose_scheme(offered).is_some()
     }
 
+    /// Whether this identity can serve a client offering `offer`: its key signs with one of
+    /// the offered schemes and, for a TLS 1.2 client, the client offers a cipher suite and (for
+    /// an EC key) a group the key can be used with.
+    pub fn can_serve(&self, offer: &Offer) -> bool {
+        if !self.can_sign_any(&offer.schemes) {
+            return false;
+        }
+        let Some(tls12) = &offer.tls12 else {
+            return true;
+        };
+        let algorithm = self.key.info().algorithm;
+        let suites = match algorithm.family() {
+            KeyFamily::Rsa => tls12.rsa_suites,
+            KeyFamily::Ec => tls12.ecdsa_suites,
+            _ => true,
+        };
+        let group = match (&tls12.groups, tls_group_of(algorithm)) {
+            (Some(groups), Some(group)) => groups.contains(&group),
+            _ => true,
+        };
+        suites && group
+    }
+
     /// The same identity with another key (e.g. one with simulated latency).
     pub(crate) fn with_key(&self, key: SharedKey) -> Self {
         Self {
@@ -72,6 +102,91 @@ impl fmt::Debug for Identity {
             .field("key", &key_name(self.key.info()))
             .field("chain", &self.chain)
             .finish()
+    }
+}
+
+/// What a client's hello offers that decides which identity can serve it: its signature
+/// schemes and, for a client that cannot negotiate TLS 1.3, which kinds of key its TLS 1.2
+/// cipher suites and supported groups allow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offer {
+    schemes: Vec<SignatureScheme>,
+    /// `None`: the client offers TLS 1.3, where the cipher suite does not name the key type
+    /// and the signature scheme names the curve.
+    tls12: Option<Tls12Offer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tls12Offer {
+    /// An ECDHE_ECDSA suite is offered (or no suite hardkey classifies: not restricted).
+    ecdsa_suites: bool,
+    /// An ECDHE_RSA or RSA key-exchange suite is offered (likewise).
+    rsa_suites: bool,
+    /// The `supported_groups` code points, if the client sent the extension.
+    groups: Option<Vec<u16>>,
+}
+
+impl Offer {
+    /// A client offering `schemes` (those hardkey knows among its `signature_algorithms`)
+    /// and able to negotiate TLS 1.3.
+    pub fn new(schemes: Vec<SignatureScheme>) -> Self {
+        Self {
+            schemes,
+            tls12: None,
+        }
+    }
+
+    /// What a ClientHello offers: `schemes` as for [`new`](Self::new), the raw
+    /// `cipher_suites` code points, and the `supported_groups` code points if the client sent
+    /// that extension. A client that offers a TLS 1.3 cipher suite can negotiate TLS 1.3;
+    /// for one that cannot, the suites and groups restrict which keys can serve it.
+    pub fn from_hello(
+        schemes: Vec<SignatureScheme>,
+        cipher_suites: &[u16],
+        groups: Option<&[u16]>,
+    ) -> Self {
+        if cipher_suites.iter().any(|&s| TLS13_SUITES.contains(&s)) {
+            return Self::new(schemes);
+        }
+        let ecdsa = cipher_suites.iter().any(|s| ECDSA_SUITES.contains(s));
+        let rsa = cipher_suites.iter().any(|s| RSA_SUITES.contains(s));
+        // A client whose suites hardkey does not know is not restricted: the stack decides.
+        let known = ecdsa || rsa;
+        Self {
+            schemes,
+            tls12: Some(Tls12Offer {
+                ecdsa_suites: ecdsa || !known,
+                rsa_suites: rsa || !known,
+                groups: groups.map(<[u16]>::to_vec),
+            }),
+        }
+    }
+
+    /// The signature schemes offered.
+    pub fn schemes(&self) -> &[SignatureScheme] {
+        &self.schemes
+    }
+}
+
+/// The TLS 1.3 cipher suites (RFC 8446 B.4).
+const TLS13_SUITES: [u16; 5] = [0x1301, 0x1302, 0x1303, 0x1304, 0x1305];
+/// TLS 1.2 suites that need an ECDSA certificate (RFC 8422, RFC 5289, RFC 7905, RFC 7251).
+const ECDSA_SUITES: [u16; 11] = [
+    0xc009, 0xc00a, 0xc023, 0xc024, 0xc02b, 0xc02c, 0xcca9, 0xc0ac, 0xc0ad, 0xc0ae, 0xc0af,
+];
+/// TLS 1.2 suites that need an RSA certificate: ECDHE_RSA, DHE_RSA and RSA key exchange.
+const RSA_SUITES: [u16; 25] = [
+    0xc013, 0xc014, 0xc027, 0xc028, 0xc02f, 0xc030, 0xcca8, 0x0033, 0x0039, 0x0067, 0x006b, 0x009e,
+    0x009f, 0xccaa, 0x000a, 0x002f, 0x0035, 0x003c, 0x003d, 0x009c, 0x009d, 0xc09c, 0xc09d, 0xc0a0,
+    0xc0a1,
+];
+
+/// The TLS `supported_groups` code point of an EC key's curve (RFC 8422 5.1.1).
+fn tls_group_of(algorithm: KeyAlgorithm) -> Option<u16> {
+    match algorithm {
+        KeyAlgorithm::EcP256 => Some(23),
+        KeyAlgorithm::EcP384 => Some(24),
+        _ => None,
     }
 }
 
@@ -191,25 +306,38 @@ impl Identities {
     }
 
     /// The index of the identity a handshake for `server_name` (`None`: the client sent
-    /// none) offering `offered` gets, or `None` to refuse it.
-    pub fn select(&self, server_name: Option<&str>, offered: &[SignatureScheme]) -> Option<usize> {
-        let candidates = server_name.map(normalize).and_then(|name| {
-            self.exact.get(&name).or_else(|| {
-                let (_, parent) = name.split_once('.')?;
-                self.wildcard.get(parent)
-            })
-        });
-        match candidates {
+    /// none) offering `offer` gets, or `None` to refuse it.
+    pub fn select(&self, server_name: Option<&str>, offer: &Offer) -> Option<usize> {
+        match self.candidates(server_name) {
             Some(found) => found
                 .iter()
                 .copied()
-                .find(|&i| self.list[i].can_sign_any(offered))
+                .find(|&i| self.list[i].can_serve(offer))
                 .or_else(|| found.first().copied()),
             None => match self.unknown {
                 UnknownName::ServeDefault => Some(self.default),
                 UnknownName::Refuse => None,
             },
         }
+    }
+
+    /// Whether a handshake naming `server_name` is refused because no identity covers the
+    /// name (with [`UnknownName::Refuse`]): the case for an `unrecognized_name` alert.
+    pub fn refuses_name(&self, server_name: Option<&str>) -> bool {
+        self.unknown == UnknownName::Refuse && self.candidates(server_name).is_none()
+    }
+
+    /// The identities covering `server_name`: exact names first, else wildcards.
+    fn candidates(&self, server_name: Option<&str>) -> Option<&Vec<usize>> {
+        let name = normalize(server_name?);
+        // RFC 6066 3: a server name is a DNS host name, never an address literal.
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        self.exact.get(&name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        })
     }
 
     /// Checks every identity: its chain's leaf holds its key's public key

@@ -56,5 +56,5 @@ pub mod testing;
 // Public interface.
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
-pub use identity::{Identities, Identity, UnknownName};
+pub use identity::{Identities, Identity, Offer, UnknownName};
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};

@@ -18,7 +18,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use hardkey_api::{KeyFamily, PrivateKey, SharedKey, SignatureScheme};
@@ -33,7 +33,7 @@ use tokio_rustls::server::TlsStream;
 use crate::alert;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
-use crate::identity::{Identities, Identity};
+use crate::identity::{Identities, Identity, Offer};
 use crate::server::Stack;
 
 /// The hardkey scheme for a rustls signature scheme, if hardkey has it.
@@ -126,7 +126,7 @@ impl rustls::sign::Signer for Signer {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
         // Blocks this thread until the device answers: see the module documentation.
         futures::executor::block_on(self.key.sign(self.scheme, message)).map_err(|e| {
-            KEY_FAILED.with(|failed| failed.set(true));
+            REFUSED.with(|refused| refused.set(Some(alert::Alert::InternalError)));
             log::warn!(
                 target: "hardkey_tls",
                 "key {}: {} signature failed: {e}",
@@ -222,15 +222,32 @@ impl std::fmt::Debug for Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let offered: Vec<SignatureScheme> = hello
+        let schemes: Vec<SignatureScheme> = hello
             .signature_schemes()
             .iter()
             .filter_map(|s| scheme_for(*s))
             .collect();
+        let suites: Vec<u16> = hello
+            .cipher_suites()
+            .iter()
+            .map(|s| u16::from(*s))
+            .collect();
+        let groups: Option<Vec<u16>> = hello
+            .named_groups()
+            .map(|groups| groups.iter().map(|g| u16::from(*g)).collect());
+        let offer = Offer::from_hello(schemes, &suites, groups.as_deref());
         let name = hello.server_name();
-        match self.identities.select(name, &offered) {
+        match self.identities.select(name, &offer) {
             Some(index) => self.keys.get(index).cloned(),
             None => {
+                // A name no identity covers gets unrecognized_name (RFC 6066 3) in place of
+                // the access_denied rustls would send (see [`Acceptor::accept`]).
+                let alert = if name.is_some() {
+                    alert::Alert::UnrecognizedName
+                } else {
+                    alert::Alert::HandshakeFailure
+                };
+                REFUSED.with(|refused| refused.set(Some(alert)));
                 log::info!(
                     target: "hardkey_tls",
                     "no certificate for server name {name:?}: handshake refused"
@@ -262,14 +279,15 @@ impl Acceptor {
 
     /// Runs a server handshake on `io`. Must be called within a tokio runtime (it uses
     /// `spawn_blocking`). If the key fails to sign, the client gets a fatal `internal_error`
-    /// alert instead of a dropped connection (rustls sends none for a signer's error: see
-    /// [`AlertOnKeyFailure`]).
+    /// alert instead of a dropped connection (rustls sends none for a signer's error), and a
+    /// name no identity covers gets `unrecognized_name` rather than rustls's `access_denied`
+    /// (see [`AlertOnKeyFailure`]).
     pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<AlertOnKeyFailure<IO>>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let io = AlertOnKeyFailure::new(io);
-        let failed = Arc::clone(&io.failed);
+        let replace = Arc::clone(&io.replace);
         // Reading the ClientHello needs no key.
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
@@ -277,10 +295,10 @@ impl Acceptor {
         // Processing it signs (CertificateVerify in TLS 1.3, ServerKeyExchange in TLS 1.2):
         // on a blocking thread, which waits for the device.
         let accept = tokio::task::spawn_blocking(move || {
-            KEY_FAILED.with(|f| f.set(false));
+            REFUSED.with(|f| f.set(None));
             let accept = start.into_stream(config);
-            if KEY_FAILED.with(|f| f.replace(false)) {
-                failed.store(true, Ordering::SeqCst);
+            if let Some(alert) = REFUSED.with(|f| f.take()) {
+                replace.store(alert.code(), Ordering::SeqCst);
             }
             accept
         })
@@ -290,31 +308,49 @@ impl Acceptor {
         match accept.into_fallible().await {
             Ok(stream) => Ok(stream),
             Err((error, mut io)) => {
+                let Some(alert) = alert::Alert::from_code(io.replace.load(Ordering::SeqCst)) else {
+                    return Err(error);
+                };
                 // rustls had queued nothing to write (TLS 1.2 keeps its flight until it is
                 // complete): the alert is still to be sent.
-                if io.failed.load(Ordering::SeqCst) && io.alert_sent == 0 {
-                    alert::send_internal_error(&mut io.inner).await;
+                if io.alert_sent == 0 {
+                    alert::send(&mut io.inner, alert).await;
                 }
-                Err(error)
+                Err(match alert {
+                    alert::Alert::InternalError => error,
+                    refused => io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "no certificate for the server name the client asked for: refused \
+                             ({} alert sent)",
+                            refused.name()
+                        ),
+                    ),
+                })
             }
         }
     }
 }
 
 thread_local! {
-    /// Set by [`Signer::sign`] when the key fails, on the thread that runs the handshake step.
-    static KEY_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The alert the client should get in place of what rustls sends: set by [`Signer::sign`]
+    /// when the key fails and by the resolver when it refuses a name, on the thread that runs
+    /// the handshake step.
+    static REFUSED: std::cell::Cell<Option<alert::Alert>> = const { std::cell::Cell::new(None) };
 }
 
 /// The connection of an [`Acceptor`] handshake: `IO` itself, except when the key failed to
-/// sign. rustls then fails the handshake without an alert, and what it had queued (the
-/// ServerHello of a flight it could not finish) would reach the client before the connection
-/// drops. Instead, this sends the client only an unencrypted fatal `internal_error` alert: no
-/// key has been agreed yet, so that is the alert record the client expects.
+/// sign or the server name is refused. When the key fails, rustls fails the handshake without
+/// an alert, and what it had queued (the ServerHello of a flight it could not finish) would
+/// reach the client before the connection drops; a refused name would get `access_denied`.
+/// Instead, this sends the client only an unencrypted fatal alert (`internal_error` or
+/// `unrecognized_name`): no key has been agreed yet, so that is the alert record the client
+/// expects.
 #[derive(Debug)]
 pub struct AlertOnKeyFailure<IO> {
     inner: IO,
-    failed: Arc<AtomicBool>,
+    /// The [`alert::Alert::code`] to send in place of rustls's output; 0: none.
+    replace: Arc<AtomicU8>,
     /// How much of the alert record has been written.
     alert_sent: usize,
 }
@@ -323,7 +359,7 @@ impl<IO> AlertOnKeyFailure<IO> {
     fn new(inner: IO) -> Self {
         Self {
             inner,
-            failed: Arc::new(AtomicBool::new(false)),
+            replace: Arc::new(AtomicU8::new(0)),
             alert_sent: 0,
         }
     }
@@ -360,14 +396,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for AlertOnKeyFailure<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if !self.failed.load(Ordering::SeqCst) {
+        let Some(alert) = alert::Alert::from_code(self.replace.load(Ordering::SeqCst)) else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
-        }
+        };
         let this = &mut *self;
-        while let Some(rest) = alert::INTERNAL_ERROR
-            .get(this.alert_sent..)
-            .filter(|r| !r.is_empty())
-        {
+        let record = alert.record();
+        while let Some(rest) = record.get(this.alert_sent..).filter(|r| !r.is_empty()) {
             match Pin::new(&mut this.inner).poll_write(cx, rest) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => this.alert_sent += n,

@@ -20,10 +20,12 @@ use std::sync::Arc;
 
 use common::{Ca, Version, connect, get};
 use futures::executor::block_on;
-use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SharedKey};
+use hardkey_api::{
+    GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SharedKey, SignatureScheme,
+};
 use hardkey_soft::SoftStore;
 use hardkey_tls::{
-    CertChain, Identities, Identity, Server, ServerConfig, ServerHandle, Stack, UnknownName,
+    CertChain, Identities, Identity, Offer, Server, ServerConfig, ServerHandle, Stack, UnknownName,
 };
 use rustls::SignatureScheme as S;
 
@@ -80,13 +82,24 @@ fn rustls_leaf(
 /// `name`; returns its output (stdout and stderr) and whether the handshake succeeded and the
 /// chain verified for `name`.
 fn openssl(server: &ServerHandle, ca: &Ca, name: Option<&str>, sigalgs: &str) -> (String, bool) {
+    openssl_with(server, ca, name, &["-sigalgs", sigalgs])
+}
+
+/// [`openssl`] with other `s_client` options.
+fn openssl_with(
+    server: &ServerHandle,
+    ca: &Ca,
+    name: Option<&str>,
+    options: &[&str],
+) -> (String, bool) {
     let mut cmd = Command::new("openssl");
     cmd.arg("s_client")
         .arg("-connect")
         .arg(server.local_addr().to_string())
         .arg("-CAfile")
         .arg(ca.ca_file())
-        .args(["-no_ticket", "-sigalgs", sigalgs]);
+        .arg("-no_ticket")
+        .args(options);
     match name {
         Some(name) => cmd.args(["-servername", name, "-verify_hostname", name]),
         None => cmd.arg("-noservername"),
@@ -246,17 +259,28 @@ fn unknown_names_are_refused_when_configured() {
         for version in [Version::Tls13, Version::Tls12] {
             let err = rustls_leaf(&server, &ca, "other.example", version, BOTH).unwrap_err();
             println!("{stack} {version:?}: {err}");
-            // A refusal the client is told about (BoringSSL: handshake_failure, rustls:
-            // access_denied), not a dropped connection.
+            // A refusal the client is told about, with the alert RFC 6066 names for it, on
+            // both stacks (rustls spells it "Unrecognised").
             assert!(
-                err.to_string().contains("received fatal alert"),
+                err.to_string()
+                    .contains("received fatal alert: UnrecognisedName"),
                 "{stack}: {err}"
             );
         }
-        let (text, ok) = openssl(&server, &ca, Some("other.example"), "ECDSA+SHA256");
-        assert!(!ok && served_cn(&text).is_none(), "{stack}:\n{text}");
+        for version in ["-tls1_3", "-tls1_2"] {
+            let (text, ok) = openssl_with(&server, &ca, Some("other.example"), &[version]);
+            assert!(!ok && served_cn(&text).is_none(), "{stack}:\n{text}");
+            assert!(
+                text.contains("unrecognized name") && text.contains("alert number 112"),
+                "{stack} {version}:\n{text}"
+            );
+        }
         let (text, ok) = openssl(&server, &ca, None, "ECDSA+SHA256");
         assert!(!ok && served_cn(&text).is_none(), "{stack} no SNI:\n{text}");
+        assert!(
+            text.contains("handshake failure") && text.contains("alert number 40"),
+            "{stack} no SNI:\n{text}"
+        );
         assert!(
             server.stats().handshake_failures >= 4,
             "{:?}",
@@ -305,4 +329,80 @@ fn every_identity_is_checked_at_startup() {
         );
         assert!(err.to_string().contains("CN=bad"), "{err}");
     }
+}
+
+/// A TLS 1.2 client's cipher suites and supported groups restrict which chain can serve it:
+/// an ECDHE_RSA-only client gets the RSA chain even when the ECDSA chain is listed first and
+/// it accepts ECDSA signatures; a client whose only group is P-384 gets the P-384 chain, not
+/// the P-256 one listed first (RFC 8422 5.1). A TLS 1.3 client is not restricted by them.
+#[test]
+fn tls12_clients_get_a_chain_their_suites_and_groups_allow() {
+    let ca = Ca::new();
+    let p256 = identity(&ca, KeyAlgorithm::EcP256, "c-p256", &["c.example"]);
+    let p384 = identity(&ca, KeyAlgorithm::EcP384, "c-p384", &["c.example"]);
+    let rsa = identity(&ca, KeyAlgorithm::Rsa2048, "c-rsa", &["c.example"]);
+    let set = Identities::new(p256).with(p384).with(rsa);
+    let any_sigalgs = "ECDSA+SHA256:ECDSA+SHA384:RSA-PSS+SHA256:RSA+SHA256";
+    for stack in Stack::ALL {
+        let server = start(set.clone(), stack);
+        for (options, cn) in [
+            (
+                &[
+                    "-tls1_2",
+                    "-cipher",
+                    "ECDHE-RSA-AES128-GCM-SHA256",
+                    "-sigalgs",
+                    any_sigalgs,
+                ][..],
+                "c-rsa",
+            ),
+            (
+                &["-tls1_2", "-groups", "P-384", "-sigalgs", any_sigalgs][..],
+                "c-p384",
+            ),
+            (
+                &["-tls1_2", "-groups", "P-256:P-384", "-sigalgs", any_sigalgs][..],
+                "c-p256",
+            ),
+            // TLS 1.3: the group is only the key exchange's; the first chain serves.
+            (
+                &["-tls1_3", "-groups", "P-384", "-sigalgs", any_sigalgs][..],
+                "c-p256",
+            ),
+        ] {
+            let (text, ok) = openssl_with(&server, &ca, Some("c.example"), options);
+            assert!(ok, "{stack} {options:?}:\n{text}");
+            assert_eq!(
+                served_cn(&text).as_deref(),
+                Some(cn),
+                "{stack} {options:?}:\n{text}"
+            );
+        }
+        server.shutdown().unwrap();
+    }
+}
+
+/// A server name that is an IP address literal (not allowed in SNI, RFC 6066 3) matches no
+/// certificate, even one with that text as a DNS name: the default identity serves it. The
+/// clients at hand (openssl, rustls) send no SNI for an address, so this asks the selection
+/// both stacks call directly; BoringSSL passes such a name on to it as it came.
+#[test]
+fn an_address_as_server_name_matches_no_dns_name() {
+    let ca = Ca::new();
+    let a = identity(&ca, KeyAlgorithm::EcP256, "ip-default", &["a.example"]);
+    let odd = identity(
+        &ca,
+        KeyAlgorithm::EcP256,
+        "ip-odd",
+        &["127.0.0.1", "*.0.0.1"],
+    );
+    let set = Identities::new(a).with(odd);
+    let offer = Offer::new(vec![SignatureScheme::EcdsaP256Sha256]);
+    for name in ["127.0.0.1", "10.0.0.1", "::1"] {
+        assert_eq!(set.select(Some(name), &offer), Some(0), "{name}");
+    }
+    assert_eq!(set.select(Some("x.0.0.1"), &offer), Some(1));
+    let refusing = set.unknown_names(UnknownName::Refuse);
+    assert!(refusing.refuses_name(Some("127.0.0.1")));
+    assert_eq!(refusing.select(Some("127.0.0.1"), &offer), None);
 }
