@@ -117,8 +117,9 @@ pub struct ServerConfig {
     /// runtime, more a multi-thread runtime with that many workers. [`Server::bind`] runs
     /// on the caller's runtime and ignores it.
     pub threads: usize,
-    /// Adds this delay to every private-key operation (a [`Delayed::concurrent`] key), to
-    /// see how the stack behaves with a slow device. Default: none.
+    /// Adds this delay to every private-key operation (a
+    /// [`Delayed::concurrent`](hardkey_api::Delayed::concurrent) key), to see how the stack
+    /// behaves with a slow device. Default: none.
     pub simulate_latency: Option<Duration>,
     /// The listen backlog. Default 1024: a burst of connects beyond the backlog loses SYNs,
     /// which clients retransmit only after a second.

@@ -668,12 +668,15 @@ pub(crate) fn leaf_der(path: &Path) -> Vec<u8> {
         .to_vec()
 }
 
+/// When a connection ended, and the leaf certificate it got.
+pub(crate) type Seen = (Instant, Vec<u8>);
+
 /// Clients connecting over and over while a test changes the server's certificates: a
 /// rustls client recording the leaf of each connection, and curl (which verifies against
 /// the same trust file). Every failure is kept.
 pub(crate) struct ClientLoop {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     failures: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -749,7 +752,7 @@ impl ClientLoop {
 
     /// Stops both clients; returns the leaves the rustls client got, in order, and every
     /// failure.
-    pub(crate) fn stop(self) -> (Vec<(Instant, Vec<u8>)>, Vec<String>) {
+    pub(crate) fn stop(self) -> (Vec<Seen>, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         for thread in self.threads {
             thread.join().expect("client thread");
