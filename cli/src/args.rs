@@ -621,6 +621,11 @@ pub(crate) struct ServeArgs {
     /// behaves with a slow device.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) simulate_latency: Option<Duration>,
+    /// How often to look for changed certificate, key and configuration files (their
+    /// metadata, following symbolic links); a change is reloaded without a restart, as SIGHUP
+    /// does. 0 turns the polling off (SIGHUP still reloads).
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) watch_interval: Duration,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }

@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use hardkey_api::{PrivateKey, SharedKey};
 use hardkey_tls::{CertChain, Identities, Identity, UnknownName};
@@ -59,23 +58,81 @@ struct Entry {
 }
 
 /// One identity to open: where its key is and its chain file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Planned {
+    /// The key URI (or alias) as written.
+    pub(crate) key: String,
+    /// The chain file.
+    pub(crate) cert: PathBuf,
+    /// Whether the entry says `default = true`.
+    pub(crate) default: bool,
+}
+
+/// What the configuration names, read but not opened.
 #[derive(Debug)]
-struct Planned {
-    key: String,
-    cert: PathBuf,
-    default: bool,
+pub(crate) struct Plan {
+    /// The entries, in order.
+    pub(crate) entries: Vec<Planned>,
+    /// The entry that says `default = true`, if one does.
+    pub(crate) default: Option<usize>,
+    /// What clients naming no covered name get, if the file or the command line says.
+    pub(crate) policy: Option<UnknownName>,
+}
+
+/// One opened identity and where it came from.
+#[derive(Clone)]
+pub(crate) struct Loaded {
+    /// The entry it was opened from.
+    pub(crate) planned: Planned,
+    /// Its chain and key.
+    pub(crate) identity: Identity,
+    /// The name of the key's store, for messages.
+    pub(crate) store: String,
 }
 
 /// The identities and the stores their keys live in (kept open while serving).
 pub(crate) struct Served {
     /// What the server offers.
     pub(crate) identities: Identities,
-    /// The open stores, one per device: held while serving; dropping them closes the devices
-    /// (TPM objects flushed, PKCS#11 sessions closed).
-    #[expect(dead_code, reason = "held, not read")]
-    pub(crate) stores: Vec<Store>,
-    /// Each identity's key, for the banner: its name and its store's name.
-    pub(crate) keys: Vec<(SharedKey, String)>,
+    /// The open stores, one per device.
+    pub(crate) devices: Devices,
+    /// Each identity as opened, in the order of `identities`.
+    pub(crate) loaded: Vec<Loaded>,
+}
+
+/// The open stores, one per device: held while serving; dropping them closes the devices
+/// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen.
+#[derive(Default)]
+pub(crate) struct Devices {
+    stores: Vec<Store>,
+    store_of: HashMap<String, usize>,
+}
+
+impl Devices {
+    /// The key `key` names, from its device's store (opened now if it is not open yet), and
+    /// that store's name.
+    pub(crate) fn key(
+        &mut self,
+        key: &str,
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<(SharedKey, String)> {
+        let target = Target::parse(key, config)?;
+        let uri = target.key_uri()?;
+        let device = device_of(&target);
+        let index = match self.store_of.get(&device) {
+            Some(&i) => i,
+            None => {
+                self.stores
+                    .push(Store::open(&target, config, secrets, options)?);
+                self.store_of.insert(device, self.stores.len() - 1);
+                self.stores.len() - 1
+            }
+        };
+        let store = &self.stores[index];
+        Ok((store.key(&uri)?, store.keys().dyn_name().to_owned()))
+    }
 }
 
 /// The `unknown-names` value.
@@ -90,14 +147,9 @@ fn unknown_policy(text: &str, origin: &str) -> CliResult<UnknownName> {
     }
 }
 
-/// Reads what `a` names, opens every device once and every key, and checks each chain
-/// against its key.
-pub(crate) fn open(
-    a: &ServeArgs,
-    config: &Config,
-    secrets: &DeviceSecrets,
-    options: OpenOptions,
-) -> CliResult<Served> {
+/// Reads what `a` names (the `--identities` file, the `--cert-dir` listing), without opening
+/// anything.
+pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
     let mut planned = Vec::new();
     let mut policy = None;
     match (&a.key, &a.cert) {
@@ -138,39 +190,46 @@ pub(crate) fn open(
                 .join(", ")
         )));
     }
+    Ok(Plan {
+        entries: planned,
+        default: defaults.first().copied(),
+        policy,
+    })
+}
 
-    // Open each device once: keys on one token, or one TPM, share its store.
-    let mut stores: Vec<Store> = Vec::new();
-    let mut store_of: HashMap<String, usize> = HashMap::new();
-    let mut built: Vec<Identity> = Vec::new();
-    let mut keys = Vec::new();
-    for entry in &planned {
-        let chain = CertChain::from_pem_file(&entry.cert).map_err(crate::cmd::serve::tls_error)?;
-        let target = Target::parse(&entry.key, config)?;
-        let uri = target.key_uri()?;
-        let device = device_of(&target);
-        let index = match store_of.get(&device) {
-            Some(&i) => i,
-            None => {
-                stores.push(Store::open(&target, config, secrets, options)?);
-                store_of.insert(device, stores.len() - 1);
-                stores.len() - 1
-            }
-        };
-        let store = &stores[index];
-        let key = store.key(&uri)?;
-        chain
-            .check_key(key.info())
-            .map_err(crate::cmd::serve::tls_error)?;
-        keys.push((Arc::clone(&key), store.keys().dyn_name().to_owned()));
-        built.push(Identity::new(key, chain));
-    }
-    let mut iter = built.into_iter();
+/// Opens the entry's key (its device's store first, if not open yet), reads its chain and
+/// checks that the chain's leaf holds the key's public key.
+pub(crate) fn load(
+    entry: &Planned,
+    devices: &mut Devices,
+    config: &Config,
+    secrets: &DeviceSecrets,
+    options: OpenOptions,
+) -> CliResult<Loaded> {
+    let chain = CertChain::from_pem_file(&entry.cert).map_err(crate::cmd::serve::tls_error)?;
+    let (key, store) = devices.key(&entry.key, config, secrets, options)?;
+    chain
+        .check_key(key.info())
+        .map_err(crate::cmd::serve::tls_error)?;
+    Ok(Loaded {
+        planned: entry.clone(),
+        identity: Identity::new(key, chain),
+        store,
+    })
+}
+
+/// The set of `loaded`, with the plan's default (`default`: its index in `loaded`) and policy.
+pub(crate) fn assemble(
+    loaded: &[Loaded],
+    default: Option<usize>,
+    policy: Option<UnknownName>,
+) -> CliResult<Identities> {
+    let mut iter = loaded.iter().map(|l| l.identity.clone());
     let Some(first) = iter.next() else {
         return Err(usage("nothing to serve"));
     };
     let mut identities = iter.fold(Identities::new(first), Identities::with);
-    if let Some(&i) = defaults.first() {
+    if let Some(i) = default {
         identities = identities
             .default_to(i)
             .map_err(crate::cmd::serve::tls_error)?;
@@ -178,10 +237,29 @@ pub(crate) fn open(
     if let Some(policy) = policy {
         identities = identities.unknown_names(policy);
     }
+    Ok(identities)
+}
+
+/// Reads what `a` names, opens every device once and every key, and checks each chain
+/// against its key.
+pub(crate) fn open(
+    a: &ServeArgs,
+    config: &Config,
+    secrets: &DeviceSecrets,
+    options: OpenOptions,
+) -> CliResult<Served> {
+    let plan = plan(a)?;
+    // Open each device once: keys on one token, or one TPM, share its store.
+    let mut devices = Devices::default();
+    let mut loaded = Vec::with_capacity(plan.entries.len());
+    for entry in &plan.entries {
+        loaded.push(load(entry, &mut devices, config, secrets, options)?);
+    }
+    let identities = assemble(&loaded, plan.default, plan.policy)?;
     Ok(Served {
         identities,
-        stores,
-        keys,
+        devices,
+        loaded,
     })
 }
 

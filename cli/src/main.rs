@@ -10,6 +10,7 @@ mod error;
 mod identities;
 mod inputs;
 mod output;
+mod reload;
 mod secrets;
 mod signals;
 mod startup;

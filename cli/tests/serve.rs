@@ -9,7 +9,7 @@
 mod common;
 
 use common::Hardkey;
-use common::serve::{KeyType, Serve, check_serve, free_addr, selfsign_localhost};
+use common::serve::{KeyType, Serve, check_reload, check_serve, free_addr, selfsign_localhost};
 
 #[test]
 fn curl_openssl_and_rustls_handshake_with_both_stacks() {
@@ -268,4 +268,13 @@ fn bad_identities_are_refused_with_what_to_fix() {
     );
     std::fs::create_dir(hk.path("empty")).unwrap();
     serve(&["--cert-dir", "empty"], &["no chain file"]);
+}
+
+#[test]
+fn certificates_reload_without_restart() {
+    let hk = Hardkey::new();
+    hk.ok(&["keygen", "file:a.pem", "--alg", "p256"]);
+    hk.ok(&["keygen", "file:b.pem", "--alg", "rsa2048"]);
+    // A key file that is not there: the entry cannot be opened.
+    check_reload(&hk, "file:a.pem", "file:b.pem", "file:missing.pem", &[]);
 }

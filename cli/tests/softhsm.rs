@@ -15,7 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::serve::{KeyType, Serve, Stopped, check_serve, selfsign_localhost};
+use common::serve::{KeyType, Serve, Stopped, check_reload, check_serve, selfsign_localhost};
 use common::{Hardkey, check_certificates, openssl_verify, run_ok, tool};
 use secrecy::ExposeSecret;
 use softhsm_tests::{SoftHsm, run_serial, trial};
@@ -432,6 +432,18 @@ fn serve_token_keys_over_tls(hsm: &SoftHsm) {
     assert_eq!(private_keys(hsm), keys, "the served keys are deleted");
 }
 
+/// Reload without restart on token keys ([`check_reload`]): a P-256 key with three
+/// certificates, an RSA key that takes over the entry, and a token that does not exist.
+fn serve_reloads_token_keys(hsm: &SoftHsm) {
+    let hk = Hardkey::new().env("HARDKEY_PIN", hsm.user_pin().expose_secret());
+    let (a, b) = (key_uri(hsm, "cli-reload-a"), key_uri(hsm, "cli-reload-b"));
+    hk.json(&["keygen", &a, "--alg", "p256"]);
+    hk.json(&["keygen", &b, "--alg", "rsa2048"]);
+    check_reload(&hk, &a, &b, "pkcs11:token=no-such-token;object=x", &[]);
+    hk.ok(&["delete", &a, "--yes"]);
+    hk.ok(&["delete", &b, "--yes"]);
+}
+
 type Test = (&'static str, fn(&SoftHsm));
 
 /// Security finding 8: labels are shown escaped (a label holding terminal escape sequences
@@ -508,7 +520,7 @@ fn pct(text: &str) -> String {
 
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
-        let tests: [Test; 7] = [
+        let tests: [Test; 8] = [
             (
                 "hostile_labels_are_shown_safely",
                 hostile_labels_are_shown_safely,
@@ -525,6 +537,7 @@ fn main() -> ExitCode {
             ),
             ("bench_reports_rates", bench_reports_rates),
             ("serve_token_keys_over_tls", serve_token_keys_over_tls),
+            ("serve_reloads_token_keys", serve_reloads_token_keys),
         ];
         tests
             .into_iter()

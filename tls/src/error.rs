@@ -147,6 +147,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The server has stopped: there is nothing to reload.
+    #[error("the server has stopped: start it again to serve new certificates")]
+    ServerStopped,
+
     /// The server's thread ended without reporting (it panicked).
     #[error("the server thread stopped unexpectedly")]
     ServerThread,

@@ -46,6 +46,7 @@ mod error;
 pub mod fuzzing;
 mod http;
 pub mod identity;
+pub mod reload;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 mod server;
@@ -57,4 +58,5 @@ pub mod testing;
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
 pub use identity::{Identities, Identity, Offer, UnknownName};
+pub use reload::Reloader;
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hardkey_api::{Delayed, Latency, PrivateKey, SharedKey};
+use hardkey_api::{PrivateKey, SharedKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -25,6 +25,7 @@ use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::identity::{Identities, Identity};
+use crate::reload::{Reloader, Serving, Settings};
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,8 +117,9 @@ pub struct ServerConfig {
     /// runtime, more a multi-thread runtime with that many workers. [`Server::bind`] runs
     /// on the caller's runtime and ignores it.
     pub threads: usize,
-    /// Adds this delay to every private-key operation (a [`Delayed::concurrent`] key), to
-    /// see how the stack behaves with a slow device. Default: none.
+    /// Adds this delay to every private-key operation (a
+    /// [`Delayed::concurrent`](hardkey_api::Delayed::concurrent) key), to see how the stack
+    /// behaves with a slow device. Default: none.
     pub simulate_latency: Option<Duration>,
     /// The listen backlog. Default 1024: a burst of connects beyond the backlog loses SYNs,
     /// which clients retransmit only after a second.
@@ -316,7 +318,7 @@ impl Counters {
 }
 
 /// The TLS acceptor of the configured stack.
-enum Tls {
+pub(crate) enum Tls {
     #[cfg(feature = "boring")]
     Boring(::boring::ssl::SslAcceptor),
     #[cfg(feature = "rustls")]
@@ -326,7 +328,7 @@ enum Tls {
 impl Tls {
     /// The stack's acceptor, without session resumption: a resumed handshake does not sign,
     /// and this server exists to exercise the key (and to measure handshakes that use it).
-    fn new(stack: Stack, identities: &Identities) -> Result<Self> {
+    pub(crate) fn new(stack: Stack, identities: &Identities) -> Result<Self> {
         match stack {
             #[cfg(feature = "boring")]
             Stack::Boring => {
@@ -356,7 +358,7 @@ impl Tls {
 }
 
 /// One test signature with `key`, within `timeout`.
-async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
+pub(crate) async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
     let info = key.info();
     let Some(&scheme) = info.signature_schemes.first() else {
         return Err(Error::KeyCannotSign {
@@ -381,7 +383,6 @@ async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
 /// State shared by the accept loop and the connections.
 struct Shared {
     counters: Arc<Counters>,
-    page_head: String,
     handshake_timeout: Duration,
     limits: http::Limits,
     max_connections: usize,
@@ -394,7 +395,7 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     stack: Stack,
-    tls: Arc<Tls>,
+    tls: Reloader,
     shared: Arc<Shared>,
 }
 
@@ -417,48 +418,13 @@ impl Server {
     /// `handshake_timeout` unless `probe_key` is off ([`Error::KeyProbe`],
     /// [`Error::KeyProbeTimeout`]), and the address must be free ([`Error::Bind`]).
     pub async fn bind(config: ServerConfig) -> Result<Self> {
-        config.identities.check()?;
-        if !config.stack.is_available() {
-            return Err(Error::StackNotBuilt {
-                stack: config.stack,
-                feature: config.stack.feature(),
-            });
-        }
-        if config.probe_key {
-            // Each key once, even when it serves several chains.
-            let mut probed: Vec<*const ()> = Vec::new();
-            for identity in config.identities.iter() {
-                let seen = Arc::as_ptr(identity.key()).cast::<()>();
-                if !probed.contains(&seen) {
-                    probed.push(seen);
-                    probe(identity.key(), config.handshake_timeout).await?;
-                }
-            }
-        }
-        // The page names the key by label or id only: its URI (module path, TCTI, token)
-        // is for the operator's logs, not for every client.
-        let info = config.identities.default_identity().key().info();
-        let page_head = format!(
-            "hardkey test server\nkey: {} ({})\nstack: {}{}\n{}",
-            info.display_name(),
-            info.algorithm,
-            config.stack,
-            match config.simulate_latency {
-                Some(d) => format!(" (simulated key latency {d:?})"),
-                None => String::new(),
-            },
-            match config.identities.len() {
-                1 => String::new(),
-                n => format!("identities: {n} (the key above is the default's)\n"),
-            }
-        );
-        let identities = match config.simulate_latency {
-            Some(delay) => config.identities.map_keys(|key| {
-                Arc::new(Delayed::concurrent(Arc::clone(key), Latency::Fixed(delay))) as SharedKey
-            }),
-            None => config.identities,
+        let settings = Settings {
+            stack: config.stack,
+            simulate_latency: config.simulate_latency,
+            probe_key: config.probe_key,
+            probe_timeout: config.handshake_timeout,
         };
-        let tls = Tls::new(config.stack, &identities)?;
+        let serving = crate::reload::prepare(&settings, config.identities).await?;
         let listener = listen(config.listen, config.backlog)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
@@ -469,10 +435,9 @@ impl Server {
             listener,
             local_addr,
             stack: config.stack,
-            tls: Arc::new(tls),
+            tls: Reloader::new(settings, serving),
             shared: Arc::new(Shared {
                 counters: Arc::default(),
-                page_head,
                 handshake_timeout: config.handshake_timeout,
                 limits: http::Limits {
                     idle: config.idle_timeout,
@@ -501,6 +466,12 @@ impl Server {
         self.shared.counters.snapshot()
     }
 
+    /// Swaps the server's certificate chains and keys while it serves (see
+    /// [`Reloader`]).
+    pub fn reloader(&self) -> Reloader {
+        self.tls.clone()
+    }
+
     /// Accepts and serves connections until `shutdown` completes; then stops accepting, lets
     /// open connections finish their current request for up to `shutdown_grace`, and closes
     /// the rest. Failed connections are logged and counted; nothing here ends the loop but
@@ -515,6 +486,9 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // Read once, before the connection is counted: it keeps this set
+                        // (chains, keys) to the end, whatever a reload swaps in meanwhile.
+                        let serving = self.tls.current();
                         backoff = ACCEPT_BACKOFF_MIN;
                         counters.connections.fetch_add(1, Ordering::Relaxed);
                         if connections.len() >= self.shared.max_connections {
@@ -530,7 +504,7 @@ impl Server {
                             continue;
                         }
                         connections.spawn(connection(
-                            Arc::clone(&self.tls),
+                            serving,
                             Arc::clone(&self.shared),
                             tcp,
                             peer,
@@ -607,8 +581,13 @@ impl Server {
                     };
                     let counters = Arc::clone(&server.shared.counters);
                     let runtime = tokio::runtime::Handle::current();
-                    let _ =
-                        ready_tx.send(Ok((server.local_addr(), server.stack(), counters, runtime)));
+                    let _ = ready_tx.send(Ok((
+                        server.local_addr(),
+                        server.stack(),
+                        counters,
+                        runtime,
+                        server.reloader(),
+                    )));
                     server
                         .serve(async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
@@ -620,11 +599,12 @@ impl Server {
             })
             .map_err(|source| Error::Runtime { source })?;
         match ready_rx.recv() {
-            Ok(Ok((local_addr, stack, counters, runtime))) => Ok(ServerHandle {
+            Ok(Ok((local_addr, stack, counters, runtime, reloader))) => Ok(ServerHandle {
                 local_addr,
                 stack,
                 counters,
                 runtime,
+                reloader,
                 stop: ShutdownTrigger(Arc::new(stop)),
                 thread: Some(thread),
             }),
@@ -679,7 +659,7 @@ impl Drop for Active {
     }
 }
 
-async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     shared.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(Arc::clone(&shared.counters));
     let _ = tcp.set_nodelay(true);
@@ -706,7 +686,8 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
         Ok(_) => {}
     }
     let remaining = deadline.saturating_sub(started.elapsed());
-    match &*tls {
+    let page_head = &serving.page_head;
+    match &serving.tls {
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {
             match tokio::time::timeout(remaining, crate::boring::accept(acceptor, tcp)).await {
@@ -719,7 +700,7 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                             .and_then(|c| c.standard_name())
                             .unwrap_or("?")
                     );
-                    after_handshake(&shared, &mut stream, peer, &details).await;
+                    after_handshake(&shared, &mut stream, peer, page_head, &details).await;
                 }
                 Ok(Err(e)) => handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -742,7 +723,7 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                             .and_then(|s| s.suite().as_str())
                             .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
                     );
-                    after_handshake(&shared, &mut stream, peer, &details).await;
+                    after_handshake(&shared, &mut stream, peer, page_head, &details).await;
                 }
                 Ok(Err(e)) => handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -759,12 +740,17 @@ fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display)
     log::warn!(target: "hardkey_tls", "{peer}: TLS handshake failed: {error}");
 }
 
-async fn after_handshake<S>(shared: &Shared, stream: &mut S, peer: SocketAddr, details: &str)
-where
+async fn after_handshake<S>(
+    shared: &Shared,
+    stream: &mut S,
+    peer: SocketAddr,
+    page_head: &str,
+    details: &str,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-    let page = format!("{}{details}", shared.page_head);
+    let page = format!("{page_head}{details}");
     let result = http::serve(
         stream,
         page.as_bytes(),
@@ -797,6 +783,7 @@ pub struct ServerHandle {
     stack: Stack,
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
+    reloader: Reloader,
     stop: ShutdownTrigger,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -827,6 +814,39 @@ impl ServerHandle {
     /// exporter, or the benchmark's stall ticker).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
+    }
+
+    /// Swaps the server's certificate chains and keys while it serves, from async code (see
+    /// [`Reloader`]).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Checks `identities` and, if every check passes, serves them to the connections
+    /// accepted from now on ([`Reloader::reload`]); otherwise keeps the current set and says
+    /// why. Blocks until the reload is done: call it from a thread that is not the server's
+    /// event loop (in async code, `reloader().reload(..).await`).
+    pub fn reload(&self, identities: Identities) -> Result<()> {
+        let reloader = self.reloader.clone();
+        self.on_runtime(async move { reloader.reload(identities).await })
+    }
+
+    /// Checks `identities` as [`reload`](Self::reload) would, without serving them
+    /// ([`Reloader::check`]). Blocks, as `reload` does.
+    pub fn check(&self, identities: &Identities) -> Result<()> {
+        let reloader = self.reloader.clone();
+        let identities = identities.clone();
+        self.on_runtime(async move { reloader.check(&identities).await })
+    }
+
+    /// Runs `work` on the server's runtime and waits for its result.
+    fn on_runtime(&self, work: impl Future<Output = Result<()>> + Send + 'static) -> Result<()> {
+        let (done, result) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = done.send(work.await);
+        });
+        // A stopped server's runtime drops the task, and with it the sender.
+        result.recv().map_err(|_| Error::ServerStopped)?
     }
 
     /// A trigger that stops the server from elsewhere (a signal handler, another thread).

@@ -49,13 +49,17 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         .write_timeout(a.request_timeout)
         .simulate_latency(a.simulate_latency);
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log_level());
+        // Reload messages are shown from `info` on; the rest from the level asked for.
+        let level = log_level();
+        let _ = LEVEL.set(level);
+        log::set_max_level(level.max(log::LevelFilter::Info));
     }
     let handle = Server::start(config).map_err(tls_error)?;
     let keys: Vec<String> = served
-        .keys
+        .loaded
         .iter()
-        .map(|(key, store)| {
+        .map(|loaded| {
+            let (key, store) = (loaded.identity.key(), &loaded.store);
             let at_once = key
                 .pool_stats()
                 .map(|s| format!(", {} device operation(s) at once", s.workers))
@@ -95,7 +99,18 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             ))
             .unwrap_or_default(),
     ));
-    let _ = stopped.recv();
+    // SIGHUP and changed files reload, on a thread that ends before the server does.
+    let watch = (!a.watch_interval.is_zero()).then_some(a.watch_interval);
+    let setup = crate::reload::Setup {
+        args: a,
+        config: &ctx.config,
+        options,
+    };
+    let served = std::thread::scope(|scope| {
+        let watcher = crate::reload::Watcher::start(scope, &handle, served, setup, watch)?;
+        let _ = stopped.recv();
+        CliResult::Ok(watcher.stop())
+    })?;
     let stats = handle.stats();
     handle.shutdown().map_err(tls_error)?;
     drop(served);
@@ -155,7 +170,10 @@ struct StderrLog;
 
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        let level = LEVEL.get().copied().unwrap_or(log::LevelFilter::Warn);
+        metadata.level() <= level
+            || (metadata.target() == crate::reload::LOG_TARGET
+                && metadata.level() <= log::Level::Info)
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -172,3 +190,6 @@ impl log::Log for StderrLog {
 }
 
 static LOGGER: StderrLog = StderrLog;
+
+/// The level asked for (`RUST_LOG`), beside the reload messages' `info`.
+static LEVEL: std::sync::OnceLock<log::LevelFilter> = std::sync::OnceLock::new();

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hardkey_tls::testing::recording_client_config;
@@ -127,6 +127,15 @@ pub(crate) struct Serve {
     child: Option<Child>,
     addr: SocketAddr,
     stack: String,
+    log: Arc<Log>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What `hardkey serve` wrote on stderr so far, read as it comes.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    grown: Condvar,
 }
 
 impl Serve {
@@ -169,11 +178,62 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stderr);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut lines, &mut line).is_ok_and(|n| n > 0) {
+                sink.text.lock().unwrap().push_str(&line);
+                sink.grown.notify_all();
+                line.clear();
+            }
+        });
         Self {
             child: Some(child),
             addr,
             stack: stack.to_owned(),
+            log,
+            reader: Some(reader),
         }
+    }
+
+    /// Its stderr so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the `n`th line containing every one of `needles` appears on its stderr
+    /// (counted from the start); returns that line. Fails the test after 30 s.
+    pub(crate) fn wait_for_log(&self, needles: &[&str], n: usize) -> String {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            let found: Vec<&str> = text
+                .lines()
+                .filter(|l| needles.iter().all(|needle| l.contains(needle)))
+                .collect();
+            if let Some(line) = found.get(n.saturating_sub(1)) {
+                return (*line).to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "hardkey serve did not log {needles:?} (#{n}) in {CLIENT_TIMEOUT:?}:\n{text}"
+            );
+            text = self.log.grown.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    /// SIGHUP: the server reloads its certificates and keys.
+    pub(crate) fn hangup(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {pid}: {status}");
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -208,8 +268,11 @@ impl Serve {
             .expect("run kill");
         assert!(status.success(), "kill -INT {}: {status}", child.id());
         let out = child.wait_with_output().expect("wait for hardkey serve");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader");
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        let log = self.log();
         assert!(
             out.status.success(),
             "hardkey serve ({}) exited with {} on SIG{signal}:\n{log}\n{stdout}",
@@ -528,5 +591,366 @@ pub(crate) fn check_serve(hk: &Hardkey, key: &str, cert: &str, key_type: KeyType
         assert_eq!(stats["closed_silent"], 1, "{context}: {stats}");
         assert_eq!(stats["connections"], clients + 1, "{context}: {stats}");
         assert!(!log.contains("handshake failed"), "{context}: {log}");
+    }
+}
+
+/// The serial of a certificate file, as `openssl x509 -serial` prints it (hex).
+pub(crate) fn serial_of(dir: &Path, cert: &str) -> String {
+    let text = super::tool("openssl", &["x509", "-in", cert, "-noout", "-serial"], dir);
+    text.trim()
+        .strip_prefix("serial=")
+        .unwrap_or_else(|| panic!("openssl x509 -serial: {text}"))
+        .to_owned()
+}
+
+/// A rustls client trusting every certificate in `trust` (PEM), TLS 1.3 and 1.2, no
+/// resumption: every connection is a full handshake.
+pub(crate) fn trusting(trust: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(trust).expect("trust file") {
+        roots
+            .add(cert.expect("trusted certificate"))
+            .expect("trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One connection of `config` to `localhost` at `addr`: the leaf certificate the server
+/// sent (verified) and the page's status line.
+pub(crate) fn leaf_and_status(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(Vec<u8>, String), String> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut conn = rustls::ClientConnection::new(Arc::clone(config), name)
+        .map_err(|e| format!("client: {e}"))?;
+    let mut tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("handshake or request: {e}"))?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // The server closes without close_notify after `Connection: close`: what was read
+        // counts.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(format!("response: {e}")),
+    }
+    let status = String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or("no certificate")?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("status {status:?}"));
+    }
+    Ok((leaf, status))
+}
+
+/// The DER of the first certificate in a PEM file.
+pub(crate) fn leaf_der(path: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_vec()
+}
+
+/// When a connection ended, and the leaf certificate it got.
+pub(crate) type Seen = (Instant, Vec<u8>);
+
+/// Clients connecting over and over while a test changes the server's certificates: a
+/// rustls client recording the leaf of each connection, and curl (which verifies against
+/// the same trust file). Every failure is kept.
+pub(crate) struct ClientLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    /// Starts both clients against `addr`, trusting `trust` (a file in `dir`).
+    pub(crate) fn start(dir: &Path, addr: SocketAddr, trust: &str) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let config = trusting(&dir.join(trust));
+        let rustls = {
+            let (stop, seen, failures) = (stop.clone(), seen.clone(), failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match leaf_and_status(addr, &config) {
+                        Ok((leaf, _)) => seen.lock().unwrap().push((Instant::now(), leaf)),
+                        Err(e) => failures.lock().unwrap().push(format!("rustls: {e}")),
+                    }
+                }
+            })
+        };
+        let curl = {
+            let (stop, failures) = (stop.clone(), failures.clone());
+            let dir = dir.to_owned();
+            let trust = trust.to_owned();
+            std::thread::spawn(move || {
+                let url = format!("https://localhost:{}/", addr.port());
+                let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let out = Command::new("curl")
+                        .args(["--silent", "--show-error", "--fail", "--cacert", &trust])
+                        .args(["--resolve", &resolve, "--max-time", "30", &url])
+                        .current_dir(&dir)
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("run curl");
+                    if !out.status.success() {
+                        failures.lock().unwrap().push(format!(
+                            "curl ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        ));
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            seen,
+            failures,
+            threads: vec![rustls, curl],
+        }
+    }
+
+    /// When the rustls client first got `leaf` after `since`, waiting up to 30 s.
+    pub(crate) fn first_seen(&self, leaf: &[u8], since: Instant) -> Instant {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            if let Some((at, _)) = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(at, l)| *at >= since && l == leaf)
+            {
+                return *at;
+            }
+            assert!(Instant::now() < deadline, "the new certificate never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops both clients; returns the leaves the rustls client got, in order, and every
+    /// failure.
+    pub(crate) fn stop(self) -> (Vec<Seen>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("client thread");
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (seen, failures)
+    }
+}
+
+/// Writes `contents` to `name` in `dir` as deployment tools do: a temporary file, renamed
+/// over the old one.
+pub(crate) fn replace(dir: &Path, name: &str, contents: &[u8]) {
+    let temp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temp, contents).expect("write the new file");
+    std::fs::rename(&temp, dir.join(name)).expect("rename it into place");
+}
+
+/// Reload without restart, on each stack, with keys `a` and `b` (URIs; `a` gets two
+/// certificates, `b` one) and `unreachable`, a key URI on a device that cannot be opened;
+/// `serve` adds options (a PIN file):
+///
+/// - a certificate renamed over the served one during a loop of rustls and curl
+///   connections: no connection fails, and new connections get the new certificate within
+///   2 s; the log names the old and new serials;
+/// - a half-written file, a file that is no certificate, a certificate for another key, and
+///   an entry moved to an unreachable device each keep the old certificate serving, and the
+///   log says why; the half-written file, once complete, is served;
+/// - the entry's key and certificate changed together (the identities file and the chain);
+/// - with polling off, nothing changes until SIGHUP, which reloads (and does not stop the
+///   server).
+pub(crate) fn check_reload(hk: &Hardkey, a: &str, b: &str, unreachable: &str, serve: &[&str]) {
+    let dir = hk.dir.path();
+    let selfsign = |key: &str, out: &str| selfsign_localhost(hk, key, out, serve);
+    let (a1, a2, a3, b1) = (
+        selfsign(a, "a1.crt"),
+        selfsign(a, "a2.crt"),
+        selfsign(a, "a3.crt"),
+        selfsign(b, "b1.crt"),
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("certificate file");
+    let mut trust = Vec::new();
+    for cert in [&a1, &a2, &a3, &b1] {
+        trust.extend(read(cert));
+    }
+    hk.file("trust.pem", trust);
+    let serial = |cert: &str| serial_of(dir, cert);
+    let leaf = |cert: &str| leaf_der(&dir.join(cert));
+    let config = trusting(&dir.join("trust.pem"));
+    let fetch = |server: &Serve| {
+        leaf_and_status(server.addr(), &config)
+            .unwrap_or_else(|e| panic!("{}: {e}", server.stack()))
+            .0
+    };
+    let identities = |key: &str| {
+        hk.file(
+            "identities.toml",
+            format!("[[identity]]\nkey = \"{key}\"\ncert = \"live.crt\"\n"),
+        );
+    };
+    for stack in ["boring", "rustls"] {
+        std::fs::copy(dir.join(&a1), dir.join("live.crt")).unwrap();
+        identities(a);
+        let mut what = vec!["--identities", "identities.toml"];
+        what.extend_from_slice(serve);
+        let server = Serve::start_with(hk, &what, stack);
+        assert_eq!(fetch(&server), leaf(&a1), "{stack}");
+
+        // A swap during a loop of connections.
+        let clients = ClientLoop::start(dir, server.addr(), "trust.pem");
+        clients.first_seen(&leaf(&a1), Instant::now());
+        let swapped = Instant::now();
+        replace(dir, "live.crt", &read(&a2));
+        let at = clients.first_seen(&leaf(&a2), swapped);
+        let took = at.duration_since(swapped);
+        // Keep connecting a little on the new certificate.
+        let settle = Instant::now();
+        while clients
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t > settle)
+            .count()
+            < 5
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (seen, failures) = clients.stop();
+        assert!(
+            failures.is_empty(),
+            "{stack}: failed connections: {failures:#?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{stack}: the new certificate came after {took:?}"
+        );
+        assert!(
+            seen.iter()
+                .filter(|(t, _)| *t > at)
+                .all(|(_, l)| *l == leaf(&a2)),
+            "{stack}: the old certificate came back after the new one"
+        );
+        let line = server.wait_for_log(&["reloaded", &serial(&a2)], 1);
+        assert!(
+            line.contains(&format!("(was {})", serial(&a1))),
+            "{stack}: {line}"
+        );
+        assert!(line.contains("live.crt"), "{stack}: {line}");
+
+        // A file caught half-written keeps the old certificate; complete, it is served.
+        let whole = read(&a3);
+        std::fs::write(dir.join("live.crt"), &whole[..whole.len() / 2]).unwrap();
+        let kept = format!(
+            "still serving its previous certificate (serial {})",
+            serial(&a2)
+        );
+        let line = server.wait_for_log(&["live.crt", &kept], 1);
+        assert!(line.contains("warn"), "{stack}: {line}");
+        assert_eq!(
+            fetch(&server),
+            leaf(&a2),
+            "{stack}: after a half-written file"
+        );
+        std::fs::write(dir.join("live.crt"), &whole).unwrap();
+        server.wait_for_log(&["reloaded", &serial(&a3)], 1);
+        assert_eq!(
+            fetch(&server),
+            leaf(&a3),
+            "{stack}: after the file was complete"
+        );
+
+        // Not a certificate.
+        replace(
+            dir,
+            "live.crt",
+            b"-----BEGIN CERTIFICATE-----\nnot base64\n",
+        );
+        let kept = format!(
+            "still serving its previous certificate (serial {})",
+            serial(&a3)
+        );
+        let line = server.wait_for_log(&["live.crt", &kept], 1);
+        assert!(
+            line.contains("not a valid X.509 certificate"),
+            "{stack}: {line}"
+        );
+        // A certificate for another key.
+        replace(dir, "live.crt", &read(&b1));
+        let line = server.wait_for_log(&["live.crt", &kept, "does not match"], 1);
+        assert!(line.contains("warn"), "{stack}: {line}");
+        assert_eq!(fetch(&server), leaf(&a3), "{stack}: after bad files");
+
+        // The key changes with its certificate: served.
+        identities(b);
+        let line = server.wait_for_log(&["reloaded", &serial(&b1)], 1);
+        assert!(
+            line.contains(&format!("(was {})", serial(&a3))),
+            "{stack}: {line}"
+        );
+        assert_eq!(fetch(&server), leaf(&b1), "{stack}: the new key");
+
+        // A device that cannot be opened.
+        identities(unreachable);
+        let kept = format!(
+            "still serving its previous certificate (serial {})",
+            serial(&b1)
+        );
+        server.wait_for_log(&["live.crt", &kept], 1);
+        assert_eq!(
+            fetch(&server),
+            leaf(&b1),
+            "{stack}: after an unreachable device"
+        );
+
+        let Stopped { stats, log } = server.stop();
+        assert_eq!(stats["handshake_failures"], 0, "{stack}: {stats}\n{log}");
+
+        // SIGHUP, with polling off.
+        std::fs::copy(dir.join(&a1), dir.join("live.crt")).unwrap();
+        let mut what = vec!["--key", a, "--cert", "live.crt", "--watch-interval", "0s"];
+        what.extend_from_slice(serve);
+        let server = Serve::start_with(hk, &what, stack);
+        replace(dir, "live.crt", &read(&a2));
+        assert_eq!(
+            fetch(&server),
+            leaf(&a1),
+            "{stack}: reloaded without SIGHUP"
+        );
+        server.hangup();
+        server.wait_for_log(&["reloaded", &serial(&a2)], 1);
+        assert_eq!(fetch(&server), leaf(&a2), "{stack}: after SIGHUP");
+        // A second SIGHUP with nothing changed reloads again, and still serves.
+        server.hangup();
+        server.wait_for_log(&["SIGHUP: reloading"], 2);
+        server.wait_for_log(&["reloaded 1 certificate chain(s), none changed"], 1);
+        assert_eq!(fetch(&server), leaf(&a2), "{stack}: after a second SIGHUP");
+        let Stopped { stats, log } = server.stop();
+        assert_eq!(stats["handshakes"], 3, "{stack}: {stats}\n{log}");
     }
 }
