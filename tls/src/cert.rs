@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use der::{Decode, Encode};
+use der::{Decode, Encode, Reader};
 use hardkey_api::{KeyInfo, PublicKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -45,6 +45,42 @@ impl CertChain {
     pub fn from_der(certs: impl IntoIterator<Item = Vec<u8>>) -> Result<Self> {
         let certs = certs.into_iter().map(CertificateDer::from).collect();
         Self::new(certs, "the DER input".to_owned())
+    }
+
+    /// A chain from DER certificates, the server's certificate first, read from `origin`
+    /// (named in errors: "certificate id 01ab on token 'web'").
+    pub fn from_der_list(
+        certs: impl IntoIterator<Item = Vec<u8>>,
+        origin: impl Into<String>,
+    ) -> Result<Self> {
+        let certs = certs.into_iter().map(CertificateDer::from).collect();
+        Self::new(certs, origin.into())
+    }
+
+    /// Reads a chain that is PEM (`CERTIFICATE` blocks) or DER (one certificate, or several
+    /// concatenated), the server's certificate first, naming `origin` in errors.
+    pub fn from_pem_or_der(data: &[u8], origin: impl Into<String>) -> Result<Self> {
+        let origin = origin.into();
+        if data.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Self::parse_pem(data, origin);
+        }
+        let mut certs = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let index = certs.len() + 1;
+            let bad = |e: der::Error| Error::BadCertificate {
+                origin: origin.clone(),
+                index,
+                source: Box::new(e),
+            };
+            let mut reader = der::SliceReader::new(rest).map_err(bad)?;
+            x509_cert::Certificate::decode(&mut reader).map_err(bad)?;
+            let len = usize::try_from(reader.position()).map_err(bad)?;
+            let (one, after) = rest.split_at(len.min(rest.len()));
+            certs.push(CertificateDer::from(one.to_vec()));
+            rest = after;
+        }
+        Self::new(certs, origin)
     }
 
     fn parse_pem(pem: &[u8], origin: String) -> Result<Self> {
