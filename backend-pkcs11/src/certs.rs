@@ -60,16 +60,6 @@ impl CertCategory {
         }
     }
 
-    fn from_value(v: u64) -> Option<Self> {
-        Some(match v {
-            0 => Self::Unspecified,
-            1 => Self::TokenUser,
-            2 => Self::Authority,
-            3 => Self::OtherEntity,
-            _ => return None,
-        })
-    }
-
     /// The name `hardkey cert list` shows.
     pub fn name(self) -> &'static str {
         match self {
@@ -91,7 +81,7 @@ pub struct TokenCertificate {
     pub id: Vec<u8>,
     /// CKA_LABEL (empty if it has none).
     pub label: String,
-    /// CKA_CERTIFICATE_CATEGORY, if the token reports it.
+    /// CKA_CERTIFICATE_CATEGORY (unspecified for a token that does not know the attribute).
     pub category: Option<CertCategory>,
     /// Whether a private key with the same (non-empty) CKA_ID is on the token.
     pub has_key: bool,
@@ -279,6 +269,25 @@ fn value(session: &Session, device: &str, h: ObjectHandle) -> Result<Vec<u8>> {
         })
 }
 
+/// The category of each certificate object that has one. Found by searching, one
+/// `C_FindObjects` per category: cryptoki 0.12 cannot read back an attribute it has no type
+/// for (its `get_attributes` fails on the unknown type).
+fn categories(session: &Session) -> std::collections::HashMap<u64, CertCategory> {
+    let mut out = std::collections::HashMap::new();
+    for c in [
+        CertCategory::TokenUser,
+        CertCategory::Authority,
+        CertCategory::OtherEntity,
+    ] {
+        let mut t = x509_template();
+        t.push(category_attribute(c));
+        for h in session.find_objects(&t).unwrap_or_default() {
+            out.insert(h.handle(), c);
+        }
+    }
+    out
+}
+
 fn describe(session: &Session, device: &str, h: ObjectHandle) -> Result<TokenCertificate> {
     let map = mapper(device, Operation::List);
     let wanted = [
@@ -299,17 +308,6 @@ fn describe(session: &Session, device: &str, h: ObjectHandle) -> Result<TokenCer
             Attribute::Id(v) => cert.id = v,
             Attribute::Label(v) => cert.label = String::from_utf8_lossy(&v).into_owned(),
             _ => {}
-        }
-    }
-    // Asked apart: a token that does not know the attribute may fail the whole call.
-    let category = AttributeType::VendorDefined(CKA_CERTIFICATE_CATEGORY.into());
-    if let Ok(attrs) = session.get_attributes(h, &[category]) {
-        for a in attrs {
-            if let Attribute::VendorDefined((_, bytes)) = a {
-                if let Ok(raw) = <[u8; 8]>::try_from(bytes.as_slice()) {
-                    cert.category = CertCategory::from_value(u64::from_ne_bytes(raw));
-                }
-            }
         }
     }
     if !cert.id.is_empty() {
@@ -467,9 +465,17 @@ impl Pkcs11Store {
                     .session()
                     .find_objects(&x509_template())
                     .map_err(mapper(&t.name, Operation::List))?;
+                let categories = categories(dev.session());
                 handles
                     .into_iter()
-                    .map(|h| describe(dev.session(), &t.name, h))
+                    .map(|h| {
+                        let mut cert = describe(dev.session(), &t.name, h)?;
+                        cert.category = categories
+                            .get(&h.handle())
+                            .copied()
+                            .or(Some(CertCategory::Unspecified));
+                        Ok(cert)
+                    })
                     .collect()
             }),
         )

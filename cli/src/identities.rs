@@ -21,6 +21,10 @@
 //! default = true
 //! ```
 //!
+//! An entry without `cert` serves the chain stored beside its key (`hardkey cert import`:
+//! on the token, or the key file's `KEY.chain.pem`); `cert = "pkcs11:...;type=cert"` reads
+//! a chain from a token.
+//!
 //! A chain file in `--cert-dir` (`*.pem`, `*.crt`, read in name order) names its key on a line
 //! `hardkey-key: URI` before its first `-----BEGIN` line (RFC 7468 allows text there).
 
@@ -53,7 +57,8 @@ struct IdentitiesFile {
 #[serde(deny_unknown_fields)]
 struct Entry {
     key: String,
-    cert: PathBuf,
+    #[serde(default)]
+    cert: Option<PathBuf>,
     #[serde(default)]
     default: bool,
 }
@@ -62,7 +67,8 @@ struct Entry {
 #[derive(Debug)]
 struct Planned {
     key: String,
-    cert: PathBuf,
+    /// A chain file or a `pkcs11:` URI; `None`: the chain beside the key.
+    cert: Option<PathBuf>,
     default: bool,
 }
 
@@ -101,12 +107,11 @@ pub(crate) fn open(
     let mut planned = Vec::new();
     let mut policy = None;
     match (&a.key, &a.cert) {
-        (Some(key), Some(cert)) => planned.push(Planned {
+        (Some(key), cert) => planned.push(Planned {
             key: key.clone(),
             cert: cert.clone(),
             default: false,
         }),
-        (Some(_), None) => return Err(usage("--key needs --cert: the key's certificate chain")),
         (None, Some(_)) => return Err(usage("--cert needs --key: the chain's key URI")),
         (None, None) => {}
     }
@@ -133,7 +138,7 @@ pub(crate) fn open(
             defaults.len(),
             defaults
                 .iter()
-                .map(|&i| planned[i].cert.display().to_string())
+                .map(|&i| shown_cert(&planned[i]))
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
@@ -145,17 +150,48 @@ pub(crate) fn open(
     let mut built: Vec<Identity> = Vec::new();
     let mut keys = Vec::new();
     for entry in &planned {
-        let chain = CertChain::from_pem_file(&entry.cert).map_err(crate::cmd::serve::tls_error)?;
+        // A chain file is read before any device is opened: a bad file fails fast.
+        let file_chain = match entry.cert.as_deref().filter(|c| !is_uri(c)) {
+            Some(file) => {
+                Some(CertChain::from_pem_file(file).map_err(crate::cmd::serve::tls_error)?)
+            }
+            None => None,
+        };
         let target = Target::parse(&entry.key, config)?;
         let uri = target.key_uri()?;
-        let device = device_of(&target);
-        let index = match store_of.get(&device) {
-            Some(&i) => i,
-            None => {
-                stores.push(Store::open(&target, config, secrets, options)?);
-                store_of.insert(device, stores.len() - 1);
-                stores.len() - 1
+        let mut open_store = |target: &Target, stores: &mut Vec<Store>| -> CliResult<usize> {
+            let device = device_of(target);
+            Ok(match store_of.get(&device) {
+                Some(&i) => i,
+                None => {
+                    stores.push(Store::open(target, config, secrets, options)?);
+                    store_of.insert(device, stores.len() - 1);
+                    stores.len() - 1
+                }
+            })
+        };
+        let index = open_store(&target, &mut stores)?;
+        let chain = match (file_chain, entry.cert.as_deref()) {
+            (Some(chain), _) => chain,
+            (None, Some(text)) => {
+                let text = text.to_string_lossy();
+                let Target::Pkcs11(cert_uri) = Target::parse(&text, config)? else {
+                    return Err(usage(format!(
+                        "cert '{}': a certificate URI is a pkcs11:...;type=cert URI (a TPM \
+                         key's chain is a file)",
+                        hardkey_api::uri::redact(&text)
+                    )));
+                };
+                let on_key_token = matches!(&stores[index], Store::Pkcs11(p)
+                    if crate::chains::serves_token(p, &cert_uri));
+                let at = if on_key_token {
+                    index
+                } else {
+                    open_store(&Target::Pkcs11(cert_uri.clone()), &mut stores)?
+                };
+                crate::chains::read_token_chain(&stores[at], &cert_uri)?
             }
+            (None, None) => crate::chains::read_beside(&stores[index], &target)?,
         };
         let store = &stores[index];
         let key = store.key(&uri)?;
@@ -250,11 +286,9 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
         .into_iter()
         .map(|e| Planned {
             key: e.key,
-            cert: if e.cert.is_absolute() {
-                e.cert
-            } else {
-                base.join(e.cert)
-            },
+            cert: e
+                .cert
+                .map(|c| if c.is_absolute() || is_uri(&c) { c } else { base.join(c) }),
             default: e.default,
         })
         .collect();
@@ -297,11 +331,25 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
         })?;
         out.push(Planned {
             key: key.to_owned(),
-            cert: file,
+            cert: Some(file),
             default: false,
         });
     }
     Ok(out)
+}
+
+/// Whether a `cert` names a certificate on a token rather than a file.
+fn is_uri(cert: &Path) -> bool {
+    cert.to_string_lossy().starts_with("pkcs11:")
+}
+
+/// An entry's chain, for messages.
+fn shown_cert(p: &Planned) -> String {
+    match &p.cert {
+        Some(c) if is_uri(c) => hardkey_api::uri::redact(&c.to_string_lossy()),
+        Some(c) => c.display().to_string(),
+        None => format!("the chain beside {}", hardkey_api::uri::redact(&p.key)),
+    }
 }
 
 /// The URI of the `hardkey-key:` line in the text before the first PEM block.
