@@ -238,7 +238,13 @@ fn create(
     category: CertCategory,
 ) -> Result<ObjectHandle> {
     let map = mapper(device, Operation::Import);
-    match session.create_object(&object_template(der_bytes, parsed, id, label, Some(category))) {
+    match session.create_object(&object_template(
+        der_bytes,
+        parsed,
+        id,
+        label,
+        Some(category),
+    )) {
         Ok(h) => Ok(h),
         Err(e) if crate::error::is_rv(&e, cryptoki::error::RvError::AttributeTypeInvalid, None) => {
             session
@@ -517,9 +523,7 @@ impl Pkcs11Store {
     ) -> impl Future<Output = Result<StoredChain>> + Send + 'static + use<> {
         self.pool().run(
             JobOptions::new(Operation::Import),
-            guard(move |dev: &mut Pkcs11Device| {
-                store_chain(dev, &key_id, &label, &chain, replace)
-            }),
+            guard(move |dev: &mut Pkcs11Device| store_chain(dev, &key_id, &label, &chain, replace)),
         )
     }
 

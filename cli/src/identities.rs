@@ -286,9 +286,13 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
         .into_iter()
         .map(|e| Planned {
             key: e.key,
-            cert: e
-                .cert
-                .map(|c| if c.is_absolute() || is_uri(&c) { c } else { base.join(c) }),
+            cert: e.cert.map(|c| {
+                if c.is_absolute() || is_uri(&c) {
+                    c
+                } else {
+                    base.join(c)
+                }
+            }),
             default: e.default,
         })
         .collect();

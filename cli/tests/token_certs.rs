@@ -57,37 +57,95 @@ fn issue_chain(hk: &Hardkey, uri: &str) -> String {
     tool(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "root.key", "-out", "root.pem", "-subj", "/CN=hardkey test root",
-            "-days", "2",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.pem",
+            "-subj",
+            "/CN=hardkey test root",
+            "-days",
+            "2",
         ],
         dir,
     );
     tool(
         "openssl",
         &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "inter.key", "-out", "inter.csr", "-subj", "/CN=hardkey test intermediate",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "inter.key",
+            "-out",
+            "inter.csr",
+            "-subj",
+            "/CN=hardkey test intermediate",
         ],
         dir,
     );
     tool(
         "openssl",
         &[
-            "x509", "-req", "-in", "inter.csr", "-CA", "root.pem", "-CAkey", "root.key",
-            "-CAcreateserial", "-days", "2", "-extfile", &ext, "-extensions", "ca", "-out",
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-extensions",
+            "ca",
+            "-out",
             "inter.pem",
         ],
         dir,
     );
     hk.ok(&[
-        "csr", uri, "--subject", "CN=localhost", "--san", "dns:localhost", "--out", "leaf.csr",
+        "csr",
+        uri,
+        "--subject",
+        "CN=localhost",
+        "--san",
+        "dns:localhost",
+        "--out",
+        "leaf.csr",
     ]);
     tool(
         "openssl",
         &[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "inter.pem", "-CAkey", "inter.key",
-            "-CAcreateserial", "-days", "2", "-extfile", &ext, "-extensions", "leaf", "-out",
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "inter.pem",
+            "-CAkey",
+            "inter.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-extensions",
+            "leaf",
+            "-out",
             "leaf.pem",
         ],
         dir,
@@ -123,8 +181,20 @@ fn pem_blocks(text: &str) -> Vec<String> {
 /// The chain `openssl s_client -showcerts` receives from `addr`, verified against `ca`.
 fn served_chain(dir: &std::path::Path, addr: SocketAddr, ca: &str) -> Vec<String> {
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"])
-        .args(["-showcerts", "-CAfile", ca, "-verify_return_error", "-verify_hostname"])
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args([
+            "-showcerts",
+            "-CAfile",
+            ca,
+            "-verify_return_error",
+            "-verify_hostname",
+        ])
         .arg("localhost")
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -160,7 +230,9 @@ fn import_export_serve_and_delete(hsm: &SoftHsm) {
     );
     tool(
         "openssl",
-        &["x509", "-in", "leaf.pem", "-outform", "DER", "-out", "want.der"],
+        &[
+            "x509", "-in", "leaf.pem", "-outform", "DER", "-out", "want.der",
+        ],
         hk.dir.path(),
     );
     assert_eq!(
@@ -200,7 +272,10 @@ fn import_export_serve_and_delete(hsm: &SoftHsm) {
     assert_eq!(inter["has_key"], false);
     assert_eq!(inter["category"], "authority");
     let text = hk.ok(&["cert", "list", &format!("pkcs11:token={}", hsm.label())]);
-    assert!(text.contains("SUBJECT") && text.contains("CN=localhost"), "{text}");
+    assert!(
+        text.contains("SUBJECT") && text.contains("CN=localhost"),
+        "{text}"
+    );
 
     // Served from the token: the key URI alone, and --cert with a type=cert URI, on both
     // stacks; openssl receives the stored chain byte for byte.
@@ -219,7 +294,9 @@ fn import_export_serve_and_delete(hsm: &SoftHsm) {
     // An identities entry without cert: the chain beside its key.
     hk.file(
         "ids.toml",
-        format!("[[identity]]\nkey = \"{uri}\"\n[[identity]]\nkey = \"{uri}\"\ncert = \"{cert_uri}\"\n"),
+        format!(
+            "[[identity]]\nkey = \"{uri}\"\n[[identity]]\nkey = \"{uri}\"\ncert = \"{cert_uri}\"\n"
+        ),
     );
     let server = Serve::start_with(&hk, &["--identities", "ids.toml"], "boring");
     assert_eq!(served_chain(hk.dir.path(), server.addr(), "root.pem"), want);
@@ -240,7 +317,11 @@ fn import_export_serve_and_delete(hsm: &SoftHsm) {
     hk.ok(&["cert", "delete", &uri, "--yes"]);
     assert_eq!(cert_count(hsm), before, "{}", token_certs(hsm));
     hk.ok(&["info", &uri]);
-    hk.fails(&["cert", "export", &uri], 1, &["certificate", "hardkey cert import"]);
+    hk.fails(
+        &["cert", "export", &uri],
+        1,
+        &["certificate", "hardkey cert import"],
+    );
     hk.fails(
         &["serve", "--key", &uri],
         1,
@@ -268,7 +349,10 @@ fn bad_input_leaves_no_certificate(hsm: &SoftHsm) {
         2,
         &["garbage.pem", "expected X.509 certificates"],
     );
-    hk.file("bad.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    hk.file(
+        "bad.pem",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     hk.fails(
         &["cert", "import", &uri, "--from", "bad.pem"],
         2,
@@ -288,21 +372,38 @@ fn bad_input_leaves_no_certificate(hsm: &SoftHsm) {
     );
     // No such key.
     hk.fails(
-        &["cert", "import", &key_uri(hsm, "tc-nope"), "--from", "other.crt"],
+        &[
+            "cert",
+            "import",
+            &key_uri(hsm, "tc-nope"),
+            "--from",
+            "other.crt",
+        ],
         1,
         &["tc-nope"],
     );
     assert_eq!(cert_count(hsm), before, "{}", token_certs(hsm));
     // No chain beside the key: export, delete and serve say so.
-    hk.fails(&["cert", "export", &uri], 1, &["certificate", "hardkey cert import"]);
+    hk.fails(
+        &["cert", "export", &uri],
+        1,
+        &["certificate", "hardkey cert import"],
+    );
     hk.fails(&["cert", "delete", &uri, "--yes"], 1, &["certificate"]);
-    hk.fails(&["cert", "export", &format!("pkcs11:token={}", hsm.label())], 2, &["names a token"]);
+    hk.fails(
+        &["cert", "export", &format!("pkcs11:token={}", hsm.label())],
+        2,
+        &["names a token"],
+    );
 }
 
 fn a_certificate_written_by_pkcs11_tool_is_served(hsm: &SoftHsm) {
     let hk = hardkey(hsm);
     let uri = key_uri(hsm, "tc-tool");
-    let id = hk.json(&["keygen", &uri])["id"].as_str().unwrap().to_owned();
+    let id = hk.json(&["keygen", &uri])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let cert = selfsign_localhost(&hk, &uri, "self.crt", &[]);
     tool(
         "openssl",
@@ -348,8 +449,14 @@ type Test = (&'static str, fn(&SoftHsm));
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
         let tests: [Test; 3] = [
-            ("import_export_serve_and_delete", import_export_serve_and_delete),
-            ("bad_input_leaves_no_certificate", bad_input_leaves_no_certificate),
+            (
+                "import_export_serve_and_delete",
+                import_export_serve_and_delete,
+            ),
+            (
+                "bad_input_leaves_no_certificate",
+                bad_input_leaves_no_certificate,
+            ),
             (
                 "a_certificate_written_by_pkcs11_tool_is_served",
                 a_certificate_written_by_pkcs11_tool_is_served,

@@ -22,7 +22,14 @@ use swtpm_tests::{Swtpm, run, trial};
 fn chain_beside_a_key_file(tpm: &Swtpm) {
     let hk = Hardkey::new().env("HARDKEY_TCTI", &tpm.tcti());
     hk.ok(&["keygen", "tpm2:", "--alg", "p256", "--out", "web.tss2.pem"]);
-    hk.ok(&["keygen", "tpm2:", "--alg", "p256", "--out", "other.tss2.pem"]);
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--out",
+        "other.tss2.pem",
+    ]);
     let key = "tpm2:file=web.tss2.pem";
     let cert = selfsign_localhost(&hk, key, "web.crt", &[]);
     let other = selfsign_localhost(&hk, "tpm2:file=other.tss2.pem", "other.crt", &[]);
@@ -34,7 +41,10 @@ fn chain_beside_a_key_file(tpm: &Swtpm) {
     );
     assert!(!hk.path("web.chain.pem").exists());
     hk.ok(&["cert", "import", key, "--from", &cert]);
-    assert_eq!(std::fs::read_to_string(hk.path("web.chain.pem")).unwrap(), pem);
+    assert_eq!(
+        std::fs::read_to_string(hk.path("web.chain.pem")).unwrap(),
+        pem
+    );
     hk.fails(
         &["cert", "import", key, "--from", &cert],
         2,
@@ -42,7 +52,10 @@ fn chain_beside_a_key_file(tpm: &Swtpm) {
     );
     assert_eq!(hk.ok(&["cert", "export", key]), pem);
     let listed = hk.json(&["cert", "list", key]);
-    assert_eq!(listed["certificates"][0]["subject"], "CN=localhost", "{listed}");
+    assert_eq!(
+        listed["certificates"][0]["subject"], "CN=localhost",
+        "{listed}"
+    );
     for stack in ["boring", "rustls"] {
         let server = Serve::start_with(&hk, &["--key", key], stack);
         let out = Command::new("openssl")
@@ -63,7 +76,14 @@ fn chain_beside_a_key_file(tpm: &Swtpm) {
     assert!(!hk.path("web.chain.pem").exists());
     assert!(hk.path("web.tss2.pem").exists(), "the key file stays");
     // A persistent key has nowhere to keep a chain.
-    let made = hk.json(&["keygen", "tpm2:", "--alg", "p256", "--persist", "0x81000061"]);
+    let made = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--persist",
+        "0x81000061",
+    ]);
     let handle = made["uri"].as_str().unwrap().to_owned();
     hk.fails(
         &["cert", "import", &handle, "--from", &cert],

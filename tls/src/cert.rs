@@ -208,3 +208,39 @@ pub(crate) fn key_name(key: &KeyInfo) -> String {
         None => key.display_name(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+
+    fn cert(name: &str) -> rcgen::CertifiedKey {
+        rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap()
+    }
+
+    #[test]
+    fn pem_and_concatenated_der_read_the_same_chain() {
+        let (a, b) = (cert("a.example"), cert("b.example"));
+        let pem = format!("{}{}", a.cert.pem(), b.cert.pem());
+        let der = [a.cert.der().to_vec(), b.cert.der().to_vec()].concat();
+        let from_pem = CertChain::from_pem_or_der(pem.as_bytes(), "p").unwrap();
+        let from_der = CertChain::from_pem_or_der(&der, "d").unwrap();
+        assert_eq!(from_pem.certs(), from_der.certs());
+        assert_eq!(from_der.certs().len(), 2);
+        assert_eq!(from_der.dns_names(), ["a.example"]);
+        let list = CertChain::from_der_list([a.cert.der().to_vec()], "token 'web'").unwrap();
+        assert_eq!(list.origin(), "token 'web'");
+    }
+
+    #[test]
+    fn garbage_and_truncated_der_are_refused_with_the_position() {
+        let a = cert("a.example");
+        let mut der = a.cert.der().to_vec();
+        der.extend_from_slice(&a.cert.der()[..20]);
+        let e = CertChain::from_pem_or_der(&der, "chain.der").unwrap_err();
+        assert!(e.to_string().contains("certificate #2 in chain.der"), "{e}");
+        let e = CertChain::from_pem_or_der(b"not a certificate", "junk").unwrap_err();
+        assert!(e.to_string().contains("#1 in junk"), "{e}");
+        assert!(CertChain::from_pem_or_der(b"", "empty").is_err());
+    }
+}

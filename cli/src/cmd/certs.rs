@@ -149,7 +149,11 @@ fn import(a: &CertImportArgs, ctx: &Ctx) -> CliResult {
 
 /// The chain beside the key `target` names (or the `type=cert` URI's), opening the token
 /// when it is on one.
-fn chain_of(target: &Target, ctx: &Ctx, secrets: &crate::args::DeviceSecrets) -> CliResult<CertChain> {
+fn chain_of(
+    target: &Target,
+    ctx: &Ctx,
+    secrets: &crate::args::DeviceSecrets,
+) -> CliResult<CertChain> {
     match target {
         Target::Pkcs11(uri) => {
             named(target)?;
@@ -243,7 +247,12 @@ fn row(der_bytes: &[u8], token: Option<&TokenCertificate>) -> Row {
                     .to_string(),
             )
         }
-        Err(e) => (format!("(unreadable: {e})"), String::new(), String::new(), String::new()),
+        Err(e) => (
+            format!("(unreadable: {e})"),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
     };
     Row {
         subject,
@@ -294,16 +303,21 @@ fn list(a: &StoreArgs, ctx: &Ctx) -> CliResult {
             })
         })
         .collect();
-    ctx.out.emit(
-        json!({ "store": place, "certificates": json_rows }),
-        || {
+    ctx.out
+        .emit(json!({ "store": place, "certificates": json_rows }), || {
             if rows.is_empty() {
                 return format!("no certificates on {place}");
             }
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
-                    let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+                    let dash = |s: &str| {
+                        if s.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            s.to_owned()
+                        }
+                    };
                     vec![
                         dash(&r.subject),
                         dash(&r.issuer),
@@ -320,11 +334,18 @@ fn list(a: &StoreArgs, ctx: &Ctx) -> CliResult {
                 })
                 .collect();
             table(
-                &["SUBJECT", "ISSUER", "SERIAL", "NOT AFTER", "ID", "LABEL", "KEY"],
+                &[
+                    "SUBJECT",
+                    "ISSUER",
+                    "SERIAL",
+                    "NOT AFTER",
+                    "ID",
+                    "LABEL",
+                    "KEY",
+                ],
                 &cells,
             )
-        },
-    );
+        });
     Ok(())
 }
 
@@ -374,8 +395,7 @@ fn delete(a: &CertDeleteArgs, ctx: &Ctx) -> CliResult {
                 &format!("Delete the certificate chain {}?", file.display()),
                 a.yes,
             )?;
-            std::fs::remove_file(&file)
-                .map_err(|e| crate::error::io("delete", &file, e))?;
+            std::fs::remove_file(&file).map_err(|e| crate::error::io("delete", &file, e))?;
             ctx.out.emit(json!({ "deleted": file }), || {
                 format!("deleted {}", file.display())
             });
