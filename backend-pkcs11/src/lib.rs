@@ -7,7 +7,9 @@
 //! refreshed when the token says they went stale. Signing takes a host-computed digest:
 //! `CKM_ECDSA` (DER output), `CKM_RSA_PKCS` over a host-built DigestInfo, `CKM_RSA_PKCS_PSS`
 //! with salt = hash length; decryption uses `CKM_RSA_PKCS_OAEP` (SHA-256), and `CKM_RSA_PKCS`
-//! only behind the legacy opt-in.
+//! only behind the legacy opt-in. Certificate chains live on the token beside their keys
+//! (same CKA_ID; issuers found by subject): [`Pkcs11Store::store_chain`],
+//! [`Pkcs11Store::read_chain`].
 //!
 //! Rules kept: `C_Initialize` once per process per module, no `C_Finalize` while anything may
 //! be in flight; a session whose operation failed is replaced, never reused; a wrong PIN is
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod certs;
 mod error;
 mod keys;
 mod mechanism;
@@ -27,6 +30,7 @@ mod token;
 
 // Public interface.
 pub use admin::{PinRole, SlotSummary, TokenAdmin, TokenDetails};
+pub use certs::{CertCategory, CertSelector, MAX_CHAIN, StoredChain, TokenCertificate};
 pub use error::Pkcs11Error;
 pub use keys::Pkcs11KeyRef;
 pub use module::{SOFTHSM_PATHS, default_module_path};

@@ -265,7 +265,7 @@ fn described_or_destroyed(
 }
 
 /// A store job that runs with the module's re-initialization held off, on a current session.
-fn guard<T>(
+pub(crate) fn guard<T>(
     mut job: impl FnMut(&mut Pkcs11Device) -> Result<T> + Send + 'static,
 ) -> impl FnMut(&mut Pkcs11Device) -> Result<T> + Send + 'static {
     move |dev: &mut Pkcs11Device| dev.guarded(|dev| job(dev))

@@ -57,6 +57,10 @@ pub(crate) enum Command {
     Csr(CsrArgs),
     /// Make a self-signed X.509 certificate for the key.
     Selfsign(SelfsignArgs),
+    /// Certificate chains kept beside their keys: on the token (CKO_CERTIFICATE objects with
+    /// the key's CKA_ID), or next to a key file (KEY.tss2.pem -> KEY.chain.pem).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Seal a small secret (up to 128 bytes) to the TPM, under a password and/or PCR policy.
     Seal(SealArgs),
     /// Unseal data sealed with `hardkey seal`.
@@ -277,6 +281,60 @@ pub(crate) struct SelfsignArgs {
     /// Make a CA certificate (basicConstraints CA:TRUE, keyCertSign).
     #[arg(long)]
     pub(crate) ca: bool,
+}
+
+/// `cert ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Store a certificate chain (PEM or DER, the key's certificate first) beside its key.
+    /// The first certificate must hold the key's public key.
+    Import(CertImportArgs),
+    /// Write the chain stored beside a key (or named by a pkcs11:...;type=cert URI).
+    Export(CertExportArgs),
+    /// List the certificates on a token (pkcs11:token=...), or the chain beside a key file.
+    List(StoreArgs),
+    /// Delete the chain beside a key: its certificate, and issuers no other certificate needs.
+    Delete(CertDeleteArgs),
+}
+
+/// `cert import`.
+#[derive(Debug, Args)]
+pub(crate) struct CertImportArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// The chain file: PEM CERTIFICATE blocks or DER, the key's certificate first (- for
+    /// stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) from: PathBuf,
+    /// Replace a chain already stored beside the key.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `cert export`.
+#[derive(Debug, Args)]
+pub(crate) struct CertExportArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Write to this file instead of stdout (an existing file only with --force).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Encoding: pem writes the whole chain, der the key's certificate only.
+    #[arg(long, value_enum, default_value_t = Format::Pem)]
+    pub(crate) format: Format,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `cert delete`.
+#[derive(Debug, Args)]
+pub(crate) struct CertDeleteArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
 }
 
 /// The TPM to talk to.
@@ -581,13 +639,15 @@ pub(crate) struct ServeArgs {
     /// The key: any key URI or alias (with --cert).
     #[arg(long, value_name = "URI")]
     pub(crate) key: Option<String>,
-    /// The certificate chain (PEM, leaf first) of --key; the leaf must hold the key's public
-    /// key.
-    #[arg(long, value_name = "FILE")]
+    /// The certificate chain of --key: a PEM file (leaf first), or a pkcs11:...;type=cert
+    /// URI (the chain on the token). Without --cert, the chain stored beside the key
+    /// (hardkey cert import). The leaf must hold the key's public key.
+    #[arg(long, value_name = "FILE|URI")]
     pub(crate) cert: Option<PathBuf>,
     /// A TOML file of several chains and their keys, chosen per handshake by the client's
     /// server name (SNI, from each leaf's DNS names) and signature schemes: `[[identity]]`
-    /// entries with key = "URI", cert = "FILE" and optionally default = true; top-level
+    /// entries with key = "URI", cert = "FILE" or "pkcs11:...;type=cert" (none: the chain
+    /// stored beside the key) and optionally default = true; top-level
     /// unknown-names = "default" | "refuse".
     #[arg(long, value_name = "FILE")]
     pub(crate) identities: Option<PathBuf>,

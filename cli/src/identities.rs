@@ -21,6 +21,10 @@
 //! default = true
 //! ```
 //!
+//! An entry without `cert` serves the chain stored beside its key (`hardkey cert import`:
+//! on the token, or the key file's `KEY.chain.pem`); `cert = "pkcs11:...;type=cert"` reads
+//! a chain from a token.
+//!
 //! A chain file in `--cert-dir` (`*.pem`, `*.crt`, read in name order) names its key on a line
 //! `hardkey-key: URI` before its first `-----BEGIN` line (RFC 7468 allows text there).
 
@@ -52,7 +56,8 @@ struct IdentitiesFile {
 #[serde(deny_unknown_fields)]
 struct Entry {
     key: String,
-    cert: PathBuf,
+    #[serde(default)]
+    cert: Option<PathBuf>,
     #[serde(default)]
     default: bool,
 }
@@ -62,8 +67,8 @@ struct Entry {
 pub(crate) struct Planned {
     /// The key URI (or alias) as written.
     pub(crate) key: String,
-    /// The chain file.
-    pub(crate) cert: PathBuf,
+    /// A chain file or a `pkcs11:...;type=cert` URI; `None`: the chain beside the key.
+    pub(crate) cert: Option<PathBuf>,
     /// Whether the entry says `default = true`.
     pub(crate) default: bool,
 }
@@ -109,6 +114,27 @@ pub(crate) struct Devices {
 }
 
 impl Devices {
+    /// The store of `target`'s device, opened now if it is not open yet.
+    fn store(
+        &mut self,
+        target: &Target,
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<&Store> {
+        let device = device_of(target);
+        let index = match self.store_of.get(&device) {
+            Some(&i) => i,
+            None => {
+                self.stores
+                    .push(Store::open(target, config, secrets, options)?);
+                self.store_of.insert(device, self.stores.len() - 1);
+                self.stores.len() - 1
+            }
+        };
+        Ok(&self.stores[index])
+    }
+
     /// The key `key` names, from its device's store (opened now if it is not open yet), and
     /// that store's name.
     pub(crate) fn key(
@@ -120,18 +146,50 @@ impl Devices {
     ) -> CliResult<(SharedKey, String)> {
         let target = Target::parse(key, config)?;
         let uri = target.key_uri()?;
-        let device = device_of(&target);
-        let index = match self.store_of.get(&device) {
-            Some(&i) => i,
-            None => {
-                self.stores
-                    .push(Store::open(&target, config, secrets, options)?);
-                self.store_of.insert(device, self.stores.len() - 1);
-                self.stores.len() - 1
-            }
-        };
-        let store = &self.stores[index];
+        let store = self.store(&target, config, secrets, options)?;
         Ok((store.key(&uri)?, store.keys().dyn_name().to_owned()))
+    }
+
+    /// The chain `entry` serves: its chain file, the `pkcs11:...;type=cert` URI it names
+    /// (read from the key's token when it is the same, else from that token, opened now), or
+    /// the chain stored beside its key.
+    pub(crate) fn chain(
+        &mut self,
+        entry: &Planned,
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<CertChain> {
+        if let Some(file) = entry.cert.as_deref().filter(|c| !is_uri(c)) {
+            return CertChain::from_pem_file(file).map_err(crate::cmd::serve::tls_error);
+        }
+        let target = Target::parse(&entry.key, config)?;
+        match entry.cert.as_deref() {
+            Some(text) => {
+                let text = text.to_string_lossy();
+                let Target::Pkcs11(cert_uri) = Target::parse(&text, config)? else {
+                    return Err(usage(format!(
+                        "cert '{}': a certificate URI is a pkcs11:...;type=cert URI (a TPM \
+                         key's chain is a file)",
+                        hardkey_api::uri::redact(&text)
+                    )));
+                };
+                let on_key_token = matches!(
+                    self.store(&target, config, secrets, options)?,
+                    Store::Pkcs11(p) if crate::chains::serves_token(p, &cert_uri)
+                );
+                let store = if on_key_token {
+                    self.store(&target, config, secrets, options)?
+                } else {
+                    self.store(&Target::Pkcs11(cert_uri.clone()), config, secrets, options)?
+                };
+                crate::chains::read_token_chain(store, &cert_uri)
+            }
+            None => {
+                let store = self.store(&target, config, secrets, options)?;
+                crate::chains::read_beside(store, &target)
+            }
+        }
     }
 }
 
@@ -153,12 +211,11 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
     let mut planned = Vec::new();
     let mut policy = None;
     match (&a.key, &a.cert) {
-        (Some(key), Some(cert)) => planned.push(Planned {
+        (Some(key), cert) => planned.push(Planned {
             key: key.clone(),
             cert: cert.clone(),
             default: false,
         }),
-        (Some(_), None) => return Err(usage("--key needs --cert: the key's certificate chain")),
         (None, Some(_)) => return Err(usage("--cert needs --key: the chain's key URI")),
         (None, None) => {}
     }
@@ -185,7 +242,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
             defaults.len(),
             defaults
                 .iter()
-                .map(|&i| planned[i].cert.display().to_string())
+                .map(|&i| planned[i].shown_cert())
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
@@ -206,7 +263,8 @@ pub(crate) fn load(
     secrets: &DeviceSecrets,
     options: OpenOptions,
 ) -> CliResult<Loaded> {
-    let chain = CertChain::from_pem_file(&entry.cert).map_err(crate::cmd::serve::tls_error)?;
+    // A chain file is read before any device is opened: a bad file fails fast.
+    let chain = devices.chain(entry, config, secrets, options)?;
     let (key, store) = devices.key(&entry.key, config, secrets, options)?;
     chain
         .check_key(key.info())
@@ -328,11 +386,13 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
         .into_iter()
         .map(|e| Planned {
             key: e.key,
-            cert: if e.cert.is_absolute() {
-                e.cert
-            } else {
-                base.join(e.cert)
-            },
+            cert: e.cert.map(|c| {
+                if c.is_absolute() || is_uri(&c) {
+                    c
+                } else {
+                    base.join(c)
+                }
+            }),
             default: e.default,
         })
         .collect();
@@ -375,7 +435,7 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
         })?;
         out.push(Planned {
             key: key.to_owned(),
-            cert: file,
+            cert: Some(file),
             default: false,
         });
     }
@@ -389,6 +449,44 @@ pub(crate) fn key_line(text: &str) -> Option<&str> {
         .find_map(|line| line.trim().strip_prefix("hardkey-key:"))
         .map(str::trim)
         .filter(|uri| !uri.is_empty())
+}
+
+/// Whether a `cert` names a certificate on a token rather than a file.
+fn is_uri(cert: &Path) -> bool {
+    cert.to_string_lossy().starts_with("pkcs11:")
+}
+
+impl Planned {
+    /// The entry's chain, for messages.
+    pub(crate) fn shown_cert(&self) -> String {
+        match &self.cert {
+            Some(c) if is_uri(c) => hardkey_api::uri::redact(&c.to_string_lossy()),
+            Some(c) => c.display().to_string(),
+            None => format!("the chain beside {}", hardkey_api::uri::redact(&self.key)),
+        }
+    }
+
+    /// What tells two entries apart across a reload: the chain file, the certificate URI,
+    /// or (for a chain beside its key) the key.
+    pub(crate) fn slot(&self) -> PathBuf {
+        match &self.cert {
+            Some(c) => c.clone(),
+            None => PathBuf::from(format!("beside:{}", self.key)),
+        }
+    }
+
+    /// The chain's file, to watch for changes: the chain file, or the file beside a key file;
+    /// none for a chain on a token.
+    pub(crate) fn chain_file(&self, config: &Config) -> Option<PathBuf> {
+        match &self.cert {
+            Some(c) if is_uri(c) => None,
+            Some(c) => Some(c.clone()),
+            None => Target::parse(&self.key, config)
+                .ok()?
+                .key_file()
+                .map(crate::chains::chain_file),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod args;
+mod chains;
 mod cmd;
 mod config;
 mod error;
@@ -107,6 +108,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Verify(a) => cmd::sign::verify(a, &ctx),
         Command::Csr(a) => cmd::cert::csr(a, &ctx),
         Command::Selfsign(a) => cmd::cert::selfsign(a, &ctx),
+        Command::Cert(c) => cmd::certs::run(c, &ctx),
         Command::Seal(a) => cmd::seal::seal(a, &ctx),
         Command::Unseal(a) => cmd::seal::unseal(a, &ctx),
         Command::Tpm(c) => cmd::tpm::run(c, &ctx),

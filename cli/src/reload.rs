@@ -198,7 +198,7 @@ impl State<'_> {
             None => self.served.loaded.iter().map(|l| &l.planned).collect(),
         };
         for entry in entries {
-            files.push(entry.cert.clone());
+            files.extend(entry.chain_file(self.setup.config));
             files.extend(self.key_file(&entry.key));
         }
         files.sort();
@@ -232,10 +232,10 @@ impl State<'_> {
         // The entries served now, by chain file (the nth entry of a file matches the nth).
         let current = self.served.loaded.clone();
         let mut old: HashMap<(PathBuf, usize), &Loaded> = HashMap::new();
-        let mut count: HashMap<&Path, usize> = HashMap::new();
+        let mut count: HashMap<PathBuf, usize> = HashMap::new();
         for loaded in &current {
-            let n = count.entry(&loaded.planned.cert).or_default();
-            old.insert((loaded.planned.cert.clone(), *n), loaded);
+            let n = count.entry(loaded.planned.slot()).or_default();
+            old.insert((loaded.planned.slot(), *n), loaded);
             *n += 1;
         }
         let mut count: HashMap<PathBuf, usize> = HashMap::new();
@@ -244,11 +244,11 @@ impl State<'_> {
         let mut changes: Vec<String> = Vec::new();
         let mut kept_old: Vec<(PathBuf, usize)> = Vec::new();
         for (index, entry) in plan.entries.iter().enumerate() {
-            let n = count.entry(entry.cert.clone()).or_default();
-            let slot = (entry.cert.clone(), *n);
+            let n = count.entry(entry.slot()).or_default();
+            let slot = (entry.slot(), *n);
             *n += 1;
             let previous = old.get(&slot).copied();
-            let file = entry.cert.display();
+            let file = entry.shown_cert();
             match self.load(entry, previous, reopen) {
                 Ok((loaded, changed)) => {
                     if changed {
@@ -376,7 +376,13 @@ impl State<'_> {
         previous: Option<&Loaded>,
         reopen: bool,
     ) -> CliResult<(Loaded, bool)> {
-        let chain = CertChain::from_pem_file(&entry.cert).map_err(crate::cmd::serve::tls_error)?;
+        let setup = &self.setup;
+        let chain = self.served.devices.chain(
+            entry,
+            setup.config,
+            &setup.args.secrets,
+            setup.options,
+        )?;
         if let Some(p) = previous.filter(|p| !reopen && p.planned.key == entry.key) {
             // A key file replaced since the key was opened: open it again.
             let same_key_file = self

@@ -223,11 +223,18 @@ fn bad_identities_are_refused_with_what_to_fix() {
         hk.fails(&args, 2, needles);
     };
     serve(&[], &["nothing to serve", "--identities"]);
-    serve(&["--key", "file:a.pem"], &["--key needs --cert"]);
+    // A key alone serves the chain stored beside it (hardkey cert import): none here.
+    serve(
+        &["--key", "file:a.pem"],
+        &["a.chain.pem does not exist", "hardkey cert import"],
+    );
     serve(&["--cert", "a.crt"], &["--cert needs --key"]);
     serve(&["--identities", "missing.toml"], &["missing.toml"]);
     hk.file("bad.toml", "[[identity]]\nkey = \"file:a.pem\"\n");
-    serve(&["--identities", "bad.toml"], &["bad.toml", "cert"]);
+    serve(
+        &["--identities", "bad.toml"],
+        &["a.chain.pem does not exist", "--cert FILE"],
+    );
     hk.file(
         "typo.toml",
         "[[identity]]\nkey = \"file:a.pem\"\ncert = \"a.crt\"\ncertt = 1\n",

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use der::{Decode, Encode};
+use der::{Decode, Encode, Reader};
 use hardkey_api::{KeyInfo, PublicKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -45,6 +45,42 @@ impl CertChain {
     pub fn from_der(certs: impl IntoIterator<Item = Vec<u8>>) -> Result<Self> {
         let certs = certs.into_iter().map(CertificateDer::from).collect();
         Self::new(certs, "the DER input".to_owned())
+    }
+
+    /// A chain from DER certificates, the server's certificate first, read from `origin`
+    /// (named in errors: "certificate id 01ab on token 'web'").
+    pub fn from_der_list(
+        certs: impl IntoIterator<Item = Vec<u8>>,
+        origin: impl Into<String>,
+    ) -> Result<Self> {
+        let certs = certs.into_iter().map(CertificateDer::from).collect();
+        Self::new(certs, origin.into())
+    }
+
+    /// Reads a chain that is PEM (`CERTIFICATE` blocks) or DER (one certificate, or several
+    /// concatenated), the server's certificate first, naming `origin` in errors.
+    pub fn from_pem_or_der(data: &[u8], origin: impl Into<String>) -> Result<Self> {
+        let origin = origin.into();
+        if data.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Self::parse_pem(data, origin);
+        }
+        let mut certs = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let index = certs.len() + 1;
+            let bad = |e: der::Error| Error::BadCertificate {
+                origin: origin.clone(),
+                index,
+                source: Box::new(e),
+            };
+            let mut reader = der::SliceReader::new(rest).map_err(bad)?;
+            x509_cert::Certificate::decode(&mut reader).map_err(bad)?;
+            let len = usize::try_from(reader.position()).map_err(bad)?;
+            let (one, after) = rest.split_at(len.min(rest.len()));
+            certs.push(CertificateDer::from(one.to_vec()));
+            rest = after;
+        }
+        Self::new(certs, origin)
     }
 
     fn parse_pem(pem: &[u8], origin: String) -> Result<Self> {
@@ -170,5 +206,41 @@ pub(crate) fn key_name(key: &KeyInfo) -> String {
     match &key.uri {
         Some(uri) => format!("{} ({uri})", key.display_name()),
         None => key.display_name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+
+    fn cert(name: &str) -> rcgen::CertifiedKey {
+        rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap()
+    }
+
+    #[test]
+    fn pem_and_concatenated_der_read_the_same_chain() {
+        let (a, b) = (cert("a.example"), cert("b.example"));
+        let pem = format!("{}{}", a.cert.pem(), b.cert.pem());
+        let der = [a.cert.der().to_vec(), b.cert.der().to_vec()].concat();
+        let from_pem = CertChain::from_pem_or_der(pem.as_bytes(), "p").unwrap();
+        let from_der = CertChain::from_pem_or_der(&der, "d").unwrap();
+        assert_eq!(from_pem.certs(), from_der.certs());
+        assert_eq!(from_der.certs().len(), 2);
+        assert_eq!(from_der.dns_names(), ["a.example"]);
+        let list = CertChain::from_der_list([a.cert.der().to_vec()], "token 'web'").unwrap();
+        assert_eq!(list.origin(), "token 'web'");
+    }
+
+    #[test]
+    fn garbage_and_truncated_der_are_refused_with_the_position() {
+        let a = cert("a.example");
+        let mut der = a.cert.der().to_vec();
+        der.extend_from_slice(&a.cert.der()[..20]);
+        let e = CertChain::from_pem_or_der(&der, "chain.der").unwrap_err();
+        assert!(e.to_string().contains("certificate #2 in chain.der"), "{e}");
+        let e = CertChain::from_pem_or_der(b"not a certificate", "junk").unwrap_err();
+        assert!(e.to_string().contains("#1 in junk"), "{e}");
+        assert!(CertChain::from_pem_or_der(b"", "empty").is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod cert;
+pub(crate) mod certs;
 pub(crate) mod keys;
 pub(crate) mod meta;
 pub(crate) mod seal;
