@@ -34,6 +34,7 @@ use crate::alert;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::{Identities, Identity};
+use crate::trust::TrustAnchors;
 use crate::server::Stack;
 
 /// The hardkey scheme for a rustls signature scheme, if hardkey has it.
@@ -180,6 +181,31 @@ pub fn server_config_for_with_provider(
     identities: &Identities,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<rustls::ServerConfig>> {
+    build_server_config(
+        identities,
+        provider,
+        rustls::server::WebPkiClientVerifier::no_client_auth(),
+    )
+}
+
+/// [`server_config_for`], requiring every client to present a certificate that chains to
+/// `client_ca` (mutual TLS, verified by rustls-webpki's `WebPkiClientVerifier`, the CAs
+/// named in the CertificateRequest). A client without one, or with one that does not verify,
+/// fails [`Acceptor::accept`] with a [`ClientCertRejected`](crate::ClientCertRejected) error.
+pub fn server_config_with_client_auth(
+    identities: &Identities,
+    client_ca: &TrustAnchors,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = provider();
+    let verifier = crate::mtls::rustls_verifier(client_ca, Arc::clone(&provider))?;
+    build_server_config(identities, provider, verifier)
+}
+
+fn build_server_config(
+    identities: &Identities,
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>> {
     identities.check()?;
     let mut keys = Vec::with_capacity(identities.len());
     for identity in identities.iter() {
@@ -196,7 +222,7 @@ pub fn server_config_for_with_provider(
             what: "protocol versions",
             source: Box::new(e),
         })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver {
             identities: identities.clone(),
             keys,
@@ -295,7 +321,7 @@ impl Acceptor {
                 if io.failed.load(Ordering::SeqCst) && io.alert_sent == 0 {
                     alert::send_internal_error(&mut io.inner).await;
                 }
-                Err(error)
+                Err(crate::mtls::rustls_rejection(error))
             }
         }
     }
