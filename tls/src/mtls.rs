@@ -133,7 +133,8 @@ pub(crate) fn boring_require_client_certs(
         let cert = X509::from_der(der).map_err(setup("client CA"))?;
         let name = cert
             .subject_name()
-            .to_owned()
+            .to_der()
+            .and_then(|der| ::boring::x509::X509Name::from_der(&der))
             .map_err(setup("client CA names"))?;
         names.push(name).map_err(setup("client CA names"))?;
         store.add_cert(cert).map_err(setup("client CA store"))?;
@@ -153,17 +154,13 @@ pub(crate) fn boring_rejection(
     ssl: &::boring::ssl::SslRef,
     message: &str,
 ) -> Option<std::io::Error> {
-    use ::boring::x509::X509VerifyResult;
-
     let rejected = if message.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
         ClientCertRejected::Missing
     } else if message.contains("CERTIFICATE_VERIFY_FAILED") {
-        let result = ssl.verify_result();
         ClientCertRejected::Invalid {
-            reason: if result == X509VerifyResult::OK {
-                "certificate verify failed".to_owned()
-            } else {
-                result.error_string().to_owned()
+            reason: match ssl.verify_result() {
+                Err(e) => e.error_string().to_owned(),
+                Ok(()) => "certificate verify failed".to_owned(),
             },
         }
     } else {

@@ -6,6 +6,7 @@ use ::boring::error::ErrorStack;
 use ::boring::ssl::{SslConnector, SslMethod, SslSignatureAlgorithm, SslVerifyMode};
 use ::boring::x509::X509;
 use ::boring::x509::store::X509StoreBuilder;
+use hardkey_api::PrivateKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_boring::SslStream;
 
@@ -72,7 +73,7 @@ pub fn connector(identity: Option<&ClientIdentity>, roots: &TrustAnchors) -> Res
                 .map_err(setup("issuer certificate"))?;
         }
         builder
-            .set_sigalgs_list(&signing_prefs(hardkey_api::PrivateKey::info(&**key)))
+            .set_sigalgs_list(&signing_prefs(key.info()))
             .map_err(setup("signature algorithms"))?;
         builder
             .set_verify_algorithm_prefs(&VERIFY_PREFS)
@@ -98,14 +99,11 @@ where
     match tokio_boring::connect(config, server_name, stream).await {
         Ok(stream) => Ok(stream),
         Err(e) => {
-            let verify = e
-                .ssl()
-                .map(|ssl| ssl.verify_result())
-                .filter(|r| *r != ::boring::x509::X509VerifyResult::OK);
+            let verify = e.ssl().and_then(|ssl| ssl.verify_result().err());
             Err(std::io::Error::other(match verify {
-                Some(result) => format!(
+                Some(failure) => format!(
                     "{e} (the server's certificate did not verify: {})",
-                    result.error_string()
+                    failure.error_string()
                 ),
                 None => e.to_string(),
             }))

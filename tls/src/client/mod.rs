@@ -60,10 +60,19 @@ pub use self::rustls::{
 
 /// A client certificate chain and the key of its first certificate: what a client presents
 /// when a server asks for a certificate.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientIdentity {
     key: SharedKey,
     chain: CertChain,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("key", &key_name(self.key.info()))
+            .field("chain", &self.chain)
+            .finish()
+    }
 }
 
 impl ClientIdentity {
