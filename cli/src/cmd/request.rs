@@ -236,15 +236,10 @@ async fn fetch(connector: &Connector, url: &Url, has_identity: bool) -> CliResul
         .map_err(|e| failed(format!("{place}: cannot connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let mut tls = connector.connect(&url.host, tcp).await.map_err(|e| {
-        let text = e.to_string();
-        let hint = if !has_identity && text.to_ascii_lowercase().contains("certificate") {
-            " (if the server requires a client certificate, give --key and --cert)"
-        } else {
-            ""
-        };
         failed(format!(
-            "{place}: TLS handshake failed ({}): {text}{hint}",
-            connector.stack()
+            "{place}: TLS handshake failed ({}): {e}{}",
+            connector.stack(),
+            alert_hint(&e, has_identity)
         ))
     })?;
     let protocol = tls.protocol_version();
@@ -261,18 +256,39 @@ async fn fetch(connector: &Connector, url: &Url, has_identity: bool) -> CliResul
     };
     sent.await.map_err(|e| {
         failed(format!(
-            "{place}: cannot send the request (did the server refuse the client \
-             certificate?): {e}"
+            "{place}: cannot send the request: {e}{}",
+            alert_hint(&e, has_identity)
         ))
     })?;
     let mut reader = Reader {
         stream: tls,
         buf: Vec::new(),
         place: place.clone(),
+        has_identity,
     };
     let mut response = reader.read_response().await?;
     response.protocol = protocol;
     Ok(response)
+}
+
+/// What to do about a TLS alert the server sent about the client certificate (in TLS 1.3
+/// it arrives after the client's handshake is done, with the first read).
+fn alert_hint(error: &dyn std::fmt::Display, has_identity: bool) -> &'static str {
+    let text = error.to_string().to_ascii_lowercase();
+    let about_cert = text.contains("certificate_required")
+        || text.contains("certificaterequired")
+        || text.contains("bad_certificate")
+        || text.contains("badcertificate")
+        || text.contains("unknown_ca")
+        || text.contains("unknownca");
+    match (about_cert, has_identity) {
+        (false, _) => "",
+        (true, false) => " (the server requires a client certificate: give --key and --cert)",
+        (true, true) => {
+            " (the server refused the client certificate: is it issued by a CA the server \
+             trusts, valid now, and for client authentication?)"
+        }
+    }
 }
 
 /// The response as it arrives.
@@ -280,6 +296,7 @@ struct Reader<S> {
     stream: S,
     buf: Vec<u8>,
     place: String,
+    has_identity: bool,
 }
 
 impl<S: AsyncRead + Unpin> Reader<S> {
@@ -293,7 +310,11 @@ impl<S: AsyncRead + Unpin> Reader<S> {
     }
 
     fn broken(&self, what: &str, e: &dyn std::fmt::Display) -> crate::error::CliError {
-        failed(format!("{}: {what}: {e}", self.place))
+        failed(format!(
+            "{}: {what}: {e}{}",
+            self.place,
+            alert_hint(e, self.has_identity)
+        ))
     }
 
     fn cut(&self, what: &str) -> crate::error::CliError {
@@ -477,6 +498,7 @@ mod tests {
                     stream: raw,
                     buf: Vec::new(),
                     place: "test".into(),
+                    has_identity: false,
                 };
                 reader.read_response().await
             })
