@@ -40,9 +40,21 @@ fn pki(hk: &Hardkey) {
     let openssl = |args: &[&str]| common::tool("openssl", args, &dir);
     for (name, cn) in [("ca", "mtls test CA"), ("other-ca", "other CA")] {
         openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-subj",
-            &format!("/CN={cn}"), "-days", "2",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={cn}"),
+            "-days",
+            "2",
         ]);
     }
     for (name, cn, ca, ext) in [
@@ -51,8 +63,18 @@ fn pki(hk: &Hardkey) {
         ("stranger", "stranger", "other-ca", "client"),
     ] {
         openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
         ]);
         issue(hk, &format!("{name}.csr"), ca, ext, &format!("{name}.pem"));
     }
@@ -63,9 +85,23 @@ fn issue(hk: &Hardkey, csr: &str, ca: &str, ext: &str, out: &str) {
     common::tool(
         "openssl",
         &[
-            "x509", "-req", "-in", csr, "-CA", &format!("{ca}.pem"), "-CAkey",
-            &format!("{ca}.key"), "-CAcreateserial", "-out", out, "-days", "2", "-extfile",
-            "ext.cnf", "-extensions", ext,
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            out,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            ext,
         ],
         &hk.path(""),
     );
@@ -122,27 +158,55 @@ fn serve_requires_client_certificates(stack: &str) {
     pki(&hk);
     let serve = Serve::start_with(
         &hk,
-        &["--key", "file:server.key", "--cert", "server.pem", "--client-ca", "ca.pem"],
+        &[
+            "--key",
+            "file:server.key",
+            "--cert",
+            "server.pem",
+            "--client-ca",
+            "ca.pem",
+        ],
         stack,
     );
     let addr = serve.addr();
 
     let good = curl(&hk, addr, Some(("client.pem", "client.key")));
     let page = String::from_utf8_lossy(&good.stdout);
-    assert!(good.status.success(), "{stack}: curl with a client certificate: {good:?}");
-    assert!(page.lines().any(|l| l == "client: CN=soft-client"), "{stack}: {page}");
+    assert!(
+        good.status.success(),
+        "{stack}: curl with a client certificate: {good:?}"
+    );
+    assert!(
+        page.lines().any(|l| l == "client: CN=soft-client"),
+        "{stack}: {page}"
+    );
     let none = curl(&hk, addr, None);
-    assert!(!none.status.success(), "{stack}: curl without a certificate got through");
+    assert!(
+        !none.status.success(),
+        "{stack}: curl without a certificate got through"
+    );
     let stranger = curl(&hk, addr, Some(("stranger.pem", "stranger.key")));
-    assert!(!stranger.status.success(), "{stack}: curl with another CA's certificate");
+    assert!(
+        !stranger.status.success(),
+        "{stack}: curl with another CA's certificate"
+    );
 
     let (ok, page) = s_client(&hk, addr, Some(("client.pem", "client.key")));
     assert!(ok, "{stack}: s_client with a client certificate:\n{page}");
-    assert!(page.lines().any(|l| l == "client: CN=soft-client"), "{stack}: {page}");
+    assert!(
+        page.lines().any(|l| l == "client: CN=soft-client"),
+        "{stack}: {page}"
+    );
     let (ok, page) = s_client(&hk, addr, None);
-    assert!(!ok, "{stack}: s_client without a certificate got a page:\n{page}");
+    assert!(
+        !ok,
+        "{stack}: s_client without a certificate got a page:\n{page}"
+    );
     let (ok, page) = s_client(&hk, addr, Some(("stranger.pem", "stranger.key")));
-    assert!(!ok, "{stack}: s_client with another CA's certificate got a page:\n{page}");
+    assert!(
+        !ok,
+        "{stack}: s_client with another CA's certificate got a page:\n{page}"
+    );
 
     let stopped = serve.stop();
     let log = &stopped.log;
@@ -151,9 +215,14 @@ fn serve_requires_client_certificates(stack: &str) {
         "{stack}: {log}"
     );
     assert_eq!(stopped.stats["handshakes"], 2, "{stack}: {}", stopped.stats);
-    assert_eq!(stopped.stats["client_cert_rejections"], 4, "{stack}: {}", stopped.stats);
     assert_eq!(
-        log.matches("client certificate required, and the client sent none").count(),
+        stopped.stats["client_cert_rejections"], 4,
+        "{stack}: {}",
+        stopped.stats
+    );
+    assert_eq!(
+        log.matches("client certificate required, and the client sent none")
+            .count(),
         2,
         "{stack}: {log}"
     );
@@ -176,7 +245,14 @@ impl SServer {
         let addr = free_addr();
         let mut child = Command::new("openssl")
             .args(["s_server", "-accept", &addr.port().to_string()])
-            .args(["-cert", "server.pem", "-key", "server.key", "-CAfile", "ca.pem"])
+            .args([
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+                "-CAfile",
+                "ca.pem",
+            ])
             .args(["-Verify", "1", "-verify_return_error", "-www"])
             .current_dir(hk.path(""))
             .stdin(Stdio::null())
@@ -211,21 +287,52 @@ impl Drop for SServer {
 /// stacks: s_server's page must show the certificate verified and its subject.
 fn request_with_device_key(hk: &Hardkey, uri: &str, cn: &str) {
     pki(hk);
-    hk.ok(&["csr", uri, "--subject", &format!("CN={cn}"), "--out", "device.csr"]);
+    hk.ok(&[
+        "csr",
+        uri,
+        "--subject",
+        &format!("CN={cn}"),
+        "--out",
+        "device.csr",
+    ]);
     issue(hk, "device.csr", "ca", "client", "device.pem");
     let server = SServer::start(hk);
     for stack in ["boring", "rustls"] {
         let page = hk.ok(&[
-            "request", &server.url(), "--key", uri, "--cert", "device.pem", "--cacert", "ca.pem",
-            "--stack", stack,
+            "request",
+            &server.url(),
+            "--key",
+            uri,
+            "--cert",
+            "device.pem",
+            "--cacert",
+            "ca.pem",
+            "--stack",
+            stack,
         ]);
-        assert!(page.contains("Verify return code: 0 (ok)"), "{stack}: {page}");
+        assert!(
+            page.contains("Verify return code: 0 (ok)"),
+            "{stack}: {page}"
+        );
         assert!(page.contains("Client certificate"), "{stack}: {page}");
-        assert!(page.contains(&format!("Subject: CN={cn}")), "{stack}: {page}");
+        assert!(
+            page.contains(&format!("Subject: CN={cn}")),
+            "{stack}: {page}"
+        );
         // Into a file, with --json reporting on stdout.
         let report = hk.json(&[
-            "request", &server.url(), "--key", uri, "--cert", "device.pem", "--cacert", "ca.pem",
-            "--stack", stack, "-o", "page.html",
+            "request",
+            &server.url(),
+            "--key",
+            uri,
+            "--cert",
+            "device.pem",
+            "--cacert",
+            "ca.pem",
+            "--stack",
+            stack,
+            "-o",
+            "page.html",
         ]);
         assert_eq!(report["status"], 200, "{report}");
         assert_eq!(report["client_certificate"], true, "{report}");
@@ -233,15 +340,30 @@ fn request_with_device_key(hk: &Hardkey, uri: &str, cn: &str) {
         assert!(written.contains(&format!("Subject: CN={cn}")), "{written}");
         // Without a certificate the server refuses; the error says what to give.
         hk.fails(
-            &["request", &server.url(), "--cacert", "ca.pem", "--stack", stack],
+            &[
+                "request",
+                &server.url(),
+                "--cacert",
+                "ca.pem",
+                "--stack",
+                stack,
+            ],
             1,
             &["give --key and --cert"],
         );
         // A server the CA file does not vouch for.
         hk.fails(
             &[
-                "request", &server.url(), "--key", uri, "--cert", "device.pem", "--cacert",
-                "other-ca.pem", "--stack", stack,
+                "request",
+                &server.url(),
+                "--key",
+                uri,
+                "--cert",
+                "device.pem",
+                "--cacert",
+                "other-ca.pem",
+                "--stack",
+                stack,
             ],
             1,
             &["TLS handshake failed"],
@@ -250,7 +372,14 @@ fn request_with_device_key(hk: &Hardkey, uri: &str, cn: &str) {
     // A certificate for another key is refused before connecting.
     hk.fails(
         &[
-            "request", &server.url(), "--key", uri, "--cert", "client.pem", "--cacert", "ca.pem",
+            "request",
+            &server.url(),
+            "--key",
+            uri,
+            "--cert",
+            "client.pem",
+            "--cacert",
+            "ca.pem",
         ],
         2,
         &["does not match the key"],
@@ -265,9 +394,12 @@ fn main() -> ExitCode {
     let tpm = Arc::new(swtpm_tests::Swtpm::start());
     let mut trials = Vec::new();
     for stack in ["boring", "rustls"] {
-        trials.push(trial(format!("serve_requires_client_certificates::{stack}"), move || {
-            serve_requires_client_certificates(stack);
-        }));
+        trials.push(trial(
+            format!("serve_requires_client_certificates::{stack}"),
+            move || {
+                serve_requires_client_certificates(stack);
+            },
+        ));
     }
     for alg in ["p256", "rsa2048"] {
         let hsm = Arc::clone(&hsm);

@@ -22,7 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [stack, addr, name, ca, key, cert] = args.as_slice() else {
-        return Err("usage: client boring|rustls HOST:PORT SERVER_NAME CA.pem KEY_URI CERT.pem".into());
+        return Err(
+            "usage: client boring|rustls HOST:PORT SERVER_NAME CA.pem KEY_URI CERT.pem".into(),
+        );
     };
     let stack: Stack = stack.parse()?;
     let store = SoftStore::in_memory()?;

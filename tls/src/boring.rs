@@ -28,8 +28,8 @@ use tokio_boring::SslStream;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::Identities;
-use crate::trust::TrustAnchors;
 use crate::server::Stack;
+use crate::trust::TrustAnchors;
 
 /// The hardkey scheme for a BoringSSL signature algorithm, if hardkey has it.
 ///

@@ -34,8 +34,8 @@ use crate::alert;
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::{Identities, Identity};
-use crate::trust::TrustAnchors;
 use crate::server::Stack;
+use crate::trust::TrustAnchors;
 
 /// The hardkey scheme for a rustls signature scheme, if hardkey has it.
 pub fn scheme_for(scheme: TlsScheme) -> Option<SignatureScheme> {

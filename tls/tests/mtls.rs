@@ -9,7 +9,12 @@
 //!   single-threaded runtime keeps ticking through the handshake, while
 //!   `tokio_rustls::TlsConnector` with the same configuration stalls it for the device's
 //!   whole round trip (the hazard the connector exists for).
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code"
+)]
 #![cfg(all(feature = "boring", feature = "rustls"))]
 
 mod common;
@@ -34,7 +39,9 @@ const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 
 fn soft_key(label: &str) -> SharedKey {
     let store = SoftStore::in_memory().unwrap();
-    Arc::new(block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(label))).unwrap())
+    Arc::new(
+        block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(label))).unwrap(),
+    )
 }
 
 /// A server on `stack` requiring client certificates from `ca`.
@@ -59,7 +66,10 @@ fn soft_client(ca: &Ca, cn: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDe
     let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    (certs, PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap())
+    (
+        certs,
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+    )
 }
 
 /// GET / over `tls`; the response, or the error.
@@ -70,8 +80,7 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S) -> std::io::Result<S
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
     // Until the page is complete (the server keeps the connection for its grace period).
-    while !String::from_utf8_lossy(&response).contains("stack: ") || !response.ends_with(b"\n")
-    {
+    while !String::from_utf8_lossy(&response).contains("stack: ") || !response.ends_with(b"\n") {
         let n = tls.read(&mut chunk).await?;
         if n == 0 {
             break;
@@ -111,16 +120,29 @@ fn the_server_requires_client_certificates_from_its_ca() {
         };
         let (certs, key) = soft_client(&ca, "rustls-client");
         let page = fetch(builder.clone().with_client_auth_cert(certs, key).unwrap()).unwrap();
-        assert!(page.contains("\nclient: CN=rustls-client\n"), "{stack}: {page}");
+        assert!(
+            page.contains("\nclient: CN=rustls-client\n"),
+            "{stack}: {page}"
+        );
         // TLS 1.3: the client's handshake ends before the server checks its certificate;
         // the refusal arrives as an alert with the first read.
         let refused = fetch(builder.clone().with_no_client_auth());
-        assert!(refused.is_err(), "{stack}: no certificate was accepted: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "{stack}: no certificate was accepted: {refused:?}"
+        );
         let (certs, key) = soft_client(&other, "stranger");
         let refused = fetch(builder.clone().with_client_auth_cert(certs, key).unwrap());
-        assert!(refused.is_err(), "{stack}: another CA's certificate was accepted: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "{stack}: another CA's certificate was accepted: {refused:?}"
+        );
         let stats = server.stats();
-        assert_eq!((stats.handshakes, stats.client_cert_rejections), (1, 2), "{stack}: {stats:?}");
+        assert_eq!(
+            (stats.handshakes, stats.client_cert_rejections),
+            (1, 2),
+            "{stack}: {stats:?}"
+        );
         assert_eq!(stats.handshake_failures, 2, "{stack}: {stats:?}");
         server.shutdown().unwrap();
     }
@@ -189,7 +211,10 @@ async fn longest_stall<T>(work: impl std::future::Future<Output = T>) -> (Durati
     tokio::time::sleep(Duration::from_millis(20)).await;
     let result = work.await;
     ticker.abort();
-    (Duration::from_micros(longest.load(Ordering::Relaxed)), result)
+    (
+        Duration::from_micros(longest.load(Ordering::Relaxed)),
+        result,
+    )
 }
 
 /// The rustls connector's signing step runs on the blocking pool; tokio-rustls's would run
@@ -202,7 +227,10 @@ fn the_rustls_client_signs_off_the_event_loop() {
     let addr = server.local_addr();
     let key = soft_key("slow-client");
     let chain = CertChain::from_pem(ca.issue_client(&key.info().public_key, "slow-client"));
-    let slow: SharedKey = Arc::new(Delayed::concurrent(key, Latency::Fixed(Duration::from_millis(400))));
+    let slow: SharedKey = Arc::new(Delayed::concurrent(
+        key,
+        Latency::Fixed(Duration::from_millis(400)),
+    ));
     let identity = ClientIdentity::new(slow, chain.unwrap()).unwrap();
     let roots = TrustAnchors::from_pem_file(ca.ca_file()).unwrap();
     let config = hardkey_tls::client::rustls_client_config(Some(&identity), &roots).unwrap();
@@ -218,7 +246,10 @@ fn the_rustls_client_signs_off_the_event_loop() {
     }));
     let page = page.unwrap();
     assert!(page.contains("\nclient: CN=slow-client\n"), "{page}");
-    assert!(stall < Duration::from_millis(200), "the event loop stalled {stall:?}");
+    assert!(
+        stall < Duration::from_millis(200),
+        "the event loop stalled {stall:?}"
+    );
 
     let blocking = tokio_rustls::TlsConnector::from(config);
     let (stall, page) = runtime.block_on(longest_stall(async {

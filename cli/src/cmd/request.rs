@@ -305,7 +305,8 @@ impl<S: AsyncRead + Unpin> Reader<S> {
     async fn more(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        self.buf
+            .extend_from_slice(chunk.get(..n).unwrap_or_default());
         Ok(n)
     }
 
@@ -509,7 +510,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.body, b"hello!");
         let r = run(b"HTTP/1.0 404 Not Found\r\n\r\ngone").unwrap();
-        assert_eq!((r.status, r.reason.as_str(), r.body.as_slice()), (404, "Not Found", &b"gone"[..]));
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body.as_slice()),
+            (404, "Not Found", &b"gone"[..])
+        );
         assert!(run(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
         assert!(run(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
         assert!(run(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());

@@ -169,9 +169,9 @@ impl Connector {
                 boring::connect(connector, server_name, io).await?,
             )),
             #[cfg(feature = "rustls")]
-            Self::Rustls(connector) => Ok(ClientStream::Rustls(
+            Self::Rustls(connector) => Ok(ClientStream::Rustls(Box::new(
                 connector.connect(server_name, io).await?,
-            )),
+            ))),
         }
     }
 }
@@ -183,9 +183,9 @@ pub enum ClientStream<IO> {
     /// BoringSSL.
     #[cfg(feature = "boring")]
     Boring(tokio_boring::SslStream<IO>),
-    /// rustls.
+    /// rustls (boxed: its connection state is large).
     #[cfg(feature = "rustls")]
-    Rustls(RustlsStream<IO>),
+    Rustls(Box<RustlsStream<IO>>),
 }
 
 impl<IO> ClientStream<IO> {
