@@ -75,6 +75,9 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Serve HTTPS on a key (BoringSSL or rustls), to try it with curl or openssl s_client.
     Serve(ServeArgs),
+    /// Fetch an https:// URL with a device key as the TLS client certificate's key (as
+    /// curl --cert does); the body goes to stdout or --out.
+    Request(RequestArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Write the man pages (hardkey.1 and one per command) to a directory.
@@ -686,6 +689,41 @@ pub(crate) struct ServeArgs {
     /// does. 0 turns the polling off (SIGHUP still reloads).
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub(crate) watch_interval: Duration,
+    /// Require every client to present a certificate issued by a CA in this PEM file
+    /// (mutual TLS); clients without one, or with one that does not verify, fail their
+    /// handshake (counted, and logged with the reason).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `request`.
+#[derive(Debug, Args)]
+pub(crate) struct RequestArgs {
+    /// The URL to GET: https://HOST[:PORT][/PATH].
+    #[arg(value_name = "URL")]
+    pub(crate) url: String,
+    /// The client certificate's key: any key URI or alias (with --cert).
+    #[arg(long, value_name = "URI", requires = "cert")]
+    pub(crate) key: Option<String>,
+    /// The client certificate chain (PEM, the client's certificate first); it must hold
+    /// the public key of --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The CAs to verify the server against (PEM) [default: the system's CA bundle].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cacert: Option<PathBuf>,
+    /// TLS stack: boring (async private-key method) or rustls (signs on a blocking thread).
+    #[arg(long, default_value = "boring")]
+    pub(crate) stack: String,
+    /// Where the body goes (- for stdout; a file is replaced only once the whole body
+    /// arrived).
+    #[arg(long, short = 'o', value_name = "FILE", default_value = "-")]
+    pub(crate) out: PathBuf,
+    /// Longest the whole request may take (connect, handshake, response), e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) max_time: Duration,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }

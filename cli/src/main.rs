@@ -115,6 +115,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Token(c) => cmd::token::run(c, &ctx),
         Command::Bench(a) => cmd::bench::bench(a, &ctx),
         Command::Serve(a) => cmd::serve::serve(a, &ctx),
+        Command::Request(a) => cmd::request::request(a, &ctx),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }

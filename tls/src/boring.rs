@@ -30,6 +30,7 @@ use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::{Identities, Offer};
 use crate::server::Stack;
+use crate::trust::TrustAnchors;
 
 /// The hardkey scheme for a BoringSSL signature algorithm, if hardkey has it.
 ///
@@ -134,6 +135,12 @@ where
         Ok(stream) => Ok(stream),
         Err(e) => {
             let message = e.to_string();
+            if let Some(rejected) = e
+                .ssl()
+                .and_then(|ssl| crate::mtls::boring_rejection(ssl, &message))
+            {
+                return Err(rejected);
+            }
             let failed = e.ssl().is_some_and(key_failed);
             if let (true, Some(mut io)) = (failed, e.into_source_stream()) {
                 crate::alert::send(&mut io, crate::alert::Alert::InternalError).await;
@@ -328,7 +335,27 @@ pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor
 /// the certificate, key and signing preferences come from the identity chosen. Checks every
 /// identity ([`Identities::check`]).
 pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilder> {
+    acceptor_builder_with_client_auth(identities, None)
+}
+
+/// [`acceptor_builder_for`], requiring every client to present a certificate that chains to
+/// `client_ca` when given (mutual TLS: `SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT`
+/// on every identity's context, the CAs named in the CertificateRequest). A client without
+/// one, or with one that does not verify, fails [`accept`] with a
+/// [`ClientCertRejected`](crate::ClientCertRejected) error.
+pub fn acceptor_builder_with_client_auth(
+    identities: &Identities,
+    client_ca: Option<&TrustAnchors>,
+) -> Result<SslAcceptorBuilder> {
     identities.check()?;
+    // Every context gets the client CAs: the verification store and mode are read from the
+    // context the handshake ends on (the identity's, after `SSL_set_SSL_CTX`).
+    let with_client_auth = |mut builder: SslAcceptorBuilder| -> Result<SslAcceptorBuilder> {
+        if let Some(ca) = client_ca {
+            crate::mtls::boring_require_client_certs(&mut builder, ca)?;
+        }
+        Ok(builder)
+    };
     let default = identities.default_index();
     // The default identity's context is the returned builder's own; the others get theirs.
     let mut contexts = Vec::with_capacity(identities.len());
@@ -336,16 +363,18 @@ pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilde
         contexts.push(if index == default {
             None
         } else {
-            let builder =
-                acceptor_builder(std::sync::Arc::clone(identity.key()), identity.chain())?;
+            let builder = with_client_auth(acceptor_builder(
+                std::sync::Arc::clone(identity.key()),
+                identity.chain(),
+            )?)?;
             Some(builder.build().into_context())
         });
     }
     let default_identity = identities.default_identity();
-    let mut builder = acceptor_builder(
+    let mut builder = with_client_auth(acceptor_builder(
         std::sync::Arc::clone(default_identity.key()),
         default_identity.chain(),
-    )?;
+    )?)?;
     // A name no identity covers, with UnknownName::Refuse, gets an unrecognized_name alert
     // (RFC 6066 3) from the servername callback, which BoringSSL runs after this one (on the
     // original context, whichever context the selection switched to).

@@ -39,6 +39,16 @@ pub enum Error {
         origin: String,
     },
 
+    /// The CA file holds no certificate.
+    #[error(
+        "no CA certificate in {origin}: expected PEM blocks '-----BEGIN CERTIFICATE-----' of \
+         the certificate authorities to trust"
+    )]
+    NoTrustAnchor {
+        /// Where the certificates came from (a file name, or "the PEM input").
+        origin: String,
+    },
+
     /// A certificate could not be decoded.
     #[error("certificate #{index} in {origin} is not a valid X.509 certificate: {source}")]
     BadCertificate {

@@ -40,12 +40,14 @@ mod alert;
 #[cfg(feature = "boring")]
 pub mod boring;
 mod cert;
+pub mod client;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 pub mod identity;
+mod mtls;
 pub mod reload;
 #[cfg(feature = "rustls")]
 pub mod rustls;
@@ -53,10 +55,13 @@ mod server;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+mod trust;
 
 // Public interface.
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
 pub use identity::{Identities, Identity, Offer, UnknownName};
+pub use mtls::ClientCertRejected;
 pub use reload::Reloader;
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};
+pub use trust::TrustAnchors;

@@ -36,6 +36,8 @@ pub(crate) struct Settings {
     pub(crate) simulate_latency: Option<Duration>,
     pub(crate) probe_key: bool,
     pub(crate) probe_timeout: Duration,
+    /// The CAs client certificates must be issued by, if the server requires them.
+    pub(crate) client_ca: Option<crate::TrustAnchors>,
 }
 
 /// One set of identities, ready to serve: what a connection holds from accept to close.
@@ -77,7 +79,8 @@ pub(crate) async fn prepare(settings: &Settings, identities: Identities) -> Resu
     };
     // Building a context per identity is CPU work that grows with the set: off the event loop.
     let stack = settings.stack;
-    let tls = tokio::task::spawn_blocking(move || Tls::new(stack, &served))
+    let client_ca = settings.client_ca.clone();
+    let tls = tokio::task::spawn_blocking(move || Tls::new(stack, &served, client_ca.as_ref()))
         .await
         .map_err(|_| Error::ServerThread)??;
     Ok(Serving {

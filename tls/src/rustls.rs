@@ -35,6 +35,7 @@ use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::identity::{Identities, Identity, Offer};
 use crate::server::Stack;
+use crate::trust::TrustAnchors;
 
 /// The hardkey scheme for a rustls signature scheme, if hardkey has it.
 pub fn scheme_for(scheme: TlsScheme) -> Option<SignatureScheme> {
@@ -180,6 +181,31 @@ pub fn server_config_for_with_provider(
     identities: &Identities,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<rustls::ServerConfig>> {
+    build_server_config(
+        identities,
+        provider,
+        rustls::server::WebPkiClientVerifier::no_client_auth(),
+    )
+}
+
+/// [`server_config_for`], requiring every client to present a certificate that chains to
+/// `client_ca` (mutual TLS, verified by rustls-webpki's `WebPkiClientVerifier`, the CAs
+/// named in the CertificateRequest). A client without one, or with one that does not verify,
+/// fails [`Acceptor::accept`] with a [`ClientCertRejected`](crate::ClientCertRejected) error.
+pub fn server_config_with_client_auth(
+    identities: &Identities,
+    client_ca: &TrustAnchors,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = provider();
+    let verifier = crate::mtls::rustls_verifier(client_ca, Arc::clone(&provider))?;
+    build_server_config(identities, provider, verifier)
+}
+
+fn build_server_config(
+    identities: &Identities,
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>> {
     identities.check()?;
     let mut keys = Vec::with_capacity(identities.len());
     for identity in identities.iter() {
@@ -196,7 +222,7 @@ pub fn server_config_for_with_provider(
             what: "protocol versions",
             source: Box::new(e),
         })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver {
             identities: identities.clone(),
             keys,
@@ -309,7 +335,7 @@ impl Acceptor {
             Ok(stream) => Ok(stream),
             Err((error, mut io)) => {
                 let Some(alert) = alert::Alert::from_code(io.replace.load(Ordering::SeqCst)) else {
-                    return Err(error);
+                    return Err(crate::mtls::rustls_rejection(error));
                 };
                 // rustls had queued nothing to write (TLS 1.2 keeps its flight until it is
                 // complete): the alert is still to be sent.

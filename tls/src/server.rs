@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::http;
 use crate::identity::{Identities, Identity};
 use crate::reload::{Reloader, Serving, Settings};
+use crate::trust::TrustAnchors;
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,6 +145,10 @@ pub struct ServerConfig {
     pub probe_key: bool,
     /// How long shutdown waits for open connections to finish their request. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Require every client to present a certificate that chains to one of these CAs
+    /// (mutual TLS); the page then names the client certificate's subject. Default: none
+    /// (no client certificates asked for).
+    pub client_ca: Option<TrustAnchors>,
 }
 
 impl ServerConfig {
@@ -169,6 +174,7 @@ impl ServerConfig {
             max_connections: 4096,
             probe_key: true,
             shutdown_grace: Duration::from_secs(5),
+            client_ca: None,
         }
     }
 
@@ -245,6 +251,12 @@ impl ServerConfig {
         self.shutdown_grace = grace;
         self
     }
+
+    /// Requires client certificates issued by `ca` (`None`: none asked for).
+    pub fn client_ca(mut self, ca: Option<TrustAnchors>) -> Self {
+        self.client_ca = ca;
+        self
+    }
 }
 
 impl fmt::Debug for ServerConfig {
@@ -263,6 +275,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("probe_key", &self.probe_key)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("client_ca", &self.client_ca)
             .finish()
     }
 }
@@ -277,6 +290,9 @@ pub struct ServerStats {
     pub handshakes: u64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: u64,
+    /// Of those, handshakes refused because the client sent no certificate or one that did
+    /// not verify against [`ServerConfig::client_ca`].
+    pub client_cert_rejections: u64,
     /// Connections closed by the peer before it sent anything (health checks, port probes):
     /// not handshake failures.
     pub closed_silent: u64,
@@ -295,6 +311,7 @@ struct Counters {
     connections: AtomicU64,
     handshakes: AtomicU64,
     handshake_failures: AtomicU64,
+    client_cert_rejections: AtomicU64,
     closed_silent: AtomicU64,
     requests: AtomicU64,
     active: AtomicU64,
@@ -308,6 +325,7 @@ impl Counters {
             connections: self.connections.load(Ordering::Relaxed),
             handshakes: self.handshakes.load(Ordering::Relaxed),
             handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
+            client_cert_rejections: self.client_cert_rejections.load(Ordering::Relaxed),
             closed_silent: self.closed_silent.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
@@ -328,26 +346,35 @@ pub(crate) enum Tls {
 impl Tls {
     /// The stack's acceptor, without session resumption: a resumed handshake does not sign,
     /// and this server exists to exercise the key (and to measure handshakes that use it).
-    pub(crate) fn new(stack: Stack, identities: &Identities) -> Result<Self> {
+    pub(crate) fn new(
+        stack: Stack,
+        identities: &Identities,
+        client_ca: Option<&TrustAnchors>,
+    ) -> Result<Self> {
         match stack {
             #[cfg(feature = "boring")]
             Stack::Boring => {
                 use ::boring::ssl::{SslOptions, SslSessionCacheMode};
-                let mut builder = crate::boring::acceptor_builder_for(identities)?;
+                let mut builder =
+                    crate::boring::acceptor_builder_with_client_auth(identities, client_ca)?;
                 builder.set_options(SslOptions::NO_TICKET);
                 builder.set_session_cache_mode(SslSessionCacheMode::OFF);
                 Ok(Self::Boring(builder.build()))
             }
             #[cfg(feature = "rustls")]
             Stack::Rustls => {
-                let mut config = (*crate::rustls::server_config_for(identities)?).clone();
+                let config = match client_ca {
+                    Some(ca) => crate::rustls::server_config_with_client_auth(identities, ca)?,
+                    None => crate::rustls::server_config_for(identities)?,
+                };
+                let mut config = (*config).clone();
                 config.session_storage = Arc::new(::rustls::server::NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
                 Ok(Self::Rustls(crate::rustls::Acceptor::new(Arc::new(config))))
             }
             #[allow(unreachable_patterns, reason = "reached when a stack's feature is off")]
             other => {
-                let _ = identities;
+                let _ = (identities, client_ca);
                 Err(Error::StackNotBuilt {
                     stack: other,
                     feature: other.feature(),
@@ -423,6 +450,7 @@ impl Server {
             simulate_latency: config.simulate_latency,
             probe_key: config.probe_key,
             probe_timeout: config.handshake_timeout,
+            client_ca: config.client_ca.clone(),
         };
         let serving = crate::reload::prepare(&settings, config.identities).await?;
         let listener = listen(config.listen, config.backlog)?;
@@ -693,16 +721,18 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
             match tokio::time::timeout(remaining, crate::boring::accept(acceptor, tcp)).await {
                 Ok(Ok(mut stream)) => {
                     let ssl = stream.ssl();
+                    let client = ssl.peer_certificate().and_then(|c| c.to_der().ok());
                     let details = format!(
-                        "protocol: {}\ncipher: {}\n",
+                        "protocol: {}\ncipher: {}\n{}",
                         ssl.version_str(),
                         ssl.current_cipher()
                             .and_then(|c| c.standard_name())
-                            .unwrap_or("?")
+                            .unwrap_or("?"),
+                        crate::mtls::client_line(client.as_deref())
                     );
                     after_handshake(&shared, &mut stream, peer, page_head, &details).await;
                 }
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
+                Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
             }
         }
@@ -711,8 +741,9 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
             match tokio::time::timeout(remaining, acceptor.accept(tcp)).await {
                 Ok(Ok(mut stream)) => {
                     let (_, conn) = stream.get_ref();
+                    let client = conn.peer_certificates().and_then(|c| c.first());
                     let details = format!(
-                        "protocol: {}\ncipher: {}\n",
+                        "protocol: {}\ncipher: {}\n{}",
                         match conn.protocol_version() {
                             Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                             Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -721,15 +752,27 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
                         // rustls names the TLS 1.3 suites TLS13_*; IANA (and BoringSSL) TLS_*.
                         conn.negotiated_cipher_suite()
                             .and_then(|s| s.suite().as_str())
-                            .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
+                            .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1)),
+                        crate::mtls::client_line(client.map(|c| c.as_ref()))
                     );
                     after_handshake(&shared, &mut stream, peer, page_head, &details).await;
                 }
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
+                Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
             }
         }
     }
+}
+
+/// [`handshake_failed`], counting a refused client certificate apart too.
+fn client_handshake_failed(shared: &Shared, peer: SocketAddr, error: &std::io::Error) {
+    if crate::mtls::is_rejection(error) {
+        shared
+            .counters
+            .client_cert_rejections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    handshake_failed(shared, peer, error);
 }
 
 fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display) {

@@ -5,6 +5,7 @@ pub(crate) mod cert;
 pub(crate) mod certs;
 pub(crate) mod keys;
 pub(crate) mod meta;
+pub(crate) mod request;
 pub(crate) mod seal;
 pub(crate) mod serve;
 pub(crate) mod sign;

@@ -18,6 +18,7 @@ pub(crate) fn tls_error(e: hardkey_tls::Error) -> CliError {
     match e {
         E::ReadCertificate { .. }
         | E::NoCertificate { .. }
+        | E::NoTrustAnchor { .. }
         | E::BadCertificate { .. }
         | E::KeyMismatch(_)
         | E::KeyCannotSign { .. }
@@ -39,6 +40,12 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         sessions: 4,
         op_timeout: Some(Duration::from_secs(30)),
     };
+    // The CA file before any device is opened: a typo fails at once.
+    let client_ca = a
+        .client_ca
+        .as_ref()
+        .map(|path| hardkey_tls::TrustAnchors::from_pem_file(path).map_err(tls_error))
+        .transpose()?;
     let served = crate::identities::open(a, &ctx.config, &a.secrets, options)?;
     let config = ServerConfig::for_identities(served.identities.clone())
         .stack(stack)
@@ -47,7 +54,8 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         .max_connections(a.max_connections)
         .request_timeout(a.request_timeout)
         .write_timeout(a.request_timeout)
-        .simulate_latency(a.simulate_latency);
+        .simulate_latency(a.simulate_latency)
+        .client_ca(client_ca.clone());
     if log::set_logger(&LOGGER).is_ok() {
         // Reload messages are shown from `info` on; the rest from the level asked for.
         let level = log_level();
@@ -88,7 +96,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         ),
     };
     crate::output::note(&format!(
-        "serving https://{} with {} on {what}, {} event-loop thread(s){}; Ctrl-C stops",
+        "serving https://{} with {} on {what}, {} event-loop thread(s){}{}; Ctrl-C stops",
         handle.local_addr(),
         handle.stack(),
         a.threads.max(1),
@@ -96,6 +104,14 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             .map(|d| format!(
                 ", every key operation delayed {}",
                 humantime::format_duration(d)
+            ))
+            .unwrap_or_default(),
+        client_ca
+            .as_ref()
+            .map(|ca| format!(
+                ", requiring client certificates issued by {} (from {})",
+                ca.subjects().join("; "),
+                ca.origin()
             ))
             .unwrap_or_default(),
     ));
@@ -119,6 +135,7 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             "connections": stats.connections,
             "handshakes": stats.handshakes,
             "handshake_failures": stats.handshake_failures,
+            "client_cert_rejections": stats.client_cert_rejections,
             "closed_silent": stats.closed_silent,
             "requests": stats.requests,
             "refused": stats.refused,
@@ -126,11 +143,15 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         }),
         || {
             format!(
-                "stopped: {}; handshakes: {} succeeded, {} failed; {}; {} closed before \
+                "stopped: {}; handshakes: {} succeeded, {} failed{}; {}; {} closed before \
                  sending anything, {} refused over the connection cap",
                 count(stats.connections, "connection"),
                 stats.handshakes,
                 stats.handshake_failures,
+                match stats.client_cert_rejections {
+                    0 => String::new(),
+                    n => format!(" ({n} for a missing or invalid client certificate)"),
+                },
                 count(stats.requests, "request"),
                 stats.closed_silent,
                 stats.refused

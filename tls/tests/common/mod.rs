@@ -121,6 +121,27 @@ impl Ca {
         format!("{}{}", leaf.pem(), self.cert.pem())
     }
 
+    /// Issues a client certificate (extended key usage clientAuth) for `public_key`, subject
+    /// CN=`cn`, and returns the chain PEM: the client's certificate, then the CA's.
+    pub(crate) fn issue_client(&self, public_key: &PublicKey, cn: &str) -> String {
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(public_key.der()).unwrap();
+        let alg = match public_key.algorithm().family() {
+            KeyFamily::Rsa => &rcgen::PKCS_RSA_SHA256,
+            _ => &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
+        let device = DeviceKey {
+            bits: spki.subject_public_key.raw_bytes().to_vec(),
+            alg,
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&device, &self.cert, &self.key).unwrap();
+        format!("{}{}", leaf.pem(), self.cert.pem())
+    }
+
     /// [`Ca::issue`], written to a file in the CA's directory.
     pub(crate) fn issue_file(&self, public_key: &PublicKey, name: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.pem"));
