@@ -53,7 +53,7 @@ pub enum IssueError {
     /// The request's self-signature does not verify with its own public key: it was altered,
     /// or was not made by the holder of the key it names.
     #[error(
-        "the certificate signing request's {algorithm} signature does not verify ({source}): the \
+        "the certificate signing request's {algorithm} signature is invalid ({source}): the \
          request was altered or not signed by the key it names; refusing to issue, ask the \
          requester for a new request"
     )]
