@@ -110,20 +110,17 @@ pub enum IssueError {
         reason: &'static str,
     },
 
-    /// A CA certificate issued under a path length constraint that forbids the requested one.
+    /// A CA certificate whose path length constraint forbids the CA certificate asked for.
     #[error(
-        "the CA certificate '{subject}' allows {allowed} below it, so the new CA's path length \
-         must be {limit}; {remedy}"
+        "the CA certificate '{subject}' has a path length constraint (pathlen:{limit}): {remedy}"
     )]
     PathLength {
         /// The CA certificate's subject.
         subject: String,
-        /// What the issuer's constraint allows, in words.
-        allowed: String,
-        /// The constraint the new CA certificate must have, in words.
-        limit: String,
+        /// Its constraint.
+        limit: u8,
         /// What to do.
-        remedy: &'static str,
+        remedy: String,
     },
 
     /// The CA certificate is outside its validity period now.

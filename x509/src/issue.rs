@@ -395,27 +395,22 @@ fn check_path_len(ca: &CaCertificate, requested: Option<u8>) -> Result<(), Issue
     let Some(limit) = ca.path_len() else {
         return Ok(());
     };
-    let error = |allowed: String, limit: String, remedy| IssueError::PathLength {
+    let remedy = match (limit, requested) {
+        (0, _) => "it may issue only leaves: issue a leaf (--profile leaf), or sign the new CA \
+                   with a CA higher up"
+            .to_owned(),
+        (_, Some(p)) if p < limit => return Ok(()),
+        _ => format!(
+            "the new CA's path length must be at most {}: give --path-len {} or less",
+            limit - 1,
+            limit - 1
+        ),
+    };
+    Err(IssueError::PathLength {
         subject: ca.subject_text(),
-        allowed,
         limit,
         remedy,
-    };
-    if limit == 0 {
-        return Err(error(
-            "no CA certificates".into(),
-            "impossible: it may issue only leaves".into(),
-            "issue a leaf (--profile leaf), or sign the new CA with a CA higher up",
-        ));
-    }
-    match requested {
-        Some(p) if p < limit => Ok(()),
-        _ => Err(error(
-            format!("at most {limit} CA certificate(s)"),
-            format!("at most {}", limit - 1),
-            "give --path-len with a smaller value",
-        )),
-    }
+    })
 }
 
 /// The validity of `days` from `now`, checked against the CA certificate's.
