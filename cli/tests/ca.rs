@@ -32,8 +32,7 @@ const OAEP_SHA256: [&str; 6] = [
 ];
 
 fn token(hsm: &SoftHsm) -> Hardkey {
-    let hk = Hardkey::new().env("HARDKEY_PIN", hsm.user_pin().expose_secret());
-    hk
+    Hardkey::new().env("HARDKEY_PIN", hsm.user_pin().expose_secret())
 }
 
 fn tpm(tpm: &Swtpm) -> Hardkey {

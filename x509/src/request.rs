@@ -461,7 +461,7 @@ mod tests {
         der[last] ^= 0x40;
         let e = CertRequest::from_der(&der).unwrap_err().to_string();
         assert!(
-            e.contains("ecdsa-with-SHA256 signature does not verify") && e.contains("refusing"),
+            e.contains("ecdsa-with-SHA256 signature is invalid") && e.contains("refusing"),
             "{e}"
         );
     }
