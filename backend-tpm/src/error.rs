@@ -285,6 +285,14 @@ fn format_zero(rc: u32) -> Option<u32> {
     (layer(rc) == 0 && rc & 0x80 == 0).then_some(rc & 0xfff)
 }
 
+/// `TPM2_RSA_Decrypt` refusing the ciphertext itself: `TPM_RC_VALUE` (bad padding, as the
+/// specification has it), or `TPM_RC_FAILURE`, which libtpms (swtpm) returns when its
+/// OpenSSL decryption fails, without entering failure mode. A TPM truly in failure mode is
+/// then reported as a bad ciphertext once; the next command finds it out.
+pub(crate) fn is_rejected_ciphertext(rc: u32) -> bool {
+    matches!(format_one(rc), Some(0x04)) || format_zero(rc) == Some(rc::FAILURE)
+}
+
 /// `TPM_RC_AUTH_FAIL` or `TPM_RC_BAD_AUTH`: a wrong auth value (counts against DA).
 pub(crate) fn is_auth_failure(rc: u32) -> bool {
     matches!(format_one(rc), Some(0x0e | 0x22))

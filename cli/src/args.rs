@@ -61,6 +61,13 @@ pub(crate) enum Command {
     /// the key's CKA_ID), or next to a key file (KEY.tss2.pem -> KEY.chain.pem).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// A small CA: issue certificates from requests with a device key.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Decrypt an RSA-OAEP ciphertext with a key (the device does the private-key operation).
+    Decrypt(DecryptArgs),
+    /// Encrypt a small message (a symmetric key) to an RSA key's public key, with RSA-OAEP.
+    Encrypt(EncryptArgs),
     /// Seal a small secret (up to 128 bytes) to the TPM, under a password and/or PCR policy.
     Seal(SealArgs),
     /// Unseal data sealed with `hardkey seal`.
@@ -338,6 +345,135 @@ pub(crate) struct CertDeleteArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub(crate) yes: bool,
+}
+
+/// `ca ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// Issue a certificate from a PKCS#10 request (openssl req -new, hardkey csr), signed by
+    /// the CA key.
+    ///
+    /// The request's signature is verified first: a request its key did not sign is refused.
+    /// The CA certificate must hold the CA key's public key and be a CA (basicConstraints
+    /// CA:TRUE, keyCertSign). The certificate's issuer is the CA certificate's subject, its
+    /// subject and public key the request's; its validity may not end after the CA
+    /// certificate's (refused, never shortened).
+    Sign(CaSignArgs),
+}
+
+/// The profile of an issued certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProfileArg {
+    /// A TLS leaf: CA:FALSE, digitalSignature (+keyEncipherment for RSA), serverAuth and
+    /// clientAuth.
+    Leaf,
+    /// An intermediate CA: CA:TRUE with --path-len, keyCertSign and cRLSign.
+    Ca,
+}
+
+/// `ca sign`.
+#[derive(Debug, Args)]
+pub(crate) struct CaSignArgs {
+    /// The CA's key: any key URI or alias.
+    #[arg(long, value_name = "URI")]
+    pub(crate) ca_key: String,
+    /// The CA's certificate (PEM or DER; of a chain file, the first certificate).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_cert: PathBuf,
+    /// The certificate signing request (PEM or DER; - for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) csr: PathBuf,
+    /// Where the certificate goes (PEM; never overwrites a file) [default: stdout].
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Validity in days; it must end before the CA certificate does.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+    /// Subject alternative names instead of the request's: dns:NAME, ip:ADDRESS,
+    /// email:ADDRESS, uri:URI (comma-separated or repeated).
+    #[arg(long, value_name = "SAN")]
+    pub(crate) san: Vec<String>,
+    /// Copy the request's subject alternative names (the default when no --san is given).
+    #[arg(long, conflicts_with = "san")]
+    pub(crate) san_from_csr: bool,
+    /// What to issue.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Leaf)]
+    pub(crate) profile: ProfileArg,
+    /// With --profile ca: how many CA certificates may follow the new one [default: 0, it
+    /// issues only leaves].
+    #[arg(long, value_name = "N")]
+    pub(crate) path_len: Option<u8>,
+    /// Serial number, hex (e.g. 01:a2:ff or 0x1a2f) [default: 159 random bits].
+    #[arg(long, value_name = "HEX")]
+    pub(crate) serial: Option<String>,
+    /// Signature scheme of the CA key [default: from the key type].
+    #[arg(long, value_parser = parse_scheme)]
+    pub(crate) scheme: Option<SignatureScheme>,
+    /// Issue even if --ca-cert is not marked as a CA (no basicConstraints CA:TRUE, or no
+    /// keyCertSign): verifiers will reject what it signs.
+    #[arg(long)]
+    pub(crate) allow_non_ca_issuer: bool,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// The RSA encryption schemes of decrypt and encrypt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CryptSchemeArg {
+    /// RSA-OAEP with SHA-256, MGF1-SHA-256 and an empty label.
+    #[value(name = "oaep-sha256", alias = "rsa-oaep-sha256")]
+    OaepSha256,
+    /// RSA-OAEP with SHA-1 (openssl pkeyutl's default OAEP): not offered by hardkey's
+    /// devices; refused with what to use instead.
+    #[value(name = "oaep-sha1", alias = "rsa-oaep-sha1")]
+    OaepSha1,
+    /// RSAES-PKCS1-v1_5, legacy (a padding oracle): decrypt only, and only where the key's
+    /// store allows it.
+    #[value(name = "pkcs1", alias = "rsa-pkcs1v15-legacy")]
+    Pkcs1,
+}
+
+/// `decrypt`.
+#[derive(Debug, Args)]
+pub(crate) struct DecryptArgs {
+    /// The RSA key: any key URI or alias.
+    #[arg(long, value_name = "URI")]
+    pub(crate) key: String,
+    /// The ciphertext (exactly as long as the modulus; - for stdin).
+    #[arg(value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Where the plaintext goes: a new file, created mode 0600 (never overwrites) [default:
+    /// stdout, as openssl pkeyutl: mind terminals and pipes].
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Scheme.
+    #[arg(long, value_enum, default_value_t = CryptSchemeArg::OaepSha256)]
+    pub(crate) scheme: CryptSchemeArg,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
+}
+
+/// `encrypt`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("recipient").required(true).args(["key", "pubkey"])))]
+pub(crate) struct EncryptArgs {
+    /// Encrypt to this key's public key (any key URI or alias).
+    #[arg(long, value_name = "URI")]
+    pub(crate) key: Option<String>,
+    /// Encrypt to this public key (PEM or DER SubjectPublicKeyInfo, or a PEM certificate).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pubkey: Option<PathBuf>,
+    /// The plaintext (- for stdin): at most the modulus length - 66 bytes with SHA-256.
+    #[arg(value_name = "IN")]
+    pub(crate) input: PathBuf,
+    /// Where the ciphertext goes (never overwrites a file) [default: stdout].
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Scheme.
+    #[arg(long, value_enum, default_value_t = CryptSchemeArg::OaepSha256)]
+    pub(crate) scheme: CryptSchemeArg,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
 }
 
 /// The TPM to talk to.

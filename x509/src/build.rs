@@ -27,11 +27,11 @@ use hardkey_api::{Error, InvalidInput, Result};
 use hardkey_api::{KeyFamily, SignatureScheme};
 
 /// `id-kp-serverAuth` (RFC 5280 section 4.2.1.12).
-const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+pub(crate) const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
 /// `id-kp-clientAuth`.
-const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+pub(crate) const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 
-fn encoding(what: &'static str) -> impl FnOnce(der::Error) -> Error {
+pub(crate) fn encoding(what: &'static str) -> impl FnOnce(der::Error) -> Error {
     move |e| {
         InvalidInput::Encoding {
             what,
@@ -187,6 +187,16 @@ pub struct Certificate {
 }
 
 impl Certificate {
+    /// A signed certificate from its parts, encoded.
+    pub(crate) fn from_x509(certificate: X509Certificate, scheme: SignatureScheme) -> Result<Self> {
+        let der = certificate.to_der().map_err(encoding("certificate"))?;
+        Ok(Self {
+            certificate,
+            der,
+            scheme,
+        })
+    }
+
     /// The DER encoding.
     pub fn as_der(&self) -> &[u8] {
         &self.der
@@ -414,7 +424,7 @@ fn self_signed_extensions<K: PrivateKey>(
     Ok(extensions)
 }
 
-fn push(
+pub(crate) fn push(
     extensions: &mut Vec<Extension>,
     subject: &x509_cert::name::Name,
     extension: &impl AsExtension,

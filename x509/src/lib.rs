@@ -10,6 +10,10 @@
 //!   `AsyncSigner`) that signs through a [`PrivateKey`](hardkey_api::PrivateKey); with
 //!   [`build_async`] it finishes x509-cert's own builders, e.g. to issue certificates for other
 //!   keys from a hardkey CA key.
+//! - [`CertRequest::parse`] reads a PKCS#10 request from outside and verifies its
+//!   self-signature in software; [`issue`] signs a certificate for it with a CA key whose
+//!   certificate ([`CaCertificate`]) is the issuer, as a leaf or an intermediate CA
+//!   ([`Profile`], [`IssueOptions`]); its failures are [`IssueError`]s.
 //! - [`validity`] / [`random_serial`] are the validity period and serial number used.
 //! - `testkit` (feature) checks a backend's keys by openssl and the RustCrypto verifiers.
 //!
@@ -39,7 +43,10 @@
 #![forbid(unsafe_code)]
 
 mod build;
+mod error;
+mod issue;
 mod name;
+mod request;
 mod signer;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -49,6 +56,9 @@ pub use async_signature;
 pub use x509_cert;
 
 pub use build::{CertOptions, Certificate, Csr, CsrOptions, build_async, build_csr, self_signed};
+pub use error::IssueError;
+pub use issue::{CaCertificate, IssueOptions, Profile, issue, issue_at};
 pub use name::{Subject, SubjectAltNames};
+pub use request::CertRequest;
 pub use signer::{X509Signature, X509Signer, default_scheme};
 pub use validity::{BACKDATE, random_serial, validity, validity_at};

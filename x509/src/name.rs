@@ -378,6 +378,18 @@ impl SubjectAltNames {
         &self.0
     }
 
+    /// Names as they were decoded (from a request's or a certificate's `subjectAltName`),
+    /// kept in order, duplicates dropped.
+    pub fn from_names(names: impl IntoIterator<Item = GeneralName>) -> Self {
+        let mut all = Self::new();
+        for name in names {
+            if !all.0.contains(&name) {
+                all.0.push(name);
+            }
+        }
+        all
+    }
+
     /// The `subjectAltName` extension value.
     pub fn to_extension_value(&self) -> SubjectAltName {
         SubjectAltName(self.0.clone())

@@ -1,11 +1,11 @@
 //! Decryption on the TPM (`TPM2_RSA_Decrypt`).
 
-use hardkey_api::{DecryptScheme, HashAlgorithm, Operation, Result};
+use hardkey_api::{DecryptScheme, HashAlgorithm, InvalidInput, Operation, Result};
 use tss_esapi::structures::{Data, HashScheme, PublicKeyRsa, RsaDecryptionScheme};
 use zeroize::Zeroizing;
 
 use super::TpmDevice;
-use crate::error::mapper;
+use crate::error::{is_rejected_ciphertext, mapper, rc_of};
 use crate::keys::{KeyMaterial, tpm_hash};
 
 impl TpmDevice {
@@ -35,8 +35,22 @@ impl TpmDevice {
                 .into());
             }
         };
-        let out = self.on_key(key, Operation::Decrypt, "TPM2_RSA_Decrypt", true, |c, h| {
-            c.rsa_decrypt(h, input.clone(), tpm_scheme, Data::default())
+        let out = self.on_key(
+            key,
+            Operation::Decrypt,
+            "TPM2_RSA_Decrypt",
+            true,
+            |c, h| match c.rsa_decrypt(h, input.clone(), tpm_scheme, Data::default()) {
+                Ok(plain) => Ok(Some(plain)),
+                Err(e) if rc_of(&e).is_some_and(is_rejected_ciphertext) => Ok(None),
+                Err(e) => Err(e),
+            },
+        )?;
+        // A bad ciphertext is the caller's input, not a lost device: one error, whatever the
+        // padding check found (no oracle), and no reconnection.
+        let out = out.ok_or(InvalidInput::Malformed {
+            what: "RSA ciphertext",
+            reason: "decryption error",
         })?;
         Ok(Zeroizing::new(out.value().to_vec()))
     }

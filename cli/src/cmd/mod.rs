@@ -1,8 +1,10 @@
 //! One module per group of commands.
 
 pub(crate) mod bench;
+pub(crate) mod ca;
 pub(crate) mod cert;
 pub(crate) mod certs;
+pub(crate) mod crypt;
 pub(crate) mod keys;
 pub(crate) mod meta;
 pub(crate) mod request;
