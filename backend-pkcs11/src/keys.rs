@@ -1,5 +1,6 @@
 //! Key objects on the token: finding them, describing them, and the templates that create them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cryptoki::error::RvError;
@@ -47,6 +48,59 @@ impl Pkcs11KeyRef {
     }
 }
 
+/// The token's objects of one class by CKA_ID and CKA_LABEL, read with one search. Opening
+/// many keys looks them up here: SoftHSM's `C_FindObjects` visits every object of the token
+/// (and checks each object's file), so one search per key would make opening N keys cost N²
+/// object visits.
+#[derive(Debug, Default)]
+pub(crate) struct ObjectIndex {
+    handles: Vec<ObjectHandle>,
+    by_id: HashMap<Vec<u8>, Vec<usize>>,
+    by_label: HashMap<String, Vec<usize>>,
+}
+
+impl ObjectIndex {
+    /// Reads every object of `class` and its CKA_ID and CKA_LABEL.
+    pub(crate) fn read(session: &Session, device: &str, class: ObjectClass) -> Result<Self> {
+        let map = mapper(device, Operation::Open);
+        let handles = session
+            .find_objects(&[Attribute::Class(class)])
+            .map_err(&map)?;
+        let mut index = Self::default();
+        for (i, &h) in handles.iter().enumerate() {
+            for attr in session
+                .get_attributes(h, &[AttributeType::Id, AttributeType::Label])
+                .map_err(&map)?
+            {
+                match attr {
+                    Attribute::Id(v) => index.by_id.entry(v).or_default().push(i),
+                    Attribute::Label(v) => index
+                        .by_label
+                        .entry(String::from_utf8_lossy(&v).into_owned())
+                        .or_default()
+                        .push(i),
+                    _ => {}
+                }
+            }
+        }
+        index.handles = handles;
+        Ok(index)
+    }
+
+    /// The objects whose CKA_ID is `id` and CKA_LABEL is `label` (each when given), as a
+    /// search template of them would find.
+    pub(crate) fn find(&self, id: Option<&[u8]>, label: Option<&str>) -> Vec<ObjectHandle> {
+        let by_id = id.map(|id| self.by_id.get(id).map_or(&[][..], Vec::as_slice));
+        let by_label = label.map(|l| self.by_label.get(l).map_or(&[][..], Vec::as_slice));
+        let picked: Vec<usize> = match (by_id, by_label) {
+            (Some(a), Some(b)) => a.iter().copied().filter(|i| b.contains(i)).collect(),
+            (Some(a), None) | (None, Some(a)) => a.to_vec(),
+            (None, None) => (0..self.handles.len()).collect(),
+        };
+        picked.into_iter().map(|i| self.handles[i]).collect()
+    }
+}
+
 /// What the store knows about where its keys live, to build their URIs.
 #[derive(Clone, Debug)]
 pub(crate) struct UriBase {
@@ -76,6 +130,12 @@ impl UriBase {
     }
 }
 
+/// Whether a key URI can name a private key at all: not when it has attributes hardkey does
+/// not understand (as in p11-kit, they match nothing) or a `type` other than `private`.
+pub(crate) fn can_name_private(uri: &Pkcs11Uri) -> bool {
+    !uri.has_unrecognized() && uri.object_type().is_none_or(|t| t == ObjectType::Private)
+}
+
 /// Private-key handles matching a URI's `object` / `id` (and `type`, which must allow private
 /// keys).
 pub(crate) fn find_private(
@@ -83,8 +143,7 @@ pub(crate) fn find_private(
     device: &str,
     uri: &Pkcs11Uri,
 ) -> Result<Vec<ObjectHandle>> {
-    if uri.has_unrecognized() || uri.object_type().is_some_and(|t| t != ObjectType::Private) {
-        // As in p11-kit: attributes we do not understand match nothing.
+    if !can_name_private(uri) {
         return Ok(Vec::new());
     }
     let key = Pkcs11KeyRef {
@@ -129,6 +188,7 @@ pub(crate) fn describe(
     base: &UriBase,
     policy: KeyPolicy,
     allowed_refused: bool,
+    publics: Option<&ObjectIndex>,
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let map = mapper(device, Operation::Open);
     let wanted = [
@@ -222,7 +282,7 @@ pub(crate) fn describe(
     let public_key = match key_type {
         Some(KeyType::RSA) => match (modulus, exponent) {
             (Some(n), Some(e)) => PublicKey::from_rsa_components(&n, &e)?,
-            _ => public_object_key(session, device, &key_ref, None)?,
+            _ => public_object_key(session, device, &key_ref, None, publics)?,
         },
         Some(KeyType::EC) => {
             let params = ec_params.ok_or_else(unsupported)?;
@@ -235,7 +295,7 @@ pub(crate) fn describe(
             } else {
                 return Err(unsupported());
             };
-            public_object_key(session, device, &key_ref, Some(alg))?
+            public_object_key(session, device, &key_ref, Some(alg), publics)?
         }
         _ => return Err(unsupported()),
     };
@@ -272,12 +332,14 @@ pub(crate) fn describe(
     Ok((info, key_ref))
 }
 
-/// The public key from the public-key object with the same CKA_ID / label.
+/// The public key from the public-key object with the same CKA_ID / label (found in
+/// `publics` when given, else by a search).
 fn public_object_key(
     session: &Session,
     device: &str,
     key: &Pkcs11KeyRef,
     ec: Option<KeyAlgorithm>,
+    publics: Option<&ObjectIndex>,
 ) -> Result<PublicKey> {
     let map = mapper(device, Operation::Open);
     let missing = || {
@@ -286,11 +348,13 @@ fn public_object_key(
             reason: "its public key cannot be read: no public-key object with the same CKA_ID",
         })
     };
-    let handle = *session
-        .find_objects(&key.template(ObjectClass::PUBLIC_KEY))
-        .map_err(&map)?
-        .first()
-        .ok_or_else(missing)?;
+    let found = match publics {
+        Some(index) => index.find(key.id.as_deref(), key.label.as_deref()),
+        None => session
+            .find_objects(&key.template(ObjectClass::PUBLIC_KEY))
+            .map_err(&map)?,
+    };
+    let handle = *found.first().ok_or_else(missing)?;
     let attrs = session
         .get_attributes(
             handle,

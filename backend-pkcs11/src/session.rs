@@ -345,6 +345,17 @@ impl Target {
         session: &Session,
         handle: ObjectHandle,
     ) -> Result<(hardkey_api::KeyInfo, Pkcs11KeyRef)> {
+        self.describe_with(session, handle, None)
+    }
+
+    /// [`describe`](Self::describe), finding its public-key object in `publics` (read once
+    /// for many keys) when given.
+    pub(crate) fn describe_with(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+        publics: Option<&crate::keys::ObjectIndex>,
+    ) -> Result<(hardkey_api::KeyInfo, Pkcs11KeyRef)> {
         let refused = self.allowed_mechanisms.load(Ordering::Relaxed) == ALLOWED_REFUSED;
         crate::keys::describe(
             session,
@@ -353,6 +364,7 @@ impl Target {
             &self.uri_base,
             self.policy,
             refused,
+            publics,
         )
     }
 

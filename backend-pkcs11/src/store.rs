@@ -15,8 +15,8 @@ use hardkey_api::{
 
 use crate::error::mapper;
 use crate::keys::{
-    ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase, find_private, generate_templates, import_templates,
-    new_id, remove_interrupted, wipe,
+    ALLOWED_UNKNOWN, ObjectIndex, Pkcs11KeyRef, UriBase, can_name_private, find_private,
+    generate_templates, import_templates, new_id, remove_interrupted, wipe,
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
@@ -188,6 +188,78 @@ impl Pkcs11Store {
         self.pool.reconnect();
     }
 
+    /// Opens the keys `uris` name, each as [`KeyStore::open`] would, with one search of the
+    /// token for all of them: for a server with thousands of keys, where a search per key
+    /// makes opening them quadratic in the number of objects (SoftHSM visits every object
+    /// of the token in each search). One result per URI, in order; the outer error is the
+    /// token's (a lost session, a refused login), which fails them all.
+    pub fn open_many(
+        &self,
+        uris: Vec<Pkcs11Uri>,
+    ) -> impl Future<Output = Result<Vec<Result<Pkcs11Key>>>> + Send + 'static + use<> {
+        // URIs of another token fail on their own; the rest are looked up in one job.
+        let mut refused: Vec<Option<Error>> = Vec::with_capacity(uris.len());
+        let mut checked: Vec<Option<Pkcs11Uri>> = Vec::with_capacity(uris.len());
+        for p in uris {
+            if self.names_this_token(&p) {
+                refused.push(None);
+                checked.push(Some(p));
+            } else {
+                refused.push(Some(Error::not_found(
+                    &p,
+                    "the URI names a different token than this store serves",
+                )));
+                checked.push(None);
+            }
+        }
+        let pool = self.pool.clone();
+        // One job: the whole set is read while one session is held, which keeps it
+        // consistent, and costs one queue round trip instead of one per key.
+        let run = self.pool.run(
+            JobOptions::idempotent(Operation::Open),
+            guard(move |dev: &mut Pkcs11Device| {
+                let t = dev.target();
+                let privates = ObjectIndex::read(dev.session(), &t.name, ObjectClass::PRIVATE_KEY)?;
+                let publics = ObjectIndex::read(dev.session(), &t.name, ObjectClass::PUBLIC_KEY)?;
+                let mut out = Vec::with_capacity(checked.len());
+                for uri in &checked {
+                    out.push(match uri {
+                        None => None,
+                        Some(p) => {
+                            let handles = if can_name_private(p) {
+                                privates.find(p.id(), p.object())
+                            } else {
+                                Vec::new()
+                            };
+                            match one_key_with(dev, &handles, p, Some(&publics)) {
+                                Err(e) if e.is_device_lost() => return Err(e),
+                                other => Some(other),
+                            }
+                        }
+                    });
+                }
+                Ok(out)
+            }),
+        );
+        async move {
+            let described = run.await?;
+            Ok(described
+                .into_iter()
+                .zip(refused)
+                .map(|(described, refused)| match (described, refused) {
+                    (Some(d), _) => d.map(|(info, key)| PooledKey::new(info, key, pool.clone())),
+                    (None, Some(e)) => Err(e),
+                    // Not reached: a URI is either refused or looked up.
+                    (None, None) => Err(Error::backend(
+                        "PKCS#11",
+                        Operation::Open,
+                        "a key of the batch was not looked up",
+                    )),
+                })
+                .collect())
+        }
+    }
+
     /// Runs a job that yields one key description and turns it into a key.
     fn run_key<F>(
         &self,
@@ -221,9 +293,19 @@ fn one_key(
     handles: &[ObjectHandle],
     selector: &dyn std::fmt::Display,
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
+    one_key_with(dev, handles, selector, None)
+}
+
+/// [`one_key`], finding public-key objects in `publics` when given.
+fn one_key_with(
+    dev: &Pkcs11Device,
+    handles: &[ObjectHandle],
+    selector: &dyn std::fmt::Display,
+    publics: Option<&ObjectIndex>,
+) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let t = dev.target();
     match handles {
-        [h] => t.describe(dev.session(), *h),
+        [h] => t.describe_with(dev.session(), *h, publics),
         [] => Err(t.missing_key(
             dev.session(),
             Error::NotFound {

@@ -67,6 +67,11 @@ pub struct TpmConfig {
     /// process uses: there, what a killed process left loaded holds slots until flushed.
     /// Never needed behind a resource manager, which flushes a dead client's handles.
     pub flush_leftovers: bool,
+    /// Load a key file into the TPM when it is opened, to check at once that it belongs to
+    /// this TPM and parent (on by default). Off, opening only reads the file and the key is
+    /// first loaded when it signs: what a server of thousands of key files wants, which
+    /// keeps a few loaded at a time ([`TpmConfig::max_loaded`]).
+    pub load_on_open: bool,
     /// At most this many keys stay loaded (the TPM's slots minus one is the ceiling).
     pub max_loaded: Option<usize>,
     /// Deadline of each operation, queue wait included.
@@ -93,6 +98,7 @@ impl TpmConfig {
             key_auth: SecretSource::None,
             pss: PssMode::Auto,
             flush_leftovers: false,
+            load_on_open: true,
             max_loaded: None,
             op_timeout: Some(Duration::from_secs(30)),
             queue_capacity: 1024,
@@ -163,6 +169,12 @@ impl TpmConfig {
         self.max_loaded = Some(n);
         self
     }
+
+    /// Whether opening a key file loads it ([`TpmConfig::load_on_open`]).
+    pub fn load_on_open(mut self, load: bool) -> Self {
+        self.load_on_open = load;
+        self
+    }
 }
 
 /// What the worker needs from the configuration.
@@ -176,6 +188,7 @@ pub(crate) struct Settings {
     pub(crate) key_auth: SecretSource,
     pub(crate) pss: PssMode,
     pub(crate) flush_leftovers: bool,
+    pub(crate) load_on_open: bool,
     pub(crate) max_loaded: Option<usize>,
     pub(crate) policy: KeyPolicy,
     pub(crate) srk_name: Option<Vec<u8>>,
@@ -203,6 +216,7 @@ impl TpmStore {
         let name = format!("TPM at {}", config.tcti);
         let settings = Settings {
             flush_leftovers: config.flush_leftovers,
+            load_on_open: config.load_on_open,
             uri_tcti: config.tcti_in_uris.then(|| config.tcti.clone()),
             name: name.clone(),
             tcti: config.tcti,

@@ -142,8 +142,8 @@ impl Ca {
 
     /// A leaf for `public_key` named `name`: its DER.
     fn issue(&self, public_key: &PublicKey, name: &str) -> Vec<u8> {
-        let spki = <spki::SubjectPublicKeyInfoRef<'_> as der::Decode>::from_der(public_key.der())
-            .unwrap();
+        let spki =
+            <spki::SubjectPublicKeyInfoRef<'_> as der::Decode>::from_der(public_key.der()).unwrap();
         let device = DeviceKey(spki.subject_public_key.raw_bytes().to_vec());
         let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -375,35 +375,20 @@ fn softhsm(hsm: &softhsm_tests::SoftHsm, keys: usize, handshakes: usize) -> Row 
     let pin = work.path().join("pin");
     std::fs::write(&pin, hsm.user_pin().expose_secret()).unwrap();
     let ca = Ca::new();
-    // Keys: generated through hardkey's store, 4 sessions at once.
-    let store = Arc::new(hsm.store(4));
+    // Keys: generated with cryptoki directly (the setup, not measured against anything).
     let t = Instant::now();
     let mut leaves = Vec::with_capacity(keys);
     let mut names = Vec::with_capacity(keys);
-    let batch = 64;
-    for start in (0..keys).step_by(batch) {
-        let futures: Vec<_> = (start..(start + batch).min(keys))
-            .map(|i| {
-                store.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(format!("k{i:05}")))
-            })
-            .collect();
-        for (offset, key) in block_on(futures::future::try_join_all(futures))
-            .unwrap()
-            .into_iter()
-            .enumerate()
-        {
-            let i = start + offset;
-            let name = name_of(i);
-            let uri = format!(
-                "pkcs11:token={};object=k{i:05}?module-path={}",
-                hsm.label(),
-                hsm.module().display()
-            );
-            leaves.push((uri, ca.issue(&key.info().public_key, &name)));
-            names.push(name);
-        }
+    for (i, public_key) in generate_p256(hsm, keys).into_iter().enumerate() {
+        let name = name_of(i);
+        let uri = format!(
+            "pkcs11:token={};object=k{i:05}?module-path={}",
+            hsm.label(),
+            hsm.module().display()
+        );
+        leaves.push((uri, ca.issue(&public_key, &name)));
+        names.push(name);
     }
-    drop(store);
     println!(
         "softhsm: {keys} P-256 keys and certificates made in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -421,7 +406,11 @@ fn softhsm(hsm: &softhsm_tests::SoftHsm, keys: usize, handshakes: usize) -> Row 
         .output()
         .unwrap();
     let baseline = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed = String::from_utf8_lossy(&out.stdout)
         .matches("Private Key Object")
         .count();
@@ -450,6 +439,66 @@ fn softhsm(hsm: &softhsm_tests::SoftHsm, keys: usize, handshakes: usize) -> Row 
     )
 }
 
+/// `count` P-256 key pairs on the token, labelled `k00000`..., with the attributes hardkey
+/// gives its own (sign only, sensitive, not extractable): their public keys.
+fn generate_p256(hsm: &softhsm_tests::SoftHsm, count: usize) -> Vec<PublicKey> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeType};
+    use cryptoki::session::UserType;
+    let ctx = Pkcs11::new(hsm.module()).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == hsm.label())
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session.login(UserType::User, Some(hsm.user_pin())).unwrap();
+    // DER of the P-256 curve OID.
+    let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let label = format!("k{i:05}").into_bytes();
+        let id = (i as u32).to_be_bytes().to_vec();
+        let public = [
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::EcParams(params.clone()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Label(label),
+            Attribute::Id(id),
+        ];
+        let (pub_handle, _) = session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .unwrap();
+        let point = session
+            .get_attributes(pub_handle, &[AttributeType::EcPoint])
+            .unwrap();
+        let Some(Attribute::EcPoint(raw)) = point.into_iter().next() else {
+            panic!("no CKA_EC_POINT");
+        };
+        let point = <der::asn1::OctetString as der::Decode>::from_der(&raw).unwrap();
+        out.push(PublicKey::from_ec_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap());
+        if (i + 1) % 2000 == 0 {
+            println!("softhsm: {} keys", i + 1);
+        }
+    }
+    drop(session);
+    let _ = ctx.finalize();
+    out
+}
+
 /// Runs this binary as the module-share process for the first `objects` keys: its resident
 /// set after reading them, in bytes.
 fn share_process(hsm: &softhsm_tests::SoftHsm, objects: usize) -> u64 {
@@ -460,7 +509,11 @@ fn share_process(hsm: &softhsm_tests::SoftHsm, objects: usize) -> u64 {
         .env("HARDKEY_SCALE_PIN", hsm.user_pin().expose_secret())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 

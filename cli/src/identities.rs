@@ -30,8 +30,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use hardkey_api::{PrivateKey, SharedKey};
+use futures::executor::block_on;
+
+use hardkey_api::{KeyUri, PrivateKey, SharedKey};
 use hardkey_tls::{CertChain, Identities, Identity, UnknownName};
 use serde::Deserialize;
 
@@ -111,6 +114,8 @@ pub(crate) struct Served {
 pub(crate) struct Devices {
     stores: Vec<Store>,
     store_of: HashMap<String, usize>,
+    /// Keys opened ahead by [`Devices::prefetch`], by the text entries name them with.
+    opened: HashMap<String, SharedKey>,
 }
 
 impl Devices {
@@ -146,8 +151,57 @@ impl Devices {
     ) -> CliResult<(SharedKey, String)> {
         let target = Target::parse(key, config)?;
         let uri = target.key_uri()?;
+        let opened = self.opened.get(key).cloned();
         let store = self.store(&target, config, secrets, options)?;
-        Ok((store.key(&uri)?, store.keys().dyn_name().to_owned()))
+        let key = match opened {
+            Some(key) => key,
+            None => store.key(&uri)?,
+        };
+        Ok((key, store.keys().dyn_name().to_owned()))
+    }
+
+    /// Opens the keys of `entries` that share a PKCS#11 token with one search of the token
+    /// each (`Pkcs11Store::open_many`), for [`Devices::key`] to hand out: with thousands of
+    /// keys, a search per key would take minutes. A key that fails here is left for
+    /// [`Devices::key`] to open again and report.
+    fn prefetch(
+        &mut self,
+        entries: &[Planned],
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<()> {
+        let mut groups: HashMap<String, (Target, Vec<(String, hardkey_api::uri::Pkcs11Uri)>)> =
+            HashMap::new();
+        for entry in entries {
+            let Ok(target) = Target::parse(&entry.key, config) else {
+                continue;
+            };
+            let Ok(KeyUri::Pkcs11(uri)) = target.key_uri() else {
+                continue;
+            };
+            groups
+                .entry(device_of(&target))
+                .or_insert_with(|| (target.clone(), Vec::new()))
+                .1
+                .push((entry.key.clone(), uri));
+        }
+        for (target, keys) in groups.into_values() {
+            if keys.len() < PREFETCH_FROM {
+                continue;
+            }
+            let Store::Pkcs11(store) = self.store(&target, config, secrets, options)? else {
+                continue;
+            };
+            let (texts, uris): (Vec<String>, Vec<_>) = keys.into_iter().unzip();
+            let opened = block_on(store.open_many(uris))?;
+            for (text, key) in texts.into_iter().zip(opened) {
+                if let Ok(key) = key {
+                    self.opened.insert(text, Arc::new(key) as SharedKey);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The chain `entry` serves: its chain file, the `pkcs11:...;type=cert` URI it names
@@ -192,6 +246,9 @@ impl Devices {
         }
     }
 }
+
+/// The number of keys on one token from which they are opened with one search.
+const PREFETCH_FROM: usize = 8;
 
 /// The `unknown-names` value.
 fn unknown_policy(text: &str, origin: &str) -> CliResult<UnknownName> {
@@ -309,10 +366,13 @@ pub(crate) fn open(
     let plan = plan(a)?;
     // Open each device once: keys on one token, or one TPM, share its store.
     let mut devices = Devices::default();
+    devices.prefetch(&plan.entries, config, secrets, options)?;
     let mut loaded = Vec::with_capacity(plan.entries.len());
     for entry in &plan.entries {
         loaded.push(load(entry, &mut devices, config, secrets, options)?);
     }
+    // A reload opens keys afresh.
+    devices.opened.clear();
     let identities = assemble(&loaded, plan.default, plan.policy)?;
     Ok(Served {
         identities,

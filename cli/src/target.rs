@@ -133,6 +133,8 @@ pub(crate) struct OpenOptions {
     pub(crate) sessions: usize,
     /// Per-operation deadline.
     pub(crate) op_timeout: Option<Duration>,
+    /// Open TPM key files without loading them (they load when they first sign).
+    pub(crate) lazy_tpm_keys: bool,
 }
 
 impl Default for OpenOptions {
@@ -140,6 +142,7 @@ impl Default for OpenOptions {
         Self {
             sessions: 1,
             op_timeout: Some(Duration::from_secs(60)),
+            lazy_tpm_keys: false,
         }
     }
 }
@@ -208,7 +211,8 @@ impl Store {
                         secrets::KEY_AUTH,
                         secrets.key_auth_file.as_deref(),
                     )?)
-                    .op_timeout(options.op_timeout);
+                    .op_timeout(options.op_timeout)
+                    .load_on_open(!options.lazy_tpm_keys);
                 Ok(Self::Tpm(TpmStore::open(cfg)?))
             }
             Target::File(_) => Ok(Self::Soft(SoftStore::in_memory()?)),

@@ -100,17 +100,50 @@ async fn check(settings: &Settings, identities: &Identities) -> Result<()> {
         });
     }
     if settings.probe_key {
-        // Each key once, even when it serves several chains.
-        let mut probed: Vec<usize> = Vec::new();
+        // Each key once, even when it serves several chains, and at most PROBES_PER_DEVICE
+        // keys of one device: what is asked is whether the device answers and signs, and a
+        // server of ten thousand keys must not make ten thousand signatures (or, on a TPM,
+        // load ten thousand keys) before it listens. Keys not probed sign first in a
+        // handshake, whose failure is logged and answered with an internal_error alert.
+        let mut probed: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        let mut per_device: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
         for identity in identities.iter() {
             let seen = Arc::as_ptr(identity.key()).cast::<()>().addr();
-            if !probed.contains(&seen) {
-                probed.push(seen);
+            let device = device_of(identity.key().info());
+            let count = per_device.entry(device).or_default();
+            if *count < PROBES_PER_DEVICE && probed.insert(seen) {
+                *count += 1;
                 probe(identity.key(), settings.probe_timeout).await?;
             }
         }
     }
     Ok(())
+}
+
+/// The most keys of one device a server tests with a signature before it serves them.
+pub(crate) const PROBES_PER_DEVICE: usize = 8;
+
+/// What groups keys by device for the startup probes: the token (module and token), the TPM
+/// (TCTI), software keys; a key without a URI is its own device.
+fn device_of(info: &hardkey_api::KeyInfo) -> String {
+    use hardkey_api::KeyUri;
+    match &info.uri {
+        Some(KeyUri::Pkcs11(p)) => format!(
+            "pkcs11 {:?}",
+            (
+                p.module_path(),
+                p.module_name(),
+                p.token(),
+                p.serial(),
+                p.slot_id()
+            )
+        ),
+        Some(KeyUri::Tpm2(t)) => format!("tpm2 {:?}", t.tcti),
+        Some(KeyUri::File(_)) => "file".to_owned(),
+        Some(other) => format!("{other}"),
+        None => format!("key {}", info.id),
+    }
 }
 
 /// The current set of a server and what replaces it.

@@ -140,8 +140,9 @@ pub struct ServerConfig {
     /// accepted, not queued. The server also keeps 64 file descriptors (or a quarter of a
     /// small `RLIMIT_NOFILE`) free for the key's device, whatever this says. Default 4096.
     pub max_connections: usize,
-    /// Make one test signature at startup, so an unreachable device fails [`Server::bind`]
-    /// rather than the first handshake. Default: on.
+    /// Make a test signature at startup, so an unreachable device fails [`Server::bind`]
+    /// rather than the first handshake: with each key, up to 8 keys per device (token, TPM),
+    /// so that thousands of keys start in seconds. Default: on.
     pub probe_key: bool,
     /// How long shutdown waits for open connections to finish their request. Default 5 s.
     pub shutdown_grace: Duration,

@@ -183,8 +183,11 @@ impl TpmDevice {
             },
             public: file.public,
         };
-        // Loading checks the blob belongs to this TPM and parent.
-        self.check_key(&material)?;
+        // Loading checks the blob belongs to this TPM and parent (else its first signature
+        // does).
+        if self.settings().load_on_open {
+            self.check_key(&material)?;
+        }
         let uri = key_uri(
             Tpm2Key::File(path.clone()),
             self.settings().uri_tcti.as_deref(),

@@ -40,6 +40,7 @@ pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
     let options = OpenOptions {
         sessions: concurrency.min(64),
         op_timeout: Some(Duration::from_secs(60)),
+        lazy_tpm_keys: false,
     };
     let store = Store::open(&target, &ctx.config, &a.key.secrets, options)?;
     let key = store.key(&uri)?;

@@ -39,6 +39,9 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
     let options = OpenOptions {
         sessions: 4,
         op_timeout: Some(Duration::from_secs(30)),
+        // Thousands of key files open in seconds; each loads when it first signs (the
+        // startup probes load a few per TPM).
+        lazy_tpm_keys: true,
     };
     // The CA file before any device is opened: a typo fails at once.
     let client_ca = a
