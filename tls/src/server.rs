@@ -1,10 +1,12 @@
-//! A minimal HTTPS server on a hardkey key: for operators testing a provisioned key with curl
-//! or `openssl s_client`, for the tests, and for the handshake benchmark.
+//! An HTTPS server on a hardkey key: an application's tower service (an axum `Router`, say)
+//! or a small test page (for operators testing a provisioned key with curl or
+//! `openssl s_client`, for the tests, and for the handshake benchmark), over HTTP/2 or
+//! HTTP/1.1 by hyper.
 //!
 //! [`Server::bind`] checks everything that can be checked before serving (the certificate
 //! holds the key's public key, the key signs, the device answers a test signature) and opens
-//! the listening socket; [`Server::serve`] accepts connections until a shutdown future
-//! completes. [`Server::start`] does both on a runtime of its own, on its own thread. Errors of
+//! the listening socket; [`Server::serve_with`] (or [`Server::serve`], the test page) accepts
+//! connections until a shutdown future completes. [`Server::start`] does both on a runtime of its own, on its own thread. Errors of
 //! one connection are logged (target `hardkey_tls`) and counted, never fatal.
 
 use std::fmt;
@@ -23,8 +25,10 @@ use tokio::task::JoinSet;
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
-use crate::http;
+use crate::http::{self, TlsInfo};
 use crate::identity::{Identities, Identity};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,15 +128,25 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// Longest a TLS handshake may take, and the startup test signature. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Longest a keep-alive connection may idle between requests. Default 30 s.
+    /// Longest a connection may stay open with no request in progress (HTTP/1.1 keep-alive
+    /// between requests; HTTP/2 with no stream in progress, whatever frames the client sends
+    /// meanwhile); it is then closed gracefully (HTTP/2: GOAWAY). Default 30 s.
     pub idle_timeout: Duration,
-    /// Longest a request may take to arrive once its first byte came: the whole head and
-    /// body, however slowly they trickle in (a slowloris client is closed when it expires).
-    /// Default 10 s.
+    /// HTTP/1.1: longest a request head may take to arrive once its first byte came, however
+    /// slowly it trickles in (a slowloris client is closed when it expires; on HTTP/2 the
+    /// idle timeout bounds an unfinished header block). The test page also reads the request
+    /// body within it; an application served with [`Server::serve_with`] paces its own
+    /// bodies. Default 10 s.
     pub request_timeout: Duration,
-    /// Longest writing one response may take (a client that stops reading is closed).
-    /// Default 10 s.
+    /// Longest a write may wait for the client to take bytes: a client that stops reading
+    /// its response is closed. Default 10 s.
     pub write_timeout: Duration,
+    /// Largest request head: HTTP/1.1's request line and headers (a larger one gets 431),
+    /// HTTP/2's header list (`SETTINGS_MAX_HEADER_LIST_SIZE`). Default 16 KiB.
+    pub max_header_size: usize,
+    /// HTTP/2 streams (requests) one connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
+    pub max_concurrent_streams: u32,
     /// Most connections open at once; a connection over the cap is closed as soon as it is
     /// accepted, not queued. The server also keeps 64 file descriptors (or a quarter of a
     /// small `RLIMIT_NOFILE`) free for the key's device, whatever this says. Default 4096.
@@ -164,6 +178,8 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            max_header_size: 16 * 1024,
+            max_concurrent_streams: 100,
             max_connections: 4096,
             probe_key: true,
             shutdown_grace: Duration::from_secs(5),
@@ -220,9 +236,21 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the deadline of writing one response.
+    /// Sets how long a write may wait for the client to take bytes.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest request head.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes;
+        self
+    }
+
+    /// Sets the HTTP/2 streams one connection may have open at once.
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.max_concurrent_streams = streams;
         self
     }
 
@@ -258,6 +286,8 @@ impl fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("write_timeout", &self.write_timeout)
+            .field("max_header_size", &self.max_header_size)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("max_connections", &self.max_connections)
             .field("probe_key", &self.probe_key)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -278,7 +308,8 @@ pub struct ServerStats {
     /// Connections closed by the peer before it sent anything (health checks, port probes):
     /// not handshake failures.
     pub closed_silent: u64,
-    /// HTTP requests answered.
+    /// HTTP requests that reached the service (HTTP/1.1 and HTTP/2), counted before their
+    /// response is sent.
     pub requests: u64,
     /// Connections open now.
     pub active: u64,
@@ -381,7 +412,7 @@ async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
 /// State shared by the accept loop and the connections.
 struct Shared {
     counters: Arc<Counters>,
-    page_head: String,
+    page: http::TestPage,
     handshake_timeout: Duration,
     limits: http::Limits,
     max_connections: usize,
@@ -472,12 +503,14 @@ impl Server {
             tls: Arc::new(tls),
             shared: Arc::new(Shared {
                 counters: Arc::default(),
-                page_head,
+                page: http::TestPage::new(page_head, config.request_timeout),
                 handshake_timeout: config.handshake_timeout,
                 limits: http::Limits {
                     idle: config.idle_timeout,
                     request: config.request_timeout,
                     write: config.write_timeout,
+                    max_header_size: config.max_header_size,
+                    max_concurrent_streams: config.max_concurrent_streams,
                 },
                 max_connections: connection_cap(config.max_connections),
                 shutdown_grace: config.shutdown_grace,
@@ -501,11 +534,33 @@ impl Server {
         self.shared.counters.snapshot()
     }
 
-    /// Accepts and serves connections until `shutdown` completes; then stops accepting, lets
-    /// open connections finish their current request for up to `shutdown_grace`, and closes
-    /// the rest. Failed connections are logged and counted; nothing here ends the loop but
-    /// `shutdown`.
+    /// Serves the test page (the key, the stack, the connection's TLS parameters) until
+    /// `shutdown` completes: [`serve_with`](Server::serve_with) the built-in page.
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) {
+        self.serve_with(self.shared.page.clone(), shutdown).await;
+    }
+
+    /// Accepts connections and serves `service` on them, over HTTP/2 or HTTP/1.1 as ALPN
+    /// chose, until `shutdown` completes; then stops accepting, lets open connections finish
+    /// the requests in progress for up to `shutdown_grace` (HTTP/1.1 connections close after
+    /// their current response, HTTP/2 ones get GOAWAY), and closes the rest. Failed
+    /// connections are logged and counted; nothing here ends the loop but `shutdown`.
+    ///
+    /// `service` is any tower service of hyper requests, such as an axum `Router`; it is
+    /// cloned per request, and each request carries its connection's [`TlsInfo`] in its
+    /// extensions.
+    pub async fn serve_with<S, B>(&self, service: S, shutdown: impl Future<Output = ()>)
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<http::BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<http::BoxError>,
+    {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -534,6 +589,7 @@ impl Server {
                             Arc::clone(&self.shared),
                             tcp,
                             peer,
+                            service.clone(),
                         ));
                     }
                     Err(e) => {
@@ -679,7 +735,20 @@ impl Drop for Active {
     }
 }
 
-async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn connection<S, B>(
+    tls: Arc<Tls>,
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: S,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<http::BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<http::BoxError>,
+{
     shared.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(Arc::clone(&shared.counters));
     let _ = tcp.set_nodelay(true);
@@ -710,16 +779,21 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {
             match tokio::time::timeout(remaining, crate::boring::accept(acceptor, tcp)).await {
-                Ok(Ok(mut stream)) => {
+                Ok(Ok(stream)) => {
                     let ssl = stream.ssl();
-                    let details = format!(
-                        "protocol: {}\ncipher: {}\n",
+                    let info = TlsInfo::new(
+                        Stack::Boring,
                         ssl.version_str(),
                         ssl.current_cipher()
                             .and_then(|c| c.standard_name())
                             .unwrap_or("?")
+                            .to_owned(),
+                        ssl.servername(::boring::ssl::NameType::HOST_NAME)
+                            .map(str::to_owned),
+                        ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+                        peer,
                     );
-                    after_handshake(&shared, &mut stream, peer, &details).await;
+                    after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -728,10 +802,10 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
         #[cfg(feature = "rustls")]
         Tls::Rustls(acceptor) => {
             match tokio::time::timeout(remaining, acceptor.accept(tcp)).await {
-                Ok(Ok(mut stream)) => {
+                Ok(Ok(stream)) => {
                     let (_, conn) = stream.get_ref();
-                    let details = format!(
-                        "protocol: {}\ncipher: {}\n",
+                    let info = TlsInfo::new(
+                        Stack::Rustls,
                         match conn.protocol_version() {
                             Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                             Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -740,9 +814,12 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                         // rustls names the TLS 1.3 suites TLS13_*; IANA (and BoringSSL) TLS_*.
                         conn.negotiated_cipher_suite()
                             .and_then(|s| s.suite().as_str())
-                            .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1))
+                            .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1)),
+                        conn.server_name().map(str::to_owned),
+                        conn.alpn_protocol().map(<[u8]>::to_vec),
+                        peer,
                     );
-                    after_handshake(&shared, &mut stream, peer, &details).await;
+                    after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -759,18 +836,28 @@ fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display)
     log::warn!(target: "hardkey_tls", "{peer}: TLS handshake failed: {error}");
 }
 
-async fn after_handshake<S>(shared: &Shared, stream: &mut S, peer: SocketAddr, details: &str)
+async fn after_handshake<IO, S, B>(shared: &Shared, stream: IO, info: TlsInfo, service: S)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<http::BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<http::BoxError>,
 {
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-    let page = format!("{}{details}", shared.page_head);
-    let result = http::serve(
+    let peer = info.peer_addr();
+    let counters = Arc::clone(&shared.counters);
+    let result = http::serve_connection(
         stream,
-        page.as_bytes(),
+        service,
+        info,
         shared.limits,
         shared.draining.subscribe(),
-        &shared.counters.requests,
+        Arc::new(move || {
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+        }),
     )
     .await;
     if let Err(e) = result {
