@@ -130,7 +130,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Longest a connection may stay open with no request in progress (HTTP/1.1 keep-alive
     /// between requests; HTTP/2 with no stream in progress, whatever frames the client sends
-    /// meanwhile); it is then closed gracefully (HTTP/2: GOAWAY). Default 30 s.
+    /// meanwhile); it is then closed gracefully (HTTP/2: GOAWAY, and closed once the client
+    /// acknowledges it, or a `write_timeout` later). Default 30 s.
     pub idle_timeout: Duration,
     /// HTTP/1.1: longest a request head may take to arrive once its first byte came, however
     /// slowly it trickles in (a slowloris client is closed when it expires; on HTTP/2 the
