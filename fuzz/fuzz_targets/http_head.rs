@@ -13,7 +13,10 @@ use libfuzzer_sys::fuzz_target;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count() as u64
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     if http2 {
         // A frame header: 3 bytes of length, the type (4: SETTINGS), flags, stream 0.
         if !out.is_empty() {
-            assert!(out.len() >= 9 && out[3] == 4, "{:?}", &out[..out.len().min(9)]);
+            assert!(
+                out.len() >= 9 && out[3] == 4,
+                "{:?}",
+                &out[..out.len().min(9)]
+            );
         }
     } else {
         // HTTP/1.1, or HTTP/1.0 to an HTTP/1.0 request.

@@ -63,7 +63,11 @@ async fn drive(input: &[u8], http2: bool) -> Served {
         "TLSv1.3",
         "TLS_AES_128_GCM_SHA256".to_owned(),
         Some("localhost".to_owned()),
-        Some(if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }),
+        Some(if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }),
         std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
     );
     let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -58,8 +58,8 @@ pub mod testing;
 // Public interface.
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
-pub use identity::{Identities, Identity, UnknownName};
 pub use http::TlsInfo;
+pub use identity::{Identities, Identity, UnknownName};
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};
 
 /// The application protocols both stacks' acceptors offer, the server's preference first.

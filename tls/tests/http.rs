@@ -200,7 +200,10 @@ fn openssl_negotiates_h2_and_http11() {
                 "{stack}: {stdout}"
             );
             if !h2 {
-                assert!(stdout.contains("HTTP/1.1 200 OK"), "{stack} {alpn:?}: {stdout}");
+                assert!(
+                    stdout.contains("HTTP/1.1 200 OK"),
+                    "{stack} {alpn:?}: {stdout}"
+                );
                 assert!(stdout.contains("http: HTTP/1.1"), "{stack}: {stdout}");
             }
         }
@@ -245,7 +248,10 @@ fn idle_and_slowloris_clients_are_closed_by_their_timeouts() {
         let mut c = client(&ca, addr, &[b"http/1.1"]);
         let t = Instant::now();
         let mut closed_after = None;
-        for byte in b"GET / HTTP/1.1\r\nHost: slow.example\r\nX-Slow: ".iter().cycle() {
+        for byte in b"GET / HTTP/1.1\r\nHost: slow.example\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
             if c.write_all(&[*byte]).and_then(|()| c.flush()).is_err() {
                 closed_after = Some(t.elapsed());
                 break;
@@ -288,7 +294,8 @@ fn idle_and_slowloris_clients_are_closed_by_their_timeouts() {
 /// Whether HTTP/2 server frames (after no preface: a server sends none) include a GOAWAY.
 fn has_goaway(mut frames: &[u8]) -> bool {
     while frames.len() >= 9 {
-        let len = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
         if frames[3] == 7 {
             return true;
         }
@@ -326,8 +333,15 @@ fn ambiguous_request_framing_is_refused() {
         c.flush().unwrap();
         let (got, _) = read_to_close(&mut c);
         let got = String::from_utf8_lossy(&got);
-        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad:?}: {got}");
-        assert_eq!(count(&got, "HTTP/1.1 "), 1, "{bad:?}: answered twice: {got}");
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{bad:?}: {got}"
+        );
+        assert_eq!(
+            count(&got, "HTTP/1.1 "),
+            1,
+            "{bad:?}: answered twice: {got}"
+        );
     }
     // The unambiguous forms are served, and the request after the body is answered too.
     for good in [
@@ -349,7 +363,11 @@ fn ambiguous_request_framing_is_refused() {
             || !String::from_utf8_lossy(&got).ends_with("http: HTTP/1.1\n")
         {
             let n = c.read(&mut buf).unwrap();
-            assert!(n > 0, "{good:?}: closed early: {}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "{good:?}: closed early: {}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         }
         let got = String::from_utf8_lossy(&got);
@@ -454,9 +472,7 @@ fn an_axum_app_sees_the_tls_parameters() {
             let out = curl(&ca, app.addr(), &[flag, "--tlsv1.3"], &["/tls", "/"]);
             let (stdout, log) = text(&out);
             assert!(out.status.success(), "{log}");
-            let expect = format!(
-                "stack={stack} protocol=TLSv1.3 cipher=TLS_AES_"
-            );
+            let expect = format!("stack={stack} protocol=TLSv1.3 cipher=TLS_AES_");
             assert!(stdout.contains(&expect), "{stack} {flag}: {stdout}");
             assert!(
                 stdout.contains(&format!("sni=Some(\"localhost\") alpn=Some(\"{alpn}\")")),
@@ -520,7 +536,10 @@ fn shutdown_finishes_requests_in_progress_and_closes_idle_connections() {
         assert_eq!(stdout, "slow done\nversion=2\n", "{stack}");
         // The idle connection was closed at once, not after the grace.
         let (_, _) = read_to_close(&mut idle);
-        assert!(drained < Duration::from_secs(3), "{stack}: drained in {drained:?}");
+        assert!(
+            drained < Duration::from_secs(3),
+            "{stack}: drained in {drained:?}"
+        );
         assert_eq!(app.stats().active, 0, "{stack}");
         println!("{stack}: drained in {drained:?}");
     }
