@@ -2,7 +2,8 @@
 //! and reuses its connection, `openssl s_client -alpn h2` negotiates h2; an idle client, a
 //! slowloris client and a client that stops reading are closed by their timeouts; requests a
 //! lenient proxy would frame differently (a signed or conflicting Content-Length, ...) are
-//! refused with 400 and the request behind them never answered; shutdown lets requests in
+//! refused with 400 and the request behind them never answered, a head over the limit gets
+//! 431; shutdown lets requests in
 //! progress finish (HTTP/1.1 and HTTP/2) and closes idle connections at once; an axum Router
 //! served with `Server::serve_with` sees each request's TLS parameters.
 #![allow(
@@ -222,7 +223,8 @@ fn idle_and_slowloris_clients_are_closed_by_their_timeouts() {
             config(&ca, stack)
                 .idle_timeout(idle)
                 .request_timeout(request)
-                .write_timeout(write),
+                .write_timeout(write)
+                .max_concurrent_streams(7),
         );
         let addr = server.local_addr();
 
@@ -282,7 +284,16 @@ fn idle_and_slowloris_clients_are_closed_by_their_timeouts() {
             waited >= idle + write && waited < (idle + write) * 2,
             "{stack}: idle HTTP/2 closed after {waited:?}"
         );
-        assert!(has_goaway(&frames), "{stack}: no GOAWAY in {frames:?}");
+        assert!(
+            frame(&frames, 7).is_some(),
+            "{stack}: no GOAWAY in {frames:?}"
+        );
+        // The server's SETTINGS announce the stream limit (SETTINGS_MAX_CONCURRENT_STREAMS).
+        let settings = frame(&frames, 4).expect("the server's SETTINGS");
+        assert!(
+            settings.chunks_exact(6).any(|s| s == [0, 3, 0, 0, 0, 7]),
+            "{stack}: {settings:?}"
+        );
 
         // The request timeout closed the slowloris client without a request answered.
         let stats = server.stats();
@@ -291,17 +302,17 @@ fn idle_and_slowloris_clients_are_closed_by_their_timeouts() {
     }
 }
 
-/// Whether HTTP/2 server frames (after no preface: a server sends none) include a GOAWAY.
-fn has_goaway(mut frames: &[u8]) -> bool {
+/// The payload of the first HTTP/2 frame of type `kind` among a server's frames.
+fn frame(mut frames: &[u8], kind: u8) -> Option<&[u8]> {
     while frames.len() >= 9 {
         let len =
             usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
-        if frames[3] == 7 {
-            return true;
+        if frames[3] == kind {
+            return frames.get(9..9 + len);
         }
         frames = frames.get(9 + len..).unwrap_or_default();
     }
-    false
+    None
 }
 
 #[test]
@@ -343,6 +354,21 @@ fn ambiguous_request_framing_is_refused() {
             "{bad:?}: answered twice: {got}"
         );
     }
+    // A head over the limit (16 KiB by default) gets 431.
+    let mut c = client(&ca, addr, &[b"http/1.1"]);
+    write!(
+        c,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(17 * 1024)
+    )
+    .unwrap();
+    c.flush().unwrap();
+    let (got, _) = read_to_close(&mut c);
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{got}"
+    );
     // The unambiguous forms are served, and the request after the body is answered too.
     for good in [
         "Content-Length: 5",
