@@ -6,8 +6,9 @@
 //! [`Server::bind`] checks everything that can be checked before serving (the certificate
 //! holds the key's public key, the key signs, the device answers a test signature) and opens
 //! the listening socket; [`Server::serve_with`] (or [`Server::serve`], the test page) accepts
-//! connections until a shutdown future completes. [`Server::start`] does both on a runtime of its own, on its own thread. Errors of
-//! one connection are logged (target `hardkey_tls`) and counted, never fatal.
+//! connections until a shutdown future completes. [`Server::start`] does both on a runtime of
+//! its own, on its own thread. Errors of one connection are logged (target `hardkey_tls`) and
+//! counted, never fatal.
 
 use std::fmt;
 use std::future::Future;
