@@ -354,6 +354,27 @@ fn ambiguous_request_framing_is_refused() {
             "{bad:?}: answered twice: {got}"
         );
     }
+    // Transfer-Encoding and Content-Length together: read as chunked, answered, and the
+    // connection closed (RFC 9112 6.1), so what follows is never taken for a request.
+    // HTTP/1.0 has no Transfer-Encoding: 400.
+    for (head, status) in [
+        (
+            "POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5",
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+        ),
+        (
+            "POST / HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked",
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+    ] {
+        let mut c = client(&ca, addr, &[b"http/1.1"]);
+        write!(c, "{head}\r\n\r\n0\r\n\r\n{smuggled}").unwrap();
+        c.flush().unwrap();
+        let (got, _) = read_to_close(&mut c);
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with(status), "{head:?}: {got}");
+        assert_eq!(count(&got, "HTTP/1."), 1, "{head:?}: answered twice: {got}");
+    }
     // A head over the limit (16 KiB by default) gets 431.
     let mut c = client(&ca, addr, &[b"http/1.1"]);
     write!(
