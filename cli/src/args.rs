@@ -812,8 +812,9 @@ pub(crate) struct ServeArgs {
     /// 256) for the key's device.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
-    /// Deadline for a whole request (head and body) once its first byte arrived, and for
-    /// writing a response (e.g. 10s).
+    /// Deadline for a request head once its first byte arrived (HTTP/1.1; on HTTP/2 the
+    /// 30 s idle timeout bounds it) and then for its body, and how long a write may wait for
+    /// the client to read (e.g. 10s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) request_timeout: Duration,
     /// Add this delay to every private-key operation (e.g. 200ms, 5s), to see how the stack

@@ -290,8 +290,10 @@ fn setup(what: &'static str) -> impl Fn(ErrorStack) -> Error {
 
 /// A BoringSSL acceptor builder serving `chain` with `key`: Mozilla's intermediate profile
 /// (TLS 1.2 with ECDHE suites, TLS 1.3), the [`KeyMethod`], signing preferences limited to the
-/// key's schemes, and ALPN `http/1.1`. Checks that the chain's certificate holds the key's
-/// public key. Adjust it further (groups, cipher suites, session tickets) before `build()`.
+/// key's schemes, and ALPN `h2` and `http/1.1` (the server's preference first; a client
+/// offering neither gets no ALPN). Checks that the chain's certificate holds the key's public
+/// key. Adjust it further (groups, cipher suites, session tickets, `set_alpn_select_callback`
+/// for an HTTP/1.1-only server) before `build()`.
 pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptorBuilder> {
     chain.check_key(key.info())?;
     if key.info().signature_schemes.is_empty() {
@@ -318,7 +320,7 @@ pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor
         .set_sigalgs_list(&signing_prefs(key.info()))
         .map_err(setup("signature algorithms"))?;
     builder.set_alpn_select_callback(|_, client| {
-        select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
+        select_next_proto(crate::ALPN_WIRE, client).ok_or(AlpnError::NOACK)
     });
     builder.set_async_private_key_method(KeyMethod::new(key));
     Ok(builder)

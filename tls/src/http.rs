@@ -1,462 +1,642 @@
-//! A minimal HTTP/1.1 responder: every `GET` or `HEAD` gets the same small page, connections
-//! stay open between requests (keep-alive) until the client closes, asks to close, idles too
-//! long, or the server shuts down.
+//! HTTP/1.1 and HTTP/2 over the server's TLS connections, by hyper: the protocol is the one ALPN
+//! chose (`h2`, else HTTP/1.1), the service is the application's (a tower service, such as an
+//! axum `Router`) or the built-in test page, and this module adds what hyper leaves to its
+//! caller: the keep-alive idle timeout, the request-head deadline (slowloris), the write-stall
+//! timeout, graceful shutdown, the request count, and each request's [`TlsInfo`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, Sleep};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use crate::server::Stack;
 
-/// Longest request head accepted (request line and headers).
-const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body read (and discarded).
+/// Largest request body the test page reads (and discards); a longer one gets 413.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
-/// The deadlines of one connection's HTTP exchange.
+/// An error of a request's body or of a service, as hyper takes it.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the TLS handshake of a request's connection established, in every request's
+/// extensions (`req.extensions().get::<TlsInfo>()`; axum: `Extension<TlsInfo>`). Cheap to
+/// clone (one reference count).
+#[derive(Clone, Debug)]
+pub struct TlsInfo(Arc<TlsInfoInner>);
+
+#[derive(Debug)]
+struct TlsInfoInner {
+    stack: Stack,
+    protocol: &'static str,
+    cipher: String,
+    server_name: Option<String>,
+    alpn: Option<Vec<u8>>,
+    peer_addr: SocketAddr,
+    /// The client's certificate (DER), verified, when the server requires one.
+    client_certificate: Option<Vec<u8>>,
+    /// The start of the test page of the identities the connection was accepted with.
+    page_head: Arc<str>,
+}
+
+impl TlsInfo {
+    pub(crate) fn new(
+        stack: Stack,
+        protocol: &'static str,
+        cipher: String,
+        server_name: Option<String>,
+        alpn: Option<Vec<u8>>,
+        peer_addr: SocketAddr,
+        client_certificate: Option<Vec<u8>>,
+        page_head: Arc<str>,
+    ) -> Self {
+        Self(Arc::new(TlsInfoInner {
+            stack,
+            protocol,
+            cipher,
+            server_name,
+            alpn,
+            peer_addr,
+            client_certificate,
+            page_head,
+        }))
+    }
+
+    /// The client's certificate (DER), verified against the server's client CAs, when the
+    /// server requires client certificates ([`ServerConfig::client_ca`](crate::ServerConfig)).
+    pub fn client_certificate(&self) -> Option<&[u8]> {
+        self.0.client_certificate.as_deref()
+    }
+
+    /// The TLS library that terminated the connection.
+    pub fn stack(&self) -> Stack {
+        self.0.stack
+    }
+
+    /// The TLS version: `TLSv1.3` or `TLSv1.2`.
+    pub fn protocol(&self) -> &str {
+        self.0.protocol
+    }
+
+    /// The cipher suite's IANA name (`TLS_AES_128_GCM_SHA256`, `TLS_ECDHE_ECDSA_WITH_...`),
+    /// or `?` if the stack did not name it.
+    pub fn cipher(&self) -> &str {
+        &self.0.cipher
+    }
+
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.0.server_name.as_deref()
+    }
+
+    /// The application protocol ALPN chose (`h2`, `http/1.1`), if the client offered any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.0.alpn.as_deref()
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.0.peer_addr
+    }
+
+    /// Whether the connection speaks HTTP/2 (ALPN `h2`); otherwise HTTP/1.1.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.alpn() == Some(b"h2")
+    }
+}
+
+/// The deadlines and limits of one connection's HTTP exchange.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// Between requests (no byte of the next one yet): closed quietly when it expires.
+    /// With no request in progress: closed (gracefully) when it expires.
     pub(crate) idle: Duration,
-    /// For a whole request (head and body) from its first byte.
+    /// HTTP/1.1: for a request head from its first byte; the test page also reads its body
+    /// within it.
     pub(crate) request: Duration,
-    /// For writing one response.
+    /// Longest a write may wait for the client to take bytes.
     pub(crate) write: Duration,
+    /// Largest request head (HTTP/1.1: request line and headers; HTTP/2: the header list).
+    pub(crate) max_header_size: usize,
+    /// HTTP/2 streams open at once.
+    pub(crate) max_concurrent_streams: u32,
 }
 
 /// Why a connection's HTTP exchange ended, when it did not end cleanly.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HttpError {
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
+    #[error("{}", chain(.0))]
+    Http(#[from] hyper::Error),
     #[error("{0}")]
     TimedOut(&'static str),
 }
 
-/// What one request asked for.
-pub(crate) struct Request {
-    pub(crate) head_only: bool,
-    pub(crate) allowed: bool,
-    pub(crate) keep_alive: bool,
-    pub(crate) body_len: usize,
+/// An error and its sources, `: `-separated (hyper's messages name the step, the sources why).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
-pub(crate) fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
-    let text = std::str::from_utf8(head).map_err(|_| HttpError::Malformed("not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(_target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::Malformed("bad request line"));
-    };
-    let http11 = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
-    };
-    let mut keep_alive = http11;
-    let mut close = false;
-    let mut body_len = 0;
-    let mut content_length: Option<&str> = None;
-    for line in lines.filter(|l| !l.is_empty()) {
-        // RFC 9112: a bare CR or LF, a folded line (obs-fold), whitespace before the colon or
-        // a name that is not a token, and control characters in a value are refused, never
-        // guessed at: a proxy in front that reads them otherwise would frame the requests
-        // differently (request smuggling).
-        if line.contains(['\r', '\n']) {
-            return Err(HttpError::Malformed("bare CR or LF in the request head"));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(HttpError::Malformed("header without ':'"));
-        };
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(HttpError::Malformed(
-                "bad header name (whitespace before ':', a folded line or not a token)",
-            ));
-        }
-        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(HttpError::Malformed("control character in a header value"));
-        }
-        let value = value.trim_matches([' ', '\t']);
-        if name.eq_ignore_ascii_case("connection") {
-            let tokens = || value.split(',').map(|t| t.trim_matches([' ', '\t']));
-            // "close" wins over "keep-alive", wherever it stands.
-            if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
-                close = true;
-            } else if tokens().any(|t| t.eq_ignore_ascii_case("keep-alive")) {
-                keep_alive = true;
-            }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // RFC 9112 6.3: digits only (Rust's parser would take "+5"), and several
-            // Content-Length headers that differ are refused: a proxy in front that took the
-            // other one would frame the next request differently (request smuggling).
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HttpError::Malformed("bad Content-Length"));
-            }
-            if content_length.is_some_and(|seen| seen != value) {
-                return Err(HttpError::Malformed("conflicting Content-Length headers"));
-            }
-            content_length = Some(value);
-            body_len = value
-                .parse()
-                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
-            if body_len > MAX_BODY {
-                return Err(HttpError::Malformed("request body too large"));
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::Malformed(
-                "chunked request bodies are not supported",
-            ));
+/// A connection's requests in progress and when it last had none: the idle and request-head
+/// deadlines.
+struct Activity {
+    state: Mutex<ActivityState>,
+    changed: Notify,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    /// When the last request finished (or the connection started).
+    idle_since: Instant,
+    /// When the first byte after that arrived.
+    first_byte: Option<Instant>,
+}
+
+/// What a connection's watchdog waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    Idle(Instant),
+    Request(Instant),
+}
+
+impl Deadline {
+    fn at(self) -> Instant {
+        match self {
+            Self::Idle(at) | Self::Request(at) => at,
         }
     }
-    Ok(Request {
-        head_only: method == "HEAD",
-        allowed: method == "GET" || method == "HEAD",
-        keep_alive: keep_alive && !close,
-        body_len,
-    })
 }
 
-/// RFC 9110 `tchar`: what a header name is made of.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                idle_since: Instant::now(),
+                first_byte: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes arrived: with no request in progress, the next request's head has begun.
+    fn read(&self) {
+        let mut state = self.lock();
+        if state.in_flight == 0 && state.first_byte.is_none() {
+            state.first_byte = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request reached the service; it is in progress until the guard drops (with the
+    /// response body, once sent).
+    fn start(self: &Arc<Self>) -> InFlight {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.first_byte = None;
+        drop(state);
+        self.changed.notify_one();
+        InFlight(Arc::clone(self))
+    }
+
+    /// The deadline now: none while requests are in progress; on HTTP/1.1 the request-head
+    /// deadline once a byte of the next request arrived; else the idle deadline. (HTTP/2
+    /// clients send frames between requests, WINDOW_UPDATE, PING, SETTINGS: only the idle
+    /// deadline applies there, and bounds a client trickling a header block.)
+    fn deadline(&self, http2: bool, limits: &Limits) -> Option<Deadline> {
+        let state = self.lock();
+        if state.in_flight > 0 {
+            return None;
+        }
+        Some(match state.first_byte {
+            Some(first) if !http2 => Deadline::Request(first + limits.request),
+            _ => Deadline::Idle(state.idle_since + limits.idle),
+        })
+    }
 }
 
-/// Answers a request that cannot be served with `400 Bad Request` and `Connection: close`
-/// (best effort, within the write deadline), so the client learns why it is closed.
-async fn reject<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    limits: Limits,
-    why: HttpError,
-) -> HttpError {
-    const BAD: &[u8] =
-        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    let write = async {
-        stream.write_all(BAD).await?;
-        stream.flush().await
-    };
-    let _ = tokio::time::timeout(limits.write, write).await;
-    why
+/// A request in progress (see [`Activity::start`]).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+            state.first_byte = None;
+        }
+        drop(state);
+        self.0.changed.notify_one();
+    }
 }
 
-/// Serves requests on `stream` until it ends. `page` is the body of every response; each
-/// request is counted in `answered` before its response is sent. Returns the number of
-/// requests answered.
-pub(crate) async fn serve<S>(
-    stream: &mut S,
-    page: &[u8],
-    limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-    counter: &AtomicU64,
-) -> Result<u64, HttpError>
+/// The TLS stream as hyper sees it: reads feed the connection's [`Activity`]; a write (or
+/// flush, or shutdown) that waits longer than the write timeout for the client to take bytes
+/// fails with `TimedOut`, which ends the connection.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    write_timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Watched<T> {
+    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response within the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, poll)
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is sent (or
+/// dropped).
+pub(crate) struct CountedBody<B> {
+    inner: Pin<Box<B>>,
+    _in_flight: InFlight,
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.inner.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The hyper service of one connection: puts the connection's [`TlsInfo`] into each request,
+/// counts it, and calls the application's tower service (a clone per request, after
+/// `poll_ready`).
+struct Dispatch<S> {
+    inner: S,
+    info: TlsInfo,
+    activity: Arc<Activity>,
+    on_request: Arc<dyn Fn() + Send + Sync>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Dispatch<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut answered = 0u64;
+    type Response = Response<CountedBody<B>>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.start();
+        (self.on_request)();
+        request.extensions_mut().insert(self.info.clone());
+        let mut service = self.inner.clone();
+        Box::pin(async move {
+            futures::future::poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            let response = service.call(request).await.map_err(Into::into)?;
+            Ok(response.map(|body| CountedBody {
+                inner: Box::pin(body),
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// One connection's hyper state machine, of the protocol ALPN chose.
+enum Connection<IO, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+{
+    Http1(Pin<Box<hyper::server::conn::http1::UpgradeableConnection<TokioIo<IO>, S>>>),
+    Http2(Pin<Box<hyper::server::conn::http2::Connection<TokioIo<IO>, S, TokioExecutor>>>),
+}
+
+/// Serves HTTP on a handshaken TLS stream until the client closes, the connection idles too
+/// long, a request head or a write misses its deadline, or the server drains (`draining`
+/// turns true: the connection finishes the requests in progress, then closes; HTTP/2 sends
+/// GOAWAY). The protocol is the one ALPN chose: `h2`, else HTTP/1.1 (RFC 9113 3.2: HTTP/2 over
+/// TLS is negotiated, never assumed). Each request is counted with `on_request` when it
+/// reaches the service.
+pub(crate) async fn serve_connection<IO, S, B>(
+    io: IO,
+    service: S,
+    info: TlsInfo,
+    limits: Limits,
+    mut draining: watch::Receiver<bool>,
+    on_request: Arc<dyn Fn() + Send + Sync>,
+) -> Result<(), HttpError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let http2 = info.is_h2();
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: io,
+        activity: Arc::clone(&activity),
+        write_timeout: limits.write,
+        stalled: None,
+    });
+    let service = Dispatch {
+        inner: service,
+        info,
+        activity: Arc::clone(&activity),
+        on_request,
+    };
+    let mut connection = if http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+        Connection::Http2(Box::pin(builder.serve_connection(io, service)))
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // The request-head deadline runs from the head's first byte, below; hyper's
+            // own runs from the end of the previous response, which would cut the idle time.
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_size)
+            // Requests already received are answered when the client half-closes.
+            .half_close(true)
+            // `Content-Length`, as clients that match header names exactly expect.
+            .title_case_headers(true);
+        Connection::Http1(Box::pin(
+            builder.serve_connection(io, service).with_upgrades(),
+        ))
+    };
+    let mut closing = false;
+    let mut close_by: Option<Instant> = None;
     loop {
-        // The request's deadline runs from its first byte (a pipelined one may be buffered).
-        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.request);
-        // Read a complete request head (pipelined requests may already be buffered).
-        let head_end = loop {
-            if let Some(end) = find_head_end(&buf) {
-                break end;
+        let deadline = if closing {
+            close_by.map(Deadline::Idle)
+        } else {
+            activity.deadline(http2, &limits)
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.at()).await,
+                None => std::future::pending().await,
             }
-            if buf.len() > MAX_HEAD {
-                return Err(reject(
-                    stream,
-                    limits,
-                    HttpError::Malformed("request head too large"),
-                )
-                .await);
+        };
+        let done = async {
+            match &mut connection {
+                Connection::Http1(c) => c.as_mut().await,
+                Connection::Http2(c) => c.as_mut().await,
             }
-            let mut chunk = [0u8; 4096];
-            let wait = match deadline {
-                Some(at) => at.saturating_duration_since(Instant::now()),
-                None => limits.idle,
-            };
-            let read = tokio::select! {
-                r = tokio::time::timeout(wait, stream.read(&mut chunk)) => r,
-                _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return Ok(answered),
-            };
-            if deadline.is_none() && matches!(read, Ok(Ok(n)) if n > 0) {
-                deadline = Some(Instant::now() + limits.request);
+        };
+        let event = tokio::select! {
+            done = done => return done.map_err(HttpError::from),
+            _ = draining.wait_for(|stop| *stop), if !closing => Event::Drain,
+            () = sleep => Event::Deadline,
+            () = activity.changed.notified() => Event::Changed,
+        };
+        match event {
+            Event::Changed => {}
+            Event::Drain => {
+                // Until the server's shutdown grace runs out: the server ends it then.
+                shutdown(&mut connection);
+                closing = true;
             }
-            match read {
-                // Idle too long: close quietly between requests.
-                Err(_) if buf.is_empty() => return Ok(answered),
-                Err(_) => {
+            Event::Deadline if closing => {
+                return Err(HttpError::TimedOut(
+                    "an idle connection did not close within the write timeout",
+                ));
+            }
+            Event::Deadline => match activity.deadline(http2, &limits) {
+                Some(Deadline::Request(at)) if at <= Instant::now() => {
                     return Err(HttpError::TimedOut(
                         "the request head did not arrive within the request timeout",
                     ));
                 }
-                Ok(Ok(0)) if buf.is_empty() => return Ok(answered),
-                Ok(Ok(0)) => return Err(HttpError::Malformed("connection closed mid-request")),
-                Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        };
-        if head_end > MAX_HEAD {
-            return Err(reject(
-                stream,
-                limits,
-                HttpError::Malformed("request head too large"),
-            )
-            .await);
-        }
-        let request = match parse_head(buf.get(..head_end).unwrap_or_default()) {
-            Ok(request) => request,
-            Err(e) => return Err(reject(stream, limits, e).await),
-        };
-        buf.drain(..head_end + 4);
-        // Discard the body.
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.request);
-        while buf.len() < request.body_len {
-            let mut chunk = [0u8; 4096];
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
-                Err(_) => {
-                    return Err(HttpError::TimedOut(
-                        "the request body did not arrive within the request timeout",
-                    ));
+                Some(Deadline::Idle(at)) if at <= Instant::now() => {
+                    // Quietly: HTTP/1.1 closes, HTTP/2 sends GOAWAY and closes once the
+                    // client acknowledges (or the write timeout runs out).
+                    shutdown(&mut connection);
+                    closing = true;
+                    close_by = Some(Instant::now() + limits.write);
                 }
-                Ok(Ok(0)) => return Err(HttpError::Malformed("request body cut short")),
-                Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-        buf.drain(..request.body_len);
-
-        let keep_alive = request.keep_alive && !*shutdown.borrow();
-        let (status, body): (&str, &[u8]) = if request.allowed {
-            ("200 OK", page)
-        } else {
-            ("405 Method Not Allowed", b"only GET and HEAD are served\n")
-        };
-        let mut response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: {}\r\nCache-Control: no-store\r\n",
-            body.len(),
-            if keep_alive { "keep-alive" } else { "close" },
-        );
-        if !request.allowed {
-            response.push_str("Allow: GET, HEAD\r\n");
-        }
-        response.push_str("\r\n");
-        let mut response = response.into_bytes();
-        if !request.head_only {
-            response.extend_from_slice(body);
-        }
-        answered += 1;
-        counter.fetch_add(1, Ordering::Relaxed);
-        let write = async {
-            stream.write_all(&response).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(limits.write, write).await {
-            Ok(done) => done?,
-            Err(_) => {
-                return Err(HttpError::TimedOut(
-                    "the client did not read the response within the write timeout",
-                ));
-            }
-        }
-        if !keep_alive {
-            // Best effort: send close_notify.
-            let _ = stream.shutdown().await;
-            return Ok(answered);
+                // A request started meanwhile, or the deadline moved.
+                _ => {}
+            },
         }
     }
 }
 
-pub(crate) fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
+enum Event {
+    Drain,
+    Deadline,
+    Changed,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn shutdown<IO, S, B>(connection: &mut Connection<IO, S>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match connection {
+        Connection::Http1(c) => c.as_mut().graceful_shutdown(),
+        Connection::Http2(c) => c.as_mut().graceful_shutdown(),
+    }
+}
 
-    /// Found by an attacker's review: header lines a lenient proxy reads differently are
-    /// refused, not guessed at; only SP and HTAB are trimmed; "close" wins.
-    #[test]
-    fn ambiguous_header_lines_are_refused() {
-        let head = |lines: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{lines}");
-        for bad in [
-            "Content-Length : 27",
-            "\nContent-Length: 27",
-            "Content-Length: 27\nX: y",
-            "Transfer-Encoding : chunked",
-            " Transfer-Encoding: chunked",
-            "X: a\r\n\tfolded",
-            ": empty name",
-            "X: nul\0byte",
-            "Content-Length: 3\u{a0}",
-            "Content-Length: 3\x0b",
-        ] {
-            assert!(
-                matches!(
-                    parse_head(head(bad).as_bytes()),
-                    Err(HttpError::Malformed(_))
-                ),
-                "{bad:?} accepted"
-            );
-        }
-        let ok = parse_head(head("Content-Length: \t3 ").as_bytes()).map(|r| r.body_len);
-        assert_eq!(ok.ok(), Some(3));
-        let closing = parse_head(head("Connection: close, keep-alive").as_bytes());
-        assert!(closing.is_ok_and(|r| !r.keep_alive));
+/// The built-in test page: `GET` and `HEAD` get `page_head`, then the request's TLS
+/// parameters and HTTP version; other methods get 405. A request body is read (within the
+/// request timeout, at most [`MAX_BODY`] bytes) and discarded.
+#[derive(Clone)]
+pub(crate) struct TestPage {
+    body_timeout: Duration,
+}
+
+impl TestPage {
+    /// The page, reading request bodies within `body_timeout`. Its head comes with each
+    /// connection's [`TlsInfo`] (a reload may change it).
+    pub(crate) fn new(body_timeout: Duration) -> Self {
+        Self { body_timeout }
     }
 
-    /// Found reading the code while fuzzing `parse_head`: a signed or conflicting
-    /// Content-Length frames the next request differently from a proxy that reads it
-    /// strictly; both are refused.
-    #[test]
-    fn content_length_is_digits_and_unambiguous() {
-        let head = |cl: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{cl}\r\n");
-        for bad in [
-            "Content-Length: +5\r\n",
-            "Content-Length: -1\r\n",
-            "Content-Length: 5 5\r\n",
-            "Content-Length: \r\n",
-            "Content-Length: 5\r\nContent-Length: 6\r\n",
-        ] {
-            assert!(
-                matches!(
-                    parse_head(head(bad).as_bytes()),
-                    Err(HttpError::Malformed(_))
-                ),
-                "{bad:?} accepted"
-            );
-        }
-        let same = head("Content-Length: 5\r\ncontent-length: 5\r\n");
-        assert_eq!(
-            parse_head(same.as_bytes()).map(|r| r.body_len).ok(),
-            Some(5)
-        );
-        let plain = head("Content-Length: 007\r\n");
-        assert_eq!(
-            parse_head(plain.as_bytes()).map(|r| r.body_len).ok(),
-            Some(7)
-        );
-    }
-
-    fn limits(secs: u64) -> Limits {
-        Limits {
-            idle: Duration::from_secs(secs),
-            request: Duration::from_secs(secs),
-            write: Duration::from_secs(secs),
-        }
-    }
-
-    /// A client that trickles its request head in, a byte at a time, is closed when the
-    /// request timeout expires, though each byte came well within the idle timeout.
-    #[tokio::test(start_paused = true)]
-    async fn slow_request_head_meets_its_deadline() {
-        let (mut client, mut server) = tokio::io::duplex(4096);
-        let (_tx, rx) = watch::channel(false);
-        let limits = Limits {
-            idle: Duration::from_secs(30),
-            request: Duration::from_secs(10),
-            write: Duration::from_secs(10),
+    async fn respond(self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let http1 = parts.version < Version::HTTP_2;
+        let read = tokio::time::timeout(self.body_timeout, Limited::new(body, MAX_BODY).collect());
+        let refused = match read.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is over 64 KiB\n",
+            )),
+            Ok(Err(_)) => Some((StatusCode::BAD_REQUEST, "the request body was cut short\n")),
+            Err(_) => Some((
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within the request timeout\n",
+            )),
         };
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let r = serve(&mut server, b"x", limits, rx, &AtomicU64::new(0)).await;
-            (r, started.elapsed())
-        });
-        let trickle = tokio::spawn(async move {
-            for byte in b"GET / HTTP/1.1\r\nHost: slow.example\r\n".iter().cycle() {
-                if client.write_all(&[*byte]).await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some((status, why)) = refused {
+            let mut response = text(status, why.to_owned());
+            if http1 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-        });
-        let (r, took) = task.await.unwrap();
-        assert!(matches!(r, Err(HttpError::TimedOut(_))), "{r:?}");
-        assert!(took <= Duration::from_secs(11), "{took:?}");
-        trickle.abort();
-    }
-
-    /// A client that never reads its response is closed when the write timeout expires.
-    #[tokio::test(start_paused = true)]
-    async fn client_that_does_not_read_meets_the_write_deadline() {
-        let (mut client, mut server) = tokio::io::duplex(64);
-        let (_tx, rx) = watch::channel(false);
-        let big = vec![b'x'; 64 * 1024];
-        let task = tokio::spawn(async move {
-            serve(&mut server, &big, limits(10), rx, &AtomicU64::new(0)).await
-        });
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let r = task.await.unwrap();
-        assert!(matches!(r, Err(HttpError::TimedOut(_))), "{r:?}");
-    }
-
-    #[tokio::test]
-    async fn keep_alive_pipelining_and_close() {
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-        let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            serve(&mut server, b"hello\n", limits(5), rx, &AtomicU64::new(0)).await
-        });
-        client
-            .write_all(
-                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
-                  POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
-                  GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut out = String::new();
-        client.read_to_string(&mut out).await.unwrap();
-        assert_eq!(task.await.unwrap().unwrap(), 4);
-        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
-        assert_eq!(out.matches("hello\n").count(), 2, "{out}");
-        assert!(out.contains("405 Method Not Allowed"), "{out}");
-        assert!(out.ends_with("Connection: close\r\nCache-Control: no-store\r\n\r\nhello\n"));
-    }
-
-    #[tokio::test]
-    async fn http10_closes_and_garbage_is_refused() {
-        let (mut client, mut server) = tokio::io::duplex(4096);
-        let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            serve(&mut server, b"x", limits(5), rx, &AtomicU64::new(0)).await
-        });
-        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        client.read_to_string(&mut out).await.unwrap();
-        assert_eq!(task.await.unwrap().unwrap(), 1);
-        assert!(out.contains("Connection: close"), "{out}");
-
-        for bad in [
-            &b"NONSENSE\r\n\r\n"[..],
-            b"GET / HTTP/2\r\n\r\n",
-            b"\xff\r\n\r\n",
-        ] {
-            let (mut client, mut server) = tokio::io::duplex(4096);
-            let (_tx, rx) = watch::channel(false);
-            client.write_all(bad).await.unwrap();
-            let r = serve(&mut server, b"x", limits(5), rx, &AtomicU64::new(0)).await;
-            assert!(matches!(r, Err(HttpError::Malformed(_))), "{r:?}");
+            return response;
         }
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served\n".to_owned(),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let mut page = String::new();
+        if let Some(info) = parts.extensions.get::<TlsInfo>() {
+            page.push_str(&info.0.page_head);
+            page.push_str(&format!(
+                "protocol: {}\ncipher: {}\n{}",
+                info.protocol(),
+                info.cipher(),
+                crate::mtls::client_line(info.client_certificate())
+            ));
+        }
+        page.push_str(&format!("http: {:?}\n", parts.version));
+        // hyper sends a HEAD response's headers only, with the Content-Length of the page.
+        text(StatusCode::OK, page)
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl tower_service::Service<Request<Incoming>> for TestPage {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    #[tokio::test]
-    async fn shutdown_ends_an_idle_connection() {
-        let (_client, mut server) = tokio::io::duplex(4096);
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            serve(&mut server, b"x", limits(60), rx, &AtomicU64::new(0)).await
-        });
-        tx.send(true).unwrap();
-        assert_eq!(task.await.unwrap().unwrap(), 0);
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let page = self.clone();
+        Box::pin(async move { Ok(page.respond(request).await) })
     }
 }

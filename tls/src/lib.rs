@@ -7,9 +7,11 @@
 //! - [`rustls`](mod@rustls) (feature `rustls`): a `rustls::sign::SigningKey` over any hardkey key,
 //!   and an acceptor that runs the signing step on a blocking thread (one blocked thread per
 //!   handshake in progress), so the event loop keeps serving.
-//! - [`Server`]: a minimal HTTPS server (HTTP/1.1 keep-alive, a small fixed page) on either
-//!   stack, for testing a provisioned key with curl or `openssl s_client`, optionally with
-//!   simulated device latency.
+//! - [`Server`]: an HTTPS server on either stack, HTTP/2 and HTTP/1.1 by hyper (chosen by
+//!   ALPN), with timeouts and limits: [`Server::serve_with`] serves your application (a tower
+//!   service such as an axum `Router`, each request carrying its [`TlsInfo`]),
+//!   [`Server::serve`] and [`Server::start`] a small test page for checking a provisioned
+//!   key with curl or `openssl s_client`, optionally with simulated device latency.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -60,8 +62,15 @@ mod trust;
 // Public interface.
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
+pub use http::TlsInfo;
 pub use identity::{Identities, Identity, Offer, UnknownName};
 pub use mtls::ClientCertRejected;
 pub use reload::Reloader;
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};
 pub use trust::TrustAnchors;
+
+/// The application protocols both stacks' acceptors offer, the server's preference first.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// [`ALPN`] in the TLS wire format (each name after its length), for BoringSSL.
+#[cfg(feature = "boring")]
+const ALPN_WIRE: &[u8] = b"\x02h2\x08http/1.1";

@@ -45,7 +45,7 @@ pub(crate) struct Serving {
     /// The acceptor, built from the identities (with simulated latency, if any).
     pub(crate) tls: Tls,
     /// The start of the test page: names the default identity's key.
-    pub(crate) page_head: String,
+    pub(crate) page_head: Arc<str>,
     /// The identities as given.
     identities: Identities,
 }
@@ -85,7 +85,7 @@ pub(crate) async fn prepare(settings: &Settings, identities: Identities) -> Resu
         .map_err(|_| Error::ServerThread)??;
     Ok(Serving {
         tls,
-        page_head,
+        page_head: page_head.into(),
         identities,
     })
 }

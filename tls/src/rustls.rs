@@ -152,8 +152,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A rustls server configuration serving `chain` with `key`: TLS 1.3 and 1.2, the `ring`
-/// provider's cipher suites and groups, ALPN `http/1.1`, no client authentication. Checks that
-/// the chain's certificate holds the key's public key. Serve it with [`Acceptor`].
+/// provider's cipher suites and groups, ALPN `h2` and `http/1.1` (the server's preference
+/// first; set `alpn_protocols` for an HTTP/1.1-only server), no client authentication. Checks
+/// that the chain's certificate holds the key's public key. Serve it with [`Acceptor`].
 pub fn server_config(key: SharedKey, chain: &CertChain) -> Result<Arc<rustls::ServerConfig>> {
     server_config_for(&Identities::new(Identity::new(key, chain.clone())))
 }
@@ -227,7 +228,7 @@ fn build_server_config(
             identities: identities.clone(),
             keys,
         }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = crate::ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

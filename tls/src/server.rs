@@ -1,11 +1,14 @@
-//! A minimal HTTPS server on a hardkey key: for operators testing a provisioned key with curl
-//! or `openssl s_client`, for the tests, and for the handshake benchmark.
+//! An HTTPS server on a hardkey key: an application's tower service (an axum `Router`, say)
+//! or a small test page (for operators testing a provisioned key with curl or
+//! `openssl s_client`, for the tests, and for the handshake benchmark), over HTTP/2 or
+//! HTTP/1.1 by hyper.
 //!
 //! [`Server::bind`] checks everything that can be checked before serving (the certificate
 //! holds the key's public key, the key signs, the device answers a test signature) and opens
-//! the listening socket; [`Server::serve`] accepts connections until a shutdown future
-//! completes. [`Server::start`] does both on a runtime of its own, on its own thread. Errors of
-//! one connection are logged (target `hardkey_tls`) and counted, never fatal.
+//! the listening socket; [`Server::serve_with`] (or [`Server::serve`], the test page) accepts
+//! connections until a shutdown future completes. [`Server::start`] does both on a runtime of
+//! its own, on its own thread. Errors of one connection are logged (target `hardkey_tls`) and
+//! counted, never fatal.
 
 use std::fmt;
 use std::future::Future;
@@ -23,10 +26,12 @@ use tokio::task::JoinSet;
 
 use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
-use crate::http;
+use crate::http::{self, TlsInfo};
 use crate::identity::{Identities, Identity};
 use crate::reload::{Reloader, Serving, Settings};
 use crate::trust::TrustAnchors;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,15 +132,26 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// Longest a TLS handshake may take, and the startup test signature. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Longest a keep-alive connection may idle between requests. Default 30 s.
+    /// Longest a connection may stay open with no request in progress (HTTP/1.1 keep-alive
+    /// between requests; HTTP/2 with no stream in progress, whatever frames the client sends
+    /// meanwhile); it is then closed gracefully (HTTP/2: GOAWAY, and closed once the client
+    /// acknowledges it, or a `write_timeout` later). Default 30 s.
     pub idle_timeout: Duration,
-    /// Longest a request may take to arrive once its first byte came: the whole head and
-    /// body, however slowly they trickle in (a slowloris client is closed when it expires).
-    /// Default 10 s.
+    /// HTTP/1.1: longest a request head may take to arrive once its first byte came, however
+    /// slowly it trickles in (a slowloris client is closed when it expires; on HTTP/2 the
+    /// idle timeout bounds an unfinished header block). The test page also reads the request
+    /// body within it; an application served with [`Server::serve_with`] paces its own
+    /// bodies. Default 10 s.
     pub request_timeout: Duration,
-    /// Longest writing one response may take (a client that stops reading is closed).
-    /// Default 10 s.
+    /// Longest a write may wait for the client to take bytes: a client that stops reading
+    /// its response is closed. Default 10 s.
     pub write_timeout: Duration,
+    /// Largest request head: HTTP/1.1's request line and headers (a larger one gets 431),
+    /// HTTP/2's header list (`SETTINGS_MAX_HEADER_LIST_SIZE`). Default 16 KiB.
+    pub max_header_size: usize,
+    /// HTTP/2 streams (requests) one connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
+    pub max_concurrent_streams: u32,
     /// Most connections open at once; a connection over the cap is closed as soon as it is
     /// accepted, not queued. The server also keeps 64 file descriptors (or a quarter of a
     /// small `RLIMIT_NOFILE`) free for the key's device, whatever this says. Default 4096.
@@ -172,6 +188,8 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            max_header_size: 16 * 1024,
+            max_concurrent_streams: 100,
             max_connections: 4096,
             probe_key: true,
             shutdown_grace: Duration::from_secs(5),
@@ -229,9 +247,21 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the deadline of writing one response.
+    /// Sets how long a write may wait for the client to take bytes.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest request head.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes;
+        self
+    }
+
+    /// Sets the HTTP/2 streams one connection may have open at once.
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.max_concurrent_streams = streams;
         self
     }
 
@@ -273,6 +303,8 @@ impl fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("write_timeout", &self.write_timeout)
+            .field("max_header_size", &self.max_header_size)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("max_connections", &self.max_connections)
             .field("probe_key", &self.probe_key)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -297,7 +329,8 @@ pub struct ServerStats {
     /// Connections closed by the peer before it sent anything (health checks, port probes):
     /// not handshake failures.
     pub closed_silent: u64,
-    /// HTTP requests answered.
+    /// HTTP requests that reached the service (HTTP/1.1 and HTTP/2), counted before their
+    /// response is sent.
     pub requests: u64,
     /// Connections open now.
     pub active: u64,
@@ -411,6 +444,7 @@ pub(crate) async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
 /// State shared by the accept loop and the connections.
 struct Shared {
     counters: Arc<Counters>,
+    page: http::TestPage,
     handshake_timeout: Duration,
     limits: http::Limits,
     max_connections: usize,
@@ -467,11 +501,14 @@ impl Server {
             tls: Reloader::new(settings, serving),
             shared: Arc::new(Shared {
                 counters: Arc::default(),
+                page: http::TestPage::new(config.request_timeout),
                 handshake_timeout: config.handshake_timeout,
                 limits: http::Limits {
                     idle: config.idle_timeout,
                     request: config.request_timeout,
                     write: config.write_timeout,
+                    max_header_size: config.max_header_size,
+                    max_concurrent_streams: config.max_concurrent_streams,
                 },
                 max_connections: connection_cap(config.max_connections),
                 shutdown_grace: config.shutdown_grace,
@@ -501,11 +538,33 @@ impl Server {
         self.tls.clone()
     }
 
-    /// Accepts and serves connections until `shutdown` completes; then stops accepting, lets
-    /// open connections finish their current request for up to `shutdown_grace`, and closes
-    /// the rest. Failed connections are logged and counted; nothing here ends the loop but
-    /// `shutdown`.
+    /// Serves the test page (the key, the stack, the connection's TLS parameters) until
+    /// `shutdown` completes: [`serve_with`](Server::serve_with) the built-in page.
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) {
+        self.serve_with(self.shared.page.clone(), shutdown).await;
+    }
+
+    /// Accepts connections and serves `service` on them, over HTTP/2 or HTTP/1.1 as ALPN
+    /// chose, until `shutdown` completes; then stops accepting, lets open connections finish
+    /// the requests in progress for up to `shutdown_grace` (HTTP/1.1 connections close after
+    /// their current response, HTTP/2 ones get GOAWAY), and closes the rest. Failed
+    /// connections are logged and counted; nothing here ends the loop but `shutdown`.
+    ///
+    /// `service` is any tower service of hyper requests, such as an axum `Router`; it is
+    /// cloned per request, and each request carries its connection's [`TlsInfo`] in its
+    /// extensions.
+    pub async fn serve_with<S, B>(&self, service: S, shutdown: impl Future<Output = ()>)
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<http::BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<http::BoxError>,
+    {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -537,6 +596,7 @@ impl Server {
                             Arc::clone(&self.shared),
                             tcp,
                             peer,
+                            service.clone(),
                         ));
                     }
                     Err(e) => {
@@ -688,7 +748,20 @@ impl Drop for Active {
     }
 }
 
-async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn connection<S, B>(
+    serving: Arc<Serving>,
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: S,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<http::BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<http::BoxError>,
+{
     shared.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(Arc::clone(&shared.counters));
     let _ = tcp.set_nodelay(true);
@@ -715,23 +788,29 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
         Ok(_) => {}
     }
     let remaining = deadline.saturating_sub(started.elapsed());
-    let page_head = &serving.page_head;
+    let page_head = Arc::clone(&serving.page_head);
     match &serving.tls {
         #[cfg(feature = "boring")]
         Tls::Boring(acceptor) => {
             match tokio::time::timeout(remaining, crate::boring::accept(acceptor, tcp)).await {
-                Ok(Ok(mut stream)) => {
+                Ok(Ok(stream)) => {
                     let ssl = stream.ssl();
                     let client = ssl.peer_certificate().and_then(|c| c.to_der().ok());
-                    let details = format!(
-                        "protocol: {}\ncipher: {}\n{}",
+                    let info = TlsInfo::new(
+                        Stack::Boring,
                         ssl.version_str(),
                         ssl.current_cipher()
                             .and_then(|c| c.standard_name())
-                            .unwrap_or("?"),
-                        crate::mtls::client_line(client.as_deref())
+                            .unwrap_or("?")
+                            .to_owned(),
+                        ssl.servername(::boring::ssl::NameType::HOST_NAME)
+                            .map(str::to_owned),
+                        ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+                        peer,
+                        client,
+                        page_head,
                     );
-                    after_handshake(&shared, &mut stream, peer, page_head, &details).await;
+                    after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -740,11 +819,14 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
         #[cfg(feature = "rustls")]
         Tls::Rustls(acceptor) => {
             match tokio::time::timeout(remaining, acceptor.accept(tcp)).await {
-                Ok(Ok(mut stream)) => {
+                Ok(Ok(stream)) => {
                     let (_, conn) = stream.get_ref();
-                    let client = conn.peer_certificates().and_then(|c| c.first());
-                    let details = format!(
-                        "protocol: {}\ncipher: {}\n{}",
+                    let client = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
+                    let info = TlsInfo::new(
+                        Stack::Rustls,
                         match conn.protocol_version() {
                             Some(::rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                             Some(::rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -754,9 +836,13 @@ async fn connection(serving: Arc<Serving>, shared: Arc<Shared>, tcp: TcpStream, 
                         conn.negotiated_cipher_suite()
                             .and_then(|s| s.suite().as_str())
                             .map_or_else(|| "?".to_owned(), |n| n.replacen("TLS13_", "TLS_", 1)),
-                        crate::mtls::client_line(client.map(|c| c.as_ref()))
+                        conn.server_name().map(str::to_owned),
+                        conn.alpn_protocol().map(<[u8]>::to_vec),
+                        peer,
+                        client,
+                        page_head,
                     );
-                    after_handshake(&shared, &mut stream, peer, page_head, &details).await;
+                    after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
                 Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
@@ -784,23 +870,28 @@ fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display)
     log::warn!(target: "hardkey_tls", "{peer}: TLS handshake failed: {error}");
 }
 
-async fn after_handshake<S>(
-    shared: &Shared,
-    stream: &mut S,
-    peer: SocketAddr,
-    page_head: &str,
-    details: &str,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+async fn after_handshake<IO, S, B>(shared: &Shared, stream: IO, info: TlsInfo, service: S)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<http::BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<http::BoxError>,
 {
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-    let page = format!("{page_head}{details}");
-    let result = http::serve(
+    let peer = info.peer_addr();
+    let counters = Arc::clone(&shared.counters);
+    let result = http::serve_connection(
         stream,
-        page.as_bytes(),
+        service,
+        info,
         shared.limits,
         shared.draining.subscribe(),
-        &shared.counters.requests,
+        Arc::new(move || {
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+        }),
     )
     .await;
     if let Err(e) = result {
