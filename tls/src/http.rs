@@ -51,6 +51,10 @@ struct TlsInfoInner {
 }
 
 impl TlsInfo {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one constructor, called by the two stacks with what each handshake gave"
+    )]
     pub(crate) fn new(
         stack: Stack,
         protocol: &'static str,
