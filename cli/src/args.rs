@@ -838,7 +838,7 @@ pub(crate) struct ServeArgs {
 /// `request`.
 #[derive(Debug, Args)]
 pub(crate) struct RequestArgs {
-    /// The URL to GET: https://HOST[:PORT][/PATH].
+    /// The URL to GET: `https://HOST[:PORT][/PATH]`.
     #[arg(value_name = "URL")]
     pub(crate) url: String,
     /// The client certificate's key: any key URI or alias (with --cert).
