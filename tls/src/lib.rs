@@ -46,6 +46,7 @@ mod error;
 pub mod fuzzing;
 mod http;
 pub mod identity;
+mod metrics;
 #[cfg(feature = "rustls")]
 pub mod rustls;
 mod server;

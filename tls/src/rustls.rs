@@ -292,8 +292,14 @@ impl Acceptor {
             Err((error, mut io)) => {
                 // rustls had queued nothing to write (TLS 1.2 keeps its flight until it is
                 // complete): the alert is still to be sent.
-                if io.failed.load(Ordering::SeqCst) && io.alert_sent == 0 {
+                let key_failed = io.failed.load(Ordering::SeqCst);
+                if key_failed && io.alert_sent == 0 {
                     alert::send_internal_error(&mut io.inner).await;
+                }
+                if key_failed {
+                    return Err(io::Error::other(crate::metrics::KeySignFailed(
+                        error.to_string(),
+                    )));
                 }
                 Err(error)
             }

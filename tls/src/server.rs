@@ -25,6 +25,7 @@ use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::identity::{Identities, Identity};
+use crate::metrics::{FailureReason, ListenerMetrics};
 
 /// The TLS library that terminates connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -381,6 +382,7 @@ async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
 /// State shared by the accept loop and the connections.
 struct Shared {
     counters: Arc<Counters>,
+    metrics: ListenerMetrics,
     page_head: String,
     handshake_timeout: Duration,
     limits: http::Limits,
@@ -472,6 +474,7 @@ impl Server {
             tls: Arc::new(tls),
             shared: Arc::new(Shared {
                 counters: Arc::default(),
+                metrics: ListenerMetrics::new(local_addr, config.stack, &identities),
                 page_head,
                 handshake_timeout: config.handshake_timeout,
                 limits: http::Limits {
@@ -510,6 +513,7 @@ impl Server {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let counters = &self.shared.counters;
+        let _stall_ticker = self.shared.metrics.start_stall_ticker();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -517,6 +521,7 @@ impl Server {
                     Ok((tcp, peer)) => {
                         backoff = ACCEPT_BACKOFF_MIN;
                         counters.connections.fetch_add(1, Ordering::Relaxed);
+                        self.shared.metrics.connections.increment(1);
                         if connections.len() >= self.shared.max_connections {
                             // Over the cap: closed now (the client sees the connection
                             // reset or closed), never queued behind the others.
@@ -699,7 +704,12 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
             return;
         }
         Err(_) => {
-            handshake_failed(&shared, peer, &format!("timed out after {deadline:?}"));
+            handshake_failed(
+                &shared,
+                peer,
+                FailureReason::Timeout,
+                &format!("timed out after {deadline:?}"),
+            );
             return;
         }
         // Data, or an error the handshake will meet and report.
@@ -721,8 +731,13 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                     );
                     after_handshake(&shared, &mut stream, peer, &details).await;
                 }
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
-                Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
+                Ok(Err(e)) => handshake_failed(&shared, peer, FailureReason::of(&e), &e),
+                Err(_) => handshake_failed(
+                    &shared,
+                    peer,
+                    FailureReason::Timeout,
+                    &format!("timed out after {deadline:?}"),
+                ),
             }
         }
         #[cfg(feature = "rustls")]
@@ -744,18 +759,29 @@ async fn connection(tls: Arc<Tls>, shared: Arc<Shared>, tcp: TcpStream, peer: So
                     );
                     after_handshake(&shared, &mut stream, peer, &details).await;
                 }
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
-                Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
+                Ok(Err(e)) => handshake_failed(&shared, peer, FailureReason::of(&e), &e),
+                Err(_) => handshake_failed(
+                    &shared,
+                    peer,
+                    FailureReason::Timeout,
+                    &format!("timed out after {deadline:?}"),
+                ),
             }
         }
     }
 }
 
-fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display) {
+fn handshake_failed(
+    shared: &Shared,
+    peer: SocketAddr,
+    reason: FailureReason,
+    error: &dyn fmt::Display,
+) {
     shared
         .counters
         .handshake_failures
         .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.handshake_failed(reason);
     log::warn!(target: "hardkey_tls", "{peer}: TLS handshake failed: {error}");
 }
 
@@ -764,6 +790,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.handshakes.increment(1);
     let page = format!("{}{details}", shared.page_head);
     let result = http::serve(
         stream,
