@@ -281,3 +281,64 @@ fn failures_are_counted_by_kind_with_queue_and_worker_gauges() {
     assert_eq!(value("hardkey_device_healthy_workers", &labels), 1.0);
     pool.shutdown(Duration::from_secs(5));
 }
+
+/// A subscriber that keeps every span's fields (as text), for the span test.
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for Spans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = HashMap::new();
+        span.record(&mut Fields(&mut fields));
+        let mut spans = self.0.lock().unwrap();
+        spans.push((span.metadata().name().to_owned(), fields));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut spans = self.0.lock().unwrap();
+        let index = usize::try_from(id.into_u64()).unwrap() - 1;
+        values.record(&mut Fields(&mut spans[index].1));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn each_key_operation_has_a_span_with_its_times_and_no_secret() {
+    let spans = Spans::default();
+    let store = SoftStore::new(SoftConfig::default().pool(PoolConfig::new("traced"))).unwrap();
+    let key = block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256))).unwrap();
+    tracing::subscriber::with_default(spans.clone(), || {
+        block_on(key.sign(SignatureScheme::EcdsaP256Sha256, b"traced")).unwrap();
+        // A scheme the key cannot serve fails before the queue: no operation, no span.
+        assert!(block_on(key.sign(SignatureScheme::RsaPssSha256, b"x")).is_err());
+    });
+    let spans = spans.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (name, fields) = &spans[0];
+    assert_eq!(name, "key_operation");
+    assert_eq!(fields["device"], "traced");
+    assert_eq!(fields["op"], "sign");
+    assert_eq!(fields["scheme"], "ecdsa-p256-sha256");
+    for time in ["queue_seconds", "device_seconds"] {
+        let seconds: f64 = fields[time].parse().unwrap();
+        assert!((0.0..10.0).contains(&seconds), "{time}: {seconds}");
+    }
+    assert!(!fields.contains_key("error"), "{fields:?}");
+}

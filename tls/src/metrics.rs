@@ -77,6 +77,32 @@ impl std::fmt::Display for KeySignFailed {
 
 impl std::error::Error for KeySignFailed {}
 
+/// The metrics' help texts and units.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("hardkey_tls_connections_total", "TCP connections accepted");
+    describe_counter!(
+        "hardkey_tls_handshakes_total",
+        "TLS handshakes that succeeded"
+    );
+    describe_counter!(
+        "hardkey_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason: timeout, key (the private key failed to \
+         sign), closed (the peer closed or reset), protocol (refused by the TLS library)"
+    );
+    describe_histogram!(
+        "hardkey_tls_event_loop_stall_seconds",
+        Unit::Seconds,
+        "Lateness of a 10 ms timer on the server's event loop (about 1 ms is the timer's \
+         own granularity)"
+    );
+    describe_gauge!(
+        "hardkey_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "notAfter of each served certificate, in unix seconds"
+    );
+}
+
 /// A listener's cached metric handles.
 pub(crate) struct ListenerMetrics {
     pub(crate) connections: Counter,
@@ -88,6 +114,7 @@ pub(crate) struct ListenerMetrics {
 impl ListenerMetrics {
     /// Registers the listener's metrics and sets the expiry gauge of each served certificate.
     pub(crate) fn new(listener: SocketAddr, stack: Stack, identities: &Identities) -> Self {
+        describe();
         let listener = SharedString::from(listener.to_string());
         let stack = stack.name();
         let l = || listener.clone();

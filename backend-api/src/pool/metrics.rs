@@ -42,6 +42,50 @@ pub(crate) const FAILURES_TOTAL: &str = "hardkey_device_failures_total";
 /// The `scheme` label of a job that names none.
 const NO_SCHEME: &str = "none";
 
+/// The metrics' help texts and units (the recorder keeps the last: a pool's start repeats
+/// them, so a recorder installed after an earlier pool still gets them).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        SERVICE_SECONDS,
+        Unit::Seconds,
+        "Time at the device of the jobs a worker ran (a retry after recovery included)"
+    );
+    describe_histogram!(
+        LATENCY_SECONDS,
+        Unit::Seconds,
+        "Submission to reply of the jobs a worker ran, queue wait included"
+    );
+    describe_counter!(OPERATIONS_TOTAL, "Jobs whose caller got a success");
+    describe_counter!(
+        FAILURES_TOTAL,
+        "Jobs whose caller got an error (run or not: busy, timed out, shut down), by error kind"
+    );
+    describe_gauge!("hardkey_device_queued", "Jobs waiting in the queue");
+    describe_gauge!("hardkey_device_in_flight", "Jobs running on the device");
+    describe_gauge!("hardkey_device_workers", "Worker threads");
+    describe_gauge!(
+        "hardkey_device_healthy_workers",
+        "Workers with a live device state (session, context)"
+    );
+    describe_counter!(
+        "hardkey_device_lost_total",
+        "Times a worker lost its device state"
+    );
+    describe_counter!(
+        "hardkey_device_recoveries_total",
+        "Times a worker rebuilt its device state after losing it"
+    );
+    describe_counter!(
+        "hardkey_device_retries_total",
+        "Jobs retried after their worker rebuilt its device state"
+    );
+    describe_counter!(
+        "hardkey_device_cancelled_total",
+        "Jobs skipped because their caller gave up before they started"
+    );
+}
+
 /// A pool's cached metric handles.
 pub(super) struct PoolMetrics {
     device: Arc<str>,
@@ -59,6 +103,7 @@ pub(super) struct PoolMetrics {
 
 impl PoolMetrics {
     pub(super) fn new(device: &str) -> Self {
+        describe();
         let device: Arc<str> = Arc::from(device);
         let label = || SharedString::from(Arc::clone(&device));
         Self {
