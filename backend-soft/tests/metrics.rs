@@ -27,9 +27,12 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 /// gauges to zero and drains histograms, so the sums are the real values).
 #[derive(Default)]
 struct Seen {
-    values: HashMap<(String, Vec<(String, String)>), f64>,
-    samples: HashMap<(String, Vec<(String, String)>), Vec<f64>>,
+    values: HashMap<MetricId, f64>,
+    samples: HashMap<MetricId, Vec<f64>>,
 }
+
+/// A metric's name and its sorted labels.
+type MetricId = (String, Vec<(String, String)>);
 
 fn recorded() -> std::sync::MutexGuard<'static, Seen> {
     static RECORDER: OnceLock<(Snapshotter, Mutex<Seen>)> = OnceLock::new();
@@ -63,7 +66,7 @@ fn recorded() -> std::sync::MutexGuard<'static, Seen> {
     seen
 }
 
-fn id(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+fn id(name: &str, labels: &[(&str, &str)]) -> MetricId {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -284,7 +287,10 @@ fn failures_are_counted_by_kind_with_queue_and_worker_gauges() {
 
 /// A subscriber that keeps every span's fields (as text), for the span test.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<SpanSeen>>>);
+
+/// A span's name and fields.
+type SpanSeen = (String, HashMap<String, String>);
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
