@@ -613,6 +613,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kind_is_listed_at_its_index_with_a_distinct_name() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}");
+            assert_eq!(
+                ErrorKind::ALL
+                    .iter()
+                    .filter(|k| k.name() == kind.name())
+                    .count(),
+                1
+            );
+        }
+    }
+
+    #[test]
     fn classification() {
         let lost = Error::device_unavailable("softhsm", "session closed");
         assert!(lost.is_device_lost() && lost.is_retryable() && !lost.is_auth());
