@@ -6,11 +6,12 @@
 # tpm2-openssl (independent TPM tools for the interop tests); cmake, clang, libclang-dev and
 # golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours);
 # tpm2-abrmd, its TCTI and dbus (a TPM resource manager on a private bus, for the tests of
-# many processes sharing one TPM).
+# many processes sharing one TPM); python3-prometheus-client (Python's Prometheus text parser,
+# which checks what `hardkey serve --metrics` exposes).
 APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
 	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl \
 	cmake clang libclang-dev golang-go curl strace \
-	tpm2-abrmd libtss2-tcti-tabrmd0 dbus
+	tpm2-abrmd libtss2-tcti-tabrmd0 dbus python3-prometheus-client
 
 CARGO ?= cargo
 

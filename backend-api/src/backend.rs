@@ -108,7 +108,7 @@ impl<B: Backend> PrivateKey for PooledKey<B> {
         let key = self.key.clone();
         let digest = digest.to_vec();
         let job = self.pool.run(
-            JobOptions::idempotent(Operation::Sign),
+            JobOptions::idempotent(Operation::Sign).with_scheme(scheme.name()),
             move |device: &mut B| device.sign_digest(&key, scheme, &digest),
         );
         async move {
@@ -126,7 +126,7 @@ impl<B: Backend> PrivateKey for PooledKey<B> {
         let key = self.key.clone();
         let ciphertext = ciphertext.to_vec();
         let job = self.pool.run(
-            JobOptions::idempotent(Operation::Decrypt),
+            JobOptions::idempotent(Operation::Decrypt).with_scheme(scheme.name()),
             move |device: &mut B| device.decrypt(&key, scheme, &ciphertext),
         );
         async move {

@@ -40,6 +40,24 @@ pub enum Operation {
     Admin,
 }
 
+impl Operation {
+    /// A short lowercase name (`sign`, `decrypt`, `generate`...): the `op` label of the pool's
+    /// metrics and the `op` field of its tracing spans.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sign => "sign",
+            Self::Decrypt => "decrypt",
+            Self::Generate => "generate",
+            Self::Import => "import",
+            Self::Delete => "delete",
+            Self::List => "list",
+            Self::Open => "open",
+            Self::Connect => "connect",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -88,6 +106,46 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 12] = [
+        Self::NotFound,
+        Self::Unsupported,
+        Self::AuthFailed,
+        Self::PinLocked,
+        Self::DeviceUnavailable,
+        Self::Busy,
+        Self::Exhausted,
+        Self::Timeout,
+        Self::Cancelled,
+        Self::InvalidInput,
+        Self::ShutDown,
+        Self::Backend,
+    ];
+
+    /// A short snake_case name (`device_unavailable`, `timeout`...): the `kind` label of the
+    /// pool's failure counter.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Unsupported => "unsupported",
+            Self::AuthFailed => "auth_failed",
+            Self::PinLocked => "pin_locked",
+            Self::DeviceUnavailable => "device_unavailable",
+            Self::Busy => "busy",
+            Self::Exhausted => "exhausted",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::InvalidInput => "invalid_input",
+            Self::ShutDown => "shut_down",
+            Self::Backend => "backend",
+        }
+    }
+
+    /// The position of this kind in [`ErrorKind::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether the same request may succeed if retried later (device back, queue drained).
     pub fn is_retryable(self) -> bool {
         matches!(
@@ -553,6 +611,20 @@ pub enum InvalidInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_at_its_index_with_a_distinct_name() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}");
+            assert_eq!(
+                ErrorKind::ALL
+                    .iter()
+                    .filter(|k| k.name() == kind.name())
+                    .count(),
+                1
+            );
+        }
+    }
 
     #[test]
     fn classification() {

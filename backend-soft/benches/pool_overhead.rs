@@ -1,5 +1,7 @@
 //! DevicePool overhead: ECDSA P-256 signatures through the pool (1 and 2 workers) against the
-//! same software signer called directly, measured in one run.
+//! same software signer called directly, measured in one run; and the cost of recording the
+//! pool's metrics (a no-op job and a pipelined signature on pools registered with a Prometheus
+//! recorder, against the same without one).
 //!
 //! `cargo bench -p hardkey-soft --bench pool_overhead` (or `make bench`). Each configuration is
 //! measured in several interleaved rounds and the median is reported, because the machines
@@ -119,10 +121,28 @@ fn main() {
 
     let noop_pool =
         DevicePool::new(PoolConfig::new("noop").queue_capacity(1024), |_| Ok(())).unwrap();
+    // The same pools with their metrics registered with a Prometheus recorder (local to this
+    // thread while they register: pool creation and the first job of each kind; the handles
+    // then record from any thread). Without it, the handles above are no-ops.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0])
+        .unwrap()
+        .build_recorder();
+    let (noop_rec, _s1_rec, key1_rec) = metrics::with_local_recorder(&recorder, || {
+        let pool =
+            DevicePool::new(PoolConfig::new("noop-rec").queue_capacity(1024), |_| Ok(())).unwrap();
+        pool_noop(&pool, 1);
+        let (store, key) = store(1);
+        pool_pipelined(&key, &digest, 1);
+        (pool, store, key)
+    });
     let (mut d, mut seq1, mut pipe1, mut pipe2, mut noop) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut noop_r, mut pipe1_r) = (vec![], vec![]);
     for _ in 0..ROUNDS {
         noop.push(per_op_us(pool_noop(&noop_pool, 20_000), 20_000));
+        noop_r.push(per_op_us(pool_noop(&noop_rec, 20_000), 20_000));
+        pipe1_r.push(per_op_us(pool_pipelined(&key1_rec, &digest, ops), ops));
         d.push(per_op_us(direct(&key1, &digest, ops), ops));
         seq1.push(per_op_us(pool_sequential(&key1, &digest, ops), ops));
         pipe1.push(per_op_us(pool_pipelined(&key1, &digest, ops), ops));
@@ -130,6 +150,7 @@ fn main() {
     }
     let (d, seq1, pipe1, pipe2) = (median(d), median(seq1), median(pipe1), median(pipe2));
     let noop = median(noop);
+    let (noop_r, pipe1_r) = (median(noop_r), median(pipe1_r));
     let row = |name: &str, us: f64| {
         println!(
             "{name:<44} {us:>8.2} us/op {:>9.0} ops/s  {:>5.2}x direct",
@@ -159,6 +180,18 @@ fn main() {
         "throughput, 2 workers vs 1 worker:        {:>5.2}x      (target >= 1.7x)",
         pipe1 / pipe2
     );
+    println!(
+        "metrics recorded (Prometheus recorder): no-op job {noop_r:>5.2} us ({:.2}x without), \
+         P-256 sign pipelined {pipe1_r:>6.2} us ({:.3}x without)",
+        noop_r / noop,
+        pipe1_r / pipe1
+    );
+    let recorded = recorder.handle().render();
+    let count = recorded
+        .lines()
+        .find(|l| l.starts_with("hardkey_device_service_seconds_count{device=\"noop-rec\""))
+        .unwrap_or("no sample recorded");
+    println!("recorded: {count}");
     let s1 = key1.pool().stats();
     println!(
         "time inside the sign job on the worker (service time, 1 worker): mean {:.2} us, p50 {:.2} us",

@@ -831,6 +831,13 @@ pub(crate) struct ServeArgs {
     /// handshake (counted, and logged with the reason).
     #[arg(long, value_name = "FILE")]
     pub(crate) client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics (text format, any path) on this address, e.g.
+    /// 127.0.0.1:9464: handshakes, failures, event-loop stalls, certificate expiry, and per
+    /// device and scheme the key operations' times, queue and failures. The labels name the
+    /// devices (token labels, TPM TCTIs) and certificates: keep it on a loopback or private
+    /// address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) secrets: DeviceSecrets,
 }

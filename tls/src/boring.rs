@@ -141,14 +141,18 @@ where
             {
                 return Err(rejected);
             }
+            // The I/O error's kind (a peer that closed) tells the failure's class.
+            let kind = e
+                .as_io_error()
+                .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
             let failed = e.ssl().is_some_and(key_failed);
             if let (true, Some(mut io)) = (failed, e.into_source_stream()) {
                 crate::alert::send(&mut io, crate::alert::Alert::InternalError).await;
-                return Err(std::io::Error::other(format!(
-                    "{message} (the key failed to sign: internal_error alert sent)"
+                return Err(std::io::Error::other(crate::metrics::KeySignFailed(
+                    format!("{message} (the key failed to sign: internal_error alert sent)"),
                 )));
             }
-            Err(std::io::Error::other(message))
+            Err(std::io::Error::new(kind, message))
         }
     }
 }

@@ -49,6 +49,7 @@ mod error;
 pub mod fuzzing;
 mod http;
 pub mod identity;
+mod metrics;
 mod mtls;
 pub mod reload;
 #[cfg(feature = "rustls")]

@@ -344,7 +344,9 @@ impl Acceptor {
                     alert::send(&mut io.inner, alert).await;
                 }
                 Err(match alert {
-                    alert::Alert::InternalError => error,
+                    alert::Alert::InternalError => {
+                        io::Error::other(crate::metrics::KeySignFailed(error.to_string()))
+                    }
                     refused => io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(

@@ -28,6 +28,7 @@ use crate::cert::{CertChain, key_name};
 use crate::error::{Error, Result};
 use crate::http::{self, TlsInfo};
 use crate::identity::{Identities, Identity};
+use crate::metrics::{FailureReason, ListenerMetrics};
 use crate::reload::{Reloader, Serving, Settings};
 use crate::trust::TrustAnchors;
 use hyper::body::Incoming;
@@ -445,6 +446,7 @@ pub(crate) async fn probe(key: &SharedKey, timeout: Duration) -> Result<()> {
 struct Shared {
     counters: Arc<Counters>,
     page: http::TestPage,
+    metrics: ListenerMetrics,
     handshake_timeout: Duration,
     limits: http::Limits,
     max_connections: usize,
@@ -487,6 +489,7 @@ impl Server {
             probe_timeout: config.handshake_timeout,
             client_ca: config.client_ca.clone(),
         };
+        let identities = config.identities.clone();
         let serving = crate::reload::prepare(&settings, config.identities).await?;
         let listener = listen(config.listen, config.backlog)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
@@ -502,6 +505,7 @@ impl Server {
             shared: Arc::new(Shared {
                 counters: Arc::default(),
                 page: http::TestPage::new(config.request_timeout),
+                metrics: ListenerMetrics::new(local_addr, config.stack, &identities),
                 handshake_timeout: config.handshake_timeout,
                 limits: http::Limits {
                     idle: config.idle_timeout,
@@ -569,6 +573,7 @@ impl Server {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let counters = &self.shared.counters;
+        let _stall_ticker = self.shared.metrics.start_stall_ticker();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -579,6 +584,7 @@ impl Server {
                         let serving = self.tls.current();
                         backoff = ACCEPT_BACKOFF_MIN;
                         counters.connections.fetch_add(1, Ordering::Relaxed);
+                        self.shared.metrics.connections.increment(1);
                         if connections.len() >= self.shared.max_connections {
                             // Over the cap: closed now (the client sees the connection
                             // reset or closed), never queued behind the others.
@@ -781,7 +787,12 @@ async fn connection<S, B>(
             return;
         }
         Err(_) => {
-            handshake_failed(&shared, peer, &format!("timed out after {deadline:?}"));
+            handshake_failed(
+                &shared,
+                peer,
+                FailureReason::Timeout,
+                &format!("timed out after {deadline:?}"),
+            );
             return;
         }
         // Data, or an error the handshake will meet and report.
@@ -813,7 +824,12 @@ async fn connection<S, B>(
                     after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
-                Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
+                Err(_) => handshake_failed(
+                    &shared,
+                    peer,
+                    FailureReason::Timeout,
+                    &format!("timed out after {deadline:?}"),
+                ),
             }
         }
         #[cfg(feature = "rustls")]
@@ -845,7 +861,12 @@ async fn connection<S, B>(
                     after_handshake(&shared, stream, info, service).await;
                 }
                 Ok(Err(e)) => client_handshake_failed(&shared, peer, &e),
-                Err(_) => handshake_failed(&shared, peer, &format!("timed out after {deadline:?}")),
+                Err(_) => handshake_failed(
+                    &shared,
+                    peer,
+                    FailureReason::Timeout,
+                    &format!("timed out after {deadline:?}"),
+                ),
             }
         }
     }
@@ -859,14 +880,20 @@ fn client_handshake_failed(shared: &Shared, peer: SocketAddr, error: &std::io::E
             .client_cert_rejections
             .fetch_add(1, Ordering::Relaxed);
     }
-    handshake_failed(shared, peer, error);
+    handshake_failed(shared, peer, FailureReason::of(error), error);
 }
 
-fn handshake_failed(shared: &Shared, peer: SocketAddr, error: &dyn fmt::Display) {
+fn handshake_failed(
+    shared: &Shared,
+    peer: SocketAddr,
+    reason: FailureReason,
+    error: &dyn fmt::Display,
+) {
     shared
         .counters
         .handshake_failures
         .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.handshake_failed(reason);
     log::warn!(target: "hardkey_tls", "{peer}: TLS handshake failed: {error}");
 }
 
@@ -881,6 +908,7 @@ where
     B::Error: Into<http::BoxError>,
 {
     shared.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.handshakes.increment(1);
     let peer = info.peer_addr();
     let counters = Arc::clone(&shared.counters);
     let result = http::serve_connection(

@@ -124,6 +124,9 @@ pub struct JobOptions {
     pub idempotent: bool,
     /// The job's deadline.
     pub timeout: JobTimeout,
+    /// The scheme the job uses (`rsa-pss-sha256`...), if any: the `scheme` label of the pool's
+    /// metrics and the `scheme` field of its tracing span (`none` when unset).
+    pub scheme: Option<&'static str>,
 }
 
 impl JobOptions {
@@ -133,6 +136,7 @@ impl JobOptions {
             op,
             idempotent: false,
             timeout: JobTimeout::PoolDefault,
+            scheme: None,
         }
     }
 
@@ -142,12 +146,20 @@ impl JobOptions {
             op,
             idempotent: true,
             timeout: JobTimeout::PoolDefault,
+            scheme: None,
         }
     }
 
     /// Sets the deadline.
     pub const fn with_timeout(mut self, timeout: JobTimeout) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Names the scheme the job uses ([`SignatureScheme::name`](crate::SignatureScheme::name),
+    /// [`DecryptScheme::name`](crate::DecryptScheme::name)) in metrics and traces.
+    pub const fn with_scheme(mut self, scheme: &'static str) -> Self {
+        self.scheme = Some(scheme);
         self
     }
 }

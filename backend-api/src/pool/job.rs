@@ -5,9 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::config::JobOptions;
+use super::metrics::{Observed, Slot};
 use crate::completion;
 use crate::error::{Error, Result};
 
@@ -26,6 +25,8 @@ pub(super) trait Job<D>: Send {
     fn options(&self) -> &JobOptions;
     fn deadline(&self) -> Option<Instant>;
     fn submitted(&self) -> Instant;
+    /// Its metric handles and span.
+    fn observed(&self) -> &Observed;
     fn release_slot(&mut self);
     fn caller_gone(&self) -> bool;
     fn attempt(&mut self, device: &mut D, device_name: &str) -> Attempt;
@@ -40,7 +41,8 @@ pub(super) struct TypedJob<D, T, F> {
     pub(super) reply: Option<completion::Sender<Result<T>>>,
     /// Set when a reply was delivered without waking its caller yet.
     pub(super) waker: Option<Waker>,
-    pub(super) permit: Option<OwnedSemaphorePermit>,
+    pub(super) permit: Option<Slot>,
+    pub(super) observed: Observed,
     pub(super) options: JobOptions,
     pub(super) deadline: Option<Instant>,
     pub(super) timeout: Option<Duration>,
@@ -61,6 +63,9 @@ where
     }
     fn submitted(&self) -> Instant {
         self.submitted
+    }
+    fn observed(&self) -> &Observed {
+        &self.observed
     }
     fn release_slot(&mut self) {
         self.permit = None;

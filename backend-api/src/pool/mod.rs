@@ -26,6 +26,10 @@
 //!   past the grace period is detached, never waited for forever.
 //! - **Stats**: queue depth, in-flight jobs, counters and latency percentiles
 //!   ([`DevicePool::stats`]).
+//! - **Metrics and traces**: the same, per device, operation and scheme, through the `metrics`
+//!   facade (histograms of device and total time, failures by [`ErrorKind`](crate::ErrorKind),
+//!   queue and worker gauges), and one `tracing` span per job; see README.md for the list.
+//!   Install a recorder before opening stores: a pool registers its handles when it starts.
 //! - **Coalesced wake-ups under load**: waking a caller's thread costs as much as a fast
 //!   device operation (a cross-CPU interrupt, dearer still in a virtual machine). When more
 //!   jobs wait than there are workers and operations are fast (≤ 250 µs), a worker wakes its
@@ -38,6 +42,7 @@
 mod config;
 mod deadline;
 mod job;
+mod metrics;
 mod queue;
 mod recovery;
 mod shutdown;
@@ -139,6 +144,7 @@ impl<D: 'static> DevicePool<D> {
             reconnect_claimed: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             counters: Counters::default(),
+            metrics: metrics::PoolMetrics::new(&config.name),
             histograms,
             threads: Mutex::new(Vec::with_capacity(config.workers)),
             exited: Mutex::new(0),

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::config::{Backpressure, JobOptions, JobTimeout, PoolConfig};
 use super::job::{Job, TypedJob};
+use super::metrics::{Observed, PoolMetrics};
 use super::stats::{Counters, Histograms};
 use super::{Factory, after};
 use crate::completion;
@@ -37,6 +38,7 @@ pub(super) struct Shared<D: 'static> {
     pub(super) reconnect_claimed: AtomicU64,
     pub(super) last_failure: Mutex<Option<Arc<Error>>>,
     pub(super) counters: Counters,
+    pub(super) metrics: PoolMetrics,
     pub(super) histograms: Vec<Mutex<Histograms>>,
     pub(super) threads: Mutex<Vec<JoinHandle<()>>>,
     pub(super) exited: Mutex<usize>,
@@ -55,7 +57,35 @@ impl<D: 'static> Shared<D> {
         &self.config.name
     }
 
+    /// Runs `job`; counts its outcome as the caller gets it (success, or failure by kind).
     pub(super) async fn submit<T, F>(self: Arc<Self>, options: JobOptions, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut D) -> Result<T> + Send + 'static,
+    {
+        let metrics = self.metrics.op(options.op, options.scheme);
+        let span = metrics.span();
+        let observed = Observed {
+            metrics: Arc::clone(&metrics),
+            span: span.clone(),
+        };
+        let result = self.queue_and_wait(options, job, observed).await;
+        match &result {
+            Ok(_) => metrics.ok.increment(1),
+            Err(e) => {
+                metrics.failed(e.kind());
+                span.record("error", e.kind().name());
+            }
+        }
+        result
+    }
+
+    async fn queue_and_wait<T, F>(
+        self: Arc<Self>,
+        options: JobOptions,
+        job: F,
+        observed: Observed,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut D) -> Result<T> + Send + 'static,
@@ -96,7 +126,8 @@ impl<D: 'static> Shared<D> {
             job,
             reply: Some(tx),
             waker: None,
-            permit: Some(permit),
+            permit: Some(self.metrics.slot(permit)),
+            observed,
             options,
             deadline,
             timeout,

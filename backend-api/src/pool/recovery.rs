@@ -96,6 +96,7 @@ impl<D: 'static> Worker<D> {
             return None;
         }
         self.shared.counters.retried.fetch_add(1, Relaxed);
+        self.shared.metrics.retries.increment(1);
         let device = self.state.as_mut()?;
         match job.attempt(device, self.shared.name()) {
             Attempt::Replied { ok } => Some(ok),
@@ -116,6 +117,7 @@ impl<D: 'static> Worker<D> {
         let lost = self.state.take();
         let _ = catch_unwind(AssertUnwindSafe(move || drop(lost)));
         self.shared.counters.device_lost.fetch_add(1, Relaxed);
+        self.shared.metrics.lost.increment(1);
     }
 
     /// One immediate attempt to rebuild the device state (none while an authentication
@@ -128,6 +130,7 @@ impl<D: 'static> Worker<D> {
             Ok(state) => {
                 self.state = Some(state);
                 self.shared.counters.recoveries.fetch_add(1, Relaxed);
+                self.shared.metrics.recoveries.increment(1);
                 self.shared.built();
                 true
             }
@@ -143,6 +146,7 @@ impl<D: 'static> Worker<D> {
     pub(super) fn recover(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
         shared.healthy.fetch_sub(1, Relaxed);
+        shared.metrics.healthy.decrement(1.0);
         let mut delay = shared.config.backoff_initial;
         loop {
             if shared.healthy.load(Relaxed) == 0 {
@@ -185,7 +189,9 @@ impl<D: 'static> Worker<D> {
                 Ok(state) => {
                     self.state = Some(state);
                     shared.counters.recoveries.fetch_add(1, Relaxed);
+                    shared.metrics.recoveries.increment(1);
                     shared.healthy.fetch_add(1, Relaxed);
+                    shared.metrics.healthy.increment(1.0);
                     shared.built();
                     return true;
                 }

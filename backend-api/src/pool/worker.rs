@@ -46,6 +46,7 @@ impl<D: 'static> Worker<D> {
         index: usize,
         ready: std::sync::mpsc::Sender<Result<()>>,
     ) {
+        shared.metrics.workers.increment(1.0);
         let mut worker = Worker {
             shared,
             deferred: Arc::default(),
@@ -57,6 +58,7 @@ impl<D: 'static> Worker<D> {
             Ok(state) => {
                 worker.state = Some(state);
                 worker.shared.healthy.fetch_add(1, Relaxed);
+                worker.shared.metrics.healthy.increment(1.0);
                 worker.shared.built();
                 let _ = ready.send(Ok(()));
                 drop(ready);
@@ -70,7 +72,9 @@ impl<D: 'static> Worker<D> {
         let shared = Arc::clone(&worker.shared);
         if worker.state.take().is_some() {
             shared.healthy.fetch_sub(1, Relaxed);
+            shared.metrics.healthy.decrement(1.0);
         }
+        shared.metrics.workers.decrement(1.0);
         drop(worker);
         let mut exited = lock(&shared.exited);
         *exited += 1;
@@ -109,6 +113,7 @@ impl<D: 'static> Worker<D> {
             // A caller whose deadline passed gave up with a Timeout it already counted.
             if job.deadline().is_none_or(|d| started < d) {
                 c.cancelled.fetch_add(1, Relaxed);
+                shared.metrics.cancelled.increment(1);
             }
             return;
         }
@@ -134,9 +139,14 @@ impl<D: 'static> Worker<D> {
             });
             return;
         }
+        let queued = started.saturating_duration_since(job.submitted());
+        let span = job.observed().span.clone();
+        span.record("queue_seconds", queued.as_secs_f64());
         c.in_flight.fetch_add(1, Relaxed);
-        let ok = self.run_with_recovery(job.as_mut());
+        shared.metrics.in_flight.increment(1.0);
+        let ok = span.in_scope(|| self.run_with_recovery(job.as_mut()));
         c.in_flight.fetch_sub(1, Relaxed);
+        shared.metrics.in_flight.decrement(1.0);
         if ok == Some(true) {
             self.typical.record(op, started.elapsed());
         }
@@ -149,6 +159,7 @@ impl<D: 'static> Worker<D> {
         let _ = h.latency.record(nanos(done - job.submitted()));
         let _ = h.service.record(nanos(done - started));
         drop(h);
+        job.observed().ran(queued, done - started);
         if let Some(waker) = job.take_waker() {
             self.wake(waker, done - started);
         }
