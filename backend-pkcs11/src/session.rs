@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{is_rv, map, mapper};
 use crate::keys::{
-    ALLOWED_REFUSED, ALLOWED_SUPPORTED, ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase,
+    ALLOWED_REFUSED, ALLOWED_SUPPORTED, ALLOWED_UNKNOWN, Pkcs11KeyRef, RestrictionRefusal, UriBase,
     refuses_allowed_mechanisms,
 };
 use crate::mechanism::{decrypt_mechanism, sign_input, sign_output};
@@ -353,13 +353,15 @@ impl Target {
             &self.uri_base,
             self.policy,
             refused,
+            self.module.implementation.fixes_usage_flags(),
         )
     }
 
     /// Makes key objects with `make(restrict)`, restricted by CKA_ALLOWED_MECHANISMS unless
     /// the token refused that attribute before. A token that refuses it (an attribute it does
-    /// not know) is tried once more without it, and the store remembers: its keys then say
-    /// so in their description (`hardkey info`).
+    /// not know; or CKR_GENERAL_ERROR twice, as NSS softokn answers) is tried once more
+    /// without it, and the store remembers: its keys then say so in their description
+    /// (`hardkey info`).
     pub(crate) fn with_restriction<T>(
         &self,
         op: Operation,
@@ -375,8 +377,25 @@ impl Target {
                     .store(ALLOWED_SUPPORTED, Ordering::Relaxed);
                 Ok(made)
             }
-            Err(e) if state == ALLOWED_UNKNOWN && refuses_allowed_mechanisms(&e) => {
-                let made = make(false)?.map_err(mapper(&self.name, op))?;
+            Err(e) if state == ALLOWED_UNKNOWN => {
+                match refuses_allowed_mechanisms(&e) {
+                    RestrictionRefusal::No => return Err(map(&self.name, op, e)),
+                    RestrictionRefusal::Clear => {}
+                    RestrictionRefusal::Maybe => match make(true)? {
+                        // A passing fault: the token takes the attributes after all.
+                        Ok(made) => {
+                            self.allowed_mechanisms
+                                .store(ALLOWED_SUPPORTED, Ordering::Relaxed);
+                            return Ok(made);
+                        }
+                        Err(again)
+                            if refuses_allowed_mechanisms(&again) == RestrictionRefusal::Maybe => {}
+                        Err(again) => return Err(map(&self.name, op, again)),
+                    },
+                }
+                // Made without the restriction only if that works: otherwise the token's
+                // first answer is the error.
+                let made = make(false)?.map_err(|_| map(&self.name, op, e))?;
                 self.allowed_mechanisms
                     .store(ALLOWED_REFUSED, Ordering::Relaxed);
                 Ok(made)
@@ -453,7 +472,23 @@ fn login(target: &Target, session: &Session) -> Result<()> {
         return Ok(());
     }
     let pin = crate::pin::load(&target.pin, &target.name)?;
-    match session.login(UserType::User, pin.as_ref()) {
+    let mut result = session.login(UserType::User, pin.as_ref());
+    // tpm2-pkcs11: while another store's last sessions close (and log the token out), its
+    // TSS context can be out of sequence for a moment; not a PIN refusal (that is
+    // CKR_PIN_INCORRECT). Tried again a few times, briefly.
+    for pause_ms in [20, 60, 180] {
+        match &result {
+            Err(e)
+                if target.module.implementation.retries_login_after_general_error()
+                    && is_rv(e, RvError::GeneralError, Some(Function::Login)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+                result = session.login(UserType::User, pin.as_ref());
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
         Err(e) => {
