@@ -868,4 +868,48 @@ mod tests {
         assert_eq!(mechanisms(&private).unwrap(), [MechanismType::ECDSA]);
         wipe(&mut private);
     }
+
+    #[test]
+    fn tpm2_pkcs11_templates_leave_sign_and_decrypt_to_the_token() {
+        let mut sign_only = KeyUsages::default_for(KeyAlgorithm::Rsa2048);
+        sign_only.sign = true;
+        sign_only.decrypt = false;
+        let (_, mut public, mut private) =
+            generate_templates(KeyAlgorithm::Rsa2048, b"id", "k", sign_only, true, true).unwrap();
+        leave_usages_to_token(&mut public);
+        leave_usages_to_token(&mut private);
+        // The false sign/decrypt flags go (tpm2-pkcs11 refuses them); true ones, the other
+        // usage flags and the mechanism restriction stay.
+        assert_eq!(flag(&private, AttributeType::Decrypt), None);
+        assert_eq!(flag(&public, AttributeType::Encrypt), None);
+        assert_eq!(flag(&private, AttributeType::Sign), Some(true));
+        assert_eq!(flag(&public, AttributeType::Verify), Some(true));
+        assert_eq!(flag(&private, AttributeType::Unwrap), Some(false));
+        assert_eq!(flag(&private, AttributeType::Derive), Some(false));
+        let allowed = mechanisms(&private).unwrap();
+        assert!(allowed.contains(&MechanismType::RSA_X_509), "{allowed:?}");
+        assert!(
+            !allowed.contains(&MechanismType::RSA_PKCS_OAEP),
+            "{allowed:?}"
+        );
+    }
+
+    #[test]
+    fn general_error_is_only_maybe_a_refused_restriction() {
+        use cryptoki::context::Function;
+        use cryptoki::error::Error as CkError;
+        let rv = |rv| CkError::Pkcs11(rv, Function::GenerateKeyPair);
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::AttributeTypeInvalid)),
+            RestrictionRefusal::Clear
+        );
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::GeneralError)),
+            RestrictionRefusal::Maybe
+        );
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::PinIncorrect)),
+            RestrictionRefusal::No
+        );
+    }
 }

@@ -55,7 +55,9 @@ pub(crate) enum Implementation {
     /// signatures (PKCS#1 v1.5 and PSS) on the host and asks the TPM for raw RSA, so an RSA
     /// key signs only if CKM_RSA_X_509 is among its CKA_ALLOWED_MECHANISMS (else
     /// CKR_MECHANISM_INVALID); a `C_Login` right after the previous sessions closed can fail
-    /// once with CKR_GENERAL_ERROR (its TSS context out of sequence) and succeed when repeated.
+    /// once with CKR_GENERAL_ERROR (its TSS context out of sequence) and succeed when repeated;
+    /// it reads its store's objects at `C_Initialize` only, so keys other processes make
+    /// later are found after a re-initialization.
     Tpm2Pkcs11,
     /// Any other module.
     Other,
@@ -85,6 +87,12 @@ impl Implementation {
     /// Whether a `C_Login` that failed with CKR_GENERAL_ERROR is worth one more try (never a
     /// PIN the token refused: that answer is CKR_PIN_INCORRECT).
     pub(crate) fn retries_login_after_general_error(self) -> bool {
+        self == Self::Tpm2Pkcs11
+    }
+
+    /// Whether the module reads its token's objects only at `C_Initialize`, so that objects
+    /// other processes made since stay invisible until it is re-initialized.
+    pub(crate) fn reads_objects_at_initialize(self) -> bool {
         self == Self::Tpm2Pkcs11
     }
 

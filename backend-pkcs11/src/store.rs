@@ -171,6 +171,7 @@ impl Pkcs11Store {
             login_refused: std::sync::atomic::AtomicBool::new(false),
             refresh_requested: std::sync::atomic::AtomicBool::new(false),
             ran_out_of_descriptors: std::sync::atomic::AtomicBool::new(false),
+            view_refreshed: std::sync::Mutex::new(None),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)

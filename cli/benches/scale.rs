@@ -142,8 +142,8 @@ impl Ca {
 
     /// A leaf for `public_key` named `name`: its DER.
     fn issue(&self, public_key: &PublicKey, name: &str) -> Vec<u8> {
-        let spki = <spki::SubjectPublicKeyInfoRef<'_> as der::Decode>::from_der(public_key.der())
-            .unwrap();
+        let spki =
+            <spki::SubjectPublicKeyInfoRef<'_> as der::Decode>::from_der(public_key.der()).unwrap();
         let device = DeviceKey(spki.subject_public_key.raw_bytes().to_vec());
         let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -421,7 +421,11 @@ fn softhsm(hsm: &softhsm_tests::SoftHsm, keys: usize, handshakes: usize) -> Row 
         .output()
         .unwrap();
     let baseline = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed = String::from_utf8_lossy(&out.stdout)
         .matches("Private Key Object")
         .count();
@@ -460,7 +464,11 @@ fn share_process(hsm: &softhsm_tests::SoftHsm, objects: usize) -> u64 {
         .env("HARDKEY_SCALE_PIN", hsm.user_pin().expose_secret())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 

@@ -377,12 +377,10 @@ impl State<'_> {
         reopen: bool,
     ) -> CliResult<(Loaded, bool)> {
         let setup = &self.setup;
-        let chain = self.served.devices.chain(
-            entry,
-            setup.config,
-            &setup.args.secrets,
-            setup.options,
-        )?;
+        let chain =
+            self.served
+                .devices
+                .chain(entry, setup.config, &setup.args.secrets, setup.options)?;
         if let Some(p) = previous.filter(|p| !reopen && p.planned.key == entry.key) {
             // A key file replaced since the key was opened: open it again.
             let same_key_file = self

@@ -434,7 +434,11 @@ pub fn conformance_trials_with(
             .raw_rsa_for_decrypt(true)
             .concurrency(concurrency);
         // tpm2-pkcs11 cannot import: its refusal must be a clean Unsupported.
-        if imports { suite } else { suite.import_refused() }
+        if imports {
+            suite
+        } else {
+            suite.import_refused()
+        }
     };
     harness::conformance_trials(suite, &harness::CONFORMANCE_ALGORITHMS)
 }

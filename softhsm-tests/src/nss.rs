@@ -48,7 +48,9 @@ pub struct Nss {
 
 impl std::fmt::Debug for Nss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nss").field("dir", &self.dir.path()).finish()
+        f.debug_struct("Nss")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 

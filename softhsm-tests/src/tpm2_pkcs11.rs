@@ -115,7 +115,13 @@ impl Tpm2Pkcs11 {
         );
         run_ok(
             self.tool()
-                .args(["--token-label", &self.label, "--login", "--login-type", "so"])
+                .args([
+                    "--token-label",
+                    &self.label,
+                    "--login",
+                    "--login-type",
+                    "so",
+                ])
                 .args(["--so-pin", &format!("env:{SO_PIN_VAR}")])
                 .args(["--init-pin", "--pin", &format!("env:{PIN_VAR}")]),
         );
