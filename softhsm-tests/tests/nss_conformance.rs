@@ -10,7 +10,7 @@
 )]
 
 use futures::executor::block_on;
-use hardkey_api::testkit::harness::{Arguments, run_on, trial};
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trial};
 use hardkey_api::testkit::verify_signature;
 use hardkey_api::{
     ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme,
@@ -55,7 +55,7 @@ fn a_second_init_string_is_refused(nss: &Nss) {
 fn main() -> std::process::ExitCode {
     run_on(&Arguments::from_args(), Nss::start, |nss| {
         let mut trials = conformance_trials_with(nss.config().sessions(2), nss.label(), 100);
-        let tests: [(&str, fn(&Nss)); 3] = [
+        let tests: [NamedTest<Nss>; 3] = [
             ("nss::rsa4096_keys_sign", rsa4096_keys_sign),
             (
                 "nss::keys_say_the_token_keeps_no_mechanism_restriction",
