@@ -7,11 +7,16 @@
 # golang-go (building BoringSSL for the tls crate) and curl (a TLS client independent of ours);
 # tpm2-abrmd, its TCTI and dbus (a TPM resource manager on a private bus, for the tests of
 # many processes sharing one TPM); python3-prometheus-client (Python's Prometheus text parser,
-# which checks what `hardkey serve --metrics` exposes).
+# which checks what `hardkey serve --metrics` exposes); libtpm2-pkcs11-1 and libtpm2-pkcs11-tools (tpm2-pkcs11, a
+# second PKCS#11 implementation, on swtpm), libnss3 and libnss3-tools (NSS softokn, a third,
+# and certutil to make its database). The tests load both modules by path: the p11-kit
+# module file libtpm2-pkcs11-1 installs plays no part in them.
 APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-kit-modules \
 	swtpm swtpm-tools libtss2-dev tpm2-tools tpm2-openssl \
 	cmake clang libclang-dev golang-go curl strace \
-	tpm2-abrmd libtss2-tcti-tabrmd0 dbus python3-prometheus-client
+	tpm2-abrmd libtss2-tcti-tabrmd0 dbus \
+	libtpm2-pkcs11-1 libtpm2-pkcs11-tools libnss3 libnss3-tools \
+	python3-prometheus-client
 
 CARGO ?= cargo
 

@@ -88,6 +88,7 @@ pub struct Suite<S: KeyStore> {
     created: Mutex<Vec<KeyId>>,
     missing: KeyUri,
     import: bool,
+    import_refused: bool,
     concurrency: usize,
     label_prefix: String,
     raw_rsa_for_decrypt: bool,
@@ -101,6 +102,7 @@ impl<S: KeyStore> Suite<S> {
             created: Mutex::new(Vec::new()),
             missing,
             import: true,
+            import_refused: false,
             concurrency: 1000,
             label_prefix: format!("hk-conf-{}", std::process::id()),
             raw_rsa_for_decrypt: false,
@@ -118,6 +120,14 @@ impl<S: KeyStore> Suite<S> {
     /// Skips the import checks (for devices that cannot import private keys).
     pub fn without_import(mut self) -> Self {
         self.import = false;
+        self
+    }
+
+    /// Expects imports to be refused with `Unsupported` (for devices whose store says they
+    /// cannot import private keys, such as tpm2-pkcs11): the import check then asserts that
+    /// clean refusal, and that nothing was left behind, instead of a round trip.
+    pub fn import_refused(mut self) -> Self {
+        self.import_refused = true;
         self
     }
 
@@ -378,6 +388,19 @@ impl<S: KeyStore> Suite<S> {
             return;
         }
         let (pkcs8, spki) = make_pkcs8(alg);
+        if self.import_refused {
+            let before = self.store.list().await.unwrap().len();
+            let err = self
+                .store
+                .import(ImportRequest::new(pkcs8).label(self.label("import")))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{} imported a {alg} key", self.store.name()));
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "refused import: {err}");
+            let after = self.store.list().await.unwrap().len();
+            assert_eq!(before, after, "a refused import left a key behind");
+            return;
+        }
         let key = self
             .store
             .import(ImportRequest::new(pkcs8).label(self.label("import")))

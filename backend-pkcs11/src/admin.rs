@@ -88,7 +88,7 @@ impl TokenAdmin {
     /// Loads the module (`None`: SoftHSM from its usual paths).
     pub fn new(module: Option<&Path>) -> Result<Self> {
         Ok(Self {
-            module: module::load(module)?,
+            module: module::load(module, None)?,
         })
     }
 

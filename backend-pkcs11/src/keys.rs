@@ -188,6 +188,7 @@ pub(crate) fn describe(
     base: &UriBase,
     policy: KeyPolicy,
     allowed_refused: bool,
+    usages_fixed: bool,
     publics: Option<&ObjectIndex>,
 ) -> Result<(KeyInfo, Pkcs11KeyRef)> {
     let map = mapper(device, Operation::Open);
@@ -307,6 +308,7 @@ pub(crate) fn describe(
     usages.sign = sign;
     usages.decrypt = decrypt && public_key.algorithm().family() == KeyFamily::Rsa;
     let note = match (&allowed, allowed_refused) {
+        _ if usages_fixed => Some(USAGES_FIXED_BY_TOKEN.to_owned()),
         _ if !allowed_known => Some(
             "the token (or the remoting between us, such as p11-kit 0.24) does not report \
              CKA_ALLOWED_MECHANISMS: what it enforces beyond the usage attributes is unknown"
@@ -492,13 +494,56 @@ fn usage_attributes(
     (public, private)
 }
 
-/// Whether the token refused a template for its CKA_ALLOWED_MECHANISMS (an attribute it
-/// does not know): then the key is made again without it.
-pub(crate) fn refuses_allowed_mechanisms(e: &cryptoki::error::Error) -> bool {
+/// How a token answered a template with CKA_ALLOWED_MECHANISMS and CKA_COPYABLE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RestrictionRefusal {
+    /// Not a refusal of those attributes.
+    No,
+    /// An attribute it does not know (CKR_ATTRIBUTE_TYPE_INVALID, CKR_TEMPLATE_INCONSISTENT):
+    /// the key is made again without them.
+    Clear,
+    /// CKR_GENERAL_ERROR: NSS softokn 3.87 answers this for either attribute on a token object
+    /// (its database has no column for them), but any token may answer it for a passing
+    /// fault. The template is tried once more as it was before the attributes are dropped.
+    Maybe,
+}
+
+/// For a module that decides a key's sign and decrypt usages itself (tpm2-pkcs11): drops the
+/// CKA_SIGN, CKA_VERIFY, CKA_DECRYPT and CKA_ENCRYPT attributes a template sets false, which
+/// such a module refuses. The key then has both usages; its CKA_ALLOWED_MECHANISMS (kept)
+/// limit the mechanisms. The other usage attributes stay false.
+pub(crate) fn leave_usages_to_token(template: &mut Vec<Attribute>) {
+    template.retain(|a| {
+        !matches!(
+            a,
+            Attribute::Sign(false)
+                | Attribute::Verify(false)
+                | Attribute::Decrypt(false)
+                | Attribute::Encrypt(false)
+        )
+    });
+}
+
+/// The note `hardkey info` shows for keys of a module that decides usages itself.
+pub(crate) const USAGES_FIXED_BY_TOKEN: &str = "this token (tpm2-pkcs11) makes every key both a \
+    signing and a decryption key, whatever was asked, and signs with an RSA key only through \
+    raw RSA (CKM_RSA_X_509): its CKA_ALLOWED_MECHANISMS are all that limit what the PIN lets \
+    this key do, and for an RSA key they include raw RSA, so any application with the PIN can \
+    decrypt with it";
+
+/// Whether the token refused a template for its CKA_ALLOWED_MECHANISMS or CKA_COPYABLE.
+pub(crate) fn refuses_allowed_mechanisms(e: &cryptoki::error::Error) -> RestrictionRefusal {
     use cryptoki::error::RvError;
-    [RvError::AttributeTypeInvalid, RvError::TemplateInconsistent]
+    if [RvError::AttributeTypeInvalid, RvError::TemplateInconsistent]
         .into_iter()
         .any(|rv| crate::error::is_rv(e, rv, None))
+    {
+        RestrictionRefusal::Clear
+    } else if crate::error::is_rv(e, RvError::GeneralError, None) {
+        RestrictionRefusal::Maybe
+    } else {
+        RestrictionRefusal::No
+    }
 }
 
 /// Destroys what an interrupted hardkey key generation left on the token: a process killed
@@ -886,5 +931,49 @@ mod tests {
         assert_eq!(flag(&public, AttributeType::Wrap), Some(false));
         assert_eq!(mechanisms(&private).unwrap(), [MechanismType::ECDSA]);
         wipe(&mut private);
+    }
+
+    #[test]
+    fn tpm2_pkcs11_templates_leave_sign_and_decrypt_to_the_token() {
+        let mut sign_only = KeyUsages::default_for(KeyAlgorithm::Rsa2048);
+        sign_only.sign = true;
+        sign_only.decrypt = false;
+        let (_, mut public, mut private) =
+            generate_templates(KeyAlgorithm::Rsa2048, b"id", "k", sign_only, true, true).unwrap();
+        leave_usages_to_token(&mut public);
+        leave_usages_to_token(&mut private);
+        // The false sign/decrypt flags go (tpm2-pkcs11 refuses them); true ones, the other
+        // usage flags and the mechanism restriction stay.
+        assert_eq!(flag(&private, AttributeType::Decrypt), None);
+        assert_eq!(flag(&public, AttributeType::Encrypt), None);
+        assert_eq!(flag(&private, AttributeType::Sign), Some(true));
+        assert_eq!(flag(&public, AttributeType::Verify), Some(true));
+        assert_eq!(flag(&private, AttributeType::Unwrap), Some(false));
+        assert_eq!(flag(&private, AttributeType::Derive), Some(false));
+        let allowed = mechanisms(&private).unwrap();
+        assert!(allowed.contains(&MechanismType::RSA_X_509), "{allowed:?}");
+        assert!(
+            !allowed.contains(&MechanismType::RSA_PKCS_OAEP),
+            "{allowed:?}"
+        );
+    }
+
+    #[test]
+    fn general_error_is_only_maybe_a_refused_restriction() {
+        use cryptoki::context::Function;
+        use cryptoki::error::Error as CkError;
+        let rv = |rv| CkError::Pkcs11(rv, Function::GenerateKeyPair);
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::AttributeTypeInvalid)),
+            RestrictionRefusal::Clear
+        );
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::GeneralError)),
+            RestrictionRefusal::Maybe
+        );
+        assert_eq!(
+            refuses_allowed_mechanisms(&rv(RvError::PinIncorrect)),
+            RestrictionRefusal::No
+        );
     }
 }

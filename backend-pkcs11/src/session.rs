@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{is_rv, map, mapper};
 use crate::keys::{
-    ALLOWED_REFUSED, ALLOWED_SUPPORTED, ALLOWED_UNKNOWN, Pkcs11KeyRef, UriBase,
+    ALLOWED_REFUSED, ALLOWED_SUPPORTED, ALLOWED_UNKNOWN, Pkcs11KeyRef, RestrictionRefusal, UriBase,
     refuses_allowed_mechanisms,
 };
 use crate::mechanism::{decrypt_mechanism, sign_input, sign_output};
@@ -56,7 +56,15 @@ pub(crate) struct Target {
     /// Set when a lookup met the process out of descriptors: the module's view of the token
     /// may be stale until it is re-initialized.
     pub(crate) ran_out_of_descriptors: std::sync::atomic::AtomicBool,
+    /// When a lookup that found nothing last had the module re-initialized to see objects
+    /// other processes made (tpm2-pkcs11); at most one such refresh per
+    /// [`VIEW_REFRESH_INTERVAL`].
+    pub(crate) view_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a lookup that found nothing may re-initialize a module that reads its objects
+/// only at `C_Initialize` (tpm2-pkcs11).
+const VIEW_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Target {
     /// The error for a lookup that matched no key: out of descriptors when the process is
@@ -66,6 +74,19 @@ impl Target {
     /// invalid for good after failing to read its directory, and finds nothing until
     /// re-initialized. Otherwise `not_found`.
     pub(crate) fn missing_key(&self, session: &Session, not_found: Error) -> Error {
+        if self.module.implementation.reads_objects_at_initialize() && self.may_refresh_view() {
+            // tpm2-pkcs11 reads its store's objects at C_Initialize: a key another process
+            // (pkcs11-tool, tpm2_ptool) made since is invisible until the module is
+            // re-initialized. The pool does that and looks once more.
+            self.refresh_requested.store(true, Ordering::Relaxed);
+            return Error::device_unavailable(
+                &self.name,
+                format!(
+                    "{not_found} (tpm2-pkcs11 sees objects other processes made only after \
+                     re-initializing: it is re-initialized and the lookup made again)"
+                ),
+            );
+        }
         if hardkey_api::fs::descriptors_short() {
             self.ran_out_of_descriptors.store(true, Ordering::Relaxed);
             return hardkey_api::fs::descriptors_exhausted(&self.name, not_found);
@@ -87,6 +108,23 @@ impl Target {
                  its view of the token went stale)"
             ),
         )
+    }
+}
+
+impl Target {
+    /// Whether a re-initialization to refresh the module's view is due (and if so, counts
+    /// this one).
+    fn may_refresh_view(&self) -> bool {
+        let mut last = self
+            .view_refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < VIEW_REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 
@@ -364,14 +402,16 @@ impl Target {
             &self.uri_base,
             self.policy,
             refused,
+            self.module.implementation.fixes_usage_flags(),
             publics,
         )
     }
 
     /// Makes key objects with `make(restrict)`, restricted by CKA_ALLOWED_MECHANISMS unless
     /// the token refused that attribute before. A token that refuses it (an attribute it does
-    /// not know) is tried once more without it, and the store remembers: its keys then say
-    /// so in their description (`hardkey info`).
+    /// not know; or CKR_GENERAL_ERROR twice, as NSS softokn answers) is tried once more
+    /// without it, and the store remembers: its keys then say so in their description
+    /// (`hardkey info`).
     pub(crate) fn with_restriction<T>(
         &self,
         op: Operation,
@@ -387,8 +427,25 @@ impl Target {
                     .store(ALLOWED_SUPPORTED, Ordering::Relaxed);
                 Ok(made)
             }
-            Err(e) if state == ALLOWED_UNKNOWN && refuses_allowed_mechanisms(&e) => {
-                let made = make(false)?.map_err(mapper(&self.name, op))?;
+            Err(e) if state == ALLOWED_UNKNOWN => {
+                match refuses_allowed_mechanisms(&e) {
+                    RestrictionRefusal::No => return Err(map(&self.name, op, e)),
+                    RestrictionRefusal::Clear => {}
+                    RestrictionRefusal::Maybe => match make(true)? {
+                        // A passing fault: the token takes the attributes after all.
+                        Ok(made) => {
+                            self.allowed_mechanisms
+                                .store(ALLOWED_SUPPORTED, Ordering::Relaxed);
+                            return Ok(made);
+                        }
+                        Err(again)
+                            if refuses_allowed_mechanisms(&again) == RestrictionRefusal::Maybe => {}
+                        Err(again) => return Err(map(&self.name, op, again)),
+                    },
+                }
+                // Made without the restriction only if that works: otherwise the token's
+                // first answer is the error.
+                let made = make(false)?.map_err(|_| map(&self.name, op, e))?;
                 self.allowed_mechanisms
                     .store(ALLOWED_REFUSED, Ordering::Relaxed);
                 Ok(made)
@@ -465,7 +522,26 @@ fn login(target: &Target, session: &Session) -> Result<()> {
         return Ok(());
     }
     let pin = crate::pin::load(&target.pin, &target.name)?;
-    match session.login(UserType::User, pin.as_ref()) {
+    let mut result = session.login(UserType::User, pin.as_ref());
+    // tpm2-pkcs11: while another store's last sessions close (and log the token out), its
+    // TSS context can be out of sequence for a moment; not a PIN refusal (that is
+    // CKR_PIN_INCORRECT). Tried again a few times, briefly.
+    for pause_ms in [20, 60, 180] {
+        match &result {
+            Err(e)
+                if target
+                    .module
+                    .implementation
+                    .retries_login_after_general_error()
+                    && is_rv(e, RvError::GeneralError, Some(Function::Login)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+                result = session.login(UserType::User, pin.as_ref());
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) if is_rv(&e, RvError::UserAlreadyLoggedIn, Some(Function::Login)) => Ok(()),
         Err(e) => {

@@ -16,7 +16,8 @@ use hardkey_api::{
 use crate::error::mapper;
 use crate::keys::{
     ALLOWED_UNKNOWN, ObjectIndex, Pkcs11KeyRef, UriBase, can_name_private, find_private,
-    generate_templates, import_templates, new_id, remove_interrupted, wipe,
+    generate_templates, import_templates, leave_usages_to_token, new_id, remove_interrupted,
+    wipe,
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
@@ -43,6 +44,8 @@ pub struct Pkcs11Config {
     pub op_timeout: Option<Duration>,
     /// Policy applied to every key.
     pub policy: KeyPolicy,
+    /// Library parameters for the module's `C_Initialize` (see [`Pkcs11Config::module_init`]).
+    pub module_init: Option<String>,
 }
 
 /// Default number of sessions per token (`max-sessions` in a URI overrides it).
@@ -58,6 +61,7 @@ impl Pkcs11Config {
             sessions: DEFAULT_SESSIONS,
             op_timeout: Some(Duration::from_secs(30)),
             policy: KeyPolicy::default(),
+            module_init: None,
         }
     }
 
@@ -80,6 +84,17 @@ impl Pkcs11Config {
     /// Sets the module path.
     pub fn module(mut self, path: impl Into<PathBuf>) -> Self {
         self.module = Some(path.into());
+        self
+    }
+
+    /// Sets the library parameters given to the module's `C_Initialize` in the reserved
+    /// pointer of its arguments, for modules configured that way: NSS softokn takes its
+    /// database there (`configdir='sql:/etc/pki/nssdb' certPrefix='' keyPrefix=''
+    /// secmod='secmod.db'`). Standard modules take none and refuse any (an error says so). A
+    /// module is initialized once per process, so every store of one module must give the
+    /// same parameters (or none, to use the module as first initialized).
+    pub fn module_init(mut self, params: impl Into<String>) -> Self {
+        self.module_init = Some(params.into());
         self
     }
 
@@ -108,6 +123,8 @@ pub struct Pkcs11Store {
     pool: DevicePool<Pkcs11Device>,
     target: Arc<Target>,
     token: TokenSummary,
+    /// What the token's key-pair generation mechanisms cover.
+    algorithms: Vec<KeyAlgorithm>,
 }
 
 impl std::fmt::Debug for Pkcs11Store {
@@ -123,10 +140,12 @@ impl Pkcs11Store {
     /// Connects to the token. Blocks (module load, login): call it before the event loop or
     /// on a blocking thread.
     pub fn open(config: Pkcs11Config) -> Result<Self> {
-        let module = module::load(config.module.as_deref())?;
-        let (slot, token) = {
+        let module = module::load(config.module.as_deref(), config.module_init.as_deref())?;
+        let (slot, token, algorithms) = {
             let _calls = module.calls();
-            token::find(&module, &config.token)?
+            let (slot, token) = token::find(&module, &config.token)?;
+            let algorithms = token::key_algorithms(&module, slot);
+            (slot, token, algorithms)
         };
         let name = format!("token '{}'", token.label);
         let target = Arc::new(Target {
@@ -153,6 +172,7 @@ impl Pkcs11Store {
             login_refused: std::sync::atomic::AtomicBool::new(false),
             refresh_requested: std::sync::atomic::AtomicBool::new(false),
             ran_out_of_descriptors: std::sync::atomic::AtomicBool::new(false),
+            view_refreshed: std::sync::Mutex::new(None),
         });
         let pool_config = PoolConfig::new(name)
             .workers(config.sessions)
@@ -166,12 +186,20 @@ impl Pkcs11Store {
             pool,
             target,
             token,
+            algorithms,
         })
     }
 
     /// The token this store serves.
     pub fn token(&self) -> &TokenSummary {
         &self.token
+    }
+
+    /// Whether the token's module can import private keys (`C_CreateObject` of a private
+    /// key): tpm2-pkcs11 cannot, and [`KeyStore::import`] then fails with an `Unsupported`
+    /// error saying what to do instead.
+    pub fn imports_private_keys(&self) -> bool {
+        self.target.module.implementation.imports_private_keys()
     }
 
     /// The session pool (stats, shutdown).
@@ -364,8 +392,11 @@ impl KeyStore for Pkcs11Store {
         &self.target.name
     }
 
+    /// The algorithms the token's key-pair generation mechanisms cover, by their
+    /// `CKM_*_KEY_PAIR_GEN` key sizes (tpm2-pkcs11 1.9: RSA up to 3072 bits); every algorithm
+    /// when the token does not say.
     fn algorithms(&self) -> &[KeyAlgorithm] {
-        &KeyAlgorithm::ALL
+        &self.algorithms
     }
 
     fn open(
@@ -448,6 +479,20 @@ impl KeyStore for Pkcs11Store {
                 serves: "pkcs11:",
             })),
         };
+        let label = label.and_then(|label| {
+            if self.algorithms.contains(&request.algorithm) {
+                Ok(label)
+            } else {
+                Err(Error::from(Unsupported::Algorithm {
+                    algorithm: request.algorithm,
+                    device: format!(
+                        "{} (its key-pair mechanisms cover only: {})",
+                        self.target.name,
+                        list(&self.algorithms)
+                    ),
+                }))
+            }
+        });
         let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
         let run = label.map(|label| {
             self.run_key(options, move |dev| {
@@ -462,14 +507,22 @@ impl KeyStore for Pkcs11Store {
                 // What a keygen of this label killed midway left goes first.
                 remove_interrupted(dev.session(), &label);
                 let (public, private) = t.with_restriction(Operation::Generate, |restrict| {
-                    let (mechanism, public, private) = generate_templates(
+                    // tpm2-pkcs11 signs RSA through raw RSA on the TPM.
+                    let raw_rsa = request.raw_rsa
+                        || t.module.implementation.signs_rsa_with_raw_rsa()
+                            && request.algorithm.family() == hardkey_api::KeyFamily::Rsa;
+                    let (mechanism, mut public, mut private) = generate_templates(
                         request.algorithm,
                         &id,
                         &label,
                         request.usages,
-                        request.raw_rsa,
+                        raw_rsa,
                         restrict,
                     )?;
+                    if t.module.implementation.fixes_usage_flags() {
+                        leave_usages_to_token(&mut public);
+                        leave_usages_to_token(&mut private);
+                    }
                     Ok(dev
                         .session()
                         .generate_key_pair(&mechanism, &public, &private))
@@ -484,42 +537,57 @@ impl KeyStore for Pkcs11Store {
         &self,
         request: ImportRequest,
     ) -> impl Future<Output = Result<Pkcs11Key>> + Send + 'static + use<> {
-        self.run_key(JobOptions::new(Operation::Import), move |dev| {
-            let t = dev.target();
-            let id = new_id();
-            let label = request
-                .label
-                .clone()
-                .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
-            let _writes = t.module.writes();
-            let (public_handle, private_handle) =
-                t.with_restriction(Operation::Import, |restrict| {
-                    let (_, public, mut private) = import_templates(
-                        &request.pkcs8_der,
-                        &id,
-                        &label,
-                        request.usages,
-                        request.raw_rsa,
-                        restrict,
-                    )?;
-                    let created = dev
-                        .session()
-                        .create_object(&public)
-                        .and_then(|public_handle| {
+        let checked = if self.imports_private_keys() {
+            Ok(())
+        } else {
+            Err(Error::from(Unsupported::Operation {
+                op: Operation::Import,
+                device: format!(
+                    "{} (tpm2-pkcs11: C_CreateObject makes only public keys and data objects; \
+                     generate the key on the token, or import it with tpm2_ptool import)",
+                    self.target.name
+                ),
+            }))
+        };
+        let run = checked.map(|()| {
+            self.run_key(JobOptions::new(Operation::Import), move |dev| {
+                let t = dev.target();
+                let id = new_id();
+                let label = request
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| format!("hardkey-{}", hex_prefix(&id)));
+                let _writes = t.module.writes();
+                let (public_handle, private_handle) =
+                    t.with_restriction(Operation::Import, |restrict| {
+                        let (_, public, mut private) = import_templates(
+                            &request.pkcs8_der,
+                            &id,
+                            &label,
+                            request.usages,
+                            request.raw_rsa,
+                            restrict,
+                        )?;
+                        let created =
                             dev.session()
-                                .create_object(&private)
-                                .map(|private_handle| (public_handle, private_handle))
-                                .inspect_err(|_| {
-                                    // Never leave half a key behind.
-                                    let _ = dev.session().destroy_object(public_handle);
-                                })
-                        });
-                    // The secret values are wiped whatever happened.
-                    wipe(&mut private);
-                    Ok(created)
-                })?;
-            described_or_destroyed(dev, [public_handle, private_handle], private_handle)
-        })
+                                .create_object(&public)
+                                .and_then(|public_handle| {
+                                    dev.session()
+                                        .create_object(&private)
+                                        .map(|private_handle| (public_handle, private_handle))
+                                        .inspect_err(|_| {
+                                            // Never leave half a key behind.
+                                            let _ = dev.session().destroy_object(public_handle);
+                                        })
+                                });
+                        // The secret values are wiped whatever happened.
+                        wipe(&mut private);
+                        Ok(created)
+                    })?;
+                described_or_destroyed(dev, [public_handle, private_handle], private_handle)
+            })
+        });
+        async move { run?.await }
     }
 
     fn delete(&self, id: &KeyId) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
@@ -554,6 +622,11 @@ impl KeyStore for Pkcs11Store {
             }),
         )
     }
+}
+
+fn list(algorithms: &[KeyAlgorithm]) -> String {
+    let names: Vec<String> = algorithms.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 fn hex_prefix(id: &[u8]) -> String {

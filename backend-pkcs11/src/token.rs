@@ -1,8 +1,9 @@
 //! Finding the slot whose token a URI names, and describing tokens in errors.
 
+use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 use hardkey_api::uri::{Pkcs11Uri, TokenAttrs};
-use hardkey_api::{Error, Operation, Result};
+use hardkey_api::{Error, KeyAlgorithm, KeyFamily, Operation, Result};
 
 use crate::error::mapper;
 use crate::module::Module;
@@ -111,4 +112,47 @@ pub(crate) fn find(module: &Module, uri: &Pkcs11Uri) -> Result<(Slot, TokenSumma
             hint: "add token=LABEL or serial=SERIAL to the URI to choose one",
         }),
     }
+}
+
+/// The key algorithms the token can generate, from the key sizes of its
+/// `CKM_RSA_PKCS_KEY_PAIR_GEN` and `CKM_EC_KEY_PAIR_GEN` (`C_GetMechanismInfo`): tpm2-pkcs11
+/// 1.9 says RSA 1024..3072, so it gets no RSA-4096. A token that lists no mechanisms at all,
+/// or whose list cannot be read, gets every algorithm (its own errors then say what it
+/// cannot do); a size range of 0..0 (not reported) allows every size.
+pub(crate) fn key_algorithms(module: &Module, slot: Slot) -> Vec<KeyAlgorithm> {
+    let Ok(listed) = module.ctx.get_mechanism_list(slot) else {
+        return KeyAlgorithm::ALL.to_vec();
+    };
+    if listed.is_empty() {
+        return KeyAlgorithm::ALL.to_vec();
+    }
+    let range = |mechanism: MechanismType| -> Option<(usize, usize)> {
+        if !listed.contains(&mechanism) {
+            return None;
+        }
+        match module.ctx.get_mechanism_info(slot, mechanism) {
+            Ok(info) => Some((info.min_key_size(), info.max_key_size())),
+            Err(_) => Some((0, 0)),
+        }
+    };
+    let rsa = range(MechanismType::RSA_PKCS_KEY_PAIR_GEN);
+    let ec = range(MechanismType::ECC_KEY_PAIR_GEN);
+    KeyAlgorithm::ALL
+        .into_iter()
+        .filter(|alg| {
+            let sizes = match alg.family() {
+                KeyFamily::Rsa => rsa,
+                _ => ec,
+            };
+            sizes.is_some_and(|(min, max)| {
+                // Some tokens give EC sizes in bytes (no curve is under 128 bits).
+                let (min, max) = if alg.family() == KeyFamily::Ec && max > 0 && max < 128 {
+                    (min * 8, max * 8)
+                } else {
+                    (min, max)
+                };
+                (min == 0 && max == 0) || (min..=max).contains(&alg.bits())
+            })
+        })
+        .collect()
 }

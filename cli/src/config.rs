@@ -6,6 +6,9 @@
 //! [pkcs11]
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! token = "web"                 # for pkcs11: URIs that name no token
+//! # Library parameters for `module`'s C_Initialize, for modules configured that way (NSS
+//! # softokn: module = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so", token "NSS Certificate DB").
+//! # module-init = "configdir='sql:/etc/pki/nssdb' certPrefix='' keyPrefix='' secmod='secmod.db'"
 //!
 //! [tpm]
 //! tcti = "swtpm:host=127.0.0.1,port=2321"
@@ -54,6 +57,9 @@ pub(crate) struct Pkcs11Defaults {
     pub(crate) module: Option<PathBuf>,
     /// The token label for URIs that name no token.
     pub(crate) token: Option<String>,
+    /// Library parameters given to `module`'s `C_Initialize` (NSS softokn's database);
+    /// `hardkey_pkcs11::Pkcs11Config::module_init`.
+    pub(crate) module_init: Option<String>,
 }
 
 /// `[tpm]`.

@@ -194,6 +194,12 @@ impl Store {
                 if cfg.module.is_none() {
                     cfg.module = config.pkcs11.module.clone();
                 }
+                // The parameters belong to the configured module (given by the URI or not).
+                if let Some(init) = &config.pkcs11.module_init {
+                    if cfg.module.is_some() && cfg.module == config.pkcs11.module {
+                        cfg = cfg.module_init(init.clone());
+                    }
+                }
                 // The URI's max-sessions wins: the operator sized it for the token (a network
                 // HSM with 200 ms per call wants many more than a smart card allows).
                 let sessions = uri.max_sessions().map_or(options.sessions, |n| n.get());

@@ -1,7 +1,9 @@
-//! Signatures per second through hardkey against a raw `cryptoki` loop on the same SoftHSM
-//! token and key (token objects), at 1 and 2 sessions, ECDSA P-256 and RSA-2048, one run.
+//! Signatures per second through hardkey against a raw `cryptoki` loop on the same token and
+//! key (token objects), at 1 and 2 sessions, ECDSA P-256 and RSA-2048, one run: on SoftHSM,
+//! then on tpm2-pkcs11 (swtpm behind tpm2-abrmd).
 //!
-//! `cargo bench -p softhsm-tests --bench pkcs11_throughput` (or `make bench`). The raw loop is
+//! `cargo bench -p softhsm-tests --bench pkcs11_throughput` (or `make bench`); give `softhsm`
+//! or `tpm2-pkcs11` after `--` for one table only. The raw loop is
 //! the ceiling: N threads, each with its own logged-in session, calling `C_Sign` back to back.
 //! hardkey runs the same `C_Sign` on N pool workers, fed by one caller thread that keeps
 //! 64 x N signatures in flight. Each configuration runs for `SECONDS` per round, rounds
@@ -26,25 +28,33 @@ use futures::StreamExt;
 use futures::executor::block_on;
 use futures::stream::FuturesUnordered;
 use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme, encoding};
-use softhsm_tests::SoftHsm;
+use secrecy::SecretString;
+use softhsm_tests::{SoftHsm, Tpm2Pkcs11};
 
 const SECONDS: f64 = 1.5;
 const ROUNDS: usize = 5;
 
+/// The token both loops use.
+struct Token<'a> {
+    module: &'a std::path::Path,
+    label: &'a str,
+    pin: &'a SecretString,
+}
+
 fn raw_loop(
-    hsm: &SoftHsm,
+    hsm: &Token<'_>,
     id: &[u8],
     mechanism: fn() -> Mechanism<'static>,
     data: &[u8],
     sessions: usize,
 ) -> f64 {
-    let ctx = Pkcs11::new(hsm.module()).unwrap();
+    let ctx = Pkcs11::new(hsm.module).unwrap();
     let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     let slot = ctx
         .get_slots_with_initialized_token()
         .unwrap()
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == hsm.label())
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == hsm.label)
         .unwrap();
     let stop = AtomicBool::new(false);
     let count = AtomicU64::new(0);
@@ -53,7 +63,7 @@ fn raw_loop(
         for _ in 0..sessions {
             scope.spawn(|| {
                 let session = ctx.open_rw_session(slot).unwrap();
-                match session.login(UserType::User, Some(hsm.user_pin())) {
+                match session.login(UserType::User, Some(hsm.pin)) {
                     Ok(())
                     | Err(cryptoki::error::Error::Pkcs11(
                         cryptoki::error::RvError::UserAlreadyLoggedIn,
@@ -124,10 +134,38 @@ fn percentile(v: &mut [Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    let hsm = SoftHsm::start();
-    println!(
-        "SoftHSM2 token objects, {SECONDS} s per measurement, median of {ROUNDS} interleaved rounds\n"
-    );
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    // Both fixtures start before any thread (they set the modules' environment).
+    let hsm = wanted("softhsm").then(SoftHsm::start);
+    let tpm2 = wanted("tpm2-pkcs11").then(Tpm2Pkcs11::start);
+    if let Some(hsm) = &hsm {
+        let token = Token {
+            module: hsm.module(),
+            label: hsm.label(),
+            pin: hsm.user_pin(),
+        };
+        table("SoftHSM2 token objects", &token, |n| hsm.store(n));
+    }
+    if let Some(t) = &tpm2 {
+        let token = Token {
+            module: t.module(),
+            label: t.label(),
+            pin: t.user_pin(),
+        };
+        table(
+            "tpm2-pkcs11 1.9 token objects (swtpm behind tpm2-abrmd)",
+            &token,
+            |n| t.store(n),
+        );
+    }
+}
+
+fn table(title: &str, token: &Token<'_>, open: impl Fn(usize) -> hardkey_pkcs11::Pkcs11Store) {
+    println!("{title}, {SECONDS} s per measurement, median of {ROUNDS} interleaved rounds\n");
     println!(
         "{:<26} {:>8} {:>12} {:>12} {:>7} {:>10} {:>10}",
         "key", "sessions", "raw ops/s", "hardkey ops/s", "ratio", "p50", "p99"
@@ -145,7 +183,7 @@ fn main() {
             ),
         };
         for sessions in [1, 2] {
-            let store = Arc::new(hsm.store(sessions));
+            let store = Arc::new(open(sessions));
             let key = block_on(
                 store.generate(GenerateRequest::new(alg).label(format!("bench-{alg}-{sessions}"))),
             )
@@ -153,7 +191,7 @@ fn main() {
             let id = key.info().id.as_bytes().to_vec();
             let (mut raw, mut ours, mut lat) = (vec![], vec![], vec![]);
             for _ in 0..ROUNDS {
-                raw.push(raw_loop(&hsm, &id, mechanism, &data, sessions));
+                raw.push(raw_loop(token, &id, mechanism, &data, sessions));
                 let (rate, l) = hardkey_loop(&key, scheme, &digest, 64 * sessions);
                 ours.push(rate);
                 lat.extend(l);
@@ -172,4 +210,5 @@ fn main() {
             block_on(store.delete(&key.info().id)).unwrap();
         }
     }
+    println!();
 }

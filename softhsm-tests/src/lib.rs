@@ -1,10 +1,17 @@
-//! Test support for hardkey's PKCS#11 backend: a SoftHSM2 token for one test binary.
+//! Test support for hardkey's PKCS#11 backend: a SoftHSM2 token for one test binary, and the
+//! two other implementations the suites also run on, tpm2-pkcs11 ([`Tpm2Pkcs11`]) and NSS
+//! softokn ([`Nss`]).
 //!
 //! [`SoftHsm::start`] makes a temporary directory with its own `softhsm2.conf` (file object
 //! store), points the process at it, and initializes a token with test PINs through PKCS#11
 //! itself (no PIN on any command line). Dropping the fixture removes the directory.
 
 mod env;
+mod nss;
+mod tpm2_pkcs11;
+
+pub use nss::{NSS_TOKEN_LABEL, Nss, SOFTOKN_PATHS};
+pub use tpm2_pkcs11::{TPM2_PKCS11_PATHS, Tpm2Pkcs11};
 
 /// The workspace README's examples, compiled as doctests (this crate sees every backend).
 #[cfg(doctest)]
@@ -398,8 +405,20 @@ fn shim_library() -> PathBuf {
 }
 
 /// The hardkey-api conformance suite as trials, each on a fresh store opened with `config`
-/// (P-256, P-384, RSA-2048, RSA-3072).
+/// (P-256, P-384, RSA-2048, RSA-3072), with 1000 signatures in flight in the concurrency check.
 pub fn conformance_trials(config: Pkcs11Config, token_label: &str) -> Vec<libtest_mimic::Trial> {
+    conformance_trials_with(config, token_label, 1000)
+}
+
+/// [`conformance_trials`] with `concurrency` signatures in flight in the concurrency check:
+/// fewer for tokens much slower than SoftHSM (a TPM, NSS's RSA), so that the check stays
+/// within the pool's deadline and `make test`'s time. The store's algorithms (which the
+/// unsupported-algorithm check refuses) are what the token's mechanisms say.
+pub fn conformance_trials_with(
+    config: Pkcs11Config,
+    token_label: &str,
+    concurrency: usize,
+) -> Vec<libtest_mimic::Trial> {
     let missing = hardkey_api::KeyUri::Pkcs11(
         Pkcs11Uri::new()
             .with_token(token_label)
@@ -410,7 +429,16 @@ pub fn conformance_trials(config: Pkcs11Config, token_label: &str) -> Vec<libtes
             Pkcs11Store::open(config.clone()).unwrap_or_else(|e| fail("opening the token", e));
         // SoftHSM 2.6 has no RSA-OAEP with SHA-256: hardkey decodes OAEP on the host, which
         // needs a key that allows raw RSA.
-        hardkey_api::testkit::Suite::new(store, missing.clone()).raw_rsa_for_decrypt(true)
+        let imports = store.imports_private_keys();
+        let suite = hardkey_api::testkit::Suite::new(store, missing.clone())
+            .raw_rsa_for_decrypt(true)
+            .concurrency(concurrency);
+        // tpm2-pkcs11 cannot import: its refusal must be a clean Unsupported.
+        if imports {
+            suite
+        } else {
+            suite.import_refused()
+        }
     };
     harness::conformance_trials(suite, &harness::CONFORMANCE_ALGORITHMS)
 }

@@ -24,6 +24,13 @@ impl Abrmd {
     /// Starts a private bus and the resource manager on `tpm`; waits (at most 10 s) until a
     /// client can connect.
     pub fn start(tpm: &Swtpm) -> Self {
+        Self::start_with_max_transients(tpm, None)
+    }
+
+    /// [`Abrmd::start`] with room for `max_transients` loaded transient objects per client
+    /// (tpm2-abrmd takes 1 to 100; its default is 27): for clients that keep every key they used loaded, such
+    /// as tpm2-pkcs11, through a suite that makes many keys.
+    pub fn start_with_max_transients(tpm: &Swtpm, max_transients: Option<u32>) -> Self {
         let mut bus = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1", "--nopidfile"])
             .stdin(Stdio::null())
@@ -41,7 +48,11 @@ impl Abrmd {
             let _ = bus.wait();
             fail("dbus-daemon", "printed no bus address");
         }
-        let broker = Command::new("tpm2-abrmd")
+        let mut broker = Command::new("tpm2-abrmd");
+        if let Some(n) = max_transients {
+            broker.arg(format!("--max-transients={n}"));
+        }
+        let broker = broker
             .args(["--session", "--allow-root"])
             .arg(format!("--tcti={}", tpm.tcti()))
             .env("DBUS_SESSION_BUS_ADDRESS", &address)

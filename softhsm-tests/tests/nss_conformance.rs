@@ -1,0 +1,75 @@
+//! The hardkey-api conformance suite against NSS softokn (a third PKCS#11 implementation),
+//! loaded with its init string; and what softokn does differently: it refuses
+//! CKA_ALLOWED_MECHANISMS (with CKR_GENERAL_ERROR), which the keys' descriptions say, and
+//! its module is initialized once per process, so a second init string is refused clearly.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use futures::executor::block_on;
+use hardkey_api::testkit::harness::{Arguments, NamedTest, run_on, trial};
+use hardkey_api::testkit::verify_signature;
+use hardkey_api::{
+    ErrorKind, GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme,
+};
+use hardkey_pkcs11::Pkcs11Store;
+use softhsm_tests::{Nss, conformance_trials_with};
+
+/// RSA-4096, beyond the shared suite's algorithms: softokn makes and signs with it.
+fn rsa4096_keys_sign(nss: &Nss) {
+    let store = nss.store(1);
+    assert!(store.algorithms().contains(&KeyAlgorithm::Rsa4096));
+    let key =
+        block_on(store.generate(GenerateRequest::new(KeyAlgorithm::Rsa4096).label("big"))).unwrap();
+    let scheme = SignatureScheme::RsaPssSha512;
+    let sig = block_on(key.sign(scheme, b"nss rsa-4096")).unwrap();
+    verify_signature(key.info().public_key.der(), scheme, b"nss rsa-4096", &sig).unwrap();
+    block_on(store.delete(&key.info().id)).unwrap();
+}
+
+/// softokn keeps no CKA_ALLOWED_MECHANISMS: the keys are made without it, and say so.
+fn keys_say_the_token_keeps_no_mechanism_restriction(nss: &Nss) {
+    let store = nss.store(1);
+    let key =
+        block_on(store.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label("note"))).unwrap();
+    let device = key.info().device.clone().unwrap();
+    assert_eq!(device.mechanisms, None);
+    let note = device.note.unwrap_or_default();
+    assert!(note.contains("CKA_ALLOWED_MECHANISMS"), "{note}");
+    assert_eq!(device.operations, ["sign"], "least privilege still holds");
+    block_on(store.delete(&key.info().id)).unwrap();
+}
+
+/// The module is initialized once per process: another init string is refused, saying why.
+fn a_second_init_string_is_refused(nss: &Nss) {
+    let _first = nss.store(1);
+    let other = nss.config().module_init("configdir='sql:/nonexistent'");
+    let err = Pkcs11Store::open(other).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("module-init"), "{err}");
+}
+
+fn main() -> std::process::ExitCode {
+    run_on(&Arguments::from_args(), Nss::start, |nss| {
+        let mut trials = conformance_trials_with(nss.config().sessions(2), nss.label(), 100);
+        let tests: [NamedTest<Nss>; 3] = [
+            ("nss::rsa4096_keys_sign", rsa4096_keys_sign),
+            (
+                "nss::keys_say_the_token_keeps_no_mechanism_restriction",
+                keys_say_the_token_keeps_no_mechanism_restriction,
+            ),
+            (
+                "nss::a_second_init_string_is_refused",
+                a_second_init_string_is_refused,
+            ),
+        ];
+        for (name, test) in tests {
+            let nss = std::sync::Arc::clone(nss);
+            trials.push(trial(name, move || test(&nss)));
+        }
+        trials
+    })
+}
