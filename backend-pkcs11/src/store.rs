@@ -16,8 +16,7 @@ use hardkey_api::{
 use crate::error::mapper;
 use crate::keys::{
     ALLOWED_UNKNOWN, ObjectIndex, Pkcs11KeyRef, UriBase, can_name_private, find_private,
-    generate_templates, import_templates, leave_usages_to_token, new_id, remove_interrupted,
-    wipe,
+    generate_templates, import_templates, leave_usages_to_token, new_id, remove_interrupted, wipe,
 };
 use crate::module;
 use crate::pin::{PIN_ENV, PinSource};
