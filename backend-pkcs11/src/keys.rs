@@ -181,6 +181,10 @@ pub(crate) const NO_ALLOWED_MECHANISMS: &str = "this token does not support \
 
 /// Describes a private key: algorithm, public key (from the key or its public object), usages,
 /// and what the token enforces (usage attributes, allowed mechanisms).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the token's facts a description depends on, passed by its one caller (Target)"
+)]
 pub(crate) fn describe(
     session: &Session,
     device: &str,
