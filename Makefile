@@ -20,7 +20,7 @@ APT_PACKAGES := openssl ca-certificates pkg-config softhsm2 opensc p11-kit p11-k
 
 CARGO ?= cargo
 
-.PHONY: all deps test fmt-check clippy doc unit soak fuzz fuzz-smoke demo bench bench-tls man clean
+.PHONY: bench-scale all deps test fmt-check clippy doc unit soak fuzz fuzz-smoke demo bench bench-tls man clean
 
 all: test
 
@@ -97,6 +97,13 @@ bench: deps
 	$(CARGO) bench -p softhsm-tests --bench pkcs11_throughput
 	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) bench -p swtpm-tests --bench tpm_throughput
 	$(MAKE) bench-tls
+	$(MAKE) bench-scale
+
+# `hardkey serve` with 10,000 keys and certificates on one SoftHSM token and as TPM key files:
+# ready time (vs pkcs11-tool listing the same keys), own memory per key, handshake p50/p99.
+# HARDKEY_SCALE_KEYS, HARDKEY_SCALE_HANDSHAKES and HARDKEY_SCALE_DEVICES set the sizes.
+bench-scale: deps
+	TSS2_LOG="$${TSS2_LOG:-all+none}" $(CARGO) bench -p hardkey-cli --bench scale
 
 # The seed talk's experiment (100 concurrent handshakes on a 200 ms key, one server thread)
 # and handshake throughput on SoftHSM and swtpm keys. HARDKEY_BENCH_DELAY_MS sets the delay.

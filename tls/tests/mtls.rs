@@ -137,6 +137,12 @@ fn the_server_requires_client_certificates_from_its_ca() {
             refused.is_err(),
             "{stack}: another CA's certificate was accepted: {refused:?}"
         );
+        // The server counts a refusal once its accept returns, which is after it sent the
+        // client the alert: wait until the refused connections have ended there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while server.stats().active > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let stats = server.stats();
         assert_eq!(
             (stats.handshakes, stats.client_cert_rejections),
