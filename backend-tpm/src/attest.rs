@@ -455,6 +455,12 @@ impl Evidence {
         })
     }
 
+    /// The attested key's public key, as the evidence's `key.public` says (not verified: the
+    /// verifier must bring the key it expects to [`Evidence::verify`]).
+    pub fn key_public_key(&self) -> std::result::Result<PublicKey, AttestError> {
+        area_key(&public_area(&self.key_public, "key.public")?, "key.public")
+    }
+
     /// Checks the evidence against what the verifier expects (see the [module](self) for
     /// the checks and their order).
     pub fn verify(&self, expected: &Expected<'_>) -> std::result::Result<Verified, AttestError> {

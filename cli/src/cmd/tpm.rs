@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Ctx, confirm};
 use crate::args::{
-    ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs,
+    AkCommand, ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs,
     TpmCommand,
 };
 use crate::error::{CliResult, usage};
@@ -23,6 +23,7 @@ pub(crate) fn run(command: &TpmCommand, ctx: &Ctx) -> CliResult {
         TpmCommand::ChangeAuth(a) => change_auth(a, ctx),
         TpmCommand::Clear(a) => clear(a, ctx),
         TpmCommand::Flush(a) => flush(a, ctx),
+        TpmCommand::Ak(AkCommand::Create(a)) => super::attest::ak_create(a, ctx),
         TpmCommand::Lockout(LockoutCommand::Reset(a)) => {
             let lockout = lockout_auth(a.lockout_auth_file.as_deref())?;
             let mut admin = connect(&a.tpm, ctx, &SecretSource::None)?;
