@@ -167,33 +167,43 @@ fn certify(a: &AttestArgs, ctx: &Ctx) -> CliResult {
         nonce.as_deref().unwrap_or_default(),
     )?;
     drop(admin);
-    // The TPM's own answer is checked before it is written: evidence hardkey writes verifies.
     let key_public = evidence
         .key_public_key()
         .map_err(|e| failed(format!("the TPM's attestation does not verify: {e}")))?;
-    let verified = evidence
-        .verify(&Expected {
-            key: &key_public,
-            ak: None,
-            nonce: nonce.as_deref(),
-        })
-        .map_err(|e| failed(format!("the TPM's attestation does not verify: {e}")))?;
+    // The TPM's own answer is checked before it is written: evidence hardkey writes verifies,
+    // except for a key that can leave the TPM, whose evidence says so (and fails --verify).
+    let expected = Expected {
+        key: &key_public,
+        ak: None,
+        nonce: nonce.as_deref(),
+    };
+    let (key_name, extra_data) = match evidence.verify(&expected) {
+        Ok(v) => (v.key_name, v.extra_data),
+        Err(AttestError::MissingAttributes { missing, .. }) => {
+            crate::output::note(&format!(
+                "hardkey: warning: the key lacks {}: it was not made in this TPM or can leave                  it, and hardkey attest --verify refuses this evidence",
+                missing.join(", ")
+            ));
+            (evidence.key_name.clone(), nonce.clone().unwrap_or_default())
+        }
+        Err(e) => return Err(failed(format!("the TPM's attestation does not verify: {e}"))),
+    };
     output.commit(evidence.to_json().as_bytes())?;
     ctx.out.emit(
         json!({
             "out": out,
             "key": target_uri(key),
-            "key_name": hex::encode(&verified.key_name),
+            "key_name": hex::encode(&key_name),
             "key_fingerprint": key_public.fingerprint(),
-            "ak_fingerprint": verified.ak_public_key.fingerprint(),
-            "nonce": hex::encode(&verified.extra_data),
+            "ak_fingerprint": evidence.ak_public_key.fingerprint(),
+            "nonce": hex::encode(&extra_data),
             "ek_certificate": evidence.ek_certificate.is_some(),
         }),
         || {
             format!(
                 "wrote TPM2_Certify evidence for {} (name {}) to {}{}",
                 target_uri(key),
-                hex::encode(&verified.key_name),
+                hex::encode(&key_name),
                 out.display(),
                 if evidence.ek_certificate.is_some() {
                     ", with the TPM's EK certificate"
