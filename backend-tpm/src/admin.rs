@@ -230,14 +230,7 @@ impl TpmAdmin {
         let key_auth = key_auth.load(&self.name)?;
         let endorsement = endorsement_auth.load(&self.name)?;
         self.with_tpm(|tpm| {
-            ak::certify(
-                tpm,
-                key,
-                key_auth.as_ref(),
-                ak,
-                endorsement.as_ref(),
-                nonce,
-            )
+            ak::certify(tpm, key, key_auth.as_ref(), ak, endorsement.as_ref(), nonce)
         })
     }
 

@@ -25,8 +25,8 @@ use hardkey_api::{
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ek, nv};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle};
 use tss_esapi::handles::TpmHandle;
+use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -228,24 +228,31 @@ fn with_ek_policy<T>(
         Encryption::default(),
     )?;
     let handle: ObjectHandle = SessionHandle::from(policy).into();
-    flushing(tpm, handle, &name, op, "TPM2_FlushContext (policy session)", |tpm| {
-        let policy_session = PolicySession::try_from(policy)
-            .map_err(mapper(&name, op, "policy session"))?;
-        retrying(|| {
-            tpm.ctx.execute_with_session(Some(session), |c| {
-                c.policy_secret(
-                    policy_session,
-                    AuthHandle::Endorsement,
-                    Default::default(),
-                    Default::default(),
-                    Default::default(),
-                    None,
-                )
+    flushing(
+        tpm,
+        handle,
+        &name,
+        op,
+        "TPM2_FlushContext (policy session)",
+        |tpm| {
+            let policy_session =
+                PolicySession::try_from(policy).map_err(mapper(&name, op, "policy session"))?;
+            retrying(|| {
+                tpm.ctx.execute_with_session(Some(session), |c| {
+                    c.policy_secret(
+                        policy_session,
+                        AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })
             })
-        })
-        .map_err(|e| endorsement_auth_error(&name, op, "TPM2_PolicySecret (endorsement)", e))?;
-        f(tpm, policy)
-    })
+            .map_err(|e| endorsement_auth_error(&name, op, "TPM2_PolicySecret (endorsement)", e))?;
+            f(tpm, policy)
+        },
+    )
 }
 
 /// Loads an AK's blobs under the EK (in `with_ek`), returning the transient handle (the
@@ -326,20 +333,29 @@ pub(crate) fn create_ak(
             let target = persistent(*h)?;
             let loaded = load_under_ek(tpm, ek, session, &public, &private, op)?;
             let n = tpm.name.clone();
-            flushing(tpm, loaded.into(), &n, op, "TPM2_FlushContext (AK)", |tpm| {
-                let mut tr = retrying(|| {
-                    tpm.ctx.execute_with_session(Some(owner), |c| {
-                        c.evict_control(
-                            Provision::Owner,
-                            loaded.into(),
-                            Persistent::Persistent(target),
-                        )
+            flushing(
+                tpm,
+                loaded.into(),
+                &n,
+                op,
+                "TPM2_FlushContext (AK)",
+                |tpm| {
+                    let mut tr = retrying(|| {
+                        tpm.ctx.execute_with_session(Some(owner), |c| {
+                            c.evict_control(
+                                Provision::Owner,
+                                loaded.into(),
+                                Persistent::Persistent(target),
+                            )
+                        })
                     })
-                })
-                .map_err(|e| crate::connect::owner_auth_error(&n, op, "TPM2_EvictControl", e))?;
-                let _ = tpm.ctx.tr_close(&mut tr);
-                Ok(())
-            })?;
+                    .map_err(|e| {
+                        crate::connect::owner_auth_error(&n, op, "TPM2_EvictControl", e)
+                    })?;
+                    let _ = tpm.ctx.tr_close(&mut tr);
+                    Ok(())
+                },
+            )?;
         }
         Ok((public, private))
     });
@@ -357,7 +373,11 @@ pub(crate) fn create_ak(
         hardkey_api::fs::write_new_file(path, file.to_pem()?.as_bytes(), &name, op)?;
     }
     let public_key = public_key_of(&public)?.ok_or_else(|| {
-        Error::backend(&name, op, "the TPM made an AK that is not an RSA or ECC key")
+        Error::backend(
+            &name,
+            op,
+            "the TPM made an AK that is not an RSA or ECC key",
+        )
     })?;
     Ok(AkInfo {
         location: home.clone(),
@@ -485,9 +505,9 @@ fn with_ak<T>(
 ) -> Result<T> {
     let name = tpm.name.clone();
     match ak {
-        Tpm2Key::Handle(h) => {
-            with_persistent(tpm, *h, op, "the attestation key", |tpm, tr| f(tpm, tr.into()))
-        }
+        Tpm2Key::Handle(h) => with_persistent(tpm, *h, op, "the attestation key", |tpm, tr| {
+            f(tpm, tr.into())
+        }),
         Tpm2Key::File(path) => {
             let file = read_key_file(path, &name, "the attestation key")?;
             if file.parent != EK_PARENT {
@@ -509,9 +529,14 @@ fn with_ak<T>(
             let loaded = with_ek(tpm, algorithm, session, op, |tpm, ek| {
                 load_under_ek(tpm, ek, session, &file.public, &file.private, op)
             })?;
-            flushing(tpm, loaded.into(), &name, op, "TPM2_FlushContext (AK)", |tpm| {
-                f(tpm, loaded)
-            })
+            flushing(
+                tpm,
+                loaded.into(),
+                &name,
+                op,
+                "TPM2_FlushContext (AK)",
+                |tpm| f(tpm, loaded),
+            )
         }
         _ => Err(InvalidInput::Config {
             what: "attestation key",
@@ -648,7 +673,11 @@ pub(crate) fn certify(
 }
 
 /// The TPM's EK certificate (DER) from its NV index, the one of the AK's algorithm first.
-fn ek_certificate(tpm: &mut Tpm, algorithm: KeyAlgorithm, op: Operation) -> Result<Option<Vec<u8>>> {
+fn ek_certificate(
+    tpm: &mut Tpm,
+    algorithm: KeyAlgorithm,
+    op: Operation,
+) -> Result<Option<Vec<u8>>> {
     let name = tpm.name.clone();
     let indices = match algorithm {
         KeyAlgorithm::Rsa2048 => [EK_CERT_RSA2048, EK_CERT_P256],
@@ -694,7 +723,9 @@ fn der_length(bytes: &[u8]) -> Option<usize> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (len, 2 + n)
     };
     let total = header.checked_add(len)?;

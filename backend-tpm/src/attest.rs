@@ -1,41 +1,6 @@
 //! TPM2_Certify evidence: its file format and its verification in software (no TPM needed).
 //!
-//! [`Evidence`] is what `hardkey attest` writes: the `TPMS_ATTEST` a TPM signed with an
-//! attestation key (AK), the signature, the AK's public area and public key, the TPM's EK
-//! certificate when it has one, and the attested key's name and public area. Its file is one
-//! JSON object ([`Evidence::to_json`], [`Evidence::from_json`]):
-//!
-//! ```text
-//! {
-//!   "format": "hardkey-tpm2-certify-v1",
-//!   "attest": BASE64,                      -- TPMS_ATTEST, the bytes the AK signed
-//!   "signature": {
-//!     "scheme": "ecdsa-p256-sha256",       -- or "rsa-pkcs1-sha256"
-//!     "value": BASE64                      -- DER ECDSA-Sig-Value / PKCS#1 v1.5 signature
-//!   },
-//!   "ak": {
-//!     "public": BASE64,                    -- TPM2B_PUBLIC of the AK
-//!     "public_key_pem": "-----BEGIN PUBLIC KEY-----..."   -- its SubjectPublicKeyInfo
-//!   },
-//!   "ek_certificate": BASE64,              -- DER X.509 from NV 0x01c0000a/0x01c00002; optional
-//!   "key": {
-//!     "name": HEX,                         -- TPM name: nameAlg || H(TPMT_PUBLIC)
-//!     "public": BASE64                     -- TPM2B_PUBLIC of the attested key
-//!   }
-//! }
-//! ```
-//!
-//! Base64 is the standard alphabet with padding; the signature value is exactly what
-//! `openssl dgst -verify` and `tpm2_certify -f plain` use. Unknown fields are refused.
-//!
-//! [`Evidence::verify`] checks, in this order, and fails naming the first check that does not
-//! hold ([`AttestError`]): the evidence's AK public area and PEM are the same key, that key is
-//! a restricted signing key (only then can nothing but the TPM have made a `TPMS_ATTEST` it
-//! signed) and, if given, the AK the verifier trusts; the signature over the `TPMS_ATTEST`; its
-//! magic is `TPM_GENERATED_VALUE` and its type `TPM_ST_ATTEST_CERTIFY`; the certified name is
-//! the name computed from the attested key's public area; that public area's key is the one
-//! the verifier expects; its attributes include fixedTPM, fixedParent and
-//! sensitiveDataOrigin; the `extraData` is the verifier's nonce.
+//! See [`Evidence`] for the file format and [`Evidence::verify`] for the checks.
 
 use std::fmt;
 
@@ -64,8 +29,34 @@ const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_CERTIFY`.
 const TPM_ST_ATTEST_CERTIFY: u16 = 0x8017;
 
-/// TPM2_Certify evidence: what `hardkey attest` writes (see the [module](self) for the file
-/// format).
+/// TPM2_Certify evidence: what `hardkey attest` writes: the `TPMS_ATTEST` a TPM signed with an
+/// attestation key (AK), the signature, the AK's public area and public key, the TPM's EK
+/// certificate when it has one, and the attested key's name and public area. Its file is one
+/// JSON object ([`Evidence::to_json`], [`Evidence::from_json`]):
+///
+/// ```text
+/// {
+///   "format": "hardkey-tpm2-certify-v1",
+///   "attest": BASE64,                      -- TPMS_ATTEST, the bytes the AK signed
+///   "signature": {
+///     "scheme": "ecdsa-p256-sha256",       -- or "rsa-pkcs1-sha256"
+///     "value": BASE64                      -- DER ECDSA-Sig-Value / PKCS#1 v1.5 signature
+///   },
+///   "ak": {
+///     "public": BASE64,                    -- TPM2B_PUBLIC of the AK
+///     "public_key_pem": "-----BEGIN PUBLIC KEY-----..."   -- its SubjectPublicKeyInfo
+///   },
+///   "ek_certificate": BASE64,              -- DER X.509 from NV 0x01c0000a/0x01c00002; optional
+///   "key": {
+///     "name": HEX,                         -- TPM name: nameAlg || H(TPMT_PUBLIC)
+///     "public": BASE64                     -- TPM2B_PUBLIC of the attested key
+///   }
+/// }
+/// ```
+///
+/// Base64 is the standard alphabet with padding; the signature value is exactly what
+/// `openssl dgst -verify` and `tpm2_certify -f plain` use. Unknown fields are refused.
+///
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Evidence {
@@ -419,16 +410,19 @@ impl Evidence {
             ));
         }
         let b64 = |field: &str, value: &str| {
-            Base64::decode_vec(value).map_err(|e| {
-                bad_file(origin, format!("field {field} is not base64 ({e})"))
-            })
+            Base64::decode_vec(value)
+                .map_err(|e| bad_file(origin, format!("field {field} is not base64 ({e})")))
         };
-        let scheme: SignatureScheme = json.signature.scheme.parse().map_err(|e: Error| {
-            bad_file(origin, format!("field signature.scheme: {e}"))
-        })?;
+        let scheme: SignatureScheme = json
+            .signature
+            .scheme
+            .parse()
+            .map_err(|e: Error| bad_file(origin, format!("field signature.scheme: {e}")))?;
         let ak_public_key = {
-            let (label, der) = der::pem::decode_vec(json.ak.public_key_pem.as_bytes())
-                .map_err(|e| bad_file(origin, format!("field ak.public_key_pem is not PEM ({e})")))?;
+            let (label, der) =
+                der::pem::decode_vec(json.ak.public_key_pem.as_bytes()).map_err(|e| {
+                    bad_file(origin, format!("field ak.public_key_pem is not PEM ({e})"))
+                })?;
             if label != "PUBLIC KEY" {
                 return Err(bad_file(
                     origin,
@@ -461,9 +455,22 @@ impl Evidence {
         area_key(&public_area(&self.key_public, "key.public")?, "key.public")
     }
 
-    /// Checks the evidence against what the verifier expects (see the [module](self) for
-    /// the checks and their order).
+    /// Checks the evidence against what the verifier expects.
+    ///
+    /// It checks, in this order, and fails naming the first check that does not
+    /// hold ([`AttestError`]): the `TPMS_ATTEST`'s magic is `TPM_GENERATED_VALUE` and its type
+    /// `TPM_ST_ATTEST_CERTIFY`, and every part parses strictly; the evidence's AK public area and
+    /// PEM are the same key, that key is a restricted signing key (only then can nothing but the
+    /// TPM have made a `TPMS_ATTEST` it signed) and, if given, the AK the verifier trusts; the
+    /// signature over the `TPMS_ATTEST`; the certified name is the name computed from the attested
+    /// key's public area (and the file's `key.name`); that public area's key is the one the
+    /// verifier expects; its attributes include fixedTPM, fixedParent and sensitiveDataOrigin; the
+    /// `extraData` is the verifier's nonce.
     pub fn verify(&self, expected: &Expected<'_>) -> std::result::Result<Verified, AttestError> {
+        // Every part parses (strictly) before any check: the magic and type of the
+        // attestation, then its structure and the public areas.
+        let attest = parse_attest(&self.attest)?;
+        let key_area = public_area(&self.key_public, "key.public")?;
         // The AK: its public area and PEM agree, it is a restricted signing key, and it is
         // the trusted one if the verifier has one.
         let ak_area = public_area(&self.ak_public, "ak.public")?;
@@ -499,13 +506,11 @@ impl Evidence {
         verify_signature(ak_key.der(), self.scheme, &self.attest, &self.signature)
             .map_err(AttestError::Signature)?;
         // What the TPM signed.
-        let attest = parse_attest(&self.attest)?;
         let AttestInfo::Certify { info } = attest.attested() else {
             // parse_attest checked the tag.
             return Err(AttestError::NotCertify { tag: 0 });
         };
         let certified = info.name().value().to_vec();
-        let key_area = public_area(&self.key_public, "key.public")?;
         let computed = tpm_name(&key_area).map_err(|e| AttestError::Malformed {
             part: "key.public",
             reason: e.to_string(),
@@ -599,8 +604,8 @@ fn parse_attest(bytes: &[u8]) -> std::result::Result<Attest, AttestError> {
     if tag != TPM_ST_ATTEST_CERTIFY {
         return Err(AttestError::NotCertify { tag });
     }
-    let attest = Attest::unmarshall(bytes)
-        .map_err(|e| malformed(format!("not a TPMS_ATTEST ({e})")))?;
+    let attest =
+        Attest::unmarshall(bytes).map_err(|e| malformed(format!("not a TPMS_ATTEST ({e})")))?;
     let again = attest
         .marshall()
         .map_err(|e| malformed(format!("not a TPMS_ATTEST ({e})")))?;
@@ -624,8 +629,8 @@ fn public_area(bytes: &[u8], part: &'static str) -> std::result::Result<Public, 
             ));
         }
     };
-    let public = Public::unmarshall(body)
-        .map_err(|e| malformed(format!("not a TPMT_PUBLIC ({e})")))?;
+    let public =
+        Public::unmarshall(body).map_err(|e| malformed(format!("not a TPMT_PUBLIC ({e})")))?;
     let again = public
         .marshall()
         .map_err(|e| malformed(format!("not a TPMT_PUBLIC ({e})")))?;
@@ -939,7 +944,12 @@ mod tests {
         let mut case = Case::new();
         case.ak_area = area(&case.ak, attributes(true, false));
         let evidence = case.evidence();
-        check_fails(&case, &evidence, "ak-restricted", "not a restricted signing key");
+        check_fails(
+            &case,
+            &evidence,
+            "ak-restricted",
+            "not a restricted signing key",
+        );
         let case = Case::new();
         let mut evidence = case.evidence();
         evidence.ak_public_key = spki(&signing_key(5));
@@ -980,11 +990,11 @@ mod tests {
                 good.replace(EVIDENCE_FORMAT, "something-else"),
                 "something-else",
             ),
-            (good.replacen("\"attest\": \"", "\"attest\": \"!", 1), "attest"),
             (
-                good.replace("ecdsa-p256-sha256", "md5"),
-                "signature.scheme",
+                good.replacen("\"attest\": \"", "\"attest\": \"!", 1),
+                "attest",
             ),
+            (good.replace("ecdsa-p256-sha256", "md5"), "signature.scheme"),
             ("[]".to_owned(), "JSON"),
             ("x".repeat(MAX_EVIDENCE_SIZE + 1), "bytes"),
         ];

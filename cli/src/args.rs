@@ -620,7 +620,12 @@ pub(crate) struct AttestArgs {
     )]
     pub(crate) out: Option<PathBuf>,
     /// Check evidence instead, in software (no TPM needed).
-    #[arg(long, value_name = "EVIDENCE", conflicts_with = "key", requires = "key_pub")]
+    #[arg(
+        long,
+        value_name = "EVIDENCE",
+        conflicts_with = "key",
+        requires = "key_pub"
+    )]
     pub(crate) verify: Option<PathBuf>,
     /// With --verify: the public key the evidence must name (PEM or DER SubjectPublicKeyInfo,
     /// or a certificate).

@@ -39,13 +39,20 @@ fn flush_tools(tpm: &Swtpm, hk: &Hardkey) {
     tpm2(tpm, hk, "tpm2_flushcontext", &["-t"]);
 }
 
+/// No transient object, and no session (loaded or saved), is left in the TPM.
 fn assert_no_transients(tpm: &Swtpm) {
-    let left = tool(
-        "tpm2_getcap",
-        &["handles-transient", &format!("--tcti={}", tpm.tcti())],
-        Path::new("/"),
-    );
-    assert!(left.trim().is_empty(), "transient objects left: {left}");
+    for what in [
+        "handles-transient",
+        "handles-loaded-session",
+        "handles-saved-session",
+    ] {
+        let left = tool(
+            "tpm2_getcap",
+            &[what, &format!("--tcti={}", tpm.tcti())],
+            Path::new("/"),
+        );
+        assert!(left.trim().is_empty(), "{what} left: {left}");
+    }
 }
 
 fn evidence(hk: &Hardkey, name: &str) -> serde_json::Value {
@@ -85,7 +92,15 @@ fn persistent_ak_and_file_key(tpm: &Swtpm) {
     // The handle is taken now; an EC P-384 AK has no TCG EK template.
     hk.fails(&["tpm", "ak", "create"], 2, &["taken"]);
     hk.fails(
-        &["tpm", "ak", "create", "--alg", "p384", "--out", "x.tss2.pem"],
+        &[
+            "tpm",
+            "ak",
+            "create",
+            "--alg",
+            "p384",
+            "--out",
+            "x.tss2.pem",
+        ],
         2,
         &["p256 or rsa2048"],
     );
@@ -124,7 +139,10 @@ fn persistent_ak_and_file_key(tpm: &Swtpm) {
     );
     assert!(printed.contains("magic: ff544347"), "{printed}");
     assert!(printed.contains("type: 8017"), "{printed}");
-    assert!(printed.contains(&format!("extraData: {nonce}")), "{printed}");
+    assert!(
+        printed.contains(&format!("extraData: {nonce}")),
+        "{printed}"
+    );
     let key_name = ev["key"]["name"].as_str().unwrap();
     assert!(
         printed.contains(key_name) || printed.contains("unsupported type 0x8017"),
@@ -172,7 +190,14 @@ fn persistent_ak_and_file_key(tpm: &Swtpm) {
     }
 
     // Each wrong expectation fails naming its check.
-    hk.ok(&["keygen", "tpm2:", "--alg", "p256", "--out", "other.tss2.pem"]);
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--out",
+        "other.tss2.pem",
+    ]);
     hk.ok(&["pubkey", "tpm2:file=other.tss2.pem", "--out", "other.pem"]);
     fn verify<'a>(evidence: &'a str, key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec!["attest", "--verify", evidence, "--key-pub", key];
@@ -210,13 +235,25 @@ fn persistent_ak_and_file_key(tpm: &Swtpm) {
     hk.fails(&verify("junk.json", "key.pem", &[]), 2, &["junk.json"]);
     // A key file that is not an AK is refused as one, and nothing is written.
     hk.fails(
-        &["attest", "tpm2:file=key.tss2.pem", "--ak", "other.tss2.pem", "-o", "x.json"],
+        &[
+            "attest",
+            "tpm2:file=key.tss2.pem",
+            "--ak",
+            "other.tss2.pem",
+            "-o",
+            "x.json",
+        ],
         2,
         &["names parent 0x40000001"],
     );
     assert!(!hk.path("x.json").exists());
     assert_no_transients(tpm);
-    tpm2(tpm, &hk, "tpm2_evictcontrol", &["-C", "o", "-c", "0x81010002"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "0x81010002"],
+    );
 }
 
 fn ak_file_with_endorsement_auth(tpm: &Swtpm) {
@@ -227,7 +264,15 @@ fn ak_file_with_endorsement_auth(tpm: &Swtpm) {
     hk.ok(&TAKE_OWNERSHIP);
     // Without the endorsement auth the EK cannot be made: the error names the hierarchy.
     hk.fails(
-        &["tpm", "ak", "create", "--alg", "rsa2048", "--out", "ak.tss2.pem"],
+        &[
+            "tpm",
+            "ak",
+            "create",
+            "--alg",
+            "rsa2048",
+            "--out",
+            "ak.tss2.pem",
+        ],
         1,
         &["endorsement hierarchy", "--endorsement-auth-file"],
     );
@@ -245,7 +290,10 @@ fn ak_file_with_endorsement_auth(tpm: &Swtpm) {
         "--endorsement-auth-file",
         "endorsement",
     ]);
-    assert!(made["ak"].as_str().unwrap().ends_with("ak.tss2.pem"), "{made}");
+    assert!(
+        made["ak"].as_str().unwrap().ends_with("ak.tss2.pem"),
+        "{made}"
+    );
     let pem = std::fs::read_to_string(hk.path("ak.tss2.pem")).unwrap();
     assert!(pem.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"), "{pem}");
     // An existing file is never overwritten.
@@ -344,10 +392,22 @@ fn ak_file_with_endorsement_auth(tpm: &Swtpm) {
 
 fn tpm2_tools_evidence_verifies(tpm: &Swtpm) {
     let hk = hardkey(tpm);
-    hk.ok(&["keygen", "tpm2:", "--alg", "rsa2048", "--persist", "0x81000050"]);
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa2048",
+        "--persist",
+        "0x81000050",
+    ]);
     hk.ok(&["pubkey", "tpm2:handle=0x81000050", "--out", "key.pem"]);
     // tpm2-tools' own EK and AK, and their TPM2_Certify of hardkey's key.
-    tpm2(tpm, &hk, "tpm2_createek", &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_createek",
+        &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"],
+    );
     flush_tools(tpm, &hk);
     tpm2(
         tpm,
@@ -359,7 +419,12 @@ fn tpm2_tools_evidence_verifies(tpm: &Swtpm) {
         ],
     );
     flush_tools(tpm, &hk);
-    tpm2(tpm, &hk, "tpm2_readpublic", &["-c", "ak.ctx", "-f", "pem", "-o", "ak.pem"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_readpublic",
+        &["-c", "ak.ctx", "-f", "pem", "-o", "ak.pem"],
+    );
     flush_tools(tpm, &hk);
     tpm2(
         tpm,
@@ -424,7 +489,12 @@ fn tpm2_tools_evidence_verifies(tpm: &Swtpm) {
         &["name check failed"],
     );
     assert_no_transients(tpm);
-    tpm2(tpm, &hk, "tpm2_evictcontrol", &["-C", "o", "-c", "0x81000050"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "0x81000050"],
+    );
 }
 
 fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
@@ -451,8 +521,20 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
     tool(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-subj", "/CN=Test TPM Manufacturer CA", "-days", "2", "-out",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-subj",
+            "/CN=Test TPM Manufacturer CA",
+            "-days",
+            "2",
+            "-out",
             "ca.pem",
         ],
         dir,
@@ -460,8 +542,22 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
     tool(
         "openssl",
         &[
-            "x509", "-new", "-force_pubkey", "ek.pem", "-subj", "/CN=test EK", "-CA", "ca.pem",
-            "-CAkey", "ca.key", "-days", "2", "-outform", "DER", "-out", "ek.der",
+            "x509",
+            "-new",
+            "-force_pubkey",
+            "ek.pem",
+            "-subj",
+            "/CN=test EK",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "2",
+            "-outform",
+            "DER",
+            "-out",
+            "ek.der",
         ],
         dir,
     );
@@ -481,10 +577,20 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
             "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
         ],
     );
-    tpm2(tpm, &hk, "tpm2_nvwrite", &["0x01c0000a", "-C", "p", "-i", "ek.der"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_nvwrite",
+        &["0x01c0000a", "-C", "p", "-i", "ek.der"],
+    );
 
     // A duplicable key (neither fixedTPM nor fixedParent), made by tpm2-tools.
-    tpm2(tpm, &hk, "tpm2_createprimary", &["-C", "o", "-c", "prim.ctx"]);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_createprimary",
+        &["-C", "o", "-c", "prim.ctx"],
+    );
     tpm2(
         tpm,
         &hk,
@@ -507,7 +613,9 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
         tpm,
         &hk,
         "tpm2_load",
-        &["-C", "prim.ctx", "-u", "dup.pub", "-r", "dup.priv", "-c", "dup.ctx"],
+        &[
+            "-C", "prim.ctx", "-u", "dup.pub", "-r", "dup.priv", "-c", "dup.ctx",
+        ],
     );
     tpm2(
         tpm,
@@ -570,7 +678,12 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
     tool(
         "openssl",
         &[
-            "x509", "-inform", "DER", "-in", "ek-from-evidence.der", "-out",
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "ek-from-evidence.der",
+            "-out",
             "ek-from-evidence.pem",
         ],
         dir,
@@ -594,7 +707,10 @@ fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
         let tests: [Test; 4] = [
             ("persistent_ak_and_file_key", persistent_ak_and_file_key),
-            ("ak_file_with_endorsement_auth", ak_file_with_endorsement_auth),
+            (
+                "ak_file_with_endorsement_auth",
+                ak_file_with_endorsement_auth,
+            ),
             ("tpm2_tools_evidence_verifies", tpm2_tools_evidence_verifies),
             (
                 "duplicable_key_and_ek_certificate",

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hardkey_api::uri::{Tpm2Key, Tpm2Uri};
 use hardkey_api::KeyAlgorithm;
+use hardkey_api::uri::{Tpm2Key, Tpm2Uri};
 use hardkey_tpm::{AttestError, DEFAULT_AK_HANDLE, Evidence, Expected, TpmAdmin, Verified};
 use serde_json::json;
 
@@ -186,7 +186,11 @@ fn certify(a: &AttestArgs, ctx: &Ctx) -> CliResult {
             ));
             (evidence.key_name.clone(), nonce.clone().unwrap_or_default())
         }
-        Err(e) => return Err(failed(format!("the TPM's attestation does not verify: {e}"))),
+        Err(e) => {
+            return Err(failed(format!(
+                "the TPM's attestation does not verify: {e}"
+            )));
+        }
     };
     output.commit(evidence.to_json().as_bytes())?;
     ctx.out.emit(

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{Ctx, confirm};
 use crate::args::{
-    AkCommand, ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs,
-    TpmCommand,
+    AkCommand, ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand,
+    TakeOwnershipArgs, TpmArgs, TpmCommand,
 };
 use crate::error::{CliResult, usage};
 use crate::secrets::{self, Missing, Secret};
