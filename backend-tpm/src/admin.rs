@@ -234,6 +234,24 @@ impl TpmAdmin {
         })
     }
 
+    /// `TPM2_ActivateCredential`: the secret of `credential` (a file of
+    /// `tpm2_makecredential`, made to this TPM's EK of `ek_algorithm` for the name of `ak`).
+    /// The TPM releases it only when the AK and that EK are in this TPM, which is how a
+    /// verifier binds an AK to a certified EK. Blocks.
+    pub fn activate_credential(
+        &mut self,
+        ak: &hardkey_api::Tpm2Key,
+        ek_algorithm: hardkey_api::KeyAlgorithm,
+        endorsement_auth: &SecretSource,
+        credential: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let credential = ak::Credential::parse(credential)?;
+        let endorsement = endorsement_auth.load(&self.name)?;
+        self.with_tpm(|tpm| {
+            ak::activate_credential(tpm, ak, ek_algorithm, endorsement.as_ref(), &credential)
+        })
+    }
+
     /// The transient objects loaded in the TPM now (all clients'), for leak checks. Blocks.
     pub fn transient_handles(&mut self) -> Result<Vec<u32>> {
         self.with_context(owner::transient_handles)

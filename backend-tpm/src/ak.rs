@@ -13,6 +13,9 @@
 //! the attributes `tpm2_createak` gives. It is kept at a persistent handle, or in a
 //! `TSS2 PRIVATE KEY` file whose parent is [`EK_PARENT`].
 //!
+//! `TPM2_ActivateCredential` ([`activate_credential`]) recovers a verifier's secret made to the
+//! EK for the AK's name (`tpm2_makecredential`), binding the AK to the EK.
+//!
 //! Everything loaded for a command (EK, AK, the certified key, the SRK, policy sessions) is
 //! flushed before the command returns, on every path; ESAPI objects of persistent handles
 //! are closed, never flushed.
@@ -672,6 +675,135 @@ pub(crate) fn certify(
     })
 }
 
+/// A credential made to this TPM's EK for an AK's name (`TPM2_MakeCredential`, e.g.
+/// `tpm2_makecredential -T none`), as tpm2-tools write it: magic 0xBADCC0DE, version 1, then
+/// the `TPM2B_ID_OBJECT` and the `TPM2B_ENCRYPTED_SECRET`.
+pub(crate) struct Credential {
+    blob: Vec<u8>,
+    secret: Vec<u8>,
+}
+
+impl Credential {
+    /// Parses the tpm2-tools credential file format.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: &'static str| -> Error {
+            InvalidInput::Malformed {
+                what: "credential file",
+                reason,
+            }
+            .into()
+        };
+        let (magic, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("too short for the tpm2_makecredential header"))?;
+        let (version, mut rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("too short for the tpm2_makecredential header"))?;
+        if u32::from_be_bytes(*magic) != 0xBADC_C0DE || u32::from_be_bytes(*version) != 1 {
+            return Err(bad(
+                "not a credential file of tpm2_makecredential (magic 0xBADCC0DE, version 1)",
+            ));
+        }
+        let mut part = || -> Result<Vec<u8>> {
+            let (size, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or_else(|| bad("a TPM2B is cut short"))?;
+            let size = usize::from(u16::from_be_bytes(*size));
+            if tail.len() < size {
+                return Err(bad("a TPM2B is cut short"));
+            }
+            let (this, tail) = tail.split_at(size);
+            rest = tail;
+            Ok(this.to_vec())
+        };
+        let (blob, secret) = (part()?, part()?);
+        if !rest.is_empty() {
+            return Err(bad("has bytes after the encrypted secret"));
+        }
+        Ok(Self { blob, secret })
+    }
+}
+
+/// `TPM2_ActivateCredential`: recovers the secret of a credential made to the EK of
+/// `ek_algorithm` for the AK's name. The TPM releases it only if the AK is loaded in the same
+/// TPM as that EK and has that name: a verifier that made the credential with the EK public
+/// key of a certified EK learns, when the secret comes back, that the AK is in that TPM.
+pub(crate) fn activate_credential(
+    tpm: &mut Tpm,
+    ak: &Tpm2Key,
+    ek_algorithm: KeyAlgorithm,
+    endorsement: Option<&Zeroizing<String>>,
+    credential: &Credential,
+) -> Result<Zeroizing<Vec<u8>>> {
+    use tss_esapi::structures::{EncryptedSecret, IdObject};
+    let op = Operation::Decrypt;
+    let name = tpm.name.clone();
+    let blob = IdObject::try_from(credential.blob.clone()).map_err(mapper(
+        &name,
+        op,
+        "credential blob",
+    ))?;
+    let secret = EncryptedSecret::try_from(credential.secret.clone()).map_err(mapper(
+        &name,
+        op,
+        "credential secret",
+    ))?;
+    let session = endorsement_session(tpm, endorsement, op)?;
+    let activate = |tpm: &mut Tpm, ek: KeyHandle, ak: KeyHandle| -> Result<Zeroizing<Vec<u8>>> {
+        with_ek_policy(tpm, session, op, |tpm, policy| {
+            let n = tpm.name.clone();
+            let digest = retrying(|| {
+                tpm.ctx
+                    .execute_with_sessions((Some(AuthSession::Password), Some(policy), None), |c| {
+                        c.activate_credential(ak, ek, blob.clone(), secret.clone())
+                    })
+            })
+            .map_err(|e| match error::rc_of(&e) {
+                Some(rc) if error::is_integrity(rc) || error::is_value(rc) => {
+                    Error::from(InvalidInput::Config {
+                        what: "credential",
+                        reason: "the TPM refused it: it was not made to this TPM's EK (of \
+                                 this algorithm) for this AK's name",
+                    })
+                }
+                _ => error::map(&n, op, "TPM2_ActivateCredential", e),
+            })?;
+            Ok(Zeroizing::new(digest.value().to_vec()))
+        })
+    };
+    let result = with_ek(tpm, ek_algorithm, session, op, |tpm, ek| match ak {
+        Tpm2Key::Handle(h) => with_persistent(tpm, *h, op, "the attestation key", |tpm, tr| {
+            activate(tpm, ek, tr.into())
+        }),
+        Tpm2Key::File(path) => {
+            let file = read_key_file(path, &name, "the attestation key")?;
+            if file.parent != EK_PARENT {
+                return Err(InvalidInput::KeyEncoding {
+                    what: format!("the attestation key {}", path.display()),
+                    source: "is not an AK file made by hardkey tpm ak create".into(),
+                }
+                .into());
+            }
+            let loaded = load_under_ek(tpm, ek, session, &file.public, &file.private, op)?;
+            flushing(
+                tpm,
+                loaded.into(),
+                &name,
+                op,
+                "TPM2_FlushContext (AK)",
+                |tpm| activate(tpm, ek, loaded),
+            )
+        }
+        _ => Err(InvalidInput::Config {
+            what: "attestation key",
+            reason: "give tpm2:handle=0x81... or tpm2:file=PATH",
+        }
+        .into()),
+    });
+    reset_auths(tpm);
+    result
+}
+
 /// The TPM's EK certificate (DER) from its NV index, the one of the AK's algorithm first.
 fn ek_certificate(
     tpm: &mut Tpm,
@@ -755,6 +887,26 @@ mod tests {
             );
         }
         assert!(selection(KeyAlgorithm::EcP384).is_err());
+    }
+
+    #[test]
+    fn credential_files_are_parsed_strictly() {
+        let mut file = vec![0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1];
+        file.extend_from_slice(&[0, 2, 0xaa, 0xbb, 0, 1, 0xcc]);
+        let c = Credential::parse(&file).unwrap();
+        assert_eq!(
+            (c.blob.as_slice(), c.secret.as_slice()),
+            (&[0xaa, 0xbb][..], &[0xcc][..])
+        );
+        let mut trailing = file.clone();
+        trailing.push(0);
+        let short = &file[..file.len() - 1];
+        let mut other = file.clone();
+        other[7] = 2;
+        for bad in [&trailing[..], short, &other[..], &[][..]] {
+            let e = Credential::parse(bad).err().unwrap();
+            assert_eq!(e.kind(), hardkey_api::ErrorKind::InvalidInput, "{e}");
+        }
     }
 
     #[test]

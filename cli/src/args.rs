@@ -567,6 +567,34 @@ pub(crate) enum AkCommand {
     /// the TCG EK template (the key an EK certificate in NV certifies), kept at a persistent
     /// handle (default 0x81010002) or in a TSS2 key file.
     Create(AkCreateArgs),
+    /// Recover the secret of a credential a verifier made to this TPM's EK for the AK's name
+    /// (tpm2_makecredential): TPM2_ActivateCredential, which succeeds only if the AK is in
+    /// the same TPM as that EK.
+    Activate(AkActivateArgs),
+}
+
+/// `tpm ak activate`.
+#[derive(Debug, Args)]
+pub(crate) struct AkActivateArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// The attestation key: tpm2:handle=0x81010002 (or the bare handle), tpm2:file=PATH (or
+    /// the bare path).
+    #[arg(long, value_name = "AK")]
+    pub(crate) ak: String,
+    /// The credential file (tpm2_makecredential -o).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) credential: PathBuf,
+    /// The algorithm of the EK the credential was made to: p256 or rsa2048.
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm, default_value = "p256")]
+    pub(crate) ek_alg: KeyAlgorithm,
+    /// Where the recovered secret goes (a new file, mode 0600; - for stdout).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// File with the TPM endorsement auth (- for stdin) [env: HARDKEY_ENDORSEMENT_AUTH;
+    /// default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) endorsement_auth_file: Option<PathBuf>,
 }
 
 /// `tpm ak create`.

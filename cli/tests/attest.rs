@@ -3,8 +3,9 @@
 //! hardkey's attestation; openssl verifies the AK's signature over it; evidence made by
 //! `tpm2_certify` with tpm2-tools' own EK and AK verifies with `hardkey attest --verify`; an
 //! EK certificate put in NV 0x01c0000a goes into the evidence; another key, a tampered byte,
-//! another nonce, another AK and a duplicable key each fail naming the check. After each trial
-//! no transient object is left in the TPM.
+//! another nonce, another AK and a duplicable key each fail naming the check; a credential
+//! made by `tpm2_makecredential` to the EK for the AK's name is activated, one for another name
+//! refused. After each trial no transient object or session is left in the TPM.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -701,11 +702,126 @@ fn duplicable_key_and_ek_certificate(tpm: &Swtpm) {
     }
 }
 
+fn credential_activation_binds_ak_to_ek(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let persistent = hk.json(&["tpm", "ak", "create", "--persist", "0x81010005"]);
+    let in_file = hk.json(&["tpm", "ak", "create", "--out", "ak.tss2.pem"]);
+    // The verifier's side, in software: a credential to the EK (read with tpm2-tools) for
+    // each AK's name.
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_createek",
+        &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"],
+    );
+    flush_tools(tpm, &hk);
+    hk.file("secret.bin", [0x5a; 32]);
+    for (ak, out) in [(&persistent, "cred-persistent"), (&in_file, "cred-file")] {
+        let name = ak["name"].as_str().unwrap();
+        tool(
+            "tpm2_makecredential",
+            &[
+                "-T",
+                "none",
+                "-u",
+                "ek.pub",
+                "-s",
+                "secret.bin",
+                "-n",
+                name,
+                "-o",
+                out,
+            ],
+            hk.dir.path(),
+        );
+    }
+    hk.ok(&[
+        "tpm",
+        "ak",
+        "activate",
+        "--ak",
+        "0x81010005",
+        "--credential",
+        "cred-persistent",
+        "-o",
+        "got-persistent",
+    ]);
+    hk.ok(&[
+        "tpm",
+        "ak",
+        "activate",
+        "--ak",
+        "ak.tss2.pem",
+        "--credential",
+        "cred-file",
+        "-o",
+        "got-file",
+    ]);
+    for got in ["got-persistent", "got-file"] {
+        assert_eq!(std::fs::read(hk.path(got)).unwrap(), [0x5a; 32], "{got}");
+    }
+    // A credential made for another AK's name is refused, and nothing is written; an existing
+    // output is never replaced; a file that is not a credential is bad input.
+    hk.fails(
+        &[
+            "tpm",
+            "ak",
+            "activate",
+            "--ak",
+            "ak.tss2.pem",
+            "--credential",
+            "cred-persistent",
+            "-o",
+            "never",
+        ],
+        2,
+        &["not made to this TPM's EK", "for this AK's name"],
+    );
+    assert!(!hk.path("never").exists());
+    hk.fails(
+        &[
+            "tpm",
+            "ak",
+            "activate",
+            "--ak",
+            "0x81010005",
+            "--credential",
+            "cred-persistent",
+            "-o",
+            "got-file",
+        ],
+        2,
+        &["exists"],
+    );
+    hk.fails(
+        &[
+            "tpm",
+            "ak",
+            "activate",
+            "--ak",
+            "0x81010005",
+            "--credential",
+            "secret.bin",
+            "-o",
+            "x",
+        ],
+        2,
+        &["credential file"],
+    );
+    assert_no_transients(tpm);
+    tpm2(
+        tpm,
+        &hk,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "0x81010005"],
+    );
+}
+
 type Test = (&'static str, fn(&Swtpm));
 
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [Test; 4] = [
+        let tests: [Test; 5] = [
             ("persistent_ak_and_file_key", persistent_ak_and_file_key),
             (
                 "ak_file_with_endorsement_auth",
@@ -715,6 +831,10 @@ fn main() -> ExitCode {
             (
                 "duplicable_key_and_ek_certificate",
                 duplicable_key_and_ek_certificate,
+            ),
+            (
+                "credential_activation_binds_ak_to_ek",
+                credential_activation_binds_ak_to_ek,
             ),
         ];
         tests

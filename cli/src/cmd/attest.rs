@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::sign::read_public_key;
 use super::{Ctx, OutputFile, read_input};
-use crate::args::{AkCreateArgs, AttestArgs};
+use crate::args::{AkActivateArgs, AkCreateArgs, AttestArgs};
 use crate::error::{CliError, CliResult, Message, failed, usage};
 use crate::secrets;
 use crate::target::{Target, tcti};
@@ -66,6 +66,53 @@ pub(crate) fn ak_create(a: &AkCreateArgs, ctx: &Ctx) -> CliResult {
             )
         },
     );
+    Ok(())
+}
+
+/// `hardkey tpm ak activate`.
+pub(crate) fn ak_activate(a: &AkActivateArgs, ctx: &Ctx) -> CliResult {
+    let (ak, ak_tcti) = ak_location(&a.ak, ctx)?;
+    let to_stdout = a.out == Path::new("-");
+    if !to_stdout && a.out.exists() {
+        return Err(usage(format!(
+            "{} exists: the recovered secret goes to a new file only; remove it or choose \
+             another -o",
+            a.out.display()
+        )));
+    }
+    let credential = read_input(&a.credential, "the credential")?;
+    let endorsement = secrets::optional(
+        secrets::ENDORSEMENT_AUTH,
+        a.endorsement_auth_file.as_deref(),
+    )?;
+    let explicit = a.tpm.tcti.as_deref().or(ak_tcti.as_deref());
+    let mut admin = TpmAdmin::connect(
+        &tcti(explicit, &ctx.config),
+        &hardkey_api::SecretSource::None,
+    )?;
+    let secret = admin.activate_credential(&ak, a.ek_alg, &endorsement, &credential)?;
+    drop(admin);
+    if to_stdout {
+        OutputFile::prepare(&a.out, "the recovered secret", &[])?.commit(&secret)?;
+    } else {
+        hardkey_api::fs::write_new_file(
+            &a.out,
+            &secret,
+            "the recovered secret",
+            hardkey_api::Operation::Decrypt,
+        )?;
+        ctx.out.emit(
+            json!({ "activated": true, "out": a.out, "bytes": secret.len() }),
+            || {
+                format!(
+                    "credential activated: the AK is in the TPM of the EK it was made to; {} \
+                     bytes of secret written to {}",
+                    secret.len(),
+                    a.out.display()
+                )
+            },
+        );
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn run(command: &TpmCommand, ctx: &Ctx) -> CliResult {
         TpmCommand::Clear(a) => clear(a, ctx),
         TpmCommand::Flush(a) => flush(a, ctx),
         TpmCommand::Ak(AkCommand::Create(a)) => super::attest::ak_create(a, ctx),
+        TpmCommand::Ak(AkCommand::Activate(a)) => super::attest::ak_activate(a, ctx),
         TpmCommand::Lockout(LockoutCommand::Reset(a)) => {
             let lockout = lockout_auth(a.lockout_auth_file.as_deref())?;
             let mut admin = connect(&a.tpm, ctx, &SecretSource::None)?;
