@@ -60,7 +60,8 @@ soak: deps
 # seeds in fuzz/corpus/<target> stay as they are. A crash ends that target's run (the others
 # still run, then make fails) and is saved in fuzz/artifacts/<target>/; replay it with
 # `cargo +nightly fuzz run <target> <file>` in fuzz/.
-FUZZ_TARGETS := uri keyfile public_key signature cert_chain pcr_selection http_head csr
+FUZZ_TARGETS := uri keyfile public_key signature cert_chain pcr_selection http_head csr \
+	attestation
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 5
 FUZZ := $(CARGO) +nightly fuzz

@@ -8,6 +8,8 @@ use hardkey_api::{Operation, Result};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
+use crate::ak::{self, AkInfo};
+use crate::attest::Evidence;
 use crate::connect::{Flush, Tpm, open_context};
 use crate::ffi::{self, DaCommand};
 use crate::owner::{self, Hierarchy, TpmStatus};
@@ -195,6 +197,59 @@ impl TpmAdmin {
         auth: &SecretSource,
     ) -> Result<Zeroizing<Vec<u8>>> {
         self.with_tpm(|tpm| seal::unseal(tpm, sealed, auth))
+    }
+
+    /// Makes an attestation key (a restricted signing key, `algorithm` p256 or rsa2048)
+    /// under the endorsement key made from the TCG EK template, and keeps it at the
+    /// persistent handle or in the new key file `home` names (an existing handle or file is
+    /// refused). The endorsement hierarchy's auth authorizes the EK and its policy; making
+    /// the AK persistent takes the owner auth given at [`TpmAdmin::connect`]. Blocks.
+    pub fn create_ak(
+        &mut self,
+        algorithm: hardkey_api::KeyAlgorithm,
+        home: &hardkey_api::Tpm2Key,
+        endorsement_auth: &SecretSource,
+    ) -> Result<AkInfo> {
+        let endorsement = endorsement_auth.load(&self.name)?;
+        self.with_tpm(|tpm| ak::create_ak(tpm, algorithm, home, endorsement.as_ref()))
+    }
+
+    /// `TPM2_Certify` of `key` (a persistent handle or a key file, its auth value from
+    /// `key_auth`) by the attestation key `ak` (made by [`TpmAdmin::create_ak`], or any
+    /// restricted signing key at a persistent handle), with `nonce` (at most 64 bytes) as
+    /// qualifying data. The evidence also carries the TPM's EK certificate when its NV index
+    /// holds one. Check it with [`Evidence::verify`]. Blocks.
+    pub fn certify(
+        &mut self,
+        key: &hardkey_api::Tpm2Key,
+        key_auth: &SecretSource,
+        ak: &hardkey_api::Tpm2Key,
+        endorsement_auth: &SecretSource,
+        nonce: &[u8],
+    ) -> Result<Evidence> {
+        let key_auth = key_auth.load(&self.name)?;
+        let endorsement = endorsement_auth.load(&self.name)?;
+        self.with_tpm(|tpm| {
+            ak::certify(tpm, key, key_auth.as_ref(), ak, endorsement.as_ref(), nonce)
+        })
+    }
+
+    /// `TPM2_ActivateCredential`: the secret of `credential` (a file of
+    /// `tpm2_makecredential`, made to this TPM's EK of `ek_algorithm` for the name of `ak`).
+    /// The TPM releases it only when the AK and that EK are in this TPM, which is how a
+    /// verifier binds an AK to a certified EK. Blocks.
+    pub fn activate_credential(
+        &mut self,
+        ak: &hardkey_api::Tpm2Key,
+        ek_algorithm: hardkey_api::KeyAlgorithm,
+        endorsement_auth: &SecretSource,
+        credential: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let credential = ak::Credential::parse(credential)?;
+        let endorsement = endorsement_auth.load(&self.name)?;
+        self.with_tpm(|tpm| {
+            ak::activate_credential(tpm, ak, ek_algorithm, endorsement.as_ref(), &credential)
+        })
     }
 
     /// The transient objects loaded in the TPM now (all clients'), for leak checks. Blocks.

@@ -236,10 +236,21 @@ pub(crate) fn tpm_hash(h: HashAlgorithm) -> HashingAlgorithm {
 /// Describes a public area; `Ok(None)` for objects that are not usable keys (restricted,
 /// sealed data, symmetric).
 pub(crate) fn describe(public: &Public) -> Result<Option<Described>> {
-    let attrs = public.object_attributes();
-    if attrs.restricted() {
+    if public.object_attributes().restricted() {
         return Ok(None);
     }
+    describe_any(public)
+}
+
+/// The public key of any RSA or ECC public area, restricted keys (storage keys, attestation
+/// keys) included; `Ok(None)` for other objects.
+pub(crate) fn public_key_of(public: &Public) -> Result<Option<PublicKey>> {
+    Ok(describe_any(public)?.map(|d| d.public_key))
+}
+
+/// [`describe`] without the restricted check.
+fn describe_any(public: &Public) -> Result<Option<Described>> {
+    let attrs = public.object_attributes();
     let bad = |reason: String| -> Error {
         InvalidInput::KeyEncoding {
             what: "TPM public area".into(),

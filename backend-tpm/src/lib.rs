@@ -18,11 +18,14 @@
 //! dictionary-attack counter is real).
 //!
 //! [`TpmAdmin`] is the direct, blocking connection for administration: ownership and
-//! dictionary-attack status and settings, and sealing up to 128 bytes to a password and/or
-//! PCR values.
+//! dictionary-attack status and settings, sealing up to 128 bytes to a password and/or
+//! PCR values, attestation keys and `TPM2_Certify` evidence. [`Evidence::verify`] checks
+//! that evidence in software, without a TPM.
 #![deny(unsafe_code)]
 
 mod admin;
+mod ak;
+mod attest;
 mod connect;
 mod device;
 mod error;
@@ -37,6 +40,10 @@ mod store;
 
 // Public interface.
 pub use admin::TpmAdmin;
+pub use ak::{AkInfo, DEFAULT_AK_HANDLE, EK_CERT_P256, EK_CERT_RSA2048, EK_PARENT};
+pub use attest::{
+    AttestError, EVIDENCE_FORMAT, Evidence, Expected, MAX_EVIDENCE_SIZE, MAX_NONCE_SIZE, Verified,
+};
 pub use connect::{
     DEFAULT_TCTI, Flush, OWNER_PARENT, SRK_HANDLE, TCTI_ENV, default_tcti, srk_template,
 };

@@ -72,6 +72,9 @@ pub(crate) enum Command {
     Seal(SealArgs),
     /// Unseal data sealed with `hardkey seal`.
     Unseal(UnsealArgs),
+    /// Prove a TPM key was made in the TPM and cannot leave it: TPM2_Certify evidence signed
+    /// by an attestation key (hardkey tpm ak create); --verify checks such evidence.
+    Attest(AttestArgs),
     /// TPM ownership and dictionary-attack protection.
     #[command(subcommand)]
     Tpm(TpmCommand),
@@ -552,6 +555,131 @@ pub(crate) enum TpmCommand {
     /// Flush every transient object and session in the TPM, whoever loaded them: what killed
     /// processes left on a TPM without a resource manager (tpm2_flushcontext -t -l -s).
     Flush(FlushArgs),
+    /// Attestation keys (for hardkey attest).
+    #[command(subcommand)]
+    Ak(AkCommand),
+}
+
+/// `tpm ak ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AkCommand {
+    /// Make an attestation key: a restricted signing key under the endorsement key made from
+    /// the TCG EK template (the key an EK certificate in NV certifies), kept at a persistent
+    /// handle (default 0x81010002) or in a TSS2 key file.
+    Create(AkCreateArgs),
+    /// Recover the secret of a credential a verifier made to this TPM's EK for the AK's name
+    /// (tpm2_makecredential): TPM2_ActivateCredential, which succeeds only if the AK is in
+    /// the same TPM as that EK.
+    Activate(AkActivateArgs),
+}
+
+/// `tpm ak activate`.
+#[derive(Debug, Args)]
+pub(crate) struct AkActivateArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// The attestation key: tpm2:handle=0x81010002 (or the bare handle), tpm2:file=PATH (or
+    /// the bare path).
+    #[arg(long, value_name = "AK")]
+    pub(crate) ak: String,
+    /// The credential file (tpm2_makecredential -o).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) credential: PathBuf,
+    /// The algorithm of the EK the credential was made to: p256 or rsa2048.
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm, default_value = "p256")]
+    pub(crate) ek_alg: KeyAlgorithm,
+    /// Where the recovered secret goes (a new file, mode 0600; - for stdout).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// File with the TPM endorsement auth (- for stdin) [env: HARDKEY_ENDORSEMENT_AUTH;
+    /// default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) endorsement_auth_file: Option<PathBuf>,
+}
+
+/// `tpm ak create`.
+#[derive(Debug, Args)]
+pub(crate) struct AkCreateArgs {
+    #[command(flatten)]
+    pub(crate) tpm: TpmArgs,
+    /// Algorithm of the EK and the AK: p256 (ECDSA-SHA256) or rsa2048 (RSASSA-SHA256).
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm, default_value = "p256")]
+    pub(crate) alg: KeyAlgorithm,
+    /// Keep the AK at this persistent handle (needs the owner auth) [default: 0x81010002].
+    #[arg(long, value_name = "HANDLE", conflicts_with = "out")]
+    pub(crate) persist: Option<String>,
+    /// Keep the AK in this new TSS2 key file instead (never overwrites).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Also write the AK's public key (PEM), for verifiers: hardkey attest --verify --ak-pub.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pub_out: Option<PathBuf>,
+    /// File with the TPM endorsement auth (- for stdin) [env: HARDKEY_ENDORSEMENT_AUTH;
+    /// default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) endorsement_auth_file: Option<PathBuf>,
+    /// File with the TPM owner auth (- for stdin) [env: HARDKEY_OWNER_AUTH; default empty].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) owner_auth_file: Option<PathBuf>,
+}
+
+/// `attest`.
+#[derive(Debug, Args)]
+pub(crate) struct AttestArgs {
+    /// The key to attest: tpm2:handle=0x81..., tpm2:file=PATH or an alias.
+    #[arg(value_name = "KEY", required_unless_present = "verify")]
+    pub(crate) key: Option<String>,
+    /// The attestation key: tpm2:handle=0x81010002 (or the bare handle), tpm2:file=PATH (or
+    /// the bare path), as hardkey tpm ak create made it.
+    #[arg(
+        long,
+        value_name = "AK",
+        required_unless_present = "verify",
+        conflicts_with = "verify"
+    )]
+    pub(crate) ak: Option<String>,
+    /// Where the evidence goes (JSON; - for stdout).
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "FILE",
+        required_unless_present = "verify",
+        conflicts_with = "verify"
+    )]
+    pub(crate) out: Option<PathBuf>,
+    /// Check evidence instead, in software (no TPM needed).
+    #[arg(
+        long,
+        value_name = "EVIDENCE",
+        conflicts_with = "key",
+        requires = "key_pub"
+    )]
+    pub(crate) verify: Option<PathBuf>,
+    /// With --verify: the public key the evidence must name (PEM or DER SubjectPublicKeyInfo,
+    /// or a certificate).
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub(crate) key_pub: Option<PathBuf>,
+    /// With --verify: the AK you trust (its public key, as tpm ak create --pub-out wrote it).
+    /// Without it the evidence's own AK is used, which proves little.
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub(crate) ak_pub: Option<PathBuf>,
+    /// The nonce (qualifying data) in hex, at most 64 bytes: put into the evidence, or
+    /// expected in it with --verify.
+    #[arg(long, value_name = "HEX", conflicts_with = "nonce_file")]
+    pub(crate) nonce: Option<String>,
+    /// The nonce as the raw bytes of a file (- for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) nonce_file: Option<PathBuf>,
+    /// TCTI [default: the key URI's, else the configuration's, else HARDKEY_TCTI,
+    /// TPM2TOOLS_TCTI, device:/dev/tpmrm0].
+    #[arg(long = "tpm", value_name = "TCTI")]
+    pub(crate) tcti: Option<String>,
+    /// File with the TPM endorsement auth (- for stdin) [env: HARDKEY_ENDORSEMENT_AUTH;
+    /// default empty]; needed to load an AK kept in a file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) endorsement_auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) secrets: DeviceSecrets,
 }
 
 /// `tpm flush`.

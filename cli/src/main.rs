@@ -114,6 +114,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Encrypt(a) => cmd::crypt::encrypt(a, &ctx),
         Command::Seal(a) => cmd::seal::seal(a, &ctx),
         Command::Unseal(a) => cmd::seal::unseal(a, &ctx),
+        Command::Attest(a) => cmd::attest::attest(a, &ctx),
         Command::Tpm(c) => cmd::tpm::run(c, &ctx),
         Command::Token(c) => cmd::token::run(c, &ctx),
         Command::Bench(a) => cmd::bench::bench(a, &ctx),

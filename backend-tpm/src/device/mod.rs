@@ -20,6 +20,8 @@ mod manage;
 mod open;
 mod sign;
 
+pub(crate) use sign::{ecdsa_der, rsa_bytes};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU8;

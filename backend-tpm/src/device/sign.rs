@@ -140,7 +140,7 @@ fn left_pad(bytes: &[u8], len: usize) -> Vec<u8> {
 }
 
 /// The bytes of an RSA signature, left-padded to the modulus length.
-fn rsa_bytes(signature: &Signature, k: usize) -> Option<Vec<u8>> {
+pub(crate) fn rsa_bytes(signature: &Signature, k: usize) -> Option<Vec<u8>> {
     match signature {
         Signature::RsaSsa(s) | Signature::RsaPss(s) => Some(left_pad(s.signature().value(), k)),
         _ => None,
@@ -148,7 +148,7 @@ fn rsa_bytes(signature: &Signature, k: usize) -> Option<Vec<u8>> {
 }
 
 /// An ECDSA signature as DER.
-fn ecdsa_der(
+pub(crate) fn ecdsa_der(
     r: &EccParameter,
     s: &EccParameter,
     algorithm: hardkey_api::KeyAlgorithm,

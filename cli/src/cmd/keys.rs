@@ -108,7 +108,7 @@ fn location(target: &Target, a: &KeygenArgs) -> CliResult<Option<KeyUri>> {
     }
 }
 
-fn parse_handle(text: &str) -> CliResult<u32> {
+pub(crate) fn parse_handle(text: &str) -> CliResult<u32> {
     let uri = format!("tpm2:handle={text}");
     match uri.parse::<Tpm2Uri>() {
         Ok(Tpm2Uri {

@@ -1,5 +1,6 @@
 //! One module per group of commands.
 
+pub(crate) mod attest;
 pub(crate) mod bench;
 pub(crate) mod ca;
 pub(crate) mod cert;

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{Ctx, confirm};
 use crate::args::{
-    ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand, TakeOwnershipArgs, TpmArgs,
-    TpmCommand,
+    AkCommand, ChangeAuthArgs, ClearArgs, FlushArgs, HierarchyArg, LockoutCommand,
+    TakeOwnershipArgs, TpmArgs, TpmCommand,
 };
 use crate::error::{CliResult, usage};
 use crate::secrets::{self, Missing, Secret};
@@ -23,6 +23,8 @@ pub(crate) fn run(command: &TpmCommand, ctx: &Ctx) -> CliResult {
         TpmCommand::ChangeAuth(a) => change_auth(a, ctx),
         TpmCommand::Clear(a) => clear(a, ctx),
         TpmCommand::Flush(a) => flush(a, ctx),
+        TpmCommand::Ak(AkCommand::Create(a)) => super::attest::ak_create(a, ctx),
+        TpmCommand::Ak(AkCommand::Activate(a)) => super::attest::ak_activate(a, ctx),
         TpmCommand::Lockout(LockoutCommand::Reset(a)) => {
             let lockout = lockout_auth(a.lockout_auth_file.as_deref())?;
             let mut admin = connect(&a.tpm, ctx, &SecretSource::None)?;
