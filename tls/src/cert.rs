@@ -28,12 +28,8 @@ impl CertChain {
     /// Reads a PEM file of `CERTIFICATE` blocks, the server's certificate first. Other PEM
     /// blocks (a private key, parameters) are ignored.
     pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|source| Error::ReadCertificate {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse_pem(&text, path.display().to_string())
+        let (text, origin) = read_certificate_file(path.as_ref())?;
+        Self::parse_pem(&text, origin)
     }
 
     /// Parses PEM text of `CERTIFICATE` blocks, the server's certificate first.
@@ -84,14 +80,7 @@ impl CertChain {
     }
 
     fn parse_pem(pem: &[u8], origin: String) -> Result<Self> {
-        let mut certs = Vec::new();
-        for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-            certs.push(cert.map_err(|e| Error::BadCertificate {
-                origin: origin.clone(),
-                index: i + 1,
-                source: Box::new(e),
-            })?);
-        }
+        let certs = pem_certificates(pem, &origin)?;
         Self::new(certs, origin)
     }
 
@@ -207,6 +196,29 @@ pub(crate) fn key_name(key: &KeyInfo) -> String {
         Some(uri) => format!("{} ({uri})", key.display_name()),
         None => key.display_name(),
     }
+}
+
+/// A certificate file's bytes, and its path as messages name it.
+pub(crate) fn read_certificate_file(path: &Path) -> Result<(Vec<u8>, String)> {
+    let text = std::fs::read(path).map_err(|source| Error::ReadCertificate {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((text, path.display().to_string()))
+}
+
+/// The `CERTIFICATE` blocks of PEM text read from `origin` (other blocks are skipped).
+pub(crate) fn pem_certificates(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_slice_iter(pem)
+        .enumerate()
+        .map(|(i, cert)| {
+            cert.map_err(|e| Error::BadCertificate {
+                origin: origin.to_owned(),
+                index: i + 1,
+                source: Box::new(e),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use der::Decode;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::error::{Error, Result};
 
@@ -25,12 +24,8 @@ pub struct TrustAnchors {
 impl TrustAnchors {
     /// Reads a PEM file of `CERTIFICATE` blocks; other PEM blocks are ignored.
     pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|source| Error::ReadCertificate {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path.display().to_string())
+        let (text, origin) = crate::cert::read_certificate_file(path.as_ref())?;
+        Self::parse(&text, origin)
     }
 
     /// Parses PEM text of `CERTIFICATE` blocks.
@@ -45,14 +40,7 @@ impl TrustAnchors {
     }
 
     fn parse(pem: &[u8], origin: String) -> Result<Self> {
-        let mut certs = Vec::new();
-        for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-            certs.push(cert.map_err(|e| Error::BadCertificate {
-                origin: origin.clone(),
-                index: i + 1,
-                source: Box::new(e),
-            })?);
-        }
+        let certs = crate::cert::pem_certificates(pem, &origin)?;
         Self::new(certs, origin)
     }
 
