@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use hardkey_api::uri::Pkcs11Uri;
@@ -47,6 +47,15 @@ pub(crate) struct Target {
     pub(crate) login_lock: std::sync::Mutex<()>,
     /// Bumped when keys are deleted: workers drop their cached handles.
     pub(crate) key_epoch: AtomicU64,
+    /// The handle each key had where it was found (opened, described, searched for), shared
+    /// by the workers: a worker using a key for the first time checks that handle's class,
+    /// CKA_ID and CKA_LABEL (one `C_GetAttributeValue`) instead of searching the token. With
+    /// thousands of keys a search per key and worker is what made handshakes slow: SoftHSM
+    /// visits every object of the token in each `C_FindObjects`, so a server asked for
+    /// random names queued its handshakes behind searches for seconds.
+    pub(crate) handle_hints: std::sync::Mutex<HashMap<Pkcs11KeyRef, ObjectHandle>>,
+    /// How many times a worker searched the token for a key it had no handle for.
+    pub(crate) key_searches: AtomicU64,
     /// Set when `C_Login` refused the PIN: no worker tries it again until
     /// [`Pkcs11Store::reconnect`](crate::Pkcs11Store::reconnect) clears it.
     pub(crate) login_refused: std::sync::atomic::AtomicBool,
@@ -248,6 +257,7 @@ impl Pkcs11Device {
     /// or (on tokens that reuse handles) another key.
     pub(crate) fn keys_deleted(&mut self) {
         self.target.key_epoch.fetch_add(1, Ordering::Relaxed);
+        self.target.clear_hints();
         self.handles.clear();
     }
 
@@ -271,6 +281,11 @@ impl Pkcs11Device {
         if let Some(h) = self.handles.get(key) {
             return Ok(*h);
         }
+        if let Some(h) = self.hinted(key) {
+            self.handles.insert(key.clone(), h);
+            return Ok(h);
+        }
+        self.target.key_searches.fetch_add(1, Ordering::Relaxed);
         let found = self
             .session
             .find_objects(&key.template(ObjectClass::PRIVATE_KEY))
@@ -278,6 +293,7 @@ impl Pkcs11Device {
         match found.as_slice() {
             [h] => {
                 self.handles.insert(key.clone(), *h);
+                self.target.hint(key, *h);
                 Ok(*h)
             }
             [] => Err(self.target.missing_key(
@@ -296,6 +312,42 @@ impl Pkcs11Device {
                 "give both id= and object= in the URI",
             )),
         }
+    }
+
+    /// The handle another worker found `key` at, if in this session it names a private key
+    /// with the key's CKA_ID and CKA_LABEL: what a search for the key would find. A handle
+    /// this session does not know, or one that now names another object (the key deleted,
+    /// the module re-initialized), gives `None`, and the caller searches.
+    fn hinted(&self, key: &Pkcs11KeyRef) -> Option<ObjectHandle> {
+        let handle = *self
+            .target
+            .handle_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)?;
+        let attrs = self
+            .session
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::Class,
+                    AttributeType::Id,
+                    AttributeType::Label,
+                ],
+            )
+            .ok()?;
+        let (mut class, mut id, mut label) = (false, key.id.is_none(), key.label.is_none());
+        for attr in attrs {
+            match attr {
+                Attribute::Class(c) => class = c == ObjectClass::PRIVATE_KEY,
+                Attribute::Id(v) => id = key.id.as_deref().is_none_or(|want| want == v),
+                Attribute::Label(v) => {
+                    label = key.label.as_deref().is_none_or(|want| want.as_bytes() == v);
+                }
+                _ => {}
+            }
+        }
+        (class && id && label).then_some(handle)
     }
 
     /// Runs a private-key operation: refreshes a stale handle once; replaces the session after
@@ -337,6 +389,7 @@ impl Pkcs11Device {
                     || is_rv(&e, RvError::KeyHandleInvalid, None) =>
             {
                 self.handles.remove(key);
+                self.target.forget_hint(key);
                 let handle = self.handle(key, op)?;
                 f(&self.session, handle)
             }
@@ -395,7 +448,7 @@ impl Target {
         publics: Option<&crate::keys::ObjectIndex>,
     ) -> Result<(hardkey_api::KeyInfo, Pkcs11KeyRef)> {
         let refused = self.allowed_mechanisms.load(Ordering::Relaxed) == ALLOWED_REFUSED;
-        crate::keys::describe(
+        let described = crate::keys::describe(
             session,
             &self.name,
             handle,
@@ -404,7 +457,33 @@ impl Target {
             refused,
             self.module.implementation.fixes_usage_flags(),
             publics,
-        )
+        )?;
+        self.hint(&described.1, handle);
+        Ok(described)
+    }
+
+    /// Records where `key` was found, for the other workers ([`Target::handle_hints`]).
+    pub(crate) fn hint(&self, key: &Pkcs11KeyRef, handle: ObjectHandle) {
+        self.handle_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), handle);
+    }
+
+    /// Forgets the handle recorded for `key` (the token refused it).
+    fn forget_hint(&self, key: &Pkcs11KeyRef) {
+        self.handle_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Forgets every recorded handle (keys were deleted: a handle may name another object).
+    pub(crate) fn clear_hints(&self) {
+        self.handle_hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Makes key objects with `make(restrict)`, restricted by CKA_ALLOWED_MECHANISMS unless

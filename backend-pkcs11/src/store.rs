@@ -168,6 +168,8 @@ impl Pkcs11Store {
             allowed_mechanisms: AtomicU8::new(ALLOWED_UNKNOWN),
             login_lock: std::sync::Mutex::new(()),
             key_epoch: AtomicU64::new(0),
+            handle_hints: std::sync::Mutex::new(std::collections::HashMap::new()),
+            key_searches: AtomicU64::new(0),
             login_refused: std::sync::atomic::AtomicBool::new(false),
             refresh_requested: std::sync::atomic::AtomicBool::new(false),
             ran_out_of_descriptors: std::sync::atomic::AtomicBool::new(false),
@@ -204,6 +206,17 @@ impl Pkcs11Store {
     /// The session pool (stats, shutdown).
     pub fn pool(&self) -> &DevicePool<Pkcs11Device> {
         &self.pool
+    }
+
+    /// How many times a session worker has searched the token for a key it was about to use
+    /// (`C_FindObjects`). A worker searches only for a key no worker has found yet, or whose
+    /// handle the token stopped taking: keys opened by this store are used through the
+    /// handle they were found at, checked by their attributes. (SoftHSM visits every object
+    /// of the token in each search: with thousands of keys, searches are what is slow.)
+    pub fn key_searches(&self) -> u64 {
+        self.target
+            .key_searches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// After a refused PIN, lets the workers log in again: call it once the PIN source is

@@ -302,6 +302,58 @@ fn stale_handles_are_refreshed(hsm: &SoftHsm) {
     block_on(store.delete(&fresh.info().id)).unwrap();
 }
 
+/// Keys opened together (`open_many`, as `hardkey serve` opens a token's keys) sign on every
+/// session worker without a search of the token: each worker checks the handle the key was
+/// found at. With a search per key and worker, 10,000 keys on SoftHSM (which visits every
+/// object in each search) served a few handshakes a second, and clients timed out.
+fn opened_keys_sign_without_searching(hsm: &SoftHsm) {
+    let maker = hsm.store(1);
+    let mut uris = Vec::new();
+    let mut made = Vec::new();
+    for i in 0..24 {
+        let key = block_on(
+            maker.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(format!("many-{i}"))),
+        )
+        .unwrap();
+        let Some(KeyUri::Pkcs11(uri)) = key.info().uri.clone() else {
+            panic!("a token key has a pkcs11: URI");
+        };
+        uris.push(uri);
+        made.push(key);
+    }
+    let store = hsm.store(4);
+    let keys: Vec<_> = block_on(store.open_many(uris))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // Every key, several times at once: the four workers each get most keys.
+    let signatures = keys.iter().flat_map(|key| {
+        (0..4).map(move |n| {
+            let message = format!("key {} signature {n}", key.info().display_name());
+            let sig = key.sign(SignatureScheme::EcdsaP256Sha256, message.as_bytes());
+            async move { (key, message, sig.await) }
+        })
+    });
+    for (key, message, sig) in block_on(futures::future::join_all(signatures)) {
+        verify_signature(
+            key.info().public_key.der(),
+            SignatureScheme::EcdsaP256Sha256,
+            message.as_bytes(),
+            &sig.unwrap(),
+        )
+        .expect("signed with its key");
+    }
+    assert_eq!(
+        store.key_searches(),
+        0,
+        "the workers searched the token for keys open_many had found"
+    );
+    for key in made {
+        block_on(maker.delete(&key.info().id)).unwrap();
+    }
+}
+
 fn legacy_decrypt_needs_the_opt_in(hsm: &SoftHsm) {
     use hardkey_api::{DecryptScheme, KeyPolicy};
     use rsa::pkcs8::DecodePublicKey;
@@ -610,7 +662,7 @@ fn main() -> std::process::ExitCode {
     // Serial: the bad-input trial compares the whole token before and after.
     run_serial(|hsm: Arc<SoftHsm>| {
         let h = || Arc::clone(&hsm);
-        let (a, b, c, d, e, f, g, l) = (h(), h(), h(), h(), h(), h(), h(), h());
+        let (a, b, c, d, e, f, g, l, m) = (h(), h(), h(), h(), h(), h(), h(), h(), h());
         vec![
             trial("pkcs11_tool_ec_key_used_by_hardkey", move || {
                 tool_key_is_used_by_hardkey(&a, "EC:prime256v1", "a1", "tool-ec")
@@ -630,6 +682,9 @@ fn main() -> std::process::ExitCode {
             ),
             trial("stale_handles_are_refreshed", move || {
                 stale_handles_are_refreshed(&f)
+            }),
+            trial("opened_keys_sign_without_searching", move || {
+                opened_keys_sign_without_searching(&m)
             }),
             trial("legacy_decrypt_needs_the_opt_in", move || {
                 legacy_decrypt_needs_the_opt_in(&g)
