@@ -211,6 +211,51 @@ fn several_chains_from_an_identities_file_and_a_cert_dir() {
     }
 }
 
+/// The startup line names the first 8 chains and counts the rest: with 10,000 keys it was a
+/// line of about 1 MB, which a pipe nobody drained yet (64 KiB) held the server on.
+#[test]
+fn the_startup_line_names_a_few_chains_of_many() {
+    let hk = Hardkey::new();
+    std::fs::create_dir(hk.path("certs")).unwrap();
+    for i in 0..11 {
+        let key = format!("file:k{i:02}.pem");
+        hk.ok(&["keygen", &key, "--alg", "p256"]);
+        hk.ok(&[
+            "selfsign",
+            &key,
+            "--subject",
+            &format!("CN=k{i:02}"),
+            "--san",
+            &format!("dns:k{i:02}.example"),
+            "--out",
+            &format!("k{i:02}.crt"),
+        ]);
+        let chain = std::fs::read_to_string(hk.path(&format!("k{i:02}.crt"))).unwrap();
+        let path = hk.path(&format!("k{i:02}.pem"));
+        hk.file(
+            &format!("certs/k{i:02}.pem"),
+            format!("hardkey-key: file:{}\n{chain}", path.display()),
+        );
+    }
+    let serve = Serve::start_with(&hk, &["--cert-dir", "certs"], "boring");
+    let stopped = serve.stop();
+    let line = stopped
+        .log
+        .lines()
+        .find(|l| l.contains("serving https://"))
+        .unwrap_or_else(|| panic!("no startup line: {}", stopped.log));
+    assert!(
+        line.contains("11 certificate chains, selected by server name: [k00.example] on key"),
+        "{line}"
+    );
+    assert!(line.contains("[k07.example]"), "{line}");
+    assert!(!line.contains("k08.example"), "{line}");
+    assert!(
+        line.contains("; and 3 more, 1 event-loop thread(s)"),
+        "{line}"
+    );
+}
+
 #[test]
 fn bad_identities_are_refused_with_what_to_fix() {
     let hk = Hardkey::new();

@@ -70,9 +70,12 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         log::set_max_level(level.max(log::LevelFilter::Info));
     }
     let handle = Server::start(config).map_err(tls_error)?;
+    // With thousands of keys the line names the first few: one line per start, not a
+    // megabyte (a log collector or a pipe takes lines of a few KiB).
     let keys: Vec<String> = served
         .loaded
         .iter()
+        .take(STARTUP_LISTED)
         .map(|loaded| {
             let (key, store) = (loaded.identity.key(), &loaded.store);
             let at_once = key
@@ -82,11 +85,11 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
             format!("{} ({store}){at_once}", key.info().display_name())
         })
         .collect();
+    let chains = served.loaded.len();
     let what = match keys.as_slice() {
-        [one] => format!("key {one}"),
+        [one] if chains == 1 => format!("key {one}"),
         many => format!(
-            "{} certificate chains, selected by server name: {}",
-            many.len(),
+            "{chains} certificate chains, selected by server name: {}{}",
             served
                 .identities
                 .iter()
@@ -99,7 +102,11 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
                     }
                 ))
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join("; "),
+            match chains.saturating_sub(many.len()) {
+                0 => String::new(),
+                more => format!("; and {more} more"),
+            }
         ),
     };
     crate::output::note(&format!(
@@ -198,6 +205,9 @@ fn install_metrics(addr: std::net::SocketAddr) -> CliResult {
 fn count(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
+
+/// How many identities the startup line names.
+const STARTUP_LISTED: usize = 8;
 
 /// The log level: `warn`, or the most verbose level `RUST_LOG` names (`debug`,
 /// `hardkey_tls=trace`...). hardkey logs no secret at any level.
