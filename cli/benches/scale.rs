@@ -202,8 +202,19 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// A running `hardkey serve`, killed on drop.
-struct Serve(Child, SocketAddr);
+/// A running `hardkey serve` and the file its stderr goes to, killed on drop.
+///
+/// Its stderr goes to a file, never to a pipe nobody reads: a server logging a warning per
+/// failed handshake fills a pipe's 64 KiB and then blocks in its logger (the stall the first
+/// 10,000-key rustls run saw was this).
+struct Serve(Child, SocketAddr, PathBuf);
+
+impl Serve {
+    /// The server's stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.2).unwrap_or_default()
+    }
+}
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -216,6 +227,7 @@ impl Drop for Serve {
 fn serve(args: &[&str], env: &[(&str, &str)]) -> (Serve, Duration) {
     let addr = free_addr();
     let addr_text = addr.to_string();
+    let log = std::env::temp_dir().join(format!("hardkey-scale-serve-{}.log", addr.port()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hardkey"));
     cmd.arg("serve")
         .args(args)
@@ -223,7 +235,7 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> (Serve, Duration) {
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(std::fs::File::create(&log).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -232,17 +244,16 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> (Serve, Duration) {
     let deadline = started + Duration::from_secs(600);
     while TcpStream::connect(addr).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output().unwrap();
             panic!(
                 "hardkey serve exited with {status}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
         assert!(Instant::now() < deadline, "hardkey serve did not listen");
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready = started.elapsed();
-    (Serve(child, addr), ready)
+    (Serve(child, addr, log), ready)
 }
 
 /// The TLS stack served (`HARDKEY_SCALE_STACK`, default boring).
@@ -298,33 +309,44 @@ fn handshake_latencies(
                     let server_name = ServerName::try_from(name.clone()).unwrap();
                     let mut conn =
                         rustls::ClientConnection::new(Arc::clone(&config), server_name).unwrap();
-                    let mut tcp = TcpStream::connect(addr).unwrap();
+                    let mut tcp = match TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT) {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            out.push(Err(("connect", format!("{name}: {e}"))));
+                            continue;
+                        }
+                    };
                     tcp.set_nodelay(true).unwrap();
+                    tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+                    tcp.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
                     let mut failed = None;
                     while conn.is_handshaking() && failed.is_none() {
                         failed = conn.complete_io(&mut tcp).err();
                     }
                     match failed {
                         None => out.push(Ok(t.elapsed())),
-                        Some(e) => out.push(Err(format!("{name}: {e}"))),
+                        Some(e) => out.push(Err((failure_kind(&e), format!("{name}: {e}")))),
                     }
                 }
                 out
             })
         })
         .collect();
-    let results: Vec<Result<Duration, String>> = threads
+    let results: Vec<Result<Duration, (&str, String)>> = threads
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
     let wall = started.elapsed();
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    if let Some(first) = failures.first() {
-        println!(
-            "{} of {} handshakes failed (first: {first})",
-            failures.len(),
-            results.len()
-        );
+    let mut kinds: std::collections::BTreeMap<&str, (usize, &str)> = Default::default();
+    for (kind, text) in results.iter().filter_map(|r| r.as_ref().err()) {
+        kinds.entry(kind).or_insert((0, text)).0 += 1;
+    }
+    let failed: usize = kinds.values().map(|(n, _)| n).sum();
+    if failed > 0 {
+        println!("{failed} of {} handshakes failed:", results.len());
+        for (kind, (n, first)) in &kinds {
+            println!("  {n} {kind} (first: {first})");
+        }
     }
     let mut all: Vec<Duration> = results
         .iter()
@@ -334,7 +356,25 @@ fn handshake_latencies(
     (all, wall)
 }
 
+/// How long a bench client waits to connect, and for each read or write of a handshake.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed handshake's kind, for counting.
+fn failure_kind(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        WouldBlock | TimedOut => "client timeout (no bytes for 30 s)",
+        UnexpectedEof => "closed by the server (EOF)",
+        ConnectionReset | ConnectionAborted | BrokenPipe => "reset by the server",
+        InvalidData => "TLS error (alert or bad message)",
+        _ => "other I/O error",
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
@@ -366,6 +406,18 @@ fn measure(
         rss_one as f64 / 1048576.0
     );
     let (latencies, wall) = handshake_latencies(all.1, ca, names, handshakes);
+    let log = all.log();
+    let lines: Vec<&str> = log.lines().collect();
+    if !lines.is_empty() {
+        println!(
+            "{device}: the server logged {} lines; the first:",
+            lines.len()
+        );
+        for line in lines.iter().take(5) {
+            let cut = line.char_indices().nth(400).map_or(line.len(), |(i, _)| i);
+            println!("  {}", &line[..cut]);
+        }
+    }
     drop(all);
     let module = module_share.1 as f64 - module_share.0 as f64;
     let chains = chain_bytes.1 as f64 - chain_bytes.0 as f64;
