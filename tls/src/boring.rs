@@ -333,21 +333,25 @@ pub fn acceptor_builder(key: SharedKey, chain: &CertChain) -> Result<SslAcceptor
 /// A BoringSSL acceptor builder serving several identities, chosen per handshake by the
 /// client's server name and signature schemes ([`Identities::select`]).
 ///
-/// Each identity gets its own context, made as [`acceptor_builder`] makes it. The returned
-/// builder is the default identity's, with a certificate-selection callback that moves each
-/// handshake to its identity's context (`SSL_set_SSL_CTX`, the SNI mechanism BoringSSL
-/// documents) before any other ClientHello processing. What you set on the returned builder
-/// governs the handshake as a whole (options, session cache and tickets, protocol versions);
-/// the certificate, key and signing preferences come from the identity chosen. Checks every
-/// identity ([`Identities::check`]).
+/// Identities whose keys sign with the same schemes share one context (the Mozilla profile,
+/// those signing preferences, ALPN, and a private-key method that signs with the key the
+/// handshake was given): usually one or two contexts for thousands of identities, where a
+/// context each cost about 10 KiB per identity. The returned builder is the default
+/// identity's, with a certificate-selection callback that, before any other ClientHello
+/// processing, moves each handshake to its identity's shared context (`SSL_set_SSL_CTX`, the
+/// SNI mechanism BoringSSL documents) and sets that identity's certificate (from its DER,
+/// parsed by BoringSSL only as far as the public key) and issuers on the connection. What
+/// you set on the returned builder governs the handshake as a whole (options, session cache
+/// and tickets, protocol versions); the certificate, key and signing preferences come from
+/// the identity chosen. Checks every identity ([`Identities::check`]).
 pub fn acceptor_builder_for(identities: &Identities) -> Result<SslAcceptorBuilder> {
     acceptor_builder_with_client_auth(identities, None)
 }
 
 /// [`acceptor_builder_for`], requiring every client to present a certificate that chains to
 /// `client_ca` when given (mutual TLS: `SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT`
-/// on every identity's context, the CAs named in the CertificateRequest). A client without
-/// one, or with one that does not verify, fails [`accept`] with a
+/// on every context, the CAs named in the CertificateRequest). A client without one, or with
+/// one that does not verify, fails [`accept`] with a
 /// [`ClientCertRejected`](crate::ClientCertRejected) error.
 pub fn acceptor_builder_with_client_auth(
     identities: &Identities,
@@ -355,36 +359,59 @@ pub fn acceptor_builder_with_client_auth(
 ) -> Result<SslAcceptorBuilder> {
     identities.check()?;
     // Every context gets the client CAs: the verification store and mode are read from the
-    // context the handshake ends on (the identity's, after `SSL_set_SSL_CTX`).
+    // context the handshake ends on (the shared one, after `SSL_set_SSL_CTX`).
     let with_client_auth = |mut builder: SslAcceptorBuilder| -> Result<SslAcceptorBuilder> {
         if let Some(ca) = client_ca {
             crate::mtls::boring_require_client_certs(&mut builder, ca)?;
         }
         Ok(builder)
     };
-    let default = identities.default_index();
-    // The default identity's context is the returned builder's own; the others get theirs.
-    let mut contexts = Vec::with_capacity(identities.len());
-    for (index, identity) in identities.iter().enumerate() {
-        contexts.push(if index == default {
-            None
-        } else {
-            let builder = with_client_auth(acceptor_builder(
-                std::sync::Arc::clone(identity.key()),
-                identity.chain(),
-            )?)?;
-            Some(builder.build().into_context())
-        });
+    let selected_key = selected_key_index().ok_or_else(|| Error::TlsSetup {
+        stack: Stack::Boring,
+        what: "per-connection key slot",
+        source: Box::new(ErrorStack::get()),
+    })?;
+    // One context per distinct list of signing preferences; each identity's context index.
+    let mut contexts: Vec<::boring::ssl::SslContext> = Vec::new();
+    let mut by_prefs: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut context_of: Vec<u32> = Vec::with_capacity(identities.len());
+    // Each distinct issuer certificate, parsed once (identities usually share their CA's).
+    let mut issuers: std::collections::HashMap<Vec<u8>, X509> = std::collections::HashMap::new();
+    for identity in identities.iter() {
+        let prefs = signing_prefs(identity.key().info());
+        let index = match by_prefs.get(&prefs) {
+            Some(&index) => index,
+            None => {
+                let builder = with_client_auth(shared_context_builder(&prefs)?)?;
+                let index = u32::try_from(contexts.len()).map_err(|_| Error::TlsSetup {
+                    stack: Stack::Boring,
+                    what: "signing contexts",
+                    source: Box::new(ErrorStack::get()),
+                })?;
+                contexts.push(builder.build().into_context());
+                by_prefs.insert(prefs, index);
+                index
+            }
+        };
+        context_of.push(index);
+        for der in identity.chain().certs().iter().skip(1) {
+            if !issuers.contains_key(der.as_ref()) {
+                let issuer = X509::from_der(der).map_err(setup("issuer certificate"))?;
+                issuers.insert(der.to_vec(), issuer);
+            }
+        }
     }
     let default_identity = identities.default_identity();
     let mut builder = with_client_auth(acceptor_builder(
         std::sync::Arc::clone(default_identity.key()),
         default_identity.chain(),
     )?)?;
+    // One copy of the set for both callbacks.
+    let identities = std::sync::Arc::new(identities.clone());
     // A name no identity covers, with UnknownName::Refuse, gets an unrecognized_name alert
     // (RFC 6066 3) from the servername callback, which BoringSSL runs after this one (on the
     // original context, whichever context the selection switched to).
-    let sni = identities.clone();
+    let sni = std::sync::Arc::clone(&identities);
     builder.set_servername_callback(move |ssl, alert| {
         let name = ssl.servername(NameType::HOST_NAME);
         if name.is_some() && sni.refuses_name(name) {
@@ -397,21 +424,30 @@ pub fn acceptor_builder_with_client_auth(
         }
         Ok(())
     });
-    let identities = identities.clone();
     builder.set_select_certificate_callback(move |mut hello| {
         let offer = offer_of(&hello);
         let name = hello.servername(NameType::HOST_NAME).map(str::to_owned);
         match identities.select(name.as_deref(), &offer) {
-            Some(index) if index == default => Ok(()),
             Some(index) => {
-                let ctx = contexts
+                let identity = identities.get(index).ok_or(SelectCertError::ERROR)?;
+                let ctx = context_of
                     .get(index)
-                    .and_then(Option::as_ref)
+                    .and_then(|&c| contexts.get(c as usize))
                     .ok_or(SelectCertError::ERROR)?;
-                hello
-                    .ssl_mut()
-                    .set_ssl_context(ctx)
-                    .map_err(|_| SelectCertError::ERROR)
+                let ssl = hello.ssl_mut();
+                ssl.set_ssl_context(ctx)
+                    .map_err(|_| SelectCertError::ERROR)?;
+                let mut certs = identity.chain().certs().iter();
+                let leaf = certs.next().ok_or(SelectCertError::ERROR)?;
+                ssl.set_certificate_der_unchecked(leaf)
+                    .map_err(|_| SelectCertError::ERROR)?;
+                for der in certs {
+                    let issuer = issuers.get(der.as_ref()).ok_or(SelectCertError::ERROR)?;
+                    ssl.add_chain_cert(issuer)
+                        .map_err(|_| SelectCertError::ERROR)?;
+                }
+                ssl.set_ex_data(selected_key, SelectedKey(std::sync::Arc::clone(identity.key())));
+                Ok(())
             }
             // Refused in the servername callback, with the alert that says why.
             None if name.is_some() => Ok(()),
@@ -425,6 +461,65 @@ pub fn acceptor_builder_with_client_auth(
         }
     });
     Ok(builder)
+}
+
+/// A context shared by the identities whose keys sign with `prefs`: the Mozilla profile,
+/// those signing preferences, ALPN, and [`SelectedKeyMethod`]; no certificate (each
+/// handshake gets its identity's).
+fn shared_context_builder(prefs: &str) -> Result<SslAcceptorBuilder> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(setup("Mozilla intermediate profile"))?;
+    builder
+        .set_sigalgs_list(prefs)
+        .map_err(setup("signature algorithms"))?;
+    builder.set_alpn_select_callback(|_, client| {
+        select_next_proto(crate::ALPN_WIRE, client).ok_or(AlpnError::NOACK)
+    });
+    builder.set_async_private_key_method(SelectedKeyMethod);
+    Ok(builder)
+}
+
+/// The key of the identity a handshake was given, kept on its connection.
+struct SelectedKey(SharedKey);
+
+fn selected_key_index() -> Option<Index<Ssl, SelectedKey>> {
+    static INDEX: std::sync::OnceLock<Option<Index<Ssl, SelectedKey>>> =
+        std::sync::OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// The private-key method of the shared contexts: [`KeyMethod`] with the key the
+/// certificate selection put on the connection.
+struct SelectedKeyMethod;
+
+impl SelectedKeyMethod {
+    fn method(ssl: &SslRef) -> std::result::Result<KeyMethod, AsyncPrivateKeyMethodError> {
+        let key = selected_key_index()
+            .and_then(|index| ssl.ex_data(index))
+            .ok_or(AsyncPrivateKeyMethodError)?;
+        Ok(KeyMethod::new(std::sync::Arc::clone(&key.0)))
+    }
+}
+
+impl AsyncPrivateKeyMethod for SelectedKeyMethod {
+    fn sign(
+        &self,
+        ssl: &mut SslRef,
+        input: &[u8],
+        signature_algorithm: SslSignatureAlgorithm,
+        output: &mut [u8],
+    ) -> std::result::Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        Self::method(ssl)?.sign(ssl, input, signature_algorithm, output)
+    }
+
+    fn decrypt(
+        &self,
+        ssl: &mut SslRef,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> std::result::Result<BoxPrivateKeyMethodFuture, AsyncPrivateKeyMethodError> {
+        Self::method(ssl)?.decrypt(ssl, input, output)
+    }
 }
 
 /// What a ClientHello offers: the signature schemes hardkey knows among its

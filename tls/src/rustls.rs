@@ -208,14 +208,6 @@ fn build_server_config(
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>> {
     identities.check()?;
-    let mut keys = Vec::with_capacity(identities.len());
-    for identity in identities.iter() {
-        let signer = SigningKey::new(Arc::clone(identity.key()))?;
-        keys.push(Arc::new(CertifiedKey::new(
-            identity.chain().certs().to_vec(),
-            Arc::new(signer),
-        )));
-    }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::TlsSetup {
@@ -226,17 +218,18 @@ fn build_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver {
             identities: identities.clone(),
-            keys,
         }));
     config.alpn_protocols = crate::ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
 /// Picks the certified key of the identity [`Identities::select`] names.
+///
+/// The certified key is made per handshake (the chain's DER copied, the key's `Arc`
+/// cloned), small next to the signature the handshake waits for; one kept per identity held
+/// a second copy of every chain for the server's lifetime.
 struct Resolver {
     identities: Identities,
-    /// One per identity, in the same order.
-    keys: Vec<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -265,7 +258,15 @@ impl ResolvesServerCert for Resolver {
         let offer = Offer::from_hello(schemes, &suites, groups.as_deref());
         let name = hello.server_name();
         match self.identities.select(name, &offer) {
-            Some(index) => self.keys.get(index).cloned(),
+            Some(index) => {
+                let identity = self.identities.get(index)?;
+                // Checked when the configuration was built (Identities::check).
+                let signer = SigningKey::new(Arc::clone(identity.key())).ok()?;
+                Some(Arc::new(CertifiedKey::new(
+                    identity.chain().certs().to_vec(),
+                    Arc::new(signer),
+                )))
+            }
             None => {
                 // A name no identity covers gets unrecognized_name (RFC 6066 3) in place of
                 // the access_denied rustls would send (see [`Acceptor::accept`]).
