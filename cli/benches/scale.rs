@@ -228,7 +228,18 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> (Serve, Duration) {
     let addr = free_addr();
     let addr_text = addr.to_string();
     let log = std::env::temp_dir().join(format!("hardkey-scale-serve-{}.log", addr.port()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hardkey"));
+    // `HARDKEY_SCALE_WRAP` ("heaptrack", "valgrind --tool=massif"): a profiler to run the
+    // server under (its figures are then the profiler's too).
+    let wrap = std::env::var("HARDKEY_SCALE_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(tool) => {
+            let mut cmd = Command::new(tool);
+            cmd.args(wrap).arg(env!("CARGO_BIN_EXE_hardkey"));
+            cmd
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_hardkey")),
+    };
     cmd.arg("serve")
         .args(args)
         .args(["--listen", &addr_text, "--stack", &stack()])

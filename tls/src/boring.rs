@@ -446,7 +446,10 @@ pub fn acceptor_builder_with_client_auth(
                     ssl.add_chain_cert(issuer)
                         .map_err(|_| SelectCertError::ERROR)?;
                 }
-                ssl.set_ex_data(selected_key, SelectedKey(std::sync::Arc::clone(identity.key())));
+                ssl.set_ex_data(
+                    selected_key,
+                    SelectedKey(std::sync::Arc::clone(identity.key())),
+                );
                 Ok(())
             }
             // Refused in the servername callback, with the alert that says why.
@@ -483,8 +486,7 @@ fn shared_context_builder(prefs: &str) -> Result<SslAcceptorBuilder> {
 struct SelectedKey(SharedKey);
 
 fn selected_key_index() -> Option<Index<Ssl, SelectedKey>> {
-    static INDEX: std::sync::OnceLock<Option<Index<Ssl, SelectedKey>>> =
-        std::sync::OnceLock::new();
+    static INDEX: std::sync::OnceLock<Option<Index<Ssl, SelectedKey>>> = std::sync::OnceLock::new();
     *INDEX.get_or_init(|| Ssl::new_ex_index().ok())
 }
 

@@ -15,8 +15,15 @@ use crate::error::{Error, KeyMismatch, Result};
 /// Every certificate is decoded when the chain is made, so a malformed file fails at startup
 /// with its position, and the server's certificate's public key is kept for the key check
 /// ([`CertChain::check_key`]).
+///
+/// Cheap to clone: the chain is shared, not copied (a server with thousands of chains keeps
+/// one copy of each however many sets hold it).
 #[derive(Clone)]
 pub struct CertChain {
+    inner: std::sync::Arc<Chain>,
+}
+
+struct Chain {
     certs: Vec<CertificateDer<'static>>,
     origin: String,
     subject: String,
@@ -104,56 +111,58 @@ impl CertChain {
             return Err(Error::NoCertificate { origin });
         };
         Ok(Self {
-            certs,
-            origin,
-            subject,
-            leaf_spki,
-            dns_names,
+            inner: std::sync::Arc::new(Chain {
+                certs,
+                origin,
+                subject,
+                leaf_spki,
+                dns_names,
+            }),
         })
     }
 
     /// The certificates, the server's first.
     pub fn certs(&self) -> &[CertificateDer<'static>] {
-        &self.certs
+        &self.inner.certs
     }
 
     /// The server's certificate's subject name (RFC 4514 form).
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.inner.subject
     }
 
     /// The server's certificate's SubjectPublicKeyInfo (DER).
     pub fn leaf_public_key_der(&self) -> &[u8] {
-        &self.leaf_spki
+        &self.inner.leaf_spki
     }
 
     /// The DNS names of the server's certificate's subject alternative names, as written
     /// (`www.example.com`, `*.example.com`): the names it is served for by
     /// [`Identities`](crate::Identities).
     pub fn dns_names(&self) -> &[String] {
-        &self.dns_names
+        &self.inner.dns_names
     }
 
     /// Where the chain came from (the file name, or "the PEM input").
     pub fn origin(&self) -> &str {
-        &self.origin
+        &self.inner.origin
     }
 
     /// Checks that the server's certificate holds `key`'s public key; the error names both
     /// keys (algorithm and SHA-256 fingerprint of the SubjectPublicKeyInfo).
     pub fn check_key(&self, key: &KeyInfo) -> Result<()> {
-        if self.leaf_spki == key.public_key.der() {
+        if self.inner.leaf_spki == key.public_key.der() {
             return Ok(());
         }
-        let cert_key = match PublicKey::from_spki_der(&self.leaf_spki) {
+        let cert_key = match PublicKey::from_spki_der(&self.inner.leaf_spki) {
             Ok(pk) => pk.algorithm().to_string(),
             Err(e) => format!("unsupported ({e})"),
         };
         Err(Error::KeyMismatch(Box::new(KeyMismatch {
-            subject: self.subject.clone(),
-            origin: self.origin.clone(),
+            subject: self.inner.subject.clone(),
+            origin: self.inner.origin.clone(),
             cert_key,
-            cert_fingerprint: hardkey_api::encoding::spki_fingerprint(&self.leaf_spki),
+            cert_fingerprint: hardkey_api::encoding::spki_fingerprint(&self.inner.leaf_spki),
             key: key_name(key),
             key_algorithm: key.algorithm,
             key_fingerprint: key.public_key.fingerprint(),
@@ -182,10 +191,10 @@ fn dns_names(tbs: &x509_cert::TbsCertificate) -> der::Result<Vec<String>> {
 impl fmt::Debug for CertChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertChain")
-            .field("subject", &self.subject)
-            .field("dns_names", &self.dns_names)
-            .field("len", &self.certs.len())
-            .field("origin", &self.origin)
+            .field("subject", &self.inner.subject)
+            .field("dns_names", &self.inner.dns_names)
+            .field("len", &self.inner.certs.len())
+            .field("origin", &self.inner.origin)
             .finish()
     }
 }

@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use hardkey_api::{KeyAlgorithm, KeyFamily, PrivateKey, SharedKey, SignatureScheme};
 
@@ -204,26 +205,30 @@ pub enum UnknownName {
 /// The identities of one listener, selected per handshake (see the [module documentation]).
 ///
 /// [module documentation]: crate::identity
+///
+/// Cheap to clone: the identities and the name maps are shared (copied only by a clone that
+/// is then changed), so the server, its TLS stack and the reloader hold one copy of a set of
+/// thousands.
 #[derive(Clone)]
 pub struct Identities {
-    list: Vec<Identity>,
+    list: Arc<Vec<Identity>>,
     default: usize,
     unknown: UnknownName,
     /// Lower-case DNS name → indices into `list`, in order.
-    exact: HashMap<String, Vec<usize>>,
+    exact: Arc<HashMap<String, Vec<usize>>>,
     /// The part after `*.` of wildcard names → indices into `list`, in order.
-    wildcard: HashMap<String, Vec<usize>>,
+    wildcard: Arc<HashMap<String, Vec<usize>>>,
 }
 
 impl Identities {
     /// A set holding `first`, its default identity.
     pub fn new(first: Identity) -> Self {
         let mut set = Self {
-            list: Vec::new(),
+            list: Arc::default(),
             default: 0,
             unknown: UnknownName::default(),
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: Arc::default(),
+            wildcard: Arc::default(),
         };
         set.push(first);
         set
@@ -238,12 +243,12 @@ impl Identities {
                 Some(rest) => (&mut self.wildcard, rest.to_owned()),
                 None => (&mut self.exact, name),
             };
-            let entry = map.entry(key).or_default();
+            let entry = Arc::make_mut(map).entry(key).or_default();
             if !entry.contains(&index) {
                 entry.push(index);
             }
         }
-        self.list.push(identity);
+        Arc::make_mut(&mut self.list).push(identity);
     }
 
     /// [`push`](Self::push), chained.
@@ -343,7 +348,7 @@ impl Identities {
     /// Checks every identity: its chain's leaf holds its key's public key
     /// ([`Error::KeyMismatch`]) and the key can sign ([`Error::KeyCannotSign`]).
     pub fn check(&self) -> Result<()> {
-        for identity in &self.list {
+        for identity in self.list.iter() {
             let info = identity.key.info();
             identity.chain.check_key(info)?;
             if info.signature_schemes.is_empty() {
@@ -358,7 +363,7 @@ impl Identities {
     /// The same set with each key replaced by `f(key)`.
     pub(crate) fn map_keys(&self, f: impl Fn(&SharedKey) -> SharedKey) -> Self {
         let mut out = self.clone();
-        out.list = self.list.iter().map(|i| i.with_key(f(&i.key))).collect();
+        out.list = Arc::new(self.list.iter().map(|i| i.with_key(f(&i.key))).collect());
         out
     }
 }
