@@ -72,7 +72,11 @@ fn rustls_leaf(
 ) -> std::io::Result<Vec<u8>> {
     let (config, _) = common::client_config(&ca.ca_der(), version, offer);
     let mut stream = connect(server.local_addr(), name, config)?;
-    let leaf = stream.conn.peer_certificates().unwrap()[0].to_vec();
+    let chain = stream.conn.peer_certificates().unwrap();
+    // The whole chain: the leaf, then the CA's certificate (set per handshake on BoringSSL).
+    assert_eq!(chain.len(), 2, "{name}: the server sent {} certificates", chain.len());
+    assert_eq!(chain[1], ca.ca_der(), "{name}: the issuer");
+    let leaf = chain[0].to_vec();
     let page = get(&mut stream, true)?;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     Ok(leaf)
