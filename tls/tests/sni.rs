@@ -74,7 +74,12 @@ fn rustls_leaf(
     let mut stream = connect(server.local_addr(), name, config)?;
     let chain = stream.conn.peer_certificates().unwrap();
     // The whole chain: the leaf, then the CA's certificate (set per handshake on BoringSSL).
-    assert_eq!(chain.len(), 2, "{name}: the server sent {} certificates", chain.len());
+    assert_eq!(
+        chain.len(),
+        2,
+        "{name}: the server sent {} certificates",
+        chain.len()
+    );
     assert_eq!(chain[1], ca.ca_der(), "{name}: the issuer");
     let leaf = chain[0].to_vec();
     let page = get(&mut stream, true)?;
