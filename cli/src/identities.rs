@@ -9,7 +9,7 @@
 //!
 //! [[identity]]
 //! key = "pkcs11:token=web;object=web-ec"
-//! cert = "web-ec.pem"          # relative to this file's directory
+//! cert = "web-ec.pem"          # relative paths (cert, key files) are to this file's directory
 //!
 //! [[identity]]
 //! key = "pkcs11:token=web;object=web-rsa"
@@ -85,6 +85,8 @@ pub(crate) struct Plan {
     pub(crate) default: Option<usize>,
     /// What clients naming no covered name get, if the file or the command line says.
     pub(crate) policy: Option<UnknownName>,
+    /// What was accepted but looks wrong (a file skipped in `--cert-dir`...), for warnings.
+    pub(crate) warnings: Vec<String>,
 }
 
 /// One opened identity and where it came from.
@@ -106,6 +108,9 @@ pub(crate) struct Served {
     pub(crate) devices: Devices,
     /// Each identity as opened, in the order of `identities`.
     pub(crate) loaded: Vec<Loaded>,
+    /// What was accepted but looks wrong, for warnings: the plan's and
+    /// [`findings`](fn@findings).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// The open stores, one per device: held while serving; dropping them closes the devices
@@ -267,6 +272,7 @@ fn unknown_policy(text: &str, origin: &str) -> CliResult<UnknownName> {
 pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
     let mut planned = Vec::new();
     let mut policy = None;
+    let mut warnings = Vec::new();
     match (&a.key, &a.cert) {
         (Some(key), cert) => planned.push(Planned {
             key: key.clone(),
@@ -282,7 +288,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         policy = unknown;
     }
     if let Some(dir) = &a.cert_dir {
-        planned.extend(read_dir(dir)?);
+        planned.extend(read_dir(dir, &mut warnings)?);
     }
     if planned.is_empty() {
         return Err(usage(
@@ -308,6 +314,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         entries: planned,
         default: defaults.first().copied(),
         policy,
+        warnings,
     })
 }
 
@@ -374,11 +381,52 @@ pub(crate) fn open(
     // A reload opens keys afresh.
     devices.opened.clear();
     let identities = assemble(&loaded, plan.default, plan.policy)?;
+    let mut warnings = plan.warnings;
+    warnings.extend(findings(&identities, &loaded));
     Ok(Served {
         identities,
         devices,
         loaded,
+        warnings,
     })
+}
+
+/// [`Identities::findings`], naming each identity by its chain file and key.
+pub(crate) fn findings(identities: &Identities, loaded: &[Loaded]) -> Vec<String> {
+    use hardkey_tls::Finding;
+    let shown = |i: usize| {
+        loaded
+            .get(i)
+            .map(|l| format!("{} (key {})", l.planned.shown_cert(), l.planned.key_shown()))
+            .unwrap_or_else(|| format!("identity {i}"))
+    };
+    identities
+        .findings()
+        .into_iter()
+        .map(|finding| match &finding {
+            Finding::UnmatchableName { identity, name } => format!(
+                "{}: the name {name:?} matches no server name (a wildcard is a whole \
+                 left-most label, as in *.example.com); it is compared as written",
+                shown(*identity)
+            ),
+            Finding::Duplicate { identity, .. } => format!(
+                "{} is listed twice: the second entry changes nothing",
+                shown(*identity)
+            ),
+            Finding::NoName { identity } => format!(
+                "{} is never served: its certificate has no DNS name and it is not the \
+                 default (add default = true, or a subjectAltName)",
+                shown(*identity)
+            ),
+            Finding::Shadowed { identity, by } => format!(
+                "{} is never served: {} comes first for each of its names with the same kind \
+                 of key; remove one, or give them different names",
+                shown(*identity),
+                shown(*by)
+            ),
+            _ => format!("{}: {finding}", shown(finding.identity())),
+        })
+        .collect()
 }
 
 /// What makes two keys share a store: the token (module, token attributes, PIN source,
@@ -404,7 +452,8 @@ fn device_of(target: &Target) -> String {
     }
 }
 
-/// The entries of an `--identities` file; `cert` paths are relative to its directory.
+/// The entries of an `--identities` file; `cert` paths and key file paths are relative to its
+/// directory.
 fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -445,7 +494,7 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
         .identity
         .into_iter()
         .map(|e| Planned {
-            key: e.key,
+            key: anchored(&e.key, base),
             cert: e.cert.map(|c| {
                 if c.is_absolute() || is_uri(&c) {
                     c
@@ -459,25 +508,46 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
     Ok((entries, policy))
 }
 
-/// The chain files of a `--cert-dir`, in name order.
-fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
+/// The chain files of a `--cert-dir`, in name order. A `*.pem` or `*.crt` name that is not a
+/// regular file (a dangling link, a FIFO, a directory) is skipped with a warning.
+fn read_dir(dir: &Path, warnings: &mut Vec<String>) -> CliResult<Vec<Planned>> {
     let shown = dir.display().to_string();
     let listing = std::fs::read_dir(dir).map_err(|e| {
         usage(format!(
             "cannot read the certificate directory {shown}: {e}"
         ))
     })?;
-    let mut files: Vec<PathBuf> = listing
+    let mut named: Vec<PathBuf> = listing
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("pem") | Some("crt")
-                )
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("pem") | Some("crt")
+            )
         })
         .collect();
-    files.sort();
+    named.sort();
+    let mut files = Vec::with_capacity(named.len());
+    for path in named {
+        // Following links: what is read is what the link points at.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(meta) => warnings.push(format!(
+                "{}: skipped, not a regular file ({})",
+                path.display(),
+                if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a FIFO, socket or device"
+                }
+            )),
+            Err(e) if path.is_symlink() => warnings.push(format!(
+                "{}: skipped, a symbolic link to nothing readable ({e})",
+                path.display()
+            )),
+            Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
+        }
+    }
     if files.is_empty() {
         return Err(usage(format!(
             "{shown} holds no chain file (*.pem, *.crt) to serve"
@@ -487,14 +557,29 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-        let key = key_line(&text).ok_or_else(|| {
-            usage(format!(
-                "{} names no key: add a line 'hardkey-key: URI' before its first -----BEGIN line",
-                file.display()
-            ))
-        })?;
+        let key = match key_lines(&text).as_slice() {
+            [] => {
+                return Err(usage(format!(
+                    "{} names no key: add a line 'hardkey-key: URI' before its first \
+                     -----BEGIN line",
+                    file.display()
+                )));
+            }
+            [one] => *one,
+            [first, rest @ ..] => {
+                if rest.iter().any(|uri| uri != first) {
+                    return Err(usage(format!(
+                        "{} names {} keys on 'hardkey-key:' lines: keep one (a chain file \
+                         serves one key)",
+                        file.display(),
+                        rest.len() + 1
+                    )));
+                }
+                first
+            }
+        };
         out.push(Planned {
-            key: key.to_owned(),
+            key: anchored(key, dir),
             cert: Some(file),
             default: false,
         });
@@ -502,13 +587,40 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
     Ok(out)
 }
 
-/// The URI of the `hardkey-key:` line in the text before the first PEM block.
-pub(crate) fn key_line(text: &str) -> Option<&str> {
+/// The URIs of every `hardkey-key:` line before the first PEM block.
+fn key_lines(text: &str) -> Vec<&str> {
     text.lines()
         .take_while(|line| !line.starts_with("-----BEGIN"))
-        .find_map(|line| line.trim().strip_prefix("hardkey-key:"))
+        .filter_map(|line| line.trim().strip_prefix("hardkey-key:"))
         .map(str::trim)
         .filter(|uri| !uri.is_empty())
+        .collect()
+}
+
+/// `key` with a relative key file path (`tpm2:file=...`, `file:...`) made relative to `base`,
+/// the directory of the file that names it, as chain paths are. Anything else (a token key,
+/// an alias, an absolute path, a URI that does not parse: its error comes when it is opened)
+/// is returned as written.
+fn anchored(key: &str, base: &Path) -> String {
+    let rebased =
+        |path: &Path| (path.is_relative() && !base.as_os_str().is_empty()).then(|| base.join(path));
+    match key.parse::<KeyUri>() {
+        Ok(KeyUri::Tpm2(mut uri)) => match &uri.key {
+            hardkey_api::uri::Tpm2Key::File(path) => match rebased(path) {
+                Some(path) => {
+                    uri.key = hardkey_api::uri::Tpm2Key::File(path);
+                    uri.to_string()
+                }
+                None => key.to_owned(),
+            },
+            _ => key.to_owned(),
+        },
+        Ok(KeyUri::File(uri)) => match rebased(&uri.path) {
+            Some(path) => hardkey_api::uri::FileUri::new(path).to_string(),
+            None => key.to_owned(),
+        },
+        _ => key.to_owned(),
+    }
 }
 
 /// Whether a `cert` names a certificate on a token rather than a file.
@@ -556,14 +668,34 @@ mod tests {
     #[test]
     fn the_key_line_comes_before_the_first_block() {
         let pem = "hardkey-key: pkcs11:token=web;object=tls\n-----BEGIN CERTIFICATE-----\n";
-        assert_eq!(key_line(pem), Some("pkcs11:token=web;object=tls"));
+        assert_eq!(key_lines(pem), ["pkcs11:token=web;object=tls"]);
         let late = "-----BEGIN CERTIFICATE-----\nhardkey-key: pkcs11:object=x\n";
-        assert_eq!(key_line(late), None);
-        assert_eq!(key_line("hardkey-key:   \n"), None);
+        assert!(key_lines(late).is_empty());
+        assert!(key_lines("hardkey-key:   \n").is_empty());
         assert_eq!(
-            key_line("# comment\n  hardkey-key: file:k.pem  \n"),
-            Some("file:k.pem")
+            key_lines("# comment\n  hardkey-key: file:k.pem  \nhardkey-key: file:j.pem\n"),
+            ["file:k.pem", "file:j.pem"]
         );
+    }
+
+    #[test]
+    fn relative_key_files_are_anchored_to_the_naming_file() {
+        let base = Path::new("/etc/hk");
+        assert_eq!(anchored("file:k.pem", base), "file:/etc/hk/k.pem");
+        assert_eq!(
+            anchored("tpm2:file=keys/k.tss2?tcti=swtpm:port=1", base),
+            "tpm2:file=/etc/hk/keys/k.tss2?tcti=swtpm:port=1"
+        );
+        for unchanged in [
+            "file:/abs/k.pem",
+            "tpm2:file=/abs/k.tss2",
+            "tpm2:handle=0x81000001",
+            "pkcs11:token=a;object=b",
+            "alias",
+        ] {
+            assert_eq!(anchored(unchanged, base), unchanged);
+        }
+        assert_eq!(anchored("file:k.pem", Path::new("")), "file:k.pem");
     }
 
     #[test]

@@ -352,8 +352,14 @@ impl State<'_> {
                         changes.join("; ")
                     );
                 }
+                let mut warnings = plan.warnings;
+                warnings.extend(identities::findings(&identities, &next));
+                for warning in &warnings {
+                    log::warn!(target: LOG_TARGET, "{warning}");
+                }
                 self.served.identities = identities;
                 self.served.loaded = next;
+                self.served.warnings = warnings;
             }
             Err(e) => log::warn!(
                 target: LOG_TARGET,
@@ -419,7 +425,7 @@ impl State<'_> {
 
 impl Planned {
     /// The key as messages show it: its URI without secrets.
-    fn key_shown(&self) -> String {
+    pub(crate) fn key_shown(&self) -> String {
         hardkey_api::uri::redact(&self.key)
     }
 }

@@ -87,6 +87,22 @@ impl Identity {
         suites && group
     }
 
+    /// The same chain on the same key (the key's URI names it).
+    fn same_as(&self, other: &Identity) -> bool {
+        self.chain.certs() == other.chain.certs() && self.key.info().uri == other.key.info().uri
+    }
+
+    /// Whether every client `other` can serve, this identity can serve too: the same kind of
+    /// key, signing with at least `other`'s schemes.
+    fn serves_all_of(&self, other: &Identity) -> bool {
+        let (mine, theirs) = (self.key.info(), other.key.info());
+        mine.algorithm == theirs.algorithm
+            && theirs
+                .signature_schemes
+                .iter()
+                .all(|s| mine.signature_schemes.contains(s))
+    }
+
     /// The same identity with another key (e.g. one with simulated latency).
     pub(crate) fn with_key(&self, key: SharedKey) -> Self {
         Self {
@@ -355,6 +371,73 @@ impl Identities {
         Ok(())
     }
 
+    /// What in this set is accepted but is probably not what was meant: names that can never
+    /// match, identities no handshake can get. A server starts with them; an operator should
+    /// hear of them (`hardkey serve` prints each as a warning).
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for (index, identity) in self.list.iter().enumerate() {
+            for name in identity.chain.dns_names() {
+                if !name_can_match(&normalize(name)) {
+                    out.push(Finding::UnmatchableName {
+                        identity: index,
+                        name: name.clone(),
+                    });
+                }
+            }
+            // The default is served to every name no identity covers: never unreachable.
+            let reachable_as_default =
+                index == self.default && self.unknown == UnknownName::ServeDefault;
+            if reachable_as_default {
+                continue;
+            }
+            if let Some(of) = (0..index).find(|&i| self.list[i].same_as(identity)) {
+                out.push(Finding::Duplicate {
+                    identity: index,
+                    of,
+                });
+                continue;
+            }
+            let names = identity.chain.dns_names();
+            if names.is_empty() {
+                out.push(Finding::NoName { identity: index });
+                continue;
+            }
+            // Shadowed when, for each of its names, an identity listed before it for the same
+            // name serves every client it could serve.
+            let mut by = Vec::new();
+            for name in names {
+                let name = normalize(name);
+                let list = match name.strip_prefix("*.") {
+                    Some(rest) => self.wildcard.get(rest),
+                    None => self.exact.get(&name),
+                };
+                let earlier = list
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .take_while(|&i| i != index);
+                match earlier
+                    .into_iter()
+                    .find(|&i| self.list[i].serves_all_of(identity))
+                {
+                    Some(i) => by.push(i),
+                    None => {
+                        by.clear();
+                        break;
+                    }
+                }
+            }
+            if let Some(&first) = by.first() {
+                out.push(Finding::Shadowed {
+                    identity: index,
+                    by: first,
+                });
+            }
+        }
+        out
+    }
+
     /// The same set with each key replaced by `f(key)`.
     pub(crate) fn map_keys(&self, f: impl Fn(&SharedKey) -> SharedKey) -> Self {
         let mut out = self.clone();
@@ -370,6 +453,89 @@ impl fmt::Debug for Identities {
             .field("default", &self.default)
             .field("unknown", &self.unknown)
             .finish()
+    }
+}
+
+/// Something [`Identities::findings`] noticed. Identities are named by their index, in the
+/// order added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// A DNS name in the identity's leaf that no server name can match as written: a `*`
+    /// anywhere but as the whole left-most label (`*`, `*.*.example.com`,
+    /// `a.*.example.com`, `w*.example.com`). Such names are compared literally.
+    UnmatchableName {
+        /// The identity.
+        identity: usize,
+        /// The name, as the certificate gives it.
+        name: String,
+    },
+    /// The same chain on the same key as an identity listed before it.
+    Duplicate {
+        /// The identity listed again.
+        identity: usize,
+        /// The earlier one.
+        of: usize,
+    },
+    /// The leaf has no DNS name, and the identity is not the default: no handshake gets it.
+    NoName {
+        /// The identity.
+        identity: usize,
+    },
+    /// For each of its names, an identity listed before it with the same kind of key serves
+    /// every client it could serve: no handshake gets it.
+    Shadowed {
+        /// The identity never chosen.
+        identity: usize,
+        /// The first identity chosen instead.
+        by: usize,
+    },
+}
+
+impl Finding {
+    /// The identity the finding is about.
+    pub fn identity(&self) -> usize {
+        match self {
+            Self::UnmatchableName { identity, .. }
+            | Self::Duplicate { identity, .. }
+            | Self::NoName { identity }
+            | Self::Shadowed { identity, .. } => *identity,
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnmatchableName { identity, name } => write!(
+                f,
+                "identity {identity}: the name {name:?} matches no server name: a wildcard \
+                 is a whole left-most label (*.example.com)"
+            ),
+            Self::Duplicate { identity, of } => write!(
+                f,
+                "identity {identity} is identity {of} again (the same chain and key)"
+            ),
+            Self::NoName { identity } => write!(
+                f,
+                "identity {identity} is never served: its certificate has no DNS name and it \
+                 is not the default"
+            ),
+            Self::Shadowed { identity, by } => write!(
+                f,
+                "identity {identity} is never served: identity {by} comes first for its names \
+                 with the same kind of key"
+            ),
+        }
+    }
+}
+
+/// Whether a (normalized) DNS name from a certificate can match some server name: a `*`
+/// only as the whole left-most label, followed by a parent name.
+fn name_can_match(name: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(parent) => !parent.contains('*') && !parent.is_empty(),
+        None => !name.contains('*') && !name.is_empty(),
     }
 }
 
