@@ -114,11 +114,16 @@ pub(crate) struct Served {
 }
 
 /// The open stores, one per device: held while serving; dropping them closes the devices
-/// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen.
+/// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen,
+/// and retires one no entry uses any more: it is closed once the connections still using its
+/// keys have ended ([`Devices::close_retired`]).
 #[derive(Default)]
 pub(crate) struct Devices {
-    stores: Vec<Store>,
+    stores: Vec<Option<Store>>,
     store_of: HashMap<String, usize>,
+    /// Stores no entry uses, each with the keys it served, still held by connections that
+    /// started before the reload.
+    retired: Vec<(Store, Vec<std::sync::Weak<dyn hardkey_api::DynPrivateKey>>)>,
     /// Keys opened ahead by [`Devices::prefetch`], by the text entries name them with.
     opened: HashMap<String, SharedKey>,
 }
@@ -137,12 +142,75 @@ impl Devices {
             Some(&i) => i,
             None => {
                 self.stores
-                    .push(Store::open(target, config, secrets, options)?);
+                    .push(Some(Store::open(target, config, secrets, options)?));
                 self.store_of.insert(device, self.stores.len() - 1);
                 self.stores.len() - 1
             }
         };
-        Ok(&self.stores[index])
+        match &self.stores[index] {
+            Some(store) => Ok(store),
+            None => Err(CliError::failed(
+                "internal error: a retired store is still named (please report)",
+            )),
+        }
+    }
+
+    /// After a reload from `old` to `now`: the stores none of `now`'s keys live on are
+    /// retired, to be closed when no connection holds one of their keys. Returns their names.
+    pub(crate) fn retire_unused(
+        &mut self,
+        now: &[Loaded],
+        old: &[Loaded],
+        config: &Config,
+    ) -> Vec<String> {
+        let device = |l: &Loaded| {
+            Target::parse(&l.planned.key, config)
+                .ok()
+                .map(|t| device_of(&t))
+        };
+        let used: std::collections::HashSet<String> = now.iter().filter_map(device).collect();
+        let unused: Vec<String> = self
+            .store_of
+            .keys()
+            .filter(|d| !used.contains(*d))
+            .cloned()
+            .collect();
+        let mut names = Vec::new();
+        for name in unused {
+            let Some(index) = self.store_of.remove(&name) else {
+                continue;
+            };
+            let Some(store) = self.stores.get_mut(index).and_then(Option::take) else {
+                continue;
+            };
+            let keys = old
+                .iter()
+                .filter(|l| device(l).as_deref() == Some(name.as_str()))
+                .map(|l| Arc::downgrade(l.identity.key()))
+                .collect();
+            names.push(store.keys().dyn_name().to_owned());
+            self.retired.push((store, keys));
+        }
+        names
+    }
+
+    /// Closes the retired stores whose keys no connection holds any more; returns their
+    /// names.
+    pub(crate) fn close_retired(&mut self) -> Vec<String> {
+        let mut closed = Vec::new();
+        self.retired.retain(|(store, keys)| {
+            let in_use = keys.iter().any(|k| k.strong_count() > 0);
+            if !in_use {
+                closed.push(store.keys().dyn_name().to_owned());
+            }
+            in_use
+        });
+        closed
+    }
+
+    /// Whether a retired store waits for its last connections.
+    pub(crate) fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
     }
 
     /// The key `key` names, from its device's store (opened now if it is not open yet), and

@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hardkey_api::PrivateKey;
 use hardkey_tls::{CertChain, ServerHandle};
@@ -43,6 +43,9 @@ use crate::target::{OpenOptions, Target};
 
 /// The log target of reload messages.
 pub(crate) const LOG_TARGET: &str = "hardkey::reload";
+
+/// How often a retired store's last connections are looked for.
+const RETIRED_CHECK: Duration = Duration::from_millis(500);
 
 /// What wakes the watcher.
 enum Event {
@@ -141,17 +144,30 @@ impl State<'_> {
     fn run(&mut self, wake: &Receiver<Event>, interval: Option<Duration>) {
         let mut seen = self.stamps();
         let mut pending: Option<Vec<Stamp>> = None;
-        // Without polling, wake only for events.
+        // Without polling, wake only for events, and to close retired stores.
         let tick = interval.unwrap_or(Duration::from_secs(3600));
+        let mut next_poll = Instant::now() + tick;
         loop {
-            match wake.recv_timeout(tick) {
+            let closed = self.served.devices.close_retired();
+            if !closed.is_empty() {
+                log::info!(target: LOG_TARGET, "closed {}: no entry uses it", closed.join(", "));
+            }
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if self.served.devices.has_retired() {
+                wait = wait.min(RETIRED_CHECK);
+            }
+            match wake.recv_timeout(wait) {
                 Ok(Event::Hangup) => {
                     log::info!(target: LOG_TARGET, "SIGHUP: reloading");
                     pending = None;
                     seen = self.reload_stamped(true);
                 }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) if interval.is_some() => {
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= next_poll => {
+                    next_poll = Instant::now() + tick;
+                    if interval.is_none() {
+                        continue;
+                    }
                     let now = self.stamps();
                     if now == seen {
                         pending = None;
@@ -350,6 +366,18 @@ impl State<'_> {
                         "reloaded {} certificate chain(s): {}",
                         next.len(),
                         changes.join("; ")
+                    );
+                }
+                let retired = self.served.devices.retire_unused(
+                    &next,
+                    &self.served.loaded,
+                    self.setup.config,
+                );
+                if !retired.is_empty() {
+                    log::info!(
+                        target: LOG_TARGET,
+                        "no entry uses {} any more: closed once its connections end",
+                        retired.join(", ")
                     );
                 }
                 let mut warnings = plan.warnings;

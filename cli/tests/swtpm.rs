@@ -15,7 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::serve::{KeyType, check_serve, selfsign_localhost};
+use common::serve::{KeyType, Serve, check_reload, check_serve, curl_tls13, selfsign_localhost};
 use common::{Hardkey, TAKE_OWNERSHIP, check_certificates, openssl_verify, tool};
 use swtpm_tests::{Swtpm, run, trial};
 
@@ -250,6 +250,73 @@ fn serve_tpm_keys_over_tls(tpm: &Swtpm) {
     assert_no_transients(tpm);
 }
 
+/// Reload without restart on TPM keys ([`check_reload`]): a P-256 key file with three
+/// certificates, a persistent RSA key that takes over the entry, and a key on a TPM that does
+/// not answer; nothing is left loaded in the TPM after each server.
+fn serve_reloads_tpm_keys(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--out",
+        "reload-a.tss2.pem",
+    ]);
+    let b = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa2048",
+        "--persist",
+        "0x81000051",
+    ])["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Port 1 on loopback: nothing listens there.
+    let dead = "tpm2:file=reload-a.tss2.pem?tcti=swtpm:host=127.0.0.1,port=1";
+    check_reload(&hk, "tpm2:file=reload-a.tss2.pem", &b, dead, &[]);
+    assert_no_transients(tpm);
+    hk.ok(&["delete", &b, "--yes"]);
+    assert_no_transients(tpm);
+
+    // An entry moved off the TPM: once the reload is served, the TPM store no entry uses is
+    // closed (its loaded keys flushed) while the server goes on serving.
+    let tpm_cert = selfsign_localhost(&hk, "tpm2:file=reload-a.tss2.pem", "moved-a.crt", &[]);
+    hk.ok(&["keygen", "file:moved-soft.pem"]);
+    let soft_cert = selfsign_localhost(&hk, "file:moved-soft.pem", "moved-soft.crt", &[]);
+    let entry =
+        |key: &str, cert: &str| format!("[[identity]]\nkey = \"{key}\"\ncert = \"{cert}\"\n");
+    hk.file(
+        "moved.toml",
+        entry("tpm2:file=reload-a.tss2.pem", &tpm_cert),
+    );
+    for stack in ["boring", "rustls"] {
+        let serve = Serve::start_with(
+            &hk,
+            &["--identities", "moved.toml", "--watch-interval", "0s"],
+            stack,
+        );
+        curl_tls13(hk.dir.path(), serve.addr(), &tpm_cert);
+        assert!(
+            !getcap(tpm, "handles-transient").trim().is_empty(),
+            "{stack}: the served TPM key is loaded"
+        );
+        hk.file("moved.toml", entry("file:moved-soft.pem", &soft_cert));
+        serve.hangup();
+        serve.wait_for_log(&["closed", "no entry uses it"], 1);
+        assert_no_transients(tpm);
+        curl_tls13(hk.dir.path(), serve.addr(), &soft_cert);
+        serve.stop();
+        hk.file(
+            "moved.toml",
+            entry("tpm2:file=reload-a.tss2.pem", &tpm_cert),
+        );
+    }
+    assert_no_transients(tpm);
+}
+
 fn seal_and_unseal(tpm: &Swtpm) {
     let hk = hardkey(tpm);
     hk.file("secret", b"database password 42");
@@ -444,13 +511,14 @@ type Test = (&'static str, fn(&Swtpm));
 
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [Test; 5] = [
+        let tests: [Test; 6] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
             (
                 "keys_sign_for_openssl_and_tpm2_tools",
                 keys_sign_for_openssl_and_tpm2_tools,
             ),
             ("serve_tpm_keys_over_tls", serve_tpm_keys_over_tls),
+            ("serve_reloads_tpm_keys", serve_reloads_tpm_keys),
             ("seal_and_unseal", seal_and_unseal),
             ("lockout_parameters", lockout_parameters),
         ];
