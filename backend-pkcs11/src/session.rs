@@ -45,8 +45,6 @@ pub(crate) struct Target {
     pub(crate) allowed_mechanisms: AtomicU8,
     /// Held across the PIN-state check and `C_Login`, so workers log in one at a time.
     pub(crate) login_lock: std::sync::Mutex<()>,
-    /// Bumped when keys are deleted: workers drop their cached handles.
-    pub(crate) key_epoch: AtomicU64,
     /// Set when `C_Login` refused the PIN: no worker tries it again until
     /// [`Pkcs11Store::reconnect`](crate::Pkcs11Store::reconnect) clears it.
     pub(crate) login_refused: std::sync::atomic::AtomicBool,
@@ -153,7 +151,7 @@ pub struct Pkcs11Device {
     target: Arc<Target>,
     session: TrackedSession,
     handles: HashMap<Pkcs11KeyRef, ObjectHandle>,
-    /// The target's `key_epoch` these handles were found at.
+    /// The module's `key_epoch` these handles were found at.
     handles_epoch: u64,
 }
 
@@ -215,7 +213,7 @@ impl Pkcs11Device {
         })?;
         login(target, &session).map_err(Failure::Other)?;
         Ok(Self {
-            handles_epoch: target.key_epoch.load(Ordering::Relaxed),
+            handles_epoch: target.module.key_epoch.load(Ordering::Relaxed),
             target: Arc::clone(target),
             session,
             handles: HashMap::new(),
@@ -244,10 +242,10 @@ impl Pkcs11Device {
         &self.target
     }
 
-    /// Tells every worker that keys were deleted: their cached handles may now name nothing,
+    /// Tells every worker (of every store on this module) that keys were deleted: their cached handles may now name nothing,
     /// or (on tokens that reuse handles) another key.
     pub(crate) fn keys_deleted(&mut self) {
-        self.target.key_epoch.fetch_add(1, Ordering::Relaxed);
+        self.target.module.key_epoch.fetch_add(1, Ordering::Relaxed);
         self.handles.clear();
     }
 
@@ -263,7 +261,7 @@ impl Pkcs11Device {
     }
 
     fn handle(&mut self, key: &Pkcs11KeyRef, op: Operation) -> Result<ObjectHandle> {
-        let epoch = self.target.key_epoch.load(Ordering::Relaxed);
+        let epoch = self.target.module.key_epoch.load(Ordering::Relaxed);
         if epoch != self.handles_epoch {
             self.handles.clear();
             self.handles_epoch = epoch;

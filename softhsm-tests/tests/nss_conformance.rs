@@ -52,10 +52,50 @@ fn a_second_init_string_is_refused(nss: &Nss) {
     assert!(err.to_string().contains("module-init"), "{err}");
 }
 
+/// One key opened by two stores of one process: after one store deletes it and makes a new
+/// key (which softokn may give the deleted key's object handle), the other store never signs
+/// with the new key in the old one's name: it finds the key gone.
+fn a_key_deleted_by_another_store_is_not_confused_with_a_new_one(nss: &Nss) {
+    let (a, b) = (nss.store(1), nss.store(1));
+    let message = b"which key signs this?";
+    let scheme = SignatureScheme::EcdsaP256Sha256;
+    for round in 0..4 {
+        let old = block_on(
+            a.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(format!("shared-{round}"))),
+        )
+        .unwrap();
+        let uri = old.info().uri.clone().unwrap();
+        let seen = block_on(b.open(&uri)).unwrap();
+        // B signs: its worker caches the key's object handle.
+        block_on(seen.sign(scheme, message)).unwrap();
+        block_on(a.delete(&old.info().id)).unwrap();
+        let new = block_on(
+            a.generate(GenerateRequest::new(KeyAlgorithm::EcP256).label(format!("next-{round}"))),
+        )
+        .unwrap();
+        match block_on(seen.sign(scheme, message)) {
+            Ok(sig) => {
+                let by_new =
+                    verify_signature(new.info().public_key.der(), scheme, message, &sig).is_ok();
+                panic!(
+                    "round {round}: a deleted key signed (by the new key: {by_new}): B used a \
+                     cached object handle the token gave to another key"
+                );
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "round {round}: {e}"),
+        }
+        block_on(a.delete(&new.info().id)).unwrap();
+    }
+}
+
 fn main() -> std::process::ExitCode {
     run_on(&Arguments::from_args(), Nss::start, |nss| {
         let mut trials = conformance_trials_with(nss.config().sessions(2), nss.label(), 100);
-        let tests: [NamedTest<Nss>; 3] = [
+        let tests: [NamedTest<Nss>; 4] = [
+            (
+                "nss::a_key_deleted_by_another_store_is_not_confused_with_a_new_one",
+                a_key_deleted_by_another_store_is_not_confused_with_a_new_one,
+            ),
             ("nss::rsa4096_keys_sign", rsa4096_keys_sign),
             (
                 "nss::keys_say_the_token_keeps_no_mechanism_restriction",
