@@ -87,6 +87,9 @@ pub(crate) struct Plan {
     pub(crate) policy: Option<UnknownName>,
     /// What was accepted but looks wrong (a file skipped in `--cert-dir`...), for warnings.
     pub(crate) warnings: Vec<String>,
+    /// The `--cert-dir` names skipped as not regular files: watched, so that a link that
+    /// gains a target is read.
+    pub(crate) skipped: Vec<PathBuf>,
 }
 
 /// One opened identity and where it came from.
@@ -111,24 +114,90 @@ pub(crate) struct Served {
     /// What was accepted but looks wrong, for warnings: the plan's and
     /// [`findings`](fn@findings).
     pub(crate) warnings: Vec<String>,
+    /// [`Plan::skipped`], watched for changes.
+    pub(crate) skipped: Vec<PathBuf>,
 }
 
 /// The open stores, one per device: held while serving; dropping them closes the devices
 /// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen,
-/// and retires one no entry uses any more: it is closed once the connections still using its
-/// keys have ended ([`Devices::close_retired`]).
+/// and retires one no entry uses any more: it is closed, on a thread of its own, once no key
+/// ever opened from it is held any more (by connections that started before the reloads,
+/// [`Devices::close_retired`]); a retired device named again is taken back as it is.
 #[derive(Default)]
 pub(crate) struct Devices {
-    stores: Vec<Option<Store>>,
+    stores: Vec<Option<Opened>>,
     store_of: HashMap<String, usize>,
-    /// Stores no entry uses, each with the keys it served, still held by connections that
-    /// started before the reload.
-    retired: Vec<(Store, Vec<std::sync::Weak<dyn hardkey_api::DynPrivateKey>>)>,
+    /// Stores no entry uses, waiting for the connections that hold their keys.
+    retired: Vec<Opened>,
+    /// The threads closing retired stores (a stuck device must not hold up reloads).
+    closing: Vec<std::thread::JoinHandle<()>>,
     /// Keys opened ahead by [`Devices::prefetch`], by the text entries name them with.
     opened: HashMap<String, SharedKey>,
 }
 
+/// An open store and every key handed out from it.
+struct Opened {
+    store: Store,
+    /// What tells its device apart ([`device_of`]).
+    device: String,
+    /// The keys opened from it, as long as anything holds them.
+    keys: Vec<std::sync::Weak<dyn hardkey_api::DynPrivateKey>>,
+    /// The length of `keys` at which the dead ones are next dropped from it.
+    prune_at: usize,
+}
+
+impl Opened {
+    fn in_use(&self) -> bool {
+        self.keys.iter().any(|k| k.strong_count() > 0)
+    }
+
+    fn handed_out(&mut self, key: &SharedKey) {
+        self.keys.push(Arc::downgrade(key));
+        if self.keys.len() >= self.prune_at {
+            self.keys.retain(|k| k.strong_count() > 0);
+            self.prune_at = 2 * self.keys.len() + 64;
+        }
+    }
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        // The retired stores close now, with the others; then the closes under way end.
+        self.retired.clear();
+        for thread in self.closing.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Devices {
+    /// The index of `target`'s device's store: open, taken back from the retired ones, or
+    /// opened now.
+    fn store_index(
+        &mut self,
+        target: &Target,
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<usize> {
+        let device = device_of(target);
+        if let Some(&i) = self.store_of.get(&device) {
+            return Ok(i);
+        }
+        let opened = match self.retired.iter().position(|o| o.device == device) {
+            Some(i) => self.retired.swap_remove(i),
+            None => Opened {
+                store: Store::open(target, config, secrets, options)?,
+                device: device.clone(),
+                keys: Vec::new(),
+                prune_at: 64,
+            },
+        };
+        self.stores.push(Some(opened));
+        self.store_of.insert(device, self.stores.len() - 1);
+        Ok(self.stores.len() - 1)
+    }
+
     /// The store of `target`'s device, opened now if it is not open yet.
     fn store(
         &mut self,
@@ -137,38 +206,26 @@ impl Devices {
         secrets: &DeviceSecrets,
         options: OpenOptions,
     ) -> CliResult<&Store> {
-        let device = device_of(target);
-        let index = match self.store_of.get(&device) {
-            Some(&i) => i,
-            None => {
-                self.stores
-                    .push(Some(Store::open(target, config, secrets, options)?));
-                self.store_of.insert(device, self.stores.len() - 1);
-                self.stores.len() - 1
-            }
-        };
+        let index = self.store_index(target, config, secrets, options)?;
         match &self.stores[index] {
-            Some(store) => Ok(store),
+            Some(opened) => Ok(&opened.store),
             None => Err(CliError::failed(
                 "internal error: a retired store is still named (please report)",
             )),
         }
     }
 
-    /// After a reload from `old` to `now`: the stores none of `now`'s keys live on are
-    /// retired, to be closed when no connection holds one of their keys. Returns their names.
-    pub(crate) fn retire_unused(
-        &mut self,
-        now: &[Loaded],
-        old: &[Loaded],
-        config: &Config,
-    ) -> Vec<String> {
-        let device = |l: &Loaded| {
-            Target::parse(&l.planned.key, config)
-                .ok()
-                .map(|t| device_of(&t))
-        };
-        let used: std::collections::HashSet<String> = now.iter().filter_map(device).collect();
+    /// After a reload to `now`: the stores none of `now`'s keys live on are retired, to be
+    /// closed when nothing holds a key opened from them. Returns their names.
+    pub(crate) fn retire_unused(&mut self, now: &[Loaded], config: &Config) -> Vec<String> {
+        let used: std::collections::HashSet<String> = now
+            .iter()
+            .filter_map(|l| {
+                Target::parse(&l.planned.key, config)
+                    .ok()
+                    .map(|t| device_of(&t))
+            })
+            .collect();
         let unused: Vec<String> = self
             .store_of
             .keys()
@@ -176,36 +233,48 @@ impl Devices {
             .cloned()
             .collect();
         let mut names = Vec::new();
-        for name in unused {
-            let Some(index) = self.store_of.remove(&name) else {
+        for device in unused {
+            let Some(index) = self.store_of.remove(&device) else {
                 continue;
             };
-            let Some(store) = self.stores.get_mut(index).and_then(Option::take) else {
-                continue;
-            };
-            let keys = old
-                .iter()
-                .filter(|l| device(l).as_deref() == Some(name.as_str()))
-                .map(|l| Arc::downgrade(l.identity.key()))
-                .collect();
-            names.push(store.keys().dyn_name().to_owned());
-            self.retired.push((store, keys));
+            if let Some(opened) = self.stores.get_mut(index).and_then(Option::take) {
+                names.push(opened.store.keys().dyn_name().to_owned());
+                self.retired.push(opened);
+            }
         }
         names
     }
 
-    /// Closes the retired stores whose keys no connection holds any more; returns their
-    /// names.
-    pub(crate) fn close_retired(&mut self) -> Vec<String> {
-        let mut closed = Vec::new();
-        self.retired.retain(|(store, keys)| {
-            let in_use = keys.iter().any(|k| k.strong_count() > 0);
-            if !in_use {
-                closed.push(store.keys().dyn_name().to_owned());
+    /// Starts closing the retired stores none of whose keys is held any more, each on a
+    /// thread of its own that logs when it is done.
+    pub(crate) fn close_retired(&mut self) {
+        self.closing.retain(|t| !t.is_finished());
+        let (idle, kept): (Vec<Opened>, Vec<Opened>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|o| !o.in_use());
+        self.retired = kept;
+        for opened in idle {
+            let name = opened.store.keys().dyn_name().to_owned();
+            let shown = name.clone();
+            let closer = std::thread::Builder::new()
+                .name("hardkey-close".into())
+                .spawn(move || {
+                    drop(opened);
+                    log::info!(
+                        target: crate::reload::LOG_TARGET,
+                        "closed {shown}: no entry uses it"
+                    );
+                });
+            match closer {
+                Ok(thread) => self.closing.push(thread),
+                // No thread to spare: closed here (the store moved into the failed closure is
+                // dropped with it).
+                Err(e) => log::warn!(
+                    target: crate::reload::LOG_TARGET,
+                    "closed {name} on the reload thread ({e})"
+                ),
             }
-            in_use
-        });
-        closed
+        }
     }
 
     /// Whether a retired store waits for its last connections.
@@ -224,13 +293,22 @@ impl Devices {
     ) -> CliResult<(SharedKey, String)> {
         let target = Target::parse(key, config)?;
         let uri = target.key_uri()?;
-        let opened = self.opened.get(key).cloned();
-        let store = self.store(&target, config, secrets, options)?;
-        let key = match opened {
-            Some(key) => key,
-            None => store.key(&uri)?,
+        if let Some(file) = target.key_file() {
+            regular_file(file, "key file")?;
+        }
+        let ready = self.opened.get(key).cloned();
+        let index = self.store_index(&target, config, secrets, options)?;
+        let Some(opened) = self.stores[index].as_mut() else {
+            return Err(CliError::failed(
+                "internal error: a retired store is still named (please report)",
+            ));
         };
-        Ok((key, store.keys().dyn_name().to_owned()))
+        let key = match ready {
+            Some(key) => key,
+            None => opened.store.key(&uri)?,
+        };
+        opened.handed_out(&key);
+        Ok((key, opened.store.keys().dyn_name().to_owned()))
     }
 
     /// Opens the keys of `entries` that share a PKCS#11 token with one search of the token
@@ -288,6 +366,7 @@ impl Devices {
         options: OpenOptions,
     ) -> CliResult<CertChain> {
         if let Some(file) = entry.cert.as_deref().filter(|c| !is_uri(c)) {
+            regular_file(file, "certificate chain")?;
             return CertChain::from_pem_file(file).map_err(crate::cmd::serve::tls_error);
         }
         let target = Target::parse(&entry.key, config)?;
@@ -320,6 +399,10 @@ impl Devices {
     }
 }
 
+/// At most this many skipped `--cert-dir` names are watched (a directory of thousands of
+/// FIFOs must not make each poll thousands of calls).
+const MAX_WATCHED_SKIPS: usize = 256;
+
 /// The number of keys on one token from which they are opened with one search.
 const PREFETCH_FROM: usize = 8;
 
@@ -341,6 +424,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
     let mut planned = Vec::new();
     let mut policy = None;
     let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     match (&a.key, &a.cert) {
         (Some(key), cert) => planned.push(Planned {
             key: key.clone(),
@@ -356,7 +440,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         policy = unknown;
     }
     if let Some(dir) = &a.cert_dir {
-        planned.extend(read_dir(dir, &mut warnings)?);
+        planned.extend(read_dir(dir, &mut warnings, &mut skipped)?);
     }
     if planned.is_empty() {
         return Err(usage(
@@ -383,6 +467,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         default: defaults.first().copied(),
         policy,
         warnings,
+        skipped,
     })
 }
 
@@ -456,6 +541,7 @@ pub(crate) fn open(
         devices,
         loaded,
         warnings,
+        skipped: plan.skipped,
     })
 }
 
@@ -481,6 +567,12 @@ pub(crate) fn findings(identities: &Identities, loaded: &[Loaded]) -> Vec<String
                 "{} is listed twice: the second entry changes nothing",
                 shown(*identity)
             ),
+            Finding::NoName { identity } if *identity == identities.default_index() => format!(
+                "{} is never served: its certificate has no DNS name, and with unknown-names = \
+                 \"refuse\" the default is not served either (add a subjectAltName, or serve \
+                 the default)",
+                shown(*identity)
+            ),
             Finding::NoName { identity } => format!(
                 "{} is never served: its certificate has no DNS name and it is not the \
                  default (add default = true, or a subjectAltName)",
@@ -495,6 +587,24 @@ pub(crate) fn findings(identities: &Identities, loaded: &[Loaded]) -> Vec<String
             _ => format!("{}: {finding}", shown(finding.identity())),
         })
         .collect()
+}
+
+/// Refuses a path that is not a regular file (a FIFO would block the reader until someone
+/// writes to it; a device never ends): checked before a chain or key file is opened.
+fn regular_file(path: &Path, what: &str) -> CliResult<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(usage(format!(
+            "the {what} {} is not a regular file ({}): give a file",
+            path.display(),
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a FIFO, socket or device"
+            }
+        ))),
+        // A missing file is reported by whoever reads it, with what to do.
+        _ => Ok(()),
+    }
 }
 
 /// What makes two keys share a store: the token (module, token attributes, PIN source,
@@ -578,7 +688,11 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
 
 /// The chain files of a `--cert-dir`, in name order. A `*.pem` or `*.crt` name that is not a
 /// regular file (a dangling link, a FIFO, a directory) is skipped with a warning.
-fn read_dir(dir: &Path, warnings: &mut Vec<String>) -> CliResult<Vec<Planned>> {
+fn read_dir(
+    dir: &Path,
+    warnings: &mut Vec<String>,
+    skipped: &mut Vec<PathBuf>,
+) -> CliResult<Vec<Planned>> {
     let shown = dir.display().to_string();
     let listing = std::fs::read_dir(dir).map_err(|e| {
         usage(format!(
@@ -598,7 +712,11 @@ fn read_dir(dir: &Path, warnings: &mut Vec<String>) -> CliResult<Vec<Planned>> {
     let mut files = Vec::with_capacity(named.len());
     for path in named {
         // Following links: what is read is what the link points at.
-        match std::fs::metadata(&path) {
+        let meta = std::fs::metadata(&path);
+        if !matches!(&meta, Ok(m) if m.is_file()) && skipped.len() < MAX_WATCHED_SKIPS {
+            skipped.push(path.clone());
+        }
+        match meta {
             Ok(meta) if meta.is_file() => files.push(path),
             Ok(meta) => warnings.push(format!(
                 "{}: skipped, not a regular file ({})",

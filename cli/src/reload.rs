@@ -148,10 +148,7 @@ impl State<'_> {
         let tick = interval.unwrap_or(Duration::from_secs(3600));
         let mut next_poll = Instant::now() + tick;
         loop {
-            let closed = self.served.devices.close_retired();
-            if !closed.is_empty() {
-                log::info!(target: LOG_TARGET, "closed {}: no entry uses it", closed.join(", "));
-            }
+            self.served.devices.close_retired();
             let mut wait = next_poll.saturating_duration_since(Instant::now());
             if self.served.devices.has_retired() {
                 wait = wait.min(RETIRED_CHECK);
@@ -209,6 +206,13 @@ impl State<'_> {
         let mut files: Vec<PathBuf> = Vec::new();
         files.extend(a.identities.iter().cloned());
         files.extend(a.cert_dir.iter().cloned());
+        files.extend(
+            match plan {
+                Some(plan) => plan.skipped.iter(),
+                None => self.served.skipped.iter(),
+            }
+            .cloned(),
+        );
         let entries: Vec<&Planned> = match plan {
             Some(plan) => plan.entries.iter().collect(),
             None => self.served.loaded.iter().map(|l| &l.planned).collect(),
@@ -368,11 +372,7 @@ impl State<'_> {
                         changes.join("; ")
                     );
                 }
-                let retired = self.served.devices.retire_unused(
-                    &next,
-                    &self.served.loaded,
-                    self.setup.config,
-                );
+                let retired = self.served.devices.retire_unused(&next, self.setup.config);
                 if !retired.is_empty() {
                     log::info!(
                         target: LOG_TARGET,
@@ -380,6 +380,7 @@ impl State<'_> {
                         retired.join(", ")
                     );
                 }
+                self.served.skipped = plan.skipped.clone();
                 let mut warnings = plan.warnings;
                 warnings.extend(identities::findings(&identities, &next));
                 for warning in &warnings {

@@ -317,7 +317,8 @@ fn paths_are_relative_to_the_file_naming_them_and_doubtful_entries_are_warned_of
         "certs/a.pem",
         format!("hardkey-key: file:../keys/a.pem\n{chain}"),
     );
-    std::os::unix::fs::symlink(hk.path("certs/gone.crt"), hk.path("certs/dangling.pem")).unwrap();
+    std::fs::create_dir(hk.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(hk.path("elsewhere/b.pem"), hk.path("certs/dangling.pem")).unwrap();
     let fifo = std::process::Command::new("mkfifo")
         .arg(hk.path("certs/fifo.pem"))
         .status()
@@ -329,6 +330,15 @@ fn paths_are_relative_to_the_file_naming_them_and_doubtful_entries_are_warned_of
         served(&hk, serve.addr(), "keys/a.crt", Some("a.example")),
         (Some("a".into()), true)
     );
+    // The link gains a target: the poll sees it and serves it.
+    hk.file(
+        "elsewhere/b.pem",
+        format!(
+            "hardkey-key: file:{}\n{chain}",
+            hk.path("keys/a.pem").display()
+        ),
+    );
+    serve.wait_for_log(&["dangling.pem: added"], 1);
     let log = serve.stop().log;
     for needle in [
         "dangling.pem: skipped, a symbolic link",
@@ -353,6 +363,44 @@ fn paths_are_relative_to_the_file_naming_them_and_doubtful_entries_are_warned_of
         &["serve", "--listen", &addr, "--cert-dir", "two"],
         2,
         &["two/a.pem", "names 2 keys", "keep one"],
+    );
+
+    // A FIFO named as a chain or a key file is refused at once (reading one would wait for a
+    // writer for ever, startup and SIGTERM with it).
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(hk.path("conf/pipe"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
+    hk.file(
+        "conf/fifo-cert.toml",
+        "[[identity]]\nkey = \"file:../keys/a.pem\"\ncert = \"pipe\"\n",
+    );
+    hk.fails(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--identities",
+            "conf/fifo-cert.toml",
+        ],
+        2,
+        &["certificate chain", "conf/pipe", "not a regular file"],
+    );
+    hk.file(
+        "conf/fifo-key.toml",
+        "[[identity]]\nkey = \"file:pipe\"\ncert = \"../keys/a.crt\"\n",
+    );
+    hk.fails(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--identities",
+            "conf/fifo-key.toml",
+        ],
+        2,
+        &["key file", "conf/pipe", "not a regular file"],
     );
 }
 

@@ -281,40 +281,99 @@ fn serve_reloads_tpm_keys(tpm: &Swtpm) {
     hk.ok(&["delete", &b, "--yes"]);
     assert_no_transients(tpm);
 
-    // An entry moved off the TPM: once the reload is served, the TPM store no entry uses is
-    // closed (its loaded keys flushed) while the server goes on serving.
+    // An entry moved off the TPM: the TPM store no entry uses is closed (its loaded keys
+    // flushed) once no connection holds a key opened from it, including keys of earlier
+    // reloads (SIGHUP opens every key again); moved back before that, the same store serves.
     let tpm_cert = selfsign_localhost(&hk, "tpm2:file=reload-a.tss2.pem", "moved-a.crt", &[]);
     hk.ok(&["keygen", "file:moved-soft.pem"]);
     let soft_cert = selfsign_localhost(&hk, "file:moved-soft.pem", "moved-soft.crt", &[]);
     let entry =
         |key: &str, cert: &str| format!("[[identity]]\nkey = \"{key}\"\ncert = \"{cert}\"\n");
-    hk.file(
-        "moved.toml",
-        entry("tpm2:file=reload-a.tss2.pem", &tpm_cert),
-    );
+    let on_tpm = entry("tpm2:file=reload-a.tss2.pem", &tpm_cert);
+    let on_file = entry("file:moved-soft.pem", &soft_cert);
     for stack in ["boring", "rustls"] {
+        hk.file("moved.toml", &on_tpm);
         let serve = Serve::start_with(
             &hk,
             &["--identities", "moved.toml", "--watch-interval", "0s"],
             stack,
         );
-        curl_tls13(hk.dir.path(), serve.addr(), &tpm_cert);
+        let reloaded = |n: usize| {
+            serve.hangup();
+            serve.wait_for_log(&["reloaded"], n);
+        };
+        // Signed by the key of the first generation.
+        let mut held = KeptAlive::open(&hk, serve.addr(), &tpm_cert);
+        reloaded(1);
+        hk.file("moved.toml", &on_file);
+        reloaded(2);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
         assert!(
-            !getcap(tpm, "handles-transient").trim().is_empty(),
-            "{stack}: the served TPM key is loaded"
+            !serve.log().contains("closed TPM"),
+            "{stack}: the TPM store closed under a connection holding its key:\n{}",
+            serve.log()
         );
-        hk.file("moved.toml", entry("file:moved-soft.pem", &soft_cert));
-        serve.hangup();
-        serve.wait_for_log(&["closed", "no entry uses it"], 1);
+        held.get();
+        curl_tls13(hk.dir.path(), serve.addr(), &soft_cert);
+        // Back to the TPM while the retired store is still held: it serves again.
+        hk.file("moved.toml", &on_tpm);
+        reloaded(3);
+        curl_tls13(hk.dir.path(), serve.addr(), &tpm_cert);
+        hk.file("moved.toml", &on_file);
+        reloaded(4);
+        drop(held);
+        serve.wait_for_log(&["closed TPM", "no entry uses it"], 1);
         assert_no_transients(tpm);
         curl_tls13(hk.dir.path(), serve.addr(), &soft_cert);
-        serve.stop();
-        hk.file(
-            "moved.toml",
-            entry("tpm2:file=reload-a.tss2.pem", &tpm_cert),
-        );
+        let log = serve.stop().log;
+        assert!(!log.contains("out of transient"), "{stack}: {log}");
     }
     assert_no_transients(tpm);
+}
+
+/// A keep-alive rustls connection to `localhost` at `addr`, trusting `cert`: holds what the
+/// server serves it with (its key) for as long as it is open.
+struct KeptAlive(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl KeptAlive {
+    fn open(hk: &Hardkey, addr: std::net::SocketAddr, cert: &str) -> Self {
+        let config = common::serve::trusting(&hk.path(cert));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut kept = Self(rustls::StreamOwned::new(conn, tcp));
+        kept.get();
+        kept
+    }
+
+    /// One keep-alive request and its whole response.
+    fn get(&mut self) {
+        use std::io::{Read, Write};
+        self.0
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.0.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+    }
 }
 
 fn seal_and_unseal(tpm: &Swtpm) {

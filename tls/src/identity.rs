@@ -93,10 +93,15 @@ impl Identity {
     }
 
     /// Whether every client `other` can serve, this identity can serve too: the same kind of
-    /// key, signing with at least `other`'s schemes.
+    /// key (for EC the same curve, which TLS 1.2 groups select; any RSA size), signing with at
+    /// least `other`'s schemes.
     fn serves_all_of(&self, other: &Identity) -> bool {
         let (mine, theirs) = (self.key.info(), other.key.info());
-        mine.algorithm == theirs.algorithm
+        let same_kind = match (mine.algorithm.family(), theirs.algorithm.family()) {
+            (KeyFamily::Rsa, KeyFamily::Rsa) => true,
+            _ => mine.algorithm == theirs.algorithm,
+        };
+        same_kind
             && theirs
                 .signature_schemes
                 .iter()
@@ -463,7 +468,8 @@ impl fmt::Debug for Identities {
 pub enum Finding {
     /// A DNS name in the identity's leaf that no server name can match as written: a `*`
     /// anywhere but as the whole left-most label (`*`, `*.*.example.com`,
-    /// `a.*.example.com`, `w*.example.com`). Such names are compared literally.
+    /// `a.*.example.com`, `w*.example.com`), compared literally; or an IP address written as
+    /// a DNS name (a server name that is an address matches nothing).
     UnmatchableName {
         /// The identity.
         identity: usize,
@@ -477,7 +483,8 @@ pub enum Finding {
         /// The earlier one.
         of: usize,
     },
-    /// The leaf has no DNS name, and the identity is not the default: no handshake gets it.
+    /// The leaf has no DNS name, and the identity is not the default or the default is not
+    /// served ([`UnknownName::Refuse`]): no handshake gets it.
     NoName {
         /// The identity.
         identity: usize,
@@ -531,8 +538,12 @@ impl fmt::Display for Finding {
 }
 
 /// Whether a (normalized) DNS name from a certificate can match some server name: a `*`
-/// only as the whole left-most label, followed by a parent name.
+/// only as the whole left-most label, followed by a parent name; not an IP address (a
+/// server name that is one matches nothing).
 fn name_can_match(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
     match name.strip_prefix("*.") {
         Some(parent) => !parent.contains('*') && !parent.is_empty(),
         None => !name.contains('*') && !name.is_empty(),
@@ -542,4 +553,33 @@ fn name_can_match(name: &str) -> bool {
 /// A DNS name as names are compared: ASCII lower case, without a trailing dot.
 fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_can_match;
+
+    #[test]
+    fn names_that_can_never_match_are_told() {
+        for ok in [
+            "a.example",
+            "*.example",
+            "*.a.example",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(name_can_match(ok), "{ok}");
+        }
+        // rcgen and most tools write an address as an IP SAN; some write it as a DNS name.
+        for never in [
+            "*",
+            "*.",
+            "*.*.example",
+            "a.*.example",
+            "w*.example",
+            "10.0.0.2",
+            "::1",
+        ] {
+            assert!(!name_can_match(never), "{never}");
+        }
+    }
 }

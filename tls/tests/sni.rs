@@ -471,9 +471,20 @@ fn findings_name_what_no_handshake_can_reach() {
         "{found:?}"
     );
     assert_eq!(found.len(), 7, "{found:?}");
-    // The default is never unreachable: with the nameless one as default, only the rest stay.
+    // The default is never unreachable: with the nameless one as default, only the rest stay;
+    // unless unknown names are refused, which serves no default.
     let set = set.default_to(5).unwrap();
     assert!(!set.findings().contains(&Finding::NoName { identity: 5 }));
+    let set = set.unknown_names(UnknownName::Refuse);
+    assert!(set.findings().contains(&Finding::NoName { identity: 5 }));
+    // RSA keys of two sizes for one name: the second is never chosen (the size plays no part
+    // in selection).
+    let rsa2048 = identity(&ca, KeyAlgorithm::Rsa2048, "r2", &["r.example"]);
+    let rsa3072 = identity(&ca, KeyAlgorithm::Rsa3072, "r3", &["r.example"]);
+    let p384 = identity(&ca, KeyAlgorithm::EcP384, "p384", &["r.example"]);
+    let p256 = identity(&ca, KeyAlgorithm::EcP256, "p256", &["r.example"]);
+    let set = Identities::new(rsa2048).with(rsa3072).with(p384).with(p256);
+    assert_eq!(set.findings(), [Finding::Shadowed { identity: 1, by: 0 }]);
     for f in &found {
         assert!(
             f.to_string()

@@ -253,7 +253,12 @@ struct StderrLog;
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         let level = LEVEL.get().copied().unwrap_or(log::LevelFilter::Warn);
-        metadata.level() <= level
+        // The device libraries' own logs (tss-esapi, cryptoki: a mechanism the token lacks,
+        // a capability it does not report) are what hardkey already turned into its messages;
+        // they are shown only when RUST_LOG asks.
+        let ours = metadata.target().starts_with("hardkey");
+        let asked = std::env::var_os("RUST_LOG").is_some();
+        (metadata.level() <= level && (ours || asked))
             || (metadata.target() == crate::reload::LOG_TARGET
                 && metadata.level() <= log::Level::Info)
     }
