@@ -129,7 +129,15 @@ pub fn make_pkcs8(alg: KeyAlgorithm) -> (Zeroizing<Vec<u8>>, Vec<u8>) {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "openssl pkey -pubout failed");
-            (der, out.stdout)
+            // OpenSSL writes PKCS#8 v1 (no public key), and hardkey cannot derive an Ed448
+            // public key: carry it in the v2 publicKey field (RFC 5958), as a token import
+            // needs it.
+            let spki = out.stdout;
+            let public = crate::PublicKey::from_spki_der(&spki).unwrap();
+            let mut info = rsa::pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+            info.public_key = Some(public.key_bits());
+            let v2 = Zeroizing::new(rsa::pkcs8::der::Encode::to_der(&info).unwrap());
+            (v2, spki)
         }
         rsa_alg => {
             let k = rsa::RsaPrivateKey::new(&mut OsRng, rsa_alg.bits()).unwrap();
@@ -302,7 +310,10 @@ impl<S: KeyStore> Suite<S> {
                 verify_independently(info.public_key.der(), scheme, &message, &sig);
                 // The empty message and a long one (TLS 1.3 CertificateVerify is ~130 bytes,
                 // a CSR a few hundred; this is more than one device buffer of some tokens).
-                for m in [Vec::new(), vec![0xa5; 70_000]] {
+                // (openssl 3.0's pkeyutl cannot read an empty message: the empty one is left
+                // out for Ed448, which only openssl verifies.)
+                let empty = (scheme != SignatureScheme::Ed448).then(Vec::new);
+                for m in empty.into_iter().chain([vec![0xa5; 70_000]]) {
                     let sig = key.sign(scheme, &m).await.unwrap();
                     verify_independently(info.public_key.der(), scheme, &m, &sig);
                 }
