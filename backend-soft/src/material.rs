@@ -166,7 +166,13 @@ impl KeyMaterial {
             Self::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
-            Self::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+            // PKCS#8 v1 (no public key, RFC 8410 section 7): OpenSSL 3.0 cannot read the v2
+            // form ed25519-dalek writes by itself.
+            Self::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF),
         };
         pem.map_err(|e| encoding_error("private key for writing", e))
     }
