@@ -96,7 +96,7 @@ const ED25519_CASES: &[Case] = &[Case {
     offer: &[S::ECDSA_NISTP256_SHA256, S::RSA_PSS_SHA256, S::ED25519],
     expect: S::ED25519,
     openssl_sigalgs: "ed25519",
-    openssl_type: "Ed25519",
+    openssl_type: "ed25519",
     openssl_digest: "",
 }];
 
