@@ -81,6 +81,20 @@ pub const CASES: &[Case] = &[
     },
 ];
 
+/// The EdDSA trials, for backends that have EdDSA (SoftHSM: both curves).
+pub const EDDSA_CASES: &[Case] = &[
+    Case {
+        name: "ed25519_csr_and_certificates",
+        algorithm: KeyAlgorithm::Ed25519,
+        schemes: &[None],
+    },
+    Case {
+        name: "ed448_csr_and_certificates",
+        algorithm: KeyAlgorithm::Ed448,
+        schemes: &[None],
+    },
+];
+
 /// What one run of [`check_with_openssl`] made, for further assertions.
 #[derive(Debug)]
 pub struct Checked {
