@@ -568,6 +568,19 @@ impl Backend for Pkcs11Device {
         sign_output(scheme, raw)
     }
 
+    fn sign_message(
+        &mut self,
+        key: &Pkcs11KeyRef,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mechanism = crate::mechanism::sign_message_mechanism(scheme)?;
+        // CKM_EDDSA's output is already R || S, the form TLS and X.509 carry.
+        self.with_key(Operation::Sign, key, |session, handle| {
+            session.sign(&mechanism, handle, message)
+        })
+    }
+
     fn decrypt(
         &mut self,
         key: &Pkcs11KeyRef,

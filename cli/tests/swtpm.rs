@@ -95,6 +95,26 @@ fn take_ownership_then_clear(tpm: &Swtpm) {
     assert_no_transients(tpm);
 }
 
+/// TPM 2.0 has no EdDSA: `keygen --alg ed25519|ed448` on a TPM is refused with exit code 2,
+/// saying so and where such keys can live, and leaves no object behind.
+fn eddsa_is_refused_on_a_tpm(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let before = getcap(tpm, "handles-persistent");
+    for alg in ["ed25519", "ed448"] {
+        let out = hk.run(&["keygen", "tpm2:", "--alg", alg]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{alg}: {err}");
+        assert!(
+            err.contains(&format!("does not support {alg} keys"))
+                && err.contains("TPM 2.0 has no EdDSA")
+                && err.contains("CKM_EDDSA"),
+            "{alg}: {err}"
+        );
+    }
+    assert_eq!(getcap(tpm, "handles-persistent"), before);
+    assert_no_transients(tpm);
+}
+
 fn keys_sign_for_openssl_and_tpm2_tools(tpm: &Swtpm) {
     let hk = hardkey(tpm);
     let msg = hk.file("msg", b"signed in a TPM");
@@ -572,6 +592,7 @@ fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
         let tests: [Test; 6] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
+            ("eddsa_is_refused_on_a_tpm", eddsa_is_refused_on_a_tpm),
             (
                 "keys_sign_for_openssl_and_tpm2_tools",
                 keys_sign_for_openssl_and_tpm2_tools,

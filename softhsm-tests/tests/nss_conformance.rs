@@ -43,6 +43,25 @@ fn keys_say_the_token_keeps_no_mechanism_restriction(nss: &Nss) {
     block_on(store.delete(&key.info().id)).unwrap();
 }
 
+/// NSS 3.87's softokn (Debian 12) lists neither CKM_EC_EDWARDS_KEY_PAIR_GEN nor CKM_EDDSA
+/// (EdDSA came to softokn later): Ed25519 and Ed448 are refused before the token is asked,
+/// naming the token and what it can make.
+fn eddsa_is_refused_as_softokn_lacks_it(nss: &Nss) {
+    let store = nss.store(1);
+    for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::Ed448] {
+        assert!(!store.algorithms().contains(&alg), "{alg}");
+        let err = block_on(store.generate(GenerateRequest::new(alg).label("ed")))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("does not support {alg} keys")) && text.contains("p256"),
+            "{text}"
+        );
+    }
+}
+
 /// The module is initialized once per process: another init string is refused, saying why.
 fn a_second_init_string_is_refused(nss: &Nss) {
     let _first = nss.store(1);
@@ -91,10 +110,14 @@ fn a_key_deleted_by_another_store_is_not_confused_with_a_new_one(nss: &Nss) {
 fn main() -> std::process::ExitCode {
     run_on(&Arguments::from_args(), Nss::start, |nss| {
         let mut trials = conformance_trials_with(nss.config().sessions(2), nss.label(), 100);
-        let tests: [NamedTest<Nss>; 4] = [
+        let tests: [NamedTest<Nss>; 5] = [
             (
                 "nss::a_key_deleted_by_another_store_is_not_confused_with_a_new_one",
                 a_key_deleted_by_another_store_is_not_confused_with_a_new_one,
+            ),
+            (
+                "nss::eddsa_is_refused_as_softokn_lacks_it",
+                eddsa_is_refused_as_softokn_lacks_it,
             ),
             ("nss::rsa4096_keys_sign", rsa4096_keys_sign),
             (

@@ -77,7 +77,8 @@ impl Identity {
         let algorithm = self.key.info().algorithm;
         let suites = match algorithm.family() {
             KeyFamily::Rsa => tls12.rsa_suites,
-            KeyFamily::Ec => tls12.ecdsa_suites,
+            // RFC 8422: EdDSA certificates use the ECDHE_ECDSA suites in TLS 1.2.
+            KeyFamily::Ec | KeyFamily::EdDsa => tls12.ecdsa_suites,
             _ => true,
         };
         let group = match (&tls12.groups, tls_group_of(algorithm)) {

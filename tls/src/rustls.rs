@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use hardkey_api::{KeyFamily, PrivateKey, SharedKey, SignatureScheme};
+use hardkey_api::{KeyAlgorithm, KeyFamily, PrivateKey, SharedKey, SignatureScheme};
 use rustls::crypto::CryptoProvider;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
@@ -102,6 +102,10 @@ impl rustls::sign::SigningKey for SigningKey {
         match self.key.info().algorithm.family() {
             KeyFamily::Rsa => SignatureAlgorithm::RSA,
             KeyFamily::Ec => SignatureAlgorithm::ECDSA,
+            KeyFamily::EdDsa if self.key.info().algorithm == KeyAlgorithm::Ed448 => {
+                SignatureAlgorithm::ED448
+            }
+            KeyFamily::EdDsa => SignatureAlgorithm::ED25519,
             _ => SignatureAlgorithm::Unknown(0),
         }
     }
