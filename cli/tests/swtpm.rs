@@ -590,7 +590,7 @@ type Test = (&'static str, fn(&Swtpm));
 
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [Test; 6] = [
+        let tests: [Test; 7] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
             ("eddsa_is_refused_on_a_tpm", eddsa_is_refused_on_a_tpm),
             (
