@@ -466,7 +466,10 @@ mod tests {
             assert_eq!(scheme_for(tls), Some(scheme), "{scheme}");
             assert_eq!(u16::from(tls), scheme.tls_code_point(), "{scheme}");
         }
-        assert_eq!(scheme_for(TlsScheme::ED25519), Some(SignatureScheme::Ed25519));
+        assert_eq!(
+            scheme_for(TlsScheme::ED25519),
+            Some(SignatureScheme::Ed25519)
+        );
         assert_eq!(scheme_for(TlsScheme::ED448), Some(SignatureScheme::Ed448));
         assert_eq!(scheme_for(TlsScheme::RSA_PKCS1_SHA1), None);
     }
