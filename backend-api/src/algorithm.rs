@@ -63,6 +63,8 @@ pub enum KeyFamily {
     Rsa,
     /// Elliptic-curve keys over a NIST prime curve.
     Ec,
+    /// Edwards-curve keys (Ed25519, Ed448): EdDSA signs the whole message, with no pre-hash.
+    EdDsa,
 }
 
 /// A private key's algorithm and size.
@@ -79,13 +81,19 @@ pub enum KeyAlgorithm {
     EcP256,
     /// ECDSA on NIST P-384 (secp384r1).
     EcP384,
+    /// EdDSA on edwards25519 (RFC 8032 Ed25519).
+    Ed25519,
+    /// EdDSA on edwards448 (RFC 8032 Ed448).
+    Ed448,
 }
 
 impl KeyAlgorithm {
     /// Every algorithm hardkey knows, smallest first within each family.
-    pub const ALL: [KeyAlgorithm; 5] = [
+    pub const ALL: [KeyAlgorithm; 7] = [
         Self::EcP256,
         Self::EcP384,
+        Self::Ed25519,
+        Self::Ed448,
         Self::Rsa2048,
         Self::Rsa3072,
         Self::Rsa4096,
@@ -96,10 +104,13 @@ impl KeyAlgorithm {
         match self {
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => KeyFamily::Rsa,
             Self::EcP256 | Self::EcP384 => KeyFamily::Ec,
+            Self::Ed25519 | Self::Ed448 => KeyFamily::EdDsa,
         }
     }
 
-    /// Modulus size for RSA, field size for EC, in bits.
+    /// Modulus size for RSA, field size for EC, in bits; for EdDSA the size of the encoded
+    /// public key in bits (256 for Ed25519, 456 for Ed448: what PKCS#11 tokens report as the
+    /// key size of `CKM_EDDSA`).
     pub const fn bits(self) -> usize {
         match self {
             Self::Rsa2048 => 2048,
@@ -107,6 +118,8 @@ impl KeyAlgorithm {
             Self::Rsa4096 => 4096,
             Self::EcP256 => 256,
             Self::EcP384 => 384,
+            Self::Ed25519 => 256,
+            Self::Ed448 => 456,
         }
     }
 
@@ -120,9 +133,12 @@ impl KeyAlgorithm {
         }
     }
 
-    /// The command-line name (`p256`, `p384`, `rsa2048`, `rsa3072`, `rsa4096`).
+    /// The command-line name (`p256`, `p384`, `ed25519`, `ed448`, `rsa2048`, `rsa3072`,
+    /// `rsa4096`).
     pub const fn name(self) -> &'static str {
         match self {
+            Self::Ed25519 => "ed25519",
+            Self::Ed448 => "ed448",
             Self::Rsa2048 => "rsa2048",
             Self::Rsa3072 => "rsa3072",
             Self::Rsa4096 => "rsa4096",
@@ -136,7 +152,27 @@ impl KeyAlgorithm {
         match self {
             Self::EcP256 => Some("1.2.840.10045.3.1.7"),
             Self::EcP384 => Some("1.3.132.0.34"),
-            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => None,
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 | Self::Ed25519 | Self::Ed448 => None,
+        }
+    }
+
+    /// The dotted OID of an Edwards-curve key (RFC 8410: `id-Ed25519`, `id-Ed448`), which is
+    /// both its SubjectPublicKeyInfo algorithm and its signature algorithm, without parameters.
+    pub const fn edwards_oid(self) -> Option<&'static str> {
+        match self {
+            Self::Ed25519 => Some("1.3.101.112"),
+            Self::Ed448 => Some("1.3.101.113"),
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 | Self::EcP256 | Self::EcP384 => None,
+        }
+    }
+
+    /// The length of an Edwards-curve public key and of half a signature, in bytes (32 for
+    /// Ed25519, 57 for Ed448; RFC 8032).
+    pub const fn edwards_key_len(self) -> Option<usize> {
+        match self {
+            Self::Ed25519 => Some(32),
+            Self::Ed448 => Some(57),
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 | Self::EcP256 | Self::EcP384 => None,
         }
     }
 
@@ -146,6 +182,8 @@ impl KeyAlgorithm {
         match self {
             Self::EcP256 => &[EcdsaP256Sha256],
             Self::EcP384 => &[EcdsaP384Sha384],
+            Self::Ed25519 => &[SignatureScheme::Ed25519],
+            Self::Ed448 => &[SignatureScheme::Ed448],
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => &[
                 RsaPssSha256,
                 RsaPssSha384,
@@ -158,12 +196,14 @@ impl KeyAlgorithm {
     }
 
     /// The scheme to sign with when the caller names none: ECDSA with SHA-256 for P-256, ECDSA
-    /// with SHA-384 for P-384 and RSA PKCS#1 v1.5 with SHA-256 for RSA (what `openssl dgst
+    /// with SHA-384 for P-384, the key's own EdDSA for Ed25519 and Ed448, and RSA PKCS#1 v1.5 with SHA-256 for RSA (what `openssl dgst
     /// -sha256 -sign` and `openssl req` use, and what every verifier accepts).
     pub const fn default_signature_scheme(self) -> SignatureScheme {
         match self {
             Self::EcP256 => SignatureScheme::EcdsaP256Sha256,
             Self::EcP384 => SignatureScheme::EcdsaP384Sha384,
+            Self::Ed25519 => SignatureScheme::Ed25519,
+            Self::Ed448 => SignatureScheme::Ed448,
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => SignatureScheme::RsaPkcs1Sha256,
         }
     }
@@ -175,7 +215,7 @@ impl KeyAlgorithm {
     pub const fn decrypt_schemes(self) -> &'static [DecryptScheme] {
         match self.family() {
             KeyFamily::Rsa => &[DecryptScheme::RsaOaepSha256],
-            KeyFamily::Ec => &[],
+            KeyFamily::Ec | KeyFamily::EdDsa => &[],
         }
     }
 }
@@ -194,6 +234,8 @@ impl FromStr for KeyAlgorithm {
         let alg = match lower.as_str() {
             "p256" | "ecp256" | "secp256r1" | "prime256v1" | "nistp256" => Self::EcP256,
             "p384" | "ecp384" | "secp384r1" | "nistp384" => Self::EcP384,
+            "ed25519" | "edwards25519" => Self::Ed25519,
+            "ed448" | "edwards448" => Self::Ed448,
             "rsa2048" | "rsa" => Self::Rsa2048,
             "rsa3072" => Self::Rsa3072,
             "rsa4096" => Self::Rsa4096,
@@ -201,7 +243,7 @@ impl FromStr for KeyAlgorithm {
                 return Err(Error::InvalidInput(InvalidInput::UnknownName {
                     what: "key algorithm",
                     given: s.to_owned(),
-                    expected: "p256, p384, rsa2048, rsa3072 or rsa4096",
+                    expected: "p256, p384, ed25519, ed448, rsa2048, rsa3072 or rsa4096",
                 }));
             }
         };
@@ -219,6 +261,9 @@ pub enum SignatureKind {
     RsaPss,
     /// ECDSA (FIPS 186-5); signatures are returned DER-encoded.
     Ecdsa,
+    /// Pure EdDSA (RFC 8032): the device signs the whole message (no pre-hash); signatures
+    /// are the raw `R || S` (64 bytes for Ed25519, 114 for Ed448).
+    EdDsa,
 }
 
 /// A signature scheme: key type, padding and hash, as TLS 1.3 and X.509 name them.
@@ -244,11 +289,15 @@ pub enum SignatureScheme {
     EcdsaP256Sha256,
     /// ECDSA on P-384 with SHA-384 (`ecdsa_secp384r1_sha384`).
     EcdsaP384Sha384,
+    /// Pure Ed25519 (`ed25519`, RFC 8032 section 5.1): signs the message itself.
+    Ed25519,
+    /// Pure Ed448 (`ed448`, RFC 8032 section 5.2, empty context): signs the message itself.
+    Ed448,
 }
 
 impl SignatureScheme {
     /// Every scheme hardkey knows.
-    pub const ALL: [SignatureScheme; 8] = [
+    pub const ALL: [SignatureScheme; 10] = [
         Self::RsaPkcs1Sha256,
         Self::RsaPkcs1Sha384,
         Self::RsaPkcs1Sha512,
@@ -257,18 +306,23 @@ impl SignatureScheme {
         Self::RsaPssSha512,
         Self::EcdsaP256Sha256,
         Self::EcdsaP384Sha384,
+        Self::Ed25519,
+        Self::Ed448,
     ];
 
-    /// The hash the message is digested with.
-    pub const fn hash(self) -> HashAlgorithm {
+    /// The hash the caller digests the message with before the device signs the digest, or
+    /// `None` for EdDSA, whose device must see the whole message
+    /// ([`PrivateKey::sign`](crate::PrivateKey::sign) sends it whole).
+    pub const fn hash(self) -> Option<HashAlgorithm> {
         match self {
             Self::RsaPkcs1Sha256 | Self::RsaPssSha256 | Self::EcdsaP256Sha256 => {
-                HashAlgorithm::Sha256
+                Some(HashAlgorithm::Sha256)
             }
             Self::RsaPkcs1Sha384 | Self::RsaPssSha384 | Self::EcdsaP384Sha384 => {
-                HashAlgorithm::Sha384
+                Some(HashAlgorithm::Sha384)
             }
-            Self::RsaPkcs1Sha512 | Self::RsaPssSha512 => HashAlgorithm::Sha512,
+            Self::RsaPkcs1Sha512 | Self::RsaPssSha512 => Some(HashAlgorithm::Sha512),
+            Self::Ed25519 | Self::Ed448 => None,
         }
     }
 
@@ -280,6 +334,7 @@ impl SignatureScheme {
             }
             Self::RsaPssSha256 | Self::RsaPssSha384 | Self::RsaPssSha512 => SignatureKind::RsaPss,
             Self::EcdsaP256Sha256 | Self::EcdsaP384Sha384 => SignatureKind::Ecdsa,
+            Self::Ed25519 | Self::Ed448 => SignatureKind::EdDsa,
         }
     }
 
@@ -294,15 +349,33 @@ impl SignatureScheme {
             | Self::RsaPkcs1Sha512
             | Self::RsaPssSha256
             | Self::RsaPssSha384
-            | Self::RsaPssSha512 => None,
+            | Self::RsaPssSha512
+            | Self::Ed25519
+            | Self::Ed448 => None,
+        }
+    }
+
+    /// The Edwards-curve key an EdDSA scheme signs with, or `None` for RSA and ECDSA.
+    pub const fn eddsa_key(self) -> Option<KeyAlgorithm> {
+        match self {
+            Self::Ed25519 => Some(KeyAlgorithm::Ed25519),
+            Self::Ed448 => Some(KeyAlgorithm::Ed448),
+            Self::RsaPkcs1Sha256
+            | Self::RsaPkcs1Sha384
+            | Self::RsaPkcs1Sha512
+            | Self::RsaPssSha256
+            | Self::RsaPssSha384
+            | Self::RsaPssSha512
+            | Self::EcdsaP256Sha256
+            | Self::EcdsaP384Sha384 => None,
         }
     }
 
     /// PSS salt length in bytes (= hash length), or `None` for non-PSS schemes.
     pub const fn pss_salt_len(self) -> Option<usize> {
-        match self.kind() {
-            SignatureKind::RsaPss => Some(self.hash().output_len()),
-            SignatureKind::RsaPkcs1v15 | SignatureKind::Ecdsa => None,
+        match (self.kind(), self.hash()) {
+            (SignatureKind::RsaPss, Some(hash)) => Some(hash.output_len()),
+            _ => None,
         }
     }
 
@@ -317,6 +390,8 @@ impl SignatureScheme {
             Self::RsaPssSha256 => 0x0804,
             Self::RsaPssSha384 => 0x0805,
             Self::RsaPssSha512 => 0x0806,
+            Self::Ed25519 => 0x0807,
+            Self::Ed448 => 0x0808,
         }
     }
 
@@ -336,6 +411,8 @@ impl SignatureScheme {
             Self::RsaPssSha256 => "rsa_pss_rsae_sha256",
             Self::RsaPssSha384 => "rsa_pss_rsae_sha384",
             Self::RsaPssSha512 => "rsa_pss_rsae_sha512",
+            Self::Ed25519 => "ed25519",
+            Self::Ed448 => "ed448",
         }
     }
 
@@ -350,6 +427,8 @@ impl SignatureScheme {
             Self::RsaPssSha512 => "rsa-pss-sha512",
             Self::EcdsaP256Sha256 => "ecdsa-p256-sha256",
             Self::EcdsaP384Sha384 => "ecdsa-p384-sha384",
+            Self::Ed25519 => "ed25519",
+            Self::Ed448 => "ed448",
         }
     }
 
@@ -357,7 +436,7 @@ impl SignatureScheme {
     /// this scheme (the `signatureAlgorithm` of a certificate or CSR).
     ///
     /// RSA PKCS#1 v1.5 carries an explicit NULL parameter (RFC 4055); ECDSA carries none
-    /// (RFC 5758); RSA-PSS carries `RSASSA-PSS-params` with the hash, MGF1 of the same hash and
+    /// (RFC 5758), nor does EdDSA (RFC 8410); RSA-PSS carries `RSASSA-PSS-params` with the hash, MGF1 of the same hash and
     /// the salt length, in the form OpenSSL and rustls-webpki use.
     pub const fn algorithm_identifier_der(self) -> &'static [u8] {
         match self {
@@ -369,6 +448,8 @@ impl SignatureScheme {
             Self::RsaPssSha512 => &alg_id::RSA_PSS_SHA512,
             Self::EcdsaP256Sha256 => &alg_id::ECDSA_SHA256,
             Self::EcdsaP384Sha384 => &alg_id::ECDSA_SHA384,
+            Self::Ed25519 => &alg_id::ED25519,
+            Self::Ed448 => &alg_id::ED448,
         }
     }
 
@@ -381,6 +462,8 @@ impl SignatureScheme {
             Self::RsaPssSha256 | Self::RsaPssSha384 | Self::RsaPssSha512 => "1.2.840.113549.1.1.10",
             Self::EcdsaP256Sha256 => "1.2.840.10045.4.3.2",
             Self::EcdsaP384Sha384 => "1.2.840.10045.4.3.3",
+            Self::Ed25519 => "1.3.101.112",
+            Self::Ed448 => "1.3.101.113",
         }
     }
 
@@ -410,7 +493,7 @@ impl FromStr for SignatureScheme {
                     what: "signature scheme",
                     given: s.to_owned(),
                     expected: "rsa-pkcs1-sha256|384|512, rsa-pss-sha256|384|512, \
-                               ecdsa-p256-sha256 or ecdsa-p384-sha384",
+                               ecdsa-p256-sha256, ecdsa-p384-sha384, ed25519 or ed448",
                 })
             })
     }
@@ -489,6 +572,10 @@ mod alg_id {
     pub(super) const ECDSA_SHA384: [u8; 12] = [
         0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
     ];
+    /// id-Ed25519 (1.3.101.112), parameters absent (RFC 8410 section 3).
+    pub(super) const ED25519: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+    /// id-Ed448 (1.3.101.113), parameters absent (RFC 8410 section 3).
+    pub(super) const ED448: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x71];
 
     /// id-RSASSA-PSS { hash [0], mgf1(hash) [1], saltLength [2] }, `h` = last byte of the
     /// NIST hash OID (1 = SHA-256, 2 = SHA-384, 3 = SHA-512), `salt` = hash length.
@@ -529,14 +616,15 @@ mod tests {
             (SignatureScheme::RsaPssSha256, 0x0804),
             (SignatureScheme::RsaPssSha384, 0x0805),
             (SignatureScheme::RsaPssSha512, 0x0806),
+            (SignatureScheme::Ed25519, 0x0807),
+            (SignatureScheme::Ed448, 0x0808),
         ];
         for (scheme, code) in expected {
             assert_eq!(scheme.tls_code_point(), code, "{scheme}");
             assert_eq!(SignatureScheme::from_tls_code_point(code), Some(scheme));
         }
-        // rsa_pss_pss_sha256 (0x0809) and ed25519 (0x0807) are not supported.
+        // rsa_pss_pss_sha256 (0x0809) is not supported.
         assert_eq!(SignatureScheme::from_tls_code_point(0x0809), None);
-        assert_eq!(SignatureScheme::from_tls_code_point(0x0807), None);
     }
 
     #[test]
@@ -549,7 +637,9 @@ mod tests {
                 SignatureKind::RsaPkcs1v15 => {
                     assert_eq!(id.parameters, Some(AnyRef::NULL), "{scheme}")
                 }
-                SignatureKind::Ecdsa => assert!(id.parameters.is_none(), "{scheme}"),
+                SignatureKind::Ecdsa | SignatureKind::EdDsa => {
+                    assert!(id.parameters.is_none(), "{scheme}")
+                }
                 SignatureKind::RsaPss => {
                     // Decoded by the rsa crate's own RSASSA-PSS-params type, independently.
                     let params: rsa::pkcs1::RsaPssParams<'_> = id
@@ -557,13 +647,14 @@ mod tests {
                         .expect("PSS params")
                         .decode_as()
                         .expect("PSS params");
-                    assert_eq!(params.hash.oid.to_string(), scheme.hash().oid());
+                    let hash = scheme.hash().expect("PSS has a hash");
+                    assert_eq!(params.hash.oid.to_string(), hash.oid());
                     assert_eq!(
                         params.mask_gen.oid,
                         ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8")
                     );
                     let mgf_hash = params.mask_gen.parameters.expect("mgf hash");
-                    assert_eq!(mgf_hash.oid.to_string(), scheme.hash().oid());
+                    assert_eq!(mgf_hash.oid.to_string(), hash.oid());
                     assert_eq!(Some(usize::from(params.salt_len)), scheme.pss_salt_len());
                 }
             }
@@ -585,8 +676,8 @@ mod tests {
         for d in DecryptScheme::ALL {
             assert_eq!(d.name().parse::<DecryptScheme>().ok(), Some(d));
         }
-        let err = "ed25519".parse::<KeyAlgorithm>().unwrap_err().to_string();
-        assert!(err.contains("ed25519") && err.contains("p256"), "{err}");
+        let err = "x25519".parse::<KeyAlgorithm>().unwrap_err().to_string();
+        assert!(err.contains("x25519") && err.contains("ed25519"), "{err}");
     }
 
     #[test]
@@ -595,6 +686,21 @@ mod tests {
         assert!(!SignatureScheme::EcdsaP384Sha384.is_compatible_with(KeyAlgorithm::EcP256));
         assert!(SignatureScheme::RsaPssSha512.is_compatible_with(KeyAlgorithm::Rsa2048));
         assert!(!SignatureScheme::RsaPssSha256.is_compatible_with(KeyAlgorithm::EcP384));
+        assert!(SignatureScheme::Ed25519.is_compatible_with(KeyAlgorithm::Ed25519));
+        assert!(!SignatureScheme::Ed448.is_compatible_with(KeyAlgorithm::Ed25519));
+        assert!(!SignatureScheme::Ed25519.is_compatible_with(KeyAlgorithm::EcP256));
+        assert!(!DecryptScheme::RsaOaepSha256.is_compatible_with(KeyAlgorithm::Ed25519));
+        assert_eq!(SignatureScheme::Ed25519.hash(), None);
+        for alg in KeyAlgorithm::ALL {
+            assert_eq!(
+                alg.family() == KeyFamily::EdDsa,
+                alg.edwards_oid().is_some(),
+                "{alg}"
+            );
+            for s in alg.signature_schemes() {
+                assert_eq!(s.eddsa_key().is_some(), s.hash().is_none(), "{s}");
+            }
+        }
         assert!(DecryptScheme::RsaOaepSha256.is_compatible_with(KeyAlgorithm::Rsa3072));
         assert!(!DecryptScheme::RsaOaepSha256.is_compatible_with(KeyAlgorithm::EcP256));
         assert!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::algorithm::{DecryptScheme, SignatureScheme};
-use crate::error::{Operation, Result};
+use crate::error::{Operation, Result, Unsupported};
 use crate::key::{KeyInfo, PrivateKey};
 use crate::pool::{DevicePool, JobOptions, PoolStats};
 
@@ -31,6 +31,23 @@ pub trait Backend: 'static {
         scheme: SignatureScheme,
         digest: &[u8],
     ) -> Result<Vec<u8>>;
+
+    /// Signs a whole `message` with a scheme that has no pre-hash (EdDSA: the device hashes
+    /// as part of signing). Inputs are validated by [`KeyInfo::check_sign_message`]. The
+    /// default refuses: a device without EdDSA never gets such a key.
+    fn sign_message(
+        &mut self,
+        key: &Self::KeyRef,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>> {
+        let _ = (key, message);
+        Err(Unsupported::Operation {
+            op: Operation::Sign,
+            device: format!("this device (no {scheme} signing)"),
+        }
+        .into())
+    }
 
     /// Decrypts an RSA ciphertext of exactly the modulus length.
     fn decrypt(
@@ -110,6 +127,24 @@ impl<B: Backend> PrivateKey for PooledKey<B> {
         let job = self.pool.run(
             JobOptions::idempotent(Operation::Sign).with_scheme(scheme.name()),
             move |device: &mut B| device.sign_digest(&key, scheme, &digest),
+        );
+        async move {
+            checked?;
+            job.await
+        }
+    }
+
+    fn sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<B> {
+        let checked = self.info.check_sign_message(scheme, message);
+        let key = self.key.clone();
+        let message = message.to_vec();
+        let job = self.pool.run(
+            JobOptions::idempotent(Operation::Sign).with_scheme(scheme.name()),
+            move |device: &mut B| device.sign_message(&key, scheme, &message),
         );
         async move {
             checked?;

@@ -139,6 +139,23 @@ impl<K: PrivateKey> PrivateKey for Delayed<K> {
         }
     }
 
+    fn sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<K> {
+        let checked = self.inner.info().check_sign_message(scheme, message);
+        let wait = checked.is_ok().then(|| self.wait(Operation::Sign));
+        let op = self.inner.sign_message(scheme, message);
+        async move {
+            checked?;
+            if let Some(wait) = wait {
+                wait.await?;
+            }
+            op.await
+        }
+    }
+
     fn decrypt(
         &self,
         scheme: DecryptScheme,

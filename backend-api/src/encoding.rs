@@ -40,9 +40,13 @@ pub fn spki_fingerprint(spki_der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(spki_der))
 }
 
-/// Check that `digest` has the length `scheme`'s hash produces.
+/// Check that `digest` has the length `scheme`'s hash produces. A scheme without a pre-hash
+/// (EdDSA) takes no digest at all: [`InvalidInput::DigestForMessageScheme`].
 pub fn check_digest_len(scheme: SignatureScheme, digest: &[u8]) -> Result<()> {
-    let expected = scheme.hash().output_len();
+    let Some(hash) = scheme.hash() else {
+        return Err(InvalidInput::DigestForMessageScheme { scheme }.into());
+    };
+    let expected = hash.output_len();
     if digest.len() == expected {
         Ok(())
     } else {
@@ -257,12 +261,17 @@ pub const fn ecdsa_field_len(alg: KeyAlgorithm) -> Option<usize> {
     match alg {
         KeyAlgorithm::EcP256 => Some(32),
         KeyAlgorithm::EcP384 => Some(48),
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => None,
+        KeyAlgorithm::Rsa2048
+        | KeyAlgorithm::Rsa3072
+        | KeyAlgorithm::Rsa4096
+        | KeyAlgorithm::Ed25519
+        | KeyAlgorithm::Ed448 => None,
     }
 }
 
 /// Checks that `signature` has the form `scheme` gives it for a key of `algorithm`: a DER
-/// `Ecdsa-Sig-Value` of the curve's field size for ECDSA, the modulus length for RSA. Catches a
+/// `Ecdsa-Sig-Value` of the curve's field size for ECDSA, the modulus length for RSA, `R || S`
+/// of twice the key length for EdDSA (64 bytes for Ed25519, 114 for Ed448). Catches a
 /// device answer in the wrong encoding before it goes into a certificate or a handshake.
 pub fn check_signature_form(
     scheme: SignatureScheme,
@@ -278,6 +287,21 @@ pub fn check_signature_form(
                 ));
             }
             ecdsa_der_to_raw(algorithm, signature).map(drop)
+        }
+        SignatureKind::EdDsa => {
+            if scheme.eddsa_key() != Some(algorithm) {
+                return Err(malformed(
+                    "signature from the key",
+                    "an EdDSA signature from a key of another algorithm",
+                ));
+            }
+            match algorithm.edwards_key_len() {
+                Some(len) if signature.len() == 2 * len => Ok(()),
+                _ => Err(malformed(
+                    "signature from the key",
+                    "an EdDSA signature whose length is not twice the key length (R || S)",
+                )),
+            }
         }
         SignatureKind::RsaPkcs1v15 | SignatureKind::RsaPss => {
             if signature.len() == algorithm.bits().div_ceil(8) {
@@ -626,7 +650,19 @@ caaI/nSxcxIi8hQ=
     #[test]
     fn check_digest_len_names_the_scheme() {
         for scheme in SignatureScheme::ALL {
-            let len = scheme.hash().output_len();
+            let Some(hash) = scheme.hash() else {
+                // EdDSA takes the message, never a digest, whatever its length.
+                for len in [0, 32, 64] {
+                    let err = check_digest_len(scheme, &vec![0; len]).unwrap_err();
+                    assert!(matches!(
+                        err,
+                        Error::InvalidInput(InvalidInput::DigestForMessageScheme { scheme: s })
+                            if s == scheme
+                    ));
+                }
+                continue;
+            };
+            let len = hash.output_len();
             assert!(check_digest_len(scheme, &vec![0; len]).is_ok());
             let err = check_digest_len(scheme, &vec![0; len + 1]).unwrap_err();
             assert!(matches!(

@@ -510,7 +510,12 @@ fn decrypt_hint(key: KeyAlgorithm) -> &'static str {
     match key.family() {
         crate::algorithm::KeyFamily::Rsa => "use rsa-oaep-sha256",
         crate::algorithm::KeyFamily::Ec => "EC keys sign only; use an RSA key to decrypt",
+        crate::algorithm::KeyFamily::EdDsa => "EdDSA keys sign only; use an RSA key to decrypt",
     }
+}
+
+fn hash_name(scheme: &SignatureScheme) -> &'static str {
+    scheme.hash().map_or("message", |h| h.name())
 }
 
 /// Malformed input from the caller.
@@ -518,7 +523,10 @@ fn decrypt_hint(key: KeyAlgorithm) -> &'static str {
 #[non_exhaustive]
 pub enum InvalidInput {
     /// A digest of the wrong length for the scheme's hash.
-    #[error("{scheme} needs a {expected}-byte {} digest, got {got} bytes", scheme.hash())]
+    #[error(
+        "{scheme} needs a {expected}-byte {} digest, got {got} bytes",
+        hash_name(scheme)
+    )]
     DigestLength {
         /// The scheme the digest was for.
         scheme: SignatureScheme,
@@ -526,6 +534,24 @@ pub enum InvalidInput {
         expected: usize,
         /// The length given.
         got: usize,
+    },
+
+    /// A digest given to a scheme that signs the whole message (EdDSA has no pre-hash: the
+    /// device must see the message itself).
+    #[error(
+        "{scheme} signs the whole message, not a digest (EdDSA has no pre-hash): pass the \
+         message itself (PrivateKey::sign; `hardkey sign` without --digest)"
+    )]
+    DigestForMessageScheme {
+        /// The scheme.
+        scheme: SignatureScheme,
+    },
+
+    /// A message given to the message path of a scheme that signs a digest.
+    #[error("{scheme} signs a digest: hash the message first (PrivateKey::sign does)")]
+    MessageForDigestScheme {
+        /// The scheme.
+        scheme: SignatureScheme,
     },
 
     /// A ciphertext whose length is not the key's modulus length.

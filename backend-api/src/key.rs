@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::algorithm::{DecryptScheme, KeyAlgorithm, KeyFamily, SignatureScheme};
 use crate::encoding;
 use crate::error::{Error, InvalidInput, Operation, Result, Unsupported};
-use crate::oid::{EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1};
+use crate::oid::{EC_PUBLIC_KEY, ED448, ED25519, RSA_ENCRYPTION, SECP256R1, SECP384R1};
 use crate::pool::PoolStats;
 use crate::uri::KeyUri;
 
@@ -93,11 +93,12 @@ impl KeyUsages {
         decrypt: true,
     };
 
-    /// The usual usages for a new key of `alg`: sign for EC, sign and decrypt for RSA.
+    /// The usual usages for a new key of `alg`: sign for EC and EdDSA, sign and decrypt for
+    /// RSA.
     pub const fn default_for(alg: KeyAlgorithm) -> Self {
         match alg.family() {
             KeyFamily::Rsa => Self::SIGN_DECRYPT,
-            KeyFamily::Ec => Self::SIGN,
+            KeyFamily::Ec | KeyFamily::EdDsa => Self::SIGN,
         }
     }
 }
@@ -183,10 +184,33 @@ impl PublicKey {
                     .into());
                 }
             }
+        } else if spki.algorithm.oid == ED25519 || spki.algorithm.oid == ED448 {
+            let alg = if spki.algorithm.oid == ED25519 {
+                KeyAlgorithm::Ed25519
+            } else {
+                KeyAlgorithm::Ed448
+            };
+            // RFC 8410 section 3: the parameters MUST be absent.
+            if spki.algorithm.parameters.is_some() {
+                return Err(InvalidInput::Malformed {
+                    what: "EdDSA public key",
+                    reason: "the algorithm identifier has parameters (RFC 8410: absent)",
+                }
+                .into());
+            }
+            if Some(key_bits.len()) != alg.edwards_key_len() {
+                return Err(InvalidInput::Malformed {
+                    what: "EdDSA public key",
+                    reason: "not 32 bytes (Ed25519) or 57 bytes (Ed448)",
+                }
+                .into());
+            }
+            alg
         } else {
             return Err(InvalidInput::Malformed {
                 what: "public key",
-                reason: "algorithm is neither rsaEncryption nor id-ecPublicKey",
+                reason: "algorithm is neither rsaEncryption, id-ecPublicKey, id-Ed25519 nor \
+                         id-Ed448",
             }
             .into());
         };
@@ -257,6 +281,46 @@ impl PublicKey {
             subject_public_key: BitStringRef::from_bytes(point).map_err(encode)?,
         };
         Self::from_spki_der(&spki.to_der().map_err(encode)?)
+    }
+
+    /// An Edwards-curve public key from its RFC 8032 encoding (32 bytes for Ed25519, 57 for
+    /// Ed448: PKCS#11 `CKA_EC_POINT` once any DER OCTET STRING wrapper is removed).
+    pub fn from_edwards_point(algorithm: KeyAlgorithm, point: &[u8]) -> Result<Self> {
+        let oid = match algorithm {
+            KeyAlgorithm::Ed25519 => ED25519,
+            KeyAlgorithm::Ed448 => ED448,
+            _ => {
+                return Err(InvalidInput::Malformed {
+                    what: "EdDSA public key",
+                    reason: "the algorithm is not Ed25519 or Ed448",
+                }
+                .into());
+            }
+        };
+        let encode = |source: der::Error| {
+            Error::from(InvalidInput::KeyEncoding {
+                what: "EdDSA public key".into(),
+                source: Box::new(source),
+            })
+        };
+        let spki = SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid,
+                parameters: None,
+            },
+            subject_public_key: BitStringRef::from_bytes(point).map_err(encode)?,
+        };
+        Self::from_spki_der(&spki.to_der().map_err(encode)?)
+    }
+
+    /// The raw key bits of the SubjectPublicKeyInfo: the RFC 8032 encoding for EdDSA keys, the
+    /// SEC1 point for EC keys, the DER `RSAPublicKey` for RSA.
+    pub fn key_bits(&self) -> &[u8] {
+        // `from_spki_der` parsed this DER already; the fallback is never taken.
+        SubjectPublicKeyInfoRef::from_der(&self.der)
+            .ok()
+            .and_then(|spki| spki.subject_public_key.as_bytes())
+            .unwrap_or_default()
     }
 
     /// The DER SubjectPublicKeyInfo.
@@ -441,7 +505,23 @@ impl KeyInfo {
     }
 
     /// Checks that this key may sign `digest` with `scheme` (scheme served, digest length).
+    /// An EdDSA scheme takes no digest ([`InvalidInput::DigestForMessageScheme`]).
     pub fn check_sign(&self, scheme: SignatureScheme, digest: &[u8]) -> Result<()> {
+        self.check_scheme(scheme)?;
+        encoding::check_digest_len(scheme, digest)
+    }
+
+    /// Checks that this key may sign a whole `message` with `scheme` (usage, scheme served,
+    /// and a scheme without a pre-hash: EdDSA); the message path of
+    /// [`PrivateKey::sign_message`].
+    pub fn check_sign_message(&self, scheme: SignatureScheme, _message: &[u8]) -> Result<()> {
+        if scheme.hash().is_some() {
+            return Err(InvalidInput::MessageForDigestScheme { scheme }.into());
+        }
+        self.check_scheme(scheme)
+    }
+
+    fn check_scheme(&self, scheme: SignatureScheme) -> Result<()> {
         if !self.usages.sign {
             return Err(Unsupported::Usage {
                 key: self.display_name(),
@@ -469,7 +549,7 @@ impl KeyInfo {
             }
             .into());
         }
-        encoding::check_digest_len(scheme, digest)
+        Ok(())
     }
 
     /// Checks that this key may decrypt `ciphertext` with `scheme` (scheme, policy, length).
@@ -518,7 +598,7 @@ impl KeyInfo {
 /// before its job starts on the device is skipped, never run.
 ///
 /// ECDSA signatures are DER-encoded (`Ecdsa-Sig-Value`, the TLS and X.509 form); RSA
-/// signatures are the raw `k`-byte signature.
+/// signatures are the raw `k`-byte signature; EdDSA signatures are the raw `R || S`.
 ///
 /// For `Arc<dyn ...>` use, every `PrivateKey` is also a [`DynPrivateKey`]; [`SharedKey`]
 /// (`Arc<dyn DynPrivateKey>`) is a `PrivateKey` again.
@@ -538,15 +618,41 @@ pub trait PrivateKey: Send + Sync + 'static {
         digest: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<Self>;
 
-    /// Hashes `message` with `scheme`'s hash on the calling thread (hashing is cheap next to a
-    /// device round trip, and avoids copying the message), then signs the digest.
+    /// Signs a whole message with a scheme that has no pre-hash (EdDSA): the device sees the
+    /// message itself. The default refuses ([`Unsupported::Operation`]); keys whose device can
+    /// do EdDSA override it.
+    fn sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<Self> {
+        let refused = self
+            .info()
+            .check_sign_message(scheme, message)
+            .and_then(|()| {
+                Err(Unsupported::Operation {
+                    op: Operation::Sign,
+                    device: format!("the device of key {}", self.info().display_name()),
+                }
+                .into())
+            });
+        std::future::ready(refused)
+    }
+
+    /// Signs `message` with `scheme`. For a scheme with a pre-hash, hashes `message` on the
+    /// calling thread (hashing is cheap next to a device round trip, and avoids copying the
+    /// message), then signs the digest; for EdDSA, hands the whole message to
+    /// [`PrivateKey::sign_message`].
     fn sign(
         &self,
         scheme: SignatureScheme,
         message: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<Self> {
-        let digest = encoding::digest(scheme.hash(), message);
-        self.sign_digest(scheme, &digest)
+        use futures::future::Either;
+        match scheme.hash() {
+            Some(hash) => Either::Left(self.sign_digest(scheme, &encoding::digest(hash, message))),
+            None => Either::Right(self.sign_message(scheme, message)),
+        }
     }
 
     /// Decrypts an RSA ciphertext. The plaintext is zeroized when dropped.
@@ -569,6 +675,12 @@ pub trait DynPrivateKey: Send + Sync + 'static {
     /// See [`PrivateKey::sign_digest`].
     fn dyn_sign_digest(&self, scheme: SignatureScheme, digest: &[u8])
     -> BoxFuture<Result<Vec<u8>>>;
+    /// See [`PrivateKey::sign_message`].
+    fn dyn_sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> BoxFuture<Result<Vec<u8>>>;
     /// See [`PrivateKey::sign`].
     fn dyn_sign(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>>;
     /// See [`PrivateKey::decrypt`].
@@ -592,6 +704,13 @@ impl<K: PrivateKey> DynPrivateKey for K {
         digest: &[u8],
     ) -> BoxFuture<Result<Vec<u8>>> {
         Box::pin(self.sign_digest(scheme, digest))
+    }
+    fn dyn_sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> BoxFuture<Result<Vec<u8>>> {
+        Box::pin(self.sign_message(scheme, message))
     }
     fn dyn_sign(&self, scheme: SignatureScheme, message: &[u8]) -> BoxFuture<Result<Vec<u8>>> {
         Box::pin(self.sign(scheme, message))
@@ -618,6 +737,13 @@ impl PrivateKey for SharedKey {
         digest: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
         (**self).dyn_sign_digest(scheme, digest)
+    }
+    fn sign_message(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send + 'static + use<> {
+        (**self).dyn_sign_message(scheme, message)
     }
     fn sign(
         &self,
@@ -700,6 +826,46 @@ mod tests {
         let compressed = ec.to_encoded_point(true);
         assert!(PublicKey::from_ec_point(KeyAlgorithm::EcP256, compressed.as_bytes()).is_err());
         assert!(PublicKey::from_rsa_components(&[], &[1, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn edwards_spki_matches_rfc8410_and_openssl() {
+        // `openssl genpkey -algorithm ed25519 | openssl pkey -pubout -outform DER | xxd -p`:
+        // SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (32 bytes) }.
+        let point = [0x11u8; 32];
+        let pk = PublicKey::from_edwards_point(KeyAlgorithm::Ed25519, &point).unwrap();
+        assert_eq!(
+            hex::encode(pk.der()),
+            format!("302a300506032b6570032100{}", hex::encode(point))
+        );
+        assert_eq!(pk.algorithm(), KeyAlgorithm::Ed25519);
+        assert_eq!(pk.key_bits(), point);
+        let ed448 = PublicKey::from_edwards_point(KeyAlgorithm::Ed448, &[7; 57]).unwrap();
+        assert_eq!(
+            &ed448.der()[..12],
+            &hex::decode("3043300506032b6571033a00").unwrap()[..]
+        );
+        assert_eq!(ed448.algorithm(), KeyAlgorithm::Ed448);
+        // Wrong length for the curve, wrong algorithm, parameters present: refused.
+        assert!(PublicKey::from_edwards_point(KeyAlgorithm::Ed25519, &[7; 57]).is_err());
+        assert!(PublicKey::from_edwards_point(KeyAlgorithm::Ed448, &point).is_err());
+        assert!(PublicKey::from_edwards_point(KeyAlgorithm::EcP256, &point).is_err());
+        let with_null = hex::decode(format!(
+            "302c300706032b65700500032100{}",
+            hex::encode(point)
+        ))
+        .unwrap();
+        let err = PublicKey::from_spki_der(&with_null).unwrap_err();
+        assert!(err.to_string().contains("RFC 8410"), "{err}");
+        // The ed25519-dalek crate's own SPKI is read back as the same key.
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let dalek = ed25519_dalek::SigningKey::generate(&mut OsRng).verifying_key();
+        let der = dalek.to_public_key_der().unwrap();
+        let pk = PublicKey::from_spki_der(der.as_bytes()).unwrap();
+        assert_eq!(pk.key_bits(), dalek.as_bytes());
+        for cut in 0..der.as_bytes().len() {
+            assert!(PublicKey::from_spki_der(&der.as_bytes()[..cut]).is_err());
+        }
     }
 
     #[test]

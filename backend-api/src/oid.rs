@@ -10,3 +10,7 @@ pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 pub const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// `secp384r1`: NIST P-384.
 pub const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// `id-Ed25519` (RFC 8410): Ed25519 public keys and signatures, no parameters.
+pub const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+/// `id-Ed448` (RFC 8410): Ed448 public keys and signatures, no parameters.
+pub const ED448: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.113");

@@ -167,6 +167,40 @@ fn ec_point(raw: &[u8], field: usize) -> Option<Vec<u8>> {
         .map(|o| o.as_bytes().to_vec())
 }
 
+/// Decodes an Edwards key's CKA_EC_POINT: the bare 32/57-byte key (PKCS#11 3.0 wants a DER
+/// OCTET STRING, some tokens write the key alone), or a DER OCTET STRING holding it
+/// (SoftHSM 2.6).
+pub(crate) fn edwards_point(raw: &[u8], alg: KeyAlgorithm) -> Option<Vec<u8>> {
+    let len = alg.edwards_key_len()?;
+    if let Ok(o) = der::asn1::OctetStringRef::from_der(raw) {
+        if o.as_bytes().len() == len {
+            return Some(o.as_bytes().to_vec());
+        }
+    }
+    (raw.len() == len).then(|| raw.to_vec())
+}
+
+/// The Edwards curve of a CKA_EC_PARAMS: the curve OID (RFC 8410, what hardkey writes) or the
+/// PrintableString curve name `edwards25519` / `edwards448` (PKCS#11 3.0, what OpenSC's
+/// pkcs11-tool writes).
+pub(crate) fn edwards_curve(params: &[u8]) -> Option<KeyAlgorithm> {
+    if let Ok(oid) = der::asn1::ObjectIdentifier::from_der(params) {
+        return match oid {
+            o if o == hardkey_api::oid::ED25519 => Some(KeyAlgorithm::Ed25519),
+            o if o == hardkey_api::oid::ED448 => Some(KeyAlgorithm::Ed448),
+            _ => None,
+        };
+    }
+    match der::asn1::PrintableStringRef::from_der(params)
+        .ok()?
+        .as_str()
+    {
+        "edwards25519" => Some(KeyAlgorithm::Ed25519),
+        "edwards448" => Some(KeyAlgorithm::Ed448),
+        _ => None,
+    }
+}
+
 /// What the token said about CKA_ALLOWED_MECHANISMS, learned once per store.
 pub(crate) const ALLOWED_UNKNOWN: u8 = 0;
 /// The token takes CKA_ALLOWED_MECHANISMS in templates.
@@ -281,7 +315,7 @@ pub(crate) fn describe(
     let unsupported = || {
         Error::from(InvalidInput::Malformed {
             what: "token key",
-            reason: "not an RSA 2048/3072/4096 or EC P-256/P-384 private key",
+            reason: "not an RSA 2048/3072/4096, EC P-256/P-384 or Ed25519/Ed448 private key",
         })
     };
     let public_key = match key_type {
@@ -300,6 +334,11 @@ pub(crate) fn describe(
             } else {
                 return Err(unsupported());
             };
+            public_object_key(session, device, &key_ref, Some(alg), publics)?
+        }
+        Some(KeyType::EC_EDWARDS) => {
+            let params = ec_params.ok_or_else(unsupported)?;
+            let alg = edwards_curve(&params).ok_or_else(unsupported)?;
             public_object_key(session, device, &key_ref, Some(alg), publics)?
         }
         _ => return Err(unsupported()),
@@ -380,6 +419,11 @@ fn public_object_key(
         })
     };
     match ec {
+        Some(alg) if alg.family() == KeyFamily::EdDsa => {
+            let raw = find(AttributeType::EcPoint).ok_or_else(missing)?;
+            let point = edwards_point(&raw, alg).ok_or_else(missing)?;
+            PublicKey::from_edwards_point(alg, &point)
+        }
         Some(alg) => {
             let field = if alg == KeyAlgorithm::EcP256 { 32 } else { 48 };
             let raw = find(AttributeType::EcPoint).ok_or_else(missing)?;
@@ -409,6 +453,10 @@ pub(crate) fn new_id() -> Vec<u8> {
 fn curve_params(alg: KeyAlgorithm) -> Result<Vec<u8>> {
     let oid = match alg {
         KeyAlgorithm::EcP256 => SECP256R1,
+        // Edwards curves by OID (RFC 8410), which SoftHSM 2.6 takes; descriptions accept the
+        // PrintableString form too.
+        KeyAlgorithm::Ed25519 => hardkey_api::oid::ED25519,
+        KeyAlgorithm::Ed448 => hardkey_api::oid::ED448,
         _ => SECP384R1,
     };
     oid.to_der().map_err(|e| {
@@ -422,6 +470,7 @@ fn curve_params(alg: KeyAlgorithm) -> Result<Vec<u8>> {
 
 /// The mechanisms hardkey uses with a key, and so the key's CKA_ALLOWED_MECHANISMS:
 /// - EC signing: `CKM_ECDSA` (the digest is computed on the host);
+/// - EdDSA signing: `CKM_EDDSA` (over the whole message);
 /// - RSA signing: `CKM_RSA_PKCS` (over a host-built DigestInfo) and `CKM_RSA_PKCS_PSS`;
 /// - RSA decryption: `CKM_RSA_PKCS_OAEP`, and `CKM_RSA_PKCS` for the legacy TLS 1.2 key
 ///   exchange (which hardkey itself allows only behind [`KeyPolicy`]'s opt-in);
@@ -445,6 +494,11 @@ pub(crate) fn allowed_mechanisms(
             }
             if raw_rsa && (usages.sign || usages.decrypt) {
                 out.push(MechanismType::RSA_X_509);
+            }
+        }
+        KeyFamily::EdDsa => {
+            if usages.sign {
+                out.push(MechanismType::EDDSA);
             }
         }
         _ => {
@@ -656,8 +710,8 @@ impl Leftover {
             }
         }
         let incomplete = match key_type {
-            Some(KeyType::EC) if public => ec_point.is_empty(),
-            Some(KeyType::EC) => ec_params.is_empty(),
+            Some(KeyType::EC | KeyType::EC_EDWARDS) if public => ec_point.is_empty(),
+            Some(KeyType::EC | KeyType::EC_EDWARDS) => ec_params.is_empty(),
             Some(KeyType::RSA) => modulus.is_empty(),
             _ => false,
         };
@@ -702,6 +756,10 @@ pub(crate) fn generate_templates(
                 Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
             ]);
             Mechanism::RsaPkcsKeyPairGen
+        }
+        KeyFamily::EdDsa => {
+            public.push(Attribute::EcParams(curve_params(alg)?));
+            Mechanism::EccEdwardsKeyPairGen
         }
         _ => {
             public.push(Attribute::EcParams(curve_params(alg)?));
@@ -779,6 +837,62 @@ pub(crate) fn import_templates(
         let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::RSA);
         public.extend(public_usages);
         public.extend([Attribute::Modulus(n), Attribute::PublicExponent(e)]);
+        return Ok((alg, public, private));
+    }
+    if info.algorithm.oid == hardkey_api::oid::ED25519
+        || info.algorithm.oid == hardkey_api::oid::ED448
+    {
+        // RFC 8410: the private key is an OCTET STRING holding the 32/57-byte secret; the
+        // public key is derived from it on the token, or given in the PKCS#8 v2 field.
+        let alg = if info.algorithm.oid == hardkey_api::oid::ED25519 {
+            KeyAlgorithm::Ed25519
+        } else {
+            KeyAlgorithm::Ed448
+        };
+        let len = alg.edwards_key_len().unwrap_or_default();
+        let secret = der::asn1::OctetStringRef::from_der(info.private_key)
+            .map_err(|e| bad(&e))?
+            .as_bytes()
+            .to_vec();
+        if secret.len() != len {
+            return Err(bad(&"Edwards private key of the wrong length"));
+        }
+        let point = match (alg, info.public_key) {
+            (KeyAlgorithm::Ed25519, _) => {
+                let bytes = zeroize::Zeroizing::new(
+                    <[u8; 32]>::try_from(secret.as_slice())
+                        .map_err(|_| bad(&"Ed25519 private key of the wrong length"))?,
+                );
+                ed25519_dalek::SigningKey::from_bytes(&bytes)
+                    .verifying_key()
+                    .to_bytes()
+                    .to_vec()
+            }
+            (_, Some(public)) if public.len() == len => public.to_vec(),
+            _ => {
+                return Err(bad(
+                    &"an Ed448 PKCS#8 key without its public key (hardkey cannot derive it)",
+                ));
+            }
+        };
+        let usages = usages.unwrap_or(KeyUsages::default_for(alg));
+        let params = curve_params(alg)?;
+        let (public_usages, private_usages) = usage_attributes(alg, usages, raw_rsa, restrict);
+        let mut private = base(ObjectClass::PRIVATE_KEY, KeyType::EC_EDWARDS);
+        private.extend(private_usages);
+        private.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::EcParams(params.clone()),
+            Attribute::Value(secret),
+        ]);
+        let point_der = der::asn1::OctetStringRef::new(&point)
+            .and_then(|o| o.to_der())
+            .map_err(|e| bad(&e))?;
+        let mut public = base(ObjectClass::PUBLIC_KEY, KeyType::EC_EDWARDS);
+        public.extend(public_usages);
+        public.extend([Attribute::EcParams(params), Attribute::EcPoint(point_der)]);
         return Ok((alg, public, private));
     }
     let curve = info.algorithm.parameters_oid().map_err(|e| bad(&e))?;

@@ -1,10 +1,28 @@
 //! Signature and decryption schemes as PKCS#11 mechanisms: what the token is given and how its
 //! output is normalized. Exhaustive matches, one place.
 
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::types::Ulong;
-use hardkey_api::{DecryptScheme, HashAlgorithm, Result, SignatureKind, SignatureScheme, encoding};
+use hardkey_api::{
+    DecryptScheme, HashAlgorithm, InvalidInput, Result, SignatureKind, SignatureScheme, encoding,
+};
+
+/// The mechanism for a scheme that signs the whole message: `CKM_EDDSA`, pure (no pre-hash,
+/// no context), whose curve is the key's. Ed25519 takes no parameters; Ed448 takes
+/// `CK_EDDSA_PARAMS` with phFlag false and an empty context (PKCS#11 3.0, 2.3.14).
+pub(crate) fn sign_message_mechanism(scheme: SignatureScheme) -> Result<Mechanism<'static>> {
+    match scheme {
+        SignatureScheme::Ed25519 => Ok(Mechanism::Eddsa(EddsaParams::new(
+            EddsaSignatureScheme::Pure,
+        ))),
+        SignatureScheme::Ed448 => Ok(Mechanism::Eddsa(EddsaParams::new(
+            EddsaSignatureScheme::Ed448(&[]),
+        ))),
+        _ => Err(InvalidInput::MessageForDigestScheme { scheme }.into()),
+    }
+}
 
 fn hash_mechanism(hash: HashAlgorithm) -> (MechanismType, PkcsMgfType) {
     match hash {
@@ -22,7 +40,10 @@ pub(crate) fn sign_input(
     scheme: SignatureScheme,
     digest: &[u8],
 ) -> Result<(Mechanism<'static>, Vec<u8>)> {
-    let hash = scheme.hash();
+    let Some(hash) = scheme.hash() else {
+        // EdDSA signs the message itself ([`sign_message_mechanism`]).
+        return Err(InvalidInput::DigestForMessageScheme { scheme }.into());
+    };
     Ok(match scheme.kind() {
         SignatureKind::Ecdsa => (Mechanism::Ecdsa, digest.to_vec()),
         SignatureKind::RsaPkcs1v15 => (Mechanism::RsaPkcs, encoding::digest_info(hash, digest)?),
@@ -65,12 +86,25 @@ mod tests {
     #[test]
     fn every_scheme_has_a_mechanism() {
         for scheme in SignatureScheme::ALL {
-            let digest = vec![7u8; scheme.hash().output_len()];
+            let Some(hash) = scheme.hash() else {
+                assert!(
+                    sign_input(scheme, &[0; 32]).is_err(),
+                    "{scheme} takes no digest"
+                );
+                let mechanism = sign_message_mechanism(scheme).unwrap();
+                assert_eq!(mechanism.mechanism_type(), MechanismType::EDDSA);
+                continue;
+            };
+            assert!(
+                sign_message_mechanism(scheme).is_err(),
+                "{scheme} takes a digest"
+            );
+            let digest = vec![7u8; hash.output_len()];
             let (mechanism, data) = sign_input(scheme, &digest).unwrap();
             match scheme.kind() {
                 SignatureKind::RsaPkcs1v15 => {
                     assert_eq!(mechanism.mechanism_type(), MechanismType::RSA_PKCS);
-                    assert_eq!(data, encoding::digest_info(scheme.hash(), &digest).unwrap());
+                    assert_eq!(data, encoding::digest_info(hash, &digest).unwrap());
                 }
                 SignatureKind::RsaPss => {
                     assert_eq!(mechanism.mechanism_type(), MechanismType::RSA_PKCS_PSS);

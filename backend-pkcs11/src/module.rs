@@ -40,6 +40,10 @@ pub(crate) struct Module {
     generation: AtomicU64,
     /// Serializes the calls that create or destroy token objects (see [`Module::writes`]).
     writes: Mutex<()>,
+    /// Bumped when keys are deleted through any store of this process on this module: every
+    /// worker of every store drops its cached object handles, which may now name nothing or,
+    /// on a token that reuses handle numbers, another key.
+    pub(crate) key_epoch: AtomicU64,
 }
 
 /// PKCS#11 implementations whose differences hardkey handles, told apart by the library
@@ -276,6 +280,7 @@ pub(crate) fn load(path: Option<&Path>, params: Option<&str>) -> Result<Arc<Modu
         calls: RwLock::new(()),
         generation: AtomicU64::new(0),
         writes: Mutex::new(()),
+        key_epoch: AtomicU64::new(0),
     });
     modules.insert(canonical, Arc::clone(&module));
     Ok(module)

@@ -45,8 +45,6 @@ pub(crate) struct Target {
     pub(crate) allowed_mechanisms: AtomicU8,
     /// Held across the PIN-state check and `C_Login`, so workers log in one at a time.
     pub(crate) login_lock: std::sync::Mutex<()>,
-    /// Bumped when keys are deleted: workers drop their cached handles.
-    pub(crate) key_epoch: AtomicU64,
     /// The handle each key had where it was found (opened, described, searched for), shared
     /// by the workers: a worker using a key for the first time checks that handle's class,
     /// CKA_ID and CKA_LABEL (one `C_GetAttributeValue`) instead of searching the token. With
@@ -162,7 +160,7 @@ pub struct Pkcs11Device {
     target: Arc<Target>,
     session: TrackedSession,
     handles: HashMap<Pkcs11KeyRef, ObjectHandle>,
-    /// The target's `key_epoch` these handles were found at.
+    /// The module's `key_epoch` these handles were found at.
     handles_epoch: u64,
 }
 
@@ -224,7 +222,7 @@ impl Pkcs11Device {
         })?;
         login(target, &session).map_err(Failure::Other)?;
         Ok(Self {
-            handles_epoch: target.key_epoch.load(Ordering::Relaxed),
+            handles_epoch: target.module.key_epoch.load(Ordering::Relaxed),
             target: Arc::clone(target),
             session,
             handles: HashMap::new(),
@@ -253,10 +251,10 @@ impl Pkcs11Device {
         &self.target
     }
 
-    /// Tells every worker that keys were deleted: their cached handles may now name nothing,
+    /// Tells every worker (of every store on this module) that keys were deleted: their cached handles may now name nothing,
     /// or (on tokens that reuse handles) another key.
     pub(crate) fn keys_deleted(&mut self) {
-        self.target.key_epoch.fetch_add(1, Ordering::Relaxed);
+        self.target.module.key_epoch.fetch_add(1, Ordering::Relaxed);
         self.target.clear_hints();
         self.handles.clear();
     }
@@ -273,7 +271,7 @@ impl Pkcs11Device {
     }
 
     fn handle(&mut self, key: &Pkcs11KeyRef, op: Operation) -> Result<ObjectHandle> {
-        let epoch = self.target.key_epoch.load(Ordering::Relaxed);
+        let epoch = self.target.module.key_epoch.load(Ordering::Relaxed);
         if epoch != self.handles_epoch {
             self.handles.clear();
             self.handles_epoch = epoch;
@@ -647,6 +645,19 @@ impl Backend for Pkcs11Device {
             session.sign(&mechanism, handle, &data)
         })?;
         sign_output(scheme, raw)
+    }
+
+    fn sign_message(
+        &mut self,
+        key: &Pkcs11KeyRef,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mechanism = crate::mechanism::sign_message_mechanism(scheme)?;
+        // CKM_EDDSA's output is already R || S, the form TLS and X.509 carry.
+        self.with_key(Operation::Sign, key, |session, handle| {
+            session.sign(&mechanism, handle, message)
+        })
     }
 
     fn decrypt(

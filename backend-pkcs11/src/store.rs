@@ -167,7 +167,6 @@ impl Pkcs11Store {
             oaep_sha256: AtomicU8::new(OAEP_UNKNOWN),
             allowed_mechanisms: AtomicU8::new(ALLOWED_UNKNOWN),
             login_lock: std::sync::Mutex::new(()),
-            key_epoch: AtomicU64::new(0),
             handle_hints: std::sync::Mutex::new(std::collections::HashMap::new()),
             key_searches: AtomicU64::new(0),
             login_refused: std::sync::atomic::AtomicBool::new(false),

@@ -116,7 +116,9 @@ pub(crate) fn find(module: &Module, uri: &Pkcs11Uri) -> Result<(Slot, TokenSumma
 
 /// The key algorithms the token can generate, from the key sizes of its
 /// `CKM_RSA_PKCS_KEY_PAIR_GEN` and `CKM_EC_KEY_PAIR_GEN` (`C_GetMechanismInfo`): tpm2-pkcs11
-/// 1.9 says RSA 1024..3072, so it gets no RSA-4096. A token that lists no mechanisms at all,
+/// 1.9 says RSA 1024..3072, so it gets no RSA-4096. Ed25519 and Ed448 need both
+/// `CKM_EC_EDWARDS_KEY_PAIR_GEN` and `CKM_EDDSA`, with key sizes 256 and 456 in range
+/// (SoftHSM 2.6 lists 256..456; tpm2-pkcs11 and NSS 3.87 list neither). A token that lists no mechanisms at all,
 /// or whose list cannot be read, gets every algorithm (its own errors then say what it
 /// cannot do); a size range of 0..0 (not reported) allows every size.
 pub(crate) fn key_algorithms(module: &Module, slot: Slot) -> Vec<KeyAlgorithm> {
@@ -137,12 +139,16 @@ pub(crate) fn key_algorithms(module: &Module, slot: Slot) -> Vec<KeyAlgorithm> {
     };
     let rsa = range(MechanismType::RSA_PKCS_KEY_PAIR_GEN);
     let ec = range(MechanismType::ECC_KEY_PAIR_GEN);
+    let edwards = range(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)
+        .filter(|_| listed.contains(&MechanismType::EDDSA));
     KeyAlgorithm::ALL
         .into_iter()
         .filter(|alg| {
             let sizes = match alg.family() {
                 KeyFamily::Rsa => rsa,
-                _ => ec,
+                KeyFamily::Ec => ec,
+                KeyFamily::EdDsa => edwards,
+                _ => None,
             };
             sizes.is_some_and(|(min, max)| {
                 // Some tokens give EC sizes in bytes (no curve is under 128 bits).

@@ -110,7 +110,10 @@ fn per_op_us(d: Duration, ops: usize) -> f64 {
 }
 
 fn main() {
-    let digest = encoding::digest(SCHEME.hash(), b"hardkey pool overhead benchmark");
+    let digest = encoding::digest(
+        SCHEME.hash().expect("ECDSA has a hash"),
+        b"hardkey pool overhead benchmark",
+    );
     let (_s1, key1) = store(1);
     let (_s2, key2) = store(2);
 

@@ -56,18 +56,19 @@ impl Backend for SoftDevice {
         match (&*key.0, scheme.kind()) {
             (KeyMaterial::Rsa(k), SignatureKind::RsaPkcs1v15) => {
                 let padding = match scheme.hash() {
-                    HashAlgorithm::Sha256 => Pkcs1v15Sign::new::<Sha256>(),
-                    HashAlgorithm::Sha384 => Pkcs1v15Sign::new::<Sha384>(),
-                    _ => Pkcs1v15Sign::new::<Sha512>(),
+                    Some(HashAlgorithm::Sha256) => Pkcs1v15Sign::new::<Sha256>(),
+                    Some(HashAlgorithm::Sha384) => Pkcs1v15Sign::new::<Sha384>(),
+                    Some(HashAlgorithm::Sha512) => Pkcs1v15Sign::new::<Sha512>(),
+                    _ => return Err(mismatch(scheme, &key.0)),
                 };
                 k.sign(padding, digest).map_err(sign_err)
             }
             (KeyMaterial::Rsa(k), SignatureKind::RsaPss) => {
-                let salt = scheme.hash().output_len();
                 let padding = match scheme.hash() {
-                    HashAlgorithm::Sha256 => Pss::new_with_salt::<Sha256>(salt),
-                    HashAlgorithm::Sha384 => Pss::new_with_salt::<Sha384>(salt),
-                    _ => Pss::new_with_salt::<Sha512>(salt),
+                    Some(HashAlgorithm::Sha256) => Pss::new_with_salt::<Sha256>(32),
+                    Some(HashAlgorithm::Sha384) => Pss::new_with_salt::<Sha384>(48),
+                    Some(HashAlgorithm::Sha512) => Pss::new_with_salt::<Sha512>(64),
+                    _ => return Err(mismatch(scheme, &key.0)),
                 };
                 k.sign_with_rng(&mut OsRng, padding, digest)
                     .map_err(sign_err)
@@ -89,6 +90,21 @@ impl Backend for SoftDevice {
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             (material, _) => Err(mismatch(scheme, material)),
+        }
+    }
+
+    fn sign_message(
+        &mut self,
+        key: &SoftKeyRef,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>> {
+        match &*key.0 {
+            KeyMaterial::Ed25519(k) if scheme == SignatureScheme::Ed25519 => {
+                use ed25519_dalek::Signer as _;
+                Ok(k.sign(message).to_bytes().to_vec())
+            }
+            material => Err(mismatch(scheme, material)),
         }
     }
 

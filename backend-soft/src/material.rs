@@ -1,6 +1,6 @@
 //! Key material: generation, PKCS#8 / PKCS#1 / SEC1 decoding, PKCS#8 encoding, public keys.
 
-use hardkey_api::oid::{EC_PUBLIC_KEY, RSA_ENCRYPTION, SECP256R1, SECP384R1};
+use hardkey_api::oid::{EC_PUBLIC_KEY, ED448, ED25519, RSA_ENCRYPTION, SECP256R1, SECP384R1};
 use hardkey_api::{Error, InvalidInput, KeyAlgorithm, Operation, PublicKey, Result, Unsupported};
 use pkcs8::der::Decode;
 use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -15,6 +15,8 @@ pub(crate) enum KeyMaterial {
     Rsa(Box<RsaPrivateKey>),
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
+    /// Zeroized on drop (ed25519-dalek's `zeroize` feature).
+    Ed25519(Box<ed25519_dalek::SigningKey>),
 }
 
 fn encoding_error(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -31,6 +33,9 @@ impl KeyMaterial {
         Ok(match alg {
             KeyAlgorithm::EcP256 => Self::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
             KeyAlgorithm::EcP384 => Self::P384(p384::ecdsa::SigningKey::random(&mut OsRng)),
+            KeyAlgorithm::Ed25519 => {
+                Self::Ed25519(Box::new(ed25519_dalek::SigningKey::generate(&mut OsRng)))
+            }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
                 let key = RsaPrivateKey::new(&mut OsRng, alg.bits())
                     .map_err(|e| Error::backend("software keys", Operation::Generate, e))?;
@@ -46,7 +51,7 @@ impl KeyMaterial {
         })
     }
 
-    /// Decodes a DER PKCS#8 `PrivateKeyInfo` (RSA, or EC on P-256 / P-384).
+    /// Decodes a DER PKCS#8 `PrivateKeyInfo` (RSA, EC on P-256 / P-384, or Ed25519).
     pub(crate) fn from_pkcs8_der(der: &[u8], what: &str) -> Result<Self> {
         let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| encoding_error(what, e))?;
         let oid = info.algorithm.oid;
@@ -75,10 +80,23 @@ impl KeyMaterial {
                 }
                 .into());
             }
+        } else if oid == ED25519 {
+            Self::Ed25519(Box::new(
+                ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                    .map_err(|e| encoding_error(what, e))?,
+            ))
+        } else if oid == ED448 {
+            return Err(Unsupported::Algorithm {
+                algorithm: KeyAlgorithm::Ed448,
+                device: "software keys (no Ed448 implementation; import it into a token \
+                         that has CKM_EDDSA on edwards448)"
+                    .into(),
+            }
+            .into());
         } else {
             return Err(InvalidInput::Malformed {
                 what: "private key",
-                reason: "algorithm is neither RSA nor EC (P-256, P-384)",
+                reason: "algorithm is neither RSA, EC (P-256, P-384) nor Ed25519",
             }
             .into());
         };
@@ -138,7 +156,7 @@ impl KeyMaterial {
                 }
                 .into()),
             },
-            Self::P256(_) | Self::P384(_) => Ok(()),
+            Self::P256(_) | Self::P384(_) | Self::Ed25519(_) => Ok(()),
         }
     }
 
@@ -148,6 +166,13 @@ impl KeyMaterial {
             Self::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
+            // PKCS#8 v1 (no public key, RFC 8410 section 7): OpenSSL 3.0 cannot read the v2
+            // form ed25519-dalek writes by itself.
+            Self::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF),
         };
         pem.map_err(|e| encoding_error("private key for writing", e))
     }
@@ -158,6 +183,7 @@ impl KeyMaterial {
             Self::Rsa(k) => k.to_public_key().to_public_key_der(),
             Self::P256(k) => p256::PublicKey::from(k.verifying_key()).to_public_key_der(),
             Self::P384(k) => p384::PublicKey::from(k.verifying_key()).to_public_key_der(),
+            Self::Ed25519(k) => k.verifying_key().to_public_key_der(),
         }
         .map_err(|e| encoding_error("public key", e))?;
         PublicKey::from_spki_der(der.as_bytes())
@@ -171,6 +197,7 @@ impl KeyMaterial {
             }
             Self::P256(_) => KeyAlgorithm::EcP256,
             Self::P384(_) => KeyAlgorithm::EcP384,
+            Self::Ed25519(_) => KeyAlgorithm::Ed25519,
         }
     }
 }

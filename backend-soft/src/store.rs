@@ -233,7 +233,16 @@ impl KeyStore for SoftStore {
     }
 
     fn algorithms(&self) -> &[KeyAlgorithm] {
-        &KeyAlgorithm::ALL
+        // Every algorithm but Ed448, which has no implementation in the tree.
+        const SOFT: [KeyAlgorithm; 6] = [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::Rsa2048,
+            KeyAlgorithm::Rsa3072,
+            KeyAlgorithm::Rsa4096,
+        ];
+        &SOFT
     }
 
     fn open(&self, uri: &KeyUri) -> impl Future<Output = Result<SoftKey>> + Send + 'static + use<> {

@@ -3,7 +3,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use hardkey_api::testkit::Suite;
-use hardkey_api::testkit::harness::{Arguments, CONFORMANCE_ALGORITHMS, conformance_trials};
+use hardkey_api::testkit::harness::{
+    Arguments, CONFORMANCE_ALGORITHMS, EDDSA_CONFORMANCE_ALGORITHMS, conformance_trials,
+};
 use hardkey_api::{FileUri, KeyUri};
 use hardkey_soft::{SoftConfig, SoftStore};
 
@@ -14,6 +16,11 @@ fn suite() -> Suite<SoftStore> {
 }
 
 fn main() -> std::process::ExitCode {
-    let trials = conformance_trials(suite, &CONFORMANCE_ALGORITHMS);
+    let algorithms = [
+        &CONFORMANCE_ALGORITHMS[..],
+        &EDDSA_CONFORMANCE_ALGORITHMS[..],
+    ]
+    .concat();
+    let trials = conformance_trials(suite, &algorithms);
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }

@@ -31,6 +31,7 @@ fn genpkey(dir: &Path, alg: KeyAlgorithm) -> std::path::PathBuf {
     let opts: &[&str] = match alg {
         KeyAlgorithm::EcP256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         KeyAlgorithm::EcP384 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        KeyAlgorithm::Ed25519 => &["-algorithm", "ed25519"],
         _ => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
     };
     let mut args = vec!["genpkey"];
@@ -42,7 +43,8 @@ fn genpkey(dir: &Path, alg: KeyAlgorithm) -> std::path::PathBuf {
 
 /// `openssl dgst` arguments that verify `scheme`.
 fn dgst_args(scheme: SignatureScheme) -> Vec<&'static str> {
-    let mut args = vec!["dgst", format!("-{}", scheme.hash()).leak()];
+    let hash = scheme.hash().expect("dgst schemes have a hash");
+    let mut args = vec!["dgst", format!("-{hash}").leak()];
     if scheme.kind() == SignatureKind::RsaPss {
         args.extend_from_slice(&[
             "-sigopt",
@@ -61,6 +63,7 @@ fn hardkey_signs_with_openssl_keys_and_openssl_verifies() {
     for alg in [
         KeyAlgorithm::EcP256,
         KeyAlgorithm::EcP384,
+        KeyAlgorithm::Ed25519,
         KeyAlgorithm::Rsa2048,
     ] {
         let key_path = genpkey(dir.path(), alg);
@@ -81,18 +84,38 @@ fn hardkey_signs_with_openssl_keys_and_openssl_verifies() {
             let sig = block_on(key.sign(scheme, &std::fs::read(&msg_path).unwrap())).unwrap();
             let sig_path = dir.path().join(format!("{scheme}.sig"));
             std::fs::write(&sig_path, &sig).unwrap();
-            let mut args = dgst_args(scheme);
-            args.extend_from_slice(&[
-                "-verify",
-                p(&pub_path),
-                "-signature",
-                p(&sig_path),
-                p(&msg_path),
-            ]);
-            let out = openssl(&args);
+            let out = if scheme.kind() == SignatureKind::EdDsa {
+                // EdDSA signs the message itself: pkeyutl -rawin, not dgst.
+                openssl(&[
+                    "pkeyutl",
+                    "-verify",
+                    "-pubin",
+                    "-inkey",
+                    p(&pub_path),
+                    "-rawin",
+                    "-in",
+                    p(&msg_path),
+                    "-sigfile",
+                    p(&sig_path),
+                ])
+            } else {
+                let mut args = dgst_args(scheme);
+                args.extend_from_slice(&[
+                    "-verify",
+                    p(&pub_path),
+                    "-signature",
+                    p(&sig_path),
+                    p(&msg_path),
+                ]);
+                openssl(&args)
+            };
+            let expected = match scheme.kind() {
+                SignatureKind::EdDsa => "Signature Verified Successfully",
+                _ => "Verified OK",
+            };
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout).trim(),
-                "Verified OK",
+                expected,
                 "{scheme}"
             );
         }
@@ -106,6 +129,7 @@ fn openssl_reads_the_key_files_hardkey_writes() {
     for alg in [
         KeyAlgorithm::EcP256,
         KeyAlgorithm::EcP384,
+        KeyAlgorithm::Ed25519,
         KeyAlgorithm::Rsa2048,
     ] {
         let path = dir.path().join(format!("hk-{alg}.pem"));
@@ -121,9 +145,23 @@ fn openssl_reads_the_key_files_hardkey_writes() {
         std::fs::write(&msg, b"signed by openssl with a hardkey key file").unwrap();
         let scheme = alg.signature_schemes()[0];
         let sig = dir.path().join("m.sig");
-        let mut args = dgst_args(scheme);
-        args.extend_from_slice(&["-sign", p(&path), "-out", p(&sig), p(&msg)]);
-        openssl(&args);
+        if scheme.kind() == SignatureKind::EdDsa {
+            openssl(&[
+                "pkeyutl",
+                "-sign",
+                "-inkey",
+                p(&path),
+                "-rawin",
+                "-in",
+                p(&msg),
+                "-out",
+                p(&sig),
+            ]);
+        } else {
+            let mut args = dgst_args(scheme);
+            args.extend_from_slice(&["-sign", p(&path), "-out", p(&sig), p(&msg)]);
+            openssl(&args);
+        }
         hardkey_api::testkit::verify_signature(
             key.info().public_key.der(),
             scheme,
@@ -217,9 +255,13 @@ fn bad_key_files_get_clear_errors() {
     let err = open(&small).to_string();
     assert!(err.contains("2048, 3072 or 4096"), "{err}");
 
-    let ed = dir.path().join("ed25519.pem");
-    openssl(&["genpkey", "-algorithm", "ED25519", "-out", p(&ed)]);
-    assert_eq!(open(&ed).kind(), ErrorKind::InvalidInput);
+    // Ed25519 loads (hardkey_signs_with_openssl_keys...); Ed448 has no software
+    // implementation and says where it can live instead.
+    let ed = dir.path().join("ed448.pem");
+    openssl(&["genpkey", "-algorithm", "ED448", "-out", p(&ed)]);
+    let err = open(&ed);
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("CKM_EDDSA"), "{err}");
 
     assert_eq!(
         open(&dir.path().join("missing.pem")).kind(),

@@ -33,6 +33,24 @@ fn p256_default_scheme_is_ecdsa_sha256_and_openssl_verifies() {
     assert_eq!(checked.csr.scheme(), SignatureScheme::EcdsaP256Sha256);
 }
 
+/// Ed25519: the request and certificate carry `id-Ed25519` without parameters (RFC 8410),
+/// the TBS bytes are signed whole, and openssl verifies both.
+#[test]
+fn ed25519_default_scheme_is_ed25519_and_openssl_verifies() {
+    let store = SoftStore::in_memory().unwrap();
+    let key = generate(&store, KeyAlgorithm::Ed25519);
+    let dir = tempfile::tempdir().unwrap();
+    let checked = check_with_openssl(&key, None, dir.path());
+    assert_eq!(checked.csr.scheme(), SignatureScheme::Ed25519);
+    let signer = X509Signer::new(&key).unwrap();
+    let id = signer.algorithm_identifier().unwrap();
+    assert_eq!(id.oid.to_string(), "1.3.101.112");
+    assert!(id.parameters.is_none());
+    // An Ed25519 key refuses the other schemes, naming what it offers.
+    let err = X509Signer::with_scheme(&key, SignatureScheme::EcdsaP256Sha256).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}
+
 #[test]
 fn p384_default_scheme_is_ecdsa_sha384_and_openssl_verifies() {
     let store = SoftStore::in_memory().unwrap();

@@ -334,7 +334,8 @@ pub(crate) fn tpm_scheme(
     scheme: SignatureScheme,
 ) -> Option<tss_esapi::structures::SignatureScheme> {
     use tss_esapi::structures::SignatureScheme as S;
-    let hash_scheme = HashScheme::new(tpm_hash(scheme.hash()));
+    // EdDSA (no pre-hash) has no TPM 2.0 scheme.
+    let hash_scheme = HashScheme::new(tpm_hash(scheme.hash()?));
     match scheme.kind() {
         SignatureKind::RsaPkcs1v15 => Some(S::RsaSsa { hash_scheme }),
         SignatureKind::RsaPss => Some(S::RsaPss { hash_scheme }),
@@ -363,7 +364,7 @@ pub(crate) fn key_info(
     info.signature_schemes.retain(|s| {
         let fixed_ok = described
             .fixed_scheme
-            .is_none_or(|(kind, hash)| s.kind() == kind && s.hash() == hash);
+            .is_none_or(|(kind, hash)| s.kind() == kind && s.hash() == Some(hash));
         let pss_ok = s.kind() != SignatureKind::RsaPss || pss_available;
         fixed_ok && pss_ok
     });

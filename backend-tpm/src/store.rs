@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use hardkey_api::secret::SecretSource;
 use hardkey_api::{
-    DevicePool, Error, GenerateRequest, ImportRequest, JobOptions, JobTimeout, KeyAlgorithm, KeyId,
-    KeyInfo, KeyPolicy, KeyStore, KeyUri, Operation, PoolConfig, PooledKey, Result, Tpm2Uri,
-    Unsupported,
+    DevicePool, Error, GenerateRequest, ImportRequest, JobOptions, JobTimeout, KeyAlgorithm,
+    KeyFamily, KeyId, KeyInfo, KeyPolicy, KeyStore, KeyUri, Operation, PoolConfig, PooledKey,
+    Result, Tpm2Uri, Unsupported,
 };
 
 use crate::connect;
@@ -354,9 +354,18 @@ impl KeyStore for TpmStore {
         let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
         let run = location.and_then(|location| {
             if !supported {
+                let device = match request.algorithm.family() {
+                    // TPM 2.0 (Part 2, TPM_ALG_ID) defines no EdDSA at all.
+                    KeyFamily::EdDsa => format!(
+                        "{name} (TPM 2.0 has no EdDSA; make {} keys on a PKCS#11 token \
+                         with CKM_EDDSA, such as SoftHSM, or use p256 on the TPM)",
+                        request.algorithm
+                    ),
+                    _ => name,
+                };
                 return Err(Error::from(Unsupported::Algorithm {
                     algorithm: request.algorithm,
-                    device: name,
+                    device,
                 }));
             }
             Ok(self.run_key(options, move |dev| {

@@ -139,7 +139,8 @@ pub(crate) struct KeygenArgs {
     /// or the configured key-dir), tpm2:handle=0x81000010, tpm2:file=PATH, file:PATH.
     #[arg(value_name = "URI")]
     pub(crate) uri: String,
-    /// Key algorithm.
+    /// Key algorithm: p256, p384, ed25519, ed448, rsa2048, rsa3072 or rsa4096 (ed25519 and
+    /// ed448 on tokens with CKM_EDDSA; ed25519 also in a file; a TPM has no EdDSA).
     #[arg(long, value_name = "ALG", value_parser = parse_algorithm, default_value = "p256")]
     pub(crate) alg: KeyAlgorithm,
     /// Label (PKCS#11 CKA_LABEL; TPM key file name in the key directory).
@@ -224,16 +225,19 @@ pub(crate) struct PubkeyArgs {
 pub(crate) struct SignArgs {
     #[command(flatten)]
     pub(crate) key: KeyArgs,
-    /// Signature scheme [default: ecdsa for EC keys, rsa-pkcs1-sha256 for RSA keys].
+    /// Signature scheme [default: ecdsa for EC keys, rsa-pkcs1-sha256 for RSA keys, the key's own
+    /// for EdDSA keys].
     #[arg(long, value_parser = parse_scheme)]
     pub(crate) scheme: Option<SignatureScheme>,
     /// The data to sign (- for stdin).
     #[arg(long = "in", value_name = "FILE")]
     pub(crate) input: PathBuf,
-    /// The input is already a digest of the scheme's hash.
+    /// The input is already a digest of the scheme's hash (not for EdDSA, which signs the
+    /// message itself).
     #[arg(long)]
     pub(crate) digest: bool,
-    /// Where the signature goes (DER for ECDSA, raw for RSA: as `openssl dgst -sign`).
+    /// Where the signature goes (DER for ECDSA, raw for RSA: as `openssl dgst -sign`; R || S
+    /// for EdDSA: as `openssl pkeyutl -sign -rawin`).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
 }
@@ -1068,10 +1072,10 @@ mod tests {
         };
         assert_eq!(k.alg, KeyAlgorithm::Rsa3072);
         assert!(
-            Cli::try_parse_from(["hardkey", "keygen", "tpm2:", "--alg", "ed448"])
+            Cli::try_parse_from(["hardkey", "keygen", "tpm2:", "--alg", "x25519"])
                 .unwrap_err()
                 .to_string()
-                .contains("p256, p384")
+                .contains("p256, p384, ed25519, ed448")
         );
     }
 }

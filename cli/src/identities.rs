@@ -9,7 +9,7 @@
 //!
 //! [[identity]]
 //! key = "pkcs11:token=web;object=web-ec"
-//! cert = "web-ec.pem"          # relative to this file's directory
+//! cert = "web-ec.pem"          # relative paths (cert, key files) are to this file's directory
 //!
 //! [[identity]]
 //! key = "pkcs11:token=web;object=web-rsa"
@@ -85,6 +85,11 @@ pub(crate) struct Plan {
     pub(crate) default: Option<usize>,
     /// What clients naming no covered name get, if the file or the command line says.
     pub(crate) policy: Option<UnknownName>,
+    /// What was accepted but looks wrong (a file skipped in `--cert-dir`...), for warnings.
+    pub(crate) warnings: Vec<String>,
+    /// The `--cert-dir` names skipped as not regular files: watched, so that a link that
+    /// gains a target is read.
+    pub(crate) skipped: Vec<PathBuf>,
 }
 
 /// One opened identity and where it came from.
@@ -106,19 +111,93 @@ pub(crate) struct Served {
     pub(crate) devices: Devices,
     /// Each identity as opened, in the order of `identities`.
     pub(crate) loaded: Vec<Loaded>,
+    /// What was accepted but looks wrong, for warnings: the plan's and
+    /// [`findings`](fn@findings).
+    pub(crate) warnings: Vec<String>,
+    /// [`Plan::skipped`], watched for changes.
+    pub(crate) skipped: Vec<PathBuf>,
 }
 
 /// The open stores, one per device: held while serving; dropping them closes the devices
-/// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen.
+/// (TPM objects flushed, PKCS#11 sessions closed). A reload opens a device it has not seen,
+/// and retires one no entry uses any more: it is closed, on a thread of its own, once no key
+/// ever opened from it is held any more (by connections that started before the reloads,
+/// [`Devices::close_retired`]); a retired device named again is taken back as it is.
 #[derive(Default)]
 pub(crate) struct Devices {
-    stores: Vec<Store>,
+    stores: Vec<Option<Opened>>,
     store_of: HashMap<String, usize>,
+    /// Stores no entry uses, waiting for the connections that hold their keys.
+    retired: Vec<Opened>,
+    /// The threads closing retired stores (a stuck device must not hold up reloads).
+    closing: Vec<std::thread::JoinHandle<()>>,
     /// Keys opened ahead by [`Devices::prefetch`], by the text entries name them with.
     opened: HashMap<String, SharedKey>,
 }
 
+/// An open store and every key handed out from it.
+struct Opened {
+    store: Store,
+    /// What tells its device apart ([`device_of`]).
+    device: String,
+    /// The keys opened from it, as long as anything holds them.
+    keys: Vec<std::sync::Weak<dyn hardkey_api::DynPrivateKey>>,
+    /// The length of `keys` at which the dead ones are next dropped from it.
+    prune_at: usize,
+}
+
+impl Opened {
+    fn in_use(&self) -> bool {
+        self.keys.iter().any(|k| k.strong_count() > 0)
+    }
+
+    fn handed_out(&mut self, key: &SharedKey) {
+        self.keys.push(Arc::downgrade(key));
+        if self.keys.len() >= self.prune_at {
+            self.keys.retain(|k| k.strong_count() > 0);
+            self.prune_at = 2 * self.keys.len() + 64;
+        }
+    }
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        // The retired stores close now, with the others; then the closes under way end.
+        self.retired.clear();
+        for thread in self.closing.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Devices {
+    /// The index of `target`'s device's store: open, taken back from the retired ones, or
+    /// opened now.
+    fn store_index(
+        &mut self,
+        target: &Target,
+        config: &Config,
+        secrets: &DeviceSecrets,
+        options: OpenOptions,
+    ) -> CliResult<usize> {
+        let device = device_of(target);
+        if let Some(&i) = self.store_of.get(&device) {
+            return Ok(i);
+        }
+        let opened = match self.retired.iter().position(|o| o.device == device) {
+            Some(i) => self.retired.swap_remove(i),
+            None => Opened {
+                store: Store::open(target, config, secrets, options)?,
+                device: device.clone(),
+                keys: Vec::new(),
+                prune_at: 64,
+            },
+        };
+        self.stores.push(Some(opened));
+        self.store_of.insert(device, self.stores.len() - 1);
+        Ok(self.stores.len() - 1)
+    }
+
     /// The store of `target`'s device, opened now if it is not open yet.
     fn store(
         &mut self,
@@ -127,17 +206,80 @@ impl Devices {
         secrets: &DeviceSecrets,
         options: OpenOptions,
     ) -> CliResult<&Store> {
-        let device = device_of(target);
-        let index = match self.store_of.get(&device) {
-            Some(&i) => i,
-            None => {
-                self.stores
-                    .push(Store::open(target, config, secrets, options)?);
-                self.store_of.insert(device, self.stores.len() - 1);
-                self.stores.len() - 1
+        let index = self.store_index(target, config, secrets, options)?;
+        match &self.stores[index] {
+            Some(opened) => Ok(&opened.store),
+            None => Err(CliError::failed(
+                "internal error: a retired store is still named (please report)",
+            )),
+        }
+    }
+
+    /// After a reload to `now`: the stores none of `now`'s keys live on are retired, to be
+    /// closed when nothing holds a key opened from them. Returns their names.
+    pub(crate) fn retire_unused(&mut self, now: &[Loaded], config: &Config) -> Vec<String> {
+        let used: std::collections::HashSet<String> = now
+            .iter()
+            .filter_map(|l| {
+                Target::parse(&l.planned.key, config)
+                    .ok()
+                    .map(|t| device_of(&t))
+            })
+            .collect();
+        let unused: Vec<String> = self
+            .store_of
+            .keys()
+            .filter(|d| !used.contains(*d))
+            .cloned()
+            .collect();
+        let mut names = Vec::new();
+        for device in unused {
+            let Some(index) = self.store_of.remove(&device) else {
+                continue;
+            };
+            if let Some(opened) = self.stores.get_mut(index).and_then(Option::take) {
+                names.push(opened.store.keys().dyn_name().to_owned());
+                self.retired.push(opened);
             }
-        };
-        Ok(&self.stores[index])
+        }
+        names
+    }
+
+    /// Starts closing the retired stores none of whose keys is held any more, each on a
+    /// thread of its own that logs when it is done.
+    pub(crate) fn close_retired(&mut self) {
+        self.closing.retain(|t| !t.is_finished());
+        let (idle, kept): (Vec<Opened>, Vec<Opened>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|o| !o.in_use());
+        self.retired = kept;
+        for opened in idle {
+            let name = opened.store.keys().dyn_name().to_owned();
+            let shown = name.clone();
+            let closer = std::thread::Builder::new()
+                .name("hardkey-close".into())
+                .spawn(move || {
+                    drop(opened);
+                    log::info!(
+                        target: crate::reload::LOG_TARGET,
+                        "closed {shown}: no entry uses it"
+                    );
+                });
+            match closer {
+                Ok(thread) => self.closing.push(thread),
+                // No thread to spare: closed here (the store moved into the failed closure is
+                // dropped with it).
+                Err(e) => log::warn!(
+                    target: crate::reload::LOG_TARGET,
+                    "closed {name} on the reload thread ({e})"
+                ),
+            }
+        }
+    }
+
+    /// Whether a retired store waits for its last connections.
+    pub(crate) fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
     }
 
     /// The key `key` names, from its device's store (opened now if it is not open yet), and
@@ -151,13 +293,22 @@ impl Devices {
     ) -> CliResult<(SharedKey, String)> {
         let target = Target::parse(key, config)?;
         let uri = target.key_uri()?;
-        let opened = self.opened.get(key).cloned();
-        let store = self.store(&target, config, secrets, options)?;
-        let key = match opened {
-            Some(key) => key,
-            None => store.key(&uri)?,
+        if let Some(file) = target.key_file() {
+            regular_file(file, "key file")?;
+        }
+        let ready = self.opened.get(key).cloned();
+        let index = self.store_index(&target, config, secrets, options)?;
+        let Some(opened) = self.stores[index].as_mut() else {
+            return Err(CliError::failed(
+                "internal error: a retired store is still named (please report)",
+            ));
         };
-        Ok((key, store.keys().dyn_name().to_owned()))
+        let key = match ready {
+            Some(key) => key,
+            None => opened.store.key(&uri)?,
+        };
+        opened.handed_out(&key);
+        Ok((key, opened.store.keys().dyn_name().to_owned()))
     }
 
     /// Opens the keys of `entries` that share a PKCS#11 token with one search of the token
@@ -215,6 +366,7 @@ impl Devices {
         options: OpenOptions,
     ) -> CliResult<CertChain> {
         if let Some(file) = entry.cert.as_deref().filter(|c| !is_uri(c)) {
+            regular_file(file, "certificate chain")?;
             return CertChain::from_pem_file(file).map_err(crate::cmd::serve::tls_error);
         }
         let target = Target::parse(&entry.key, config)?;
@@ -247,6 +399,10 @@ impl Devices {
     }
 }
 
+/// At most this many skipped `--cert-dir` names are watched (a directory of thousands of
+/// FIFOs must not make each poll thousands of calls).
+const MAX_WATCHED_SKIPS: usize = 256;
+
 /// The number of keys on one token from which they are opened with one search.
 const PREFETCH_FROM: usize = 8;
 
@@ -267,6 +423,8 @@ fn unknown_policy(text: &str, origin: &str) -> CliResult<UnknownName> {
 pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
     let mut planned = Vec::new();
     let mut policy = None;
+    let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     match (&a.key, &a.cert) {
         (Some(key), cert) => planned.push(Planned {
             key: key.clone(),
@@ -282,7 +440,7 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         policy = unknown;
     }
     if let Some(dir) = &a.cert_dir {
-        planned.extend(read_dir(dir)?);
+        planned.extend(read_dir(dir, &mut warnings, &mut skipped)?);
     }
     if planned.is_empty() {
         return Err(usage(
@@ -308,6 +466,8 @@ pub(crate) fn plan(a: &ServeArgs) -> CliResult<Plan> {
         entries: planned,
         default: defaults.first().copied(),
         policy,
+        warnings,
+        skipped,
     })
 }
 
@@ -374,11 +534,77 @@ pub(crate) fn open(
     // A reload opens keys afresh.
     devices.opened.clear();
     let identities = assemble(&loaded, plan.default, plan.policy)?;
+    let mut warnings = plan.warnings;
+    warnings.extend(findings(&identities, &loaded));
     Ok(Served {
         identities,
         devices,
         loaded,
+        warnings,
+        skipped: plan.skipped,
     })
+}
+
+/// [`Identities::findings`], naming each identity by its chain file and key.
+pub(crate) fn findings(identities: &Identities, loaded: &[Loaded]) -> Vec<String> {
+    use hardkey_tls::Finding;
+    let shown = |i: usize| {
+        loaded
+            .get(i)
+            .map(|l| format!("{} (key {})", l.planned.shown_cert(), l.planned.key_shown()))
+            .unwrap_or_else(|| format!("identity {i}"))
+    };
+    identities
+        .findings()
+        .into_iter()
+        .map(|finding| match &finding {
+            Finding::UnmatchableName { identity, name } => format!(
+                "{}: the name {name:?} matches no server name (a wildcard is a whole \
+                 left-most label, as in *.example.com); it is compared as written",
+                shown(*identity)
+            ),
+            Finding::Duplicate { identity, .. } => format!(
+                "{} is listed twice: the second entry changes nothing",
+                shown(*identity)
+            ),
+            Finding::NoName { identity } if *identity == identities.default_index() => format!(
+                "{} is never served: its certificate has no DNS name, and with unknown-names = \
+                 \"refuse\" the default is not served either (add a subjectAltName, or serve \
+                 the default)",
+                shown(*identity)
+            ),
+            Finding::NoName { identity } => format!(
+                "{} is never served: its certificate has no DNS name and it is not the \
+                 default (add default = true, or a subjectAltName)",
+                shown(*identity)
+            ),
+            Finding::Shadowed { identity, by } => format!(
+                "{} is never served: {} comes first for each of its names with the same kind \
+                 of key; remove one, or give them different names",
+                shown(*identity),
+                shown(*by)
+            ),
+            _ => format!("{}: {finding}", shown(finding.identity())),
+        })
+        .collect()
+}
+
+/// Refuses a path that is not a regular file (a FIFO would block the reader until someone
+/// writes to it; a device never ends): checked before a chain or key file is opened.
+fn regular_file(path: &Path, what: &str) -> CliResult<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(usage(format!(
+            "the {what} {} is not a regular file ({}): give a file",
+            path.display(),
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a FIFO, socket or device"
+            }
+        ))),
+        // A missing file is reported by whoever reads it, with what to do.
+        _ => Ok(()),
+    }
 }
 
 /// What makes two keys share a store: the token (module, token attributes, PIN source,
@@ -404,7 +630,8 @@ fn device_of(target: &Target) -> String {
     }
 }
 
-/// The entries of an `--identities` file; `cert` paths are relative to its directory.
+/// The entries of an `--identities` file; `cert` paths and key file paths are relative to its
+/// directory.
 fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -445,7 +672,7 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
         .identity
         .into_iter()
         .map(|e| Planned {
-            key: e.key,
+            key: anchored(&e.key, base),
             cert: e.cert.map(|c| {
                 if c.is_absolute() || is_uri(&c) {
                     c
@@ -459,25 +686,54 @@ fn read_file(path: &Path) -> CliResult<(Vec<Planned>, Option<UnknownName>)> {
     Ok((entries, policy))
 }
 
-/// The chain files of a `--cert-dir`, in name order.
-fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
+/// The chain files of a `--cert-dir`, in name order. A `*.pem` or `*.crt` name that is not a
+/// regular file (a dangling link, a FIFO, a directory) is skipped with a warning.
+fn read_dir(
+    dir: &Path,
+    warnings: &mut Vec<String>,
+    skipped: &mut Vec<PathBuf>,
+) -> CliResult<Vec<Planned>> {
     let shown = dir.display().to_string();
     let listing = std::fs::read_dir(dir).map_err(|e| {
         usage(format!(
             "cannot read the certificate directory {shown}: {e}"
         ))
     })?;
-    let mut files: Vec<PathBuf> = listing
+    let mut named: Vec<PathBuf> = listing
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("pem") | Some("crt")
-                )
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("pem") | Some("crt")
+            )
         })
         .collect();
-    files.sort();
+    named.sort();
+    let mut files = Vec::with_capacity(named.len());
+    for path in named {
+        // Following links: what is read is what the link points at.
+        let meta = std::fs::metadata(&path);
+        if !matches!(&meta, Ok(m) if m.is_file()) && skipped.len() < MAX_WATCHED_SKIPS {
+            skipped.push(path.clone());
+        }
+        match meta {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(meta) => warnings.push(format!(
+                "{}: skipped, not a regular file ({})",
+                path.display(),
+                if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a FIFO, socket or device"
+                }
+            )),
+            Err(e) if path.is_symlink() => warnings.push(format!(
+                "{}: skipped, a symbolic link to nothing readable ({e})",
+                path.display()
+            )),
+            Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
+        }
+    }
     if files.is_empty() {
         return Err(usage(format!(
             "{shown} holds no chain file (*.pem, *.crt) to serve"
@@ -487,14 +743,29 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-        let key = key_line(&text).ok_or_else(|| {
-            usage(format!(
-                "{} names no key: add a line 'hardkey-key: URI' before its first -----BEGIN line",
-                file.display()
-            ))
-        })?;
+        let key = match key_lines(&text).as_slice() {
+            [] => {
+                return Err(usage(format!(
+                    "{} names no key: add a line 'hardkey-key: URI' before its first \
+                     -----BEGIN line",
+                    file.display()
+                )));
+            }
+            [one] => *one,
+            [first, rest @ ..] => {
+                if rest.iter().any(|uri| uri != first) {
+                    return Err(usage(format!(
+                        "{} names {} keys on 'hardkey-key:' lines: keep one (a chain file \
+                         serves one key)",
+                        file.display(),
+                        rest.len() + 1
+                    )));
+                }
+                first
+            }
+        };
         out.push(Planned {
-            key: key.to_owned(),
+            key: anchored(key, dir),
             cert: Some(file),
             default: false,
         });
@@ -502,13 +773,40 @@ fn read_dir(dir: &Path) -> CliResult<Vec<Planned>> {
     Ok(out)
 }
 
-/// The URI of the `hardkey-key:` line in the text before the first PEM block.
-pub(crate) fn key_line(text: &str) -> Option<&str> {
+/// The URIs of every `hardkey-key:` line before the first PEM block.
+fn key_lines(text: &str) -> Vec<&str> {
     text.lines()
         .take_while(|line| !line.starts_with("-----BEGIN"))
-        .find_map(|line| line.trim().strip_prefix("hardkey-key:"))
+        .filter_map(|line| line.trim().strip_prefix("hardkey-key:"))
         .map(str::trim)
         .filter(|uri| !uri.is_empty())
+        .collect()
+}
+
+/// `key` with a relative key file path (`tpm2:file=...`, `file:...`) made relative to `base`,
+/// the directory of the file that names it, as chain paths are. Anything else (a token key,
+/// an alias, an absolute path, a URI that does not parse: its error comes when it is opened)
+/// is returned as written.
+fn anchored(key: &str, base: &Path) -> String {
+    let rebased =
+        |path: &Path| (path.is_relative() && !base.as_os_str().is_empty()).then(|| base.join(path));
+    match key.parse::<KeyUri>() {
+        Ok(KeyUri::Tpm2(mut uri)) => match &uri.key {
+            hardkey_api::uri::Tpm2Key::File(path) => match rebased(path) {
+                Some(path) => {
+                    uri.key = hardkey_api::uri::Tpm2Key::File(path);
+                    uri.to_string()
+                }
+                None => key.to_owned(),
+            },
+            _ => key.to_owned(),
+        },
+        Ok(KeyUri::File(uri)) => match rebased(&uri.path) {
+            Some(path) => hardkey_api::uri::FileUri::new(path).to_string(),
+            None => key.to_owned(),
+        },
+        _ => key.to_owned(),
+    }
 }
 
 /// Whether a `cert` names a certificate on a token rather than a file.
@@ -556,14 +854,34 @@ mod tests {
     #[test]
     fn the_key_line_comes_before_the_first_block() {
         let pem = "hardkey-key: pkcs11:token=web;object=tls\n-----BEGIN CERTIFICATE-----\n";
-        assert_eq!(key_line(pem), Some("pkcs11:token=web;object=tls"));
+        assert_eq!(key_lines(pem), ["pkcs11:token=web;object=tls"]);
         let late = "-----BEGIN CERTIFICATE-----\nhardkey-key: pkcs11:object=x\n";
-        assert_eq!(key_line(late), None);
-        assert_eq!(key_line("hardkey-key:   \n"), None);
+        assert!(key_lines(late).is_empty());
+        assert!(key_lines("hardkey-key:   \n").is_empty());
         assert_eq!(
-            key_line("# comment\n  hardkey-key: file:k.pem  \n"),
-            Some("file:k.pem")
+            key_lines("# comment\n  hardkey-key: file:k.pem  \nhardkey-key: file:j.pem\n"),
+            ["file:k.pem", "file:j.pem"]
         );
+    }
+
+    #[test]
+    fn relative_key_files_are_anchored_to_the_naming_file() {
+        let base = Path::new("/etc/hk");
+        assert_eq!(anchored("file:k.pem", base), "file:/etc/hk/k.pem");
+        assert_eq!(
+            anchored("tpm2:file=keys/k.tss2?tcti=swtpm:port=1", base),
+            "tpm2:file=/etc/hk/keys/k.tss2?tcti=swtpm:port=1"
+        );
+        for unchanged in [
+            "file:/abs/k.pem",
+            "tpm2:file=/abs/k.tss2",
+            "tpm2:handle=0x81000001",
+            "pkcs11:token=a;object=b",
+            "alias",
+        ] {
+            assert_eq!(anchored(unchanged, base), unchanged);
+        }
+        assert_eq!(anchored("file:k.pem", Path::new("")), "file:k.pem");
     }
 
     #[test]

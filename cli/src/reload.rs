@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hardkey_api::PrivateKey;
 use hardkey_tls::{CertChain, ServerHandle};
@@ -43,6 +43,9 @@ use crate::target::{OpenOptions, Target};
 
 /// The log target of reload messages.
 pub(crate) const LOG_TARGET: &str = "hardkey::reload";
+
+/// How often a retired store's last connections are looked for.
+const RETIRED_CHECK: Duration = Duration::from_millis(500);
 
 /// What wakes the watcher.
 enum Event {
@@ -141,17 +144,27 @@ impl State<'_> {
     fn run(&mut self, wake: &Receiver<Event>, interval: Option<Duration>) {
         let mut seen = self.stamps();
         let mut pending: Option<Vec<Stamp>> = None;
-        // Without polling, wake only for events.
+        // Without polling, wake only for events, and to close retired stores.
         let tick = interval.unwrap_or(Duration::from_secs(3600));
+        let mut next_poll = Instant::now() + tick;
         loop {
-            match wake.recv_timeout(tick) {
+            self.served.devices.close_retired();
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if self.served.devices.has_retired() {
+                wait = wait.min(RETIRED_CHECK);
+            }
+            match wake.recv_timeout(wait) {
                 Ok(Event::Hangup) => {
                     log::info!(target: LOG_TARGET, "SIGHUP: reloading");
                     pending = None;
                     seen = self.reload_stamped(true);
                 }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) if interval.is_some() => {
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= next_poll => {
+                    next_poll = Instant::now() + tick;
+                    if interval.is_none() {
+                        continue;
+                    }
                     let now = self.stamps();
                     if now == seen {
                         pending = None;
@@ -193,6 +206,13 @@ impl State<'_> {
         let mut files: Vec<PathBuf> = Vec::new();
         files.extend(a.identities.iter().cloned());
         files.extend(a.cert_dir.iter().cloned());
+        files.extend(
+            match plan {
+                Some(plan) => plan.skipped.iter(),
+                None => self.served.skipped.iter(),
+            }
+            .cloned(),
+        );
         let entries: Vec<&Planned> = match plan {
             Some(plan) => plan.entries.iter().collect(),
             None => self.served.loaded.iter().map(|l| &l.planned).collect(),
@@ -352,8 +372,23 @@ impl State<'_> {
                         changes.join("; ")
                     );
                 }
+                let retired = self.served.devices.retire_unused(&next, self.setup.config);
+                if !retired.is_empty() {
+                    log::info!(
+                        target: LOG_TARGET,
+                        "no entry uses {} any more: closed once its connections end",
+                        retired.join(", ")
+                    );
+                }
+                self.served.skipped = plan.skipped.clone();
+                let mut warnings = plan.warnings;
+                warnings.extend(identities::findings(&identities, &next));
+                for warning in &warnings {
+                    log::warn!(target: LOG_TARGET, "{warning}");
+                }
                 self.served.identities = identities;
                 self.served.loaded = next;
+                self.served.warnings = warnings;
             }
             Err(e) => log::warn!(
                 target: LOG_TARGET,
@@ -419,7 +454,7 @@ impl State<'_> {
 
 impl Planned {
     /// The key as messages show it: its URI without secrets.
-    fn key_shown(&self) -> String {
+    pub(crate) fn key_shown(&self) -> String {
         hardkey_api::uri::redact(&self.key)
     }
 }

@@ -27,12 +27,12 @@ use secrecy::ExposeSecret;
 use softhsm_tests::{FaultShim, SoftHsm};
 
 /// Turns Prometheus text (stdin) into JSON samples `[name, labels, value]`, with the parser of
-/// the `prometheus_client` package; argv[1], an openssl notAfter date, is converted to unix
-/// seconds and printed first.
+/// the `prometheus_client` package (NaN as null); argv[1], an openssl notAfter date, is
+/// converted to unix seconds and printed first.
 const PARSE: &str = r#"
 import json, ssl, sys
 from prometheus_client.parser import text_string_to_metric_families
-samples = [[s.name, s.labels, s.value]
+samples = [[s.name, s.labels, None if s.value != s.value else s.value]
            for family in text_string_to_metric_families(sys.stdin.read())
            for s in family.samples]
 print(json.dumps({"not_after": ssl.cert_time_to_seconds(sys.argv[1]), "samples": samples}))
@@ -170,7 +170,7 @@ fn scrape(hk: &Hardkey, metrics: std::net::SocketAddr, cert: &str) -> Scrape {
             (
                 s[0].as_str().unwrap().to_owned(),
                 labels,
-                s[2].as_f64().unwrap(),
+                s[2].as_f64().unwrap_or(f64::NAN),
             )
         })
         .collect();
@@ -365,6 +365,69 @@ fn counters_match_the_work_done(env: &Env) {
     hk.ok(&["delete", &uri, "--yes"]);
 }
 
+/// After a reload to a new certificate, the expiry gauge of the new one is its notAfter, and
+/// the replaced one's reads NaN (the facade cannot remove a series): an expiry alert stops
+/// firing for a certificate no longer served.
+fn expiry_gauges_follow_a_reload() {
+    let hk = Hardkey::new();
+    hk.ok(&["keygen", "file:k.pem"]);
+    let old = selfsign_localhost(&hk, "file:k.pem", "old.crt", &[]);
+    std::fs::copy(hk.path(&old), hk.path("live.crt")).unwrap();
+    let serial = |cert: &str| {
+        common::tool(
+            "openssl",
+            &["x509", "-in", cert, "-noout", "-serial"],
+            hk.dir.path(),
+        )
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+    };
+    for stack in ["boring", "rustls"] {
+        let new = selfsign_localhost(&hk, "file:k.pem", &format!("new-{stack}.crt"), &[]);
+        std::fs::copy(hk.path(&old), hk.path("live.crt")).unwrap();
+        let metrics = free_addr();
+        let metrics_text = metrics.to_string();
+        let serve = Serve::start_with(
+            &hk,
+            &[
+                "--key",
+                "file:k.pem",
+                "--cert",
+                "live.crt",
+                "--watch-interval",
+                "0s",
+                "--metrics",
+                &metrics_text,
+            ],
+            stack,
+        );
+        let listener = serve.addr().to_string();
+        let gauge = |m: &Scrape, serial: &str| {
+            m.get(
+                "hardkey_tls_certificate_expiry_timestamp_seconds",
+                &[
+                    ("listener", &listener),
+                    ("name", "localhost"),
+                    ("serial", serial),
+                ],
+            )
+        };
+        let before = scrape(&hk, metrics, &old);
+        assert_eq!(gauge(&before, &serial(&old)), before.not_after, "{stack}");
+        std::fs::copy(hk.path(&new), hk.path("live.crt")).unwrap();
+        serve.hangup();
+        serve.wait_for_log(&["reloaded 1 certificate chain"], 1);
+        let after = scrape(&hk, metrics, &new);
+        assert_eq!(gauge(&after, &serial(&new)), after.not_after, "{stack}");
+        assert!(
+            gauge(&after, &serial(&old)).is_nan(),
+            "{stack}: the replaced one"
+        );
+        serve.stop();
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1); // one shim control file
@@ -375,9 +438,15 @@ fn main() -> ExitCode {
     };
     run_on(&args, start, |env: &Arc<Env>| {
         let env = Arc::clone(env);
-        vec![Trial::test("counters_match_the_work_done", move || {
-            counters_match_the_work_done(&env);
-            Ok(())
-        })]
+        vec![
+            Trial::test("counters_match_the_work_done", move || {
+                counters_match_the_work_done(&env);
+                Ok(())
+            }),
+            Trial::test("expiry_gauges_follow_a_reload", || {
+                expiry_gauges_follow_a_reload();
+                Ok(())
+            }),
+        ]
     })
 }

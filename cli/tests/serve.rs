@@ -323,6 +323,133 @@ fn bad_identities_are_refused_with_what_to_fix() {
 }
 
 #[test]
+fn paths_are_relative_to_the_file_naming_them_and_doubtful_entries_are_warned_of() {
+    let hk = Hardkey::new();
+    std::fs::create_dir(hk.path("keys")).unwrap();
+    hk.ok(&["keygen", "file:keys/a.pem"]);
+    hk.ok(&[
+        "selfsign",
+        "file:keys/a.pem",
+        "--subject",
+        "CN=a",
+        "--san",
+        "dns:a.example",
+        "--out",
+        "keys/a.crt",
+    ]);
+    // The key path, like the chain path, is relative to the TOML file's directory (it used
+    // to be relative to the working directory): and the entry given twice is warned of.
+    std::fs::create_dir(hk.path("conf")).unwrap();
+    let entry = "[[identity]]\nkey = \"file:../keys/a.pem\"\ncert = \"../keys/a.crt\"\n";
+    hk.file("conf/rel.toml", format!("{entry}{entry}"));
+    let serve = Serve::start_with(&hk, &["--identities", "conf/rel.toml"], "rustls");
+    assert_eq!(
+        served(&hk, serve.addr(), "keys/a.crt", Some("a.example")),
+        (Some("a".into()), true)
+    );
+    let stopped = serve.stop();
+    assert!(
+        stopped.log.contains("warning: ") && stopped.log.contains("is listed twice"),
+        "{}",
+        stopped.log
+    );
+
+    // In a directory: the key line's relative path is relative to the directory; a dangling
+    // link, a FIFO and a directory with chain-file names are skipped with a warning.
+    std::fs::create_dir(hk.path("certs")).unwrap();
+    let chain = std::fs::read_to_string(hk.path("keys/a.crt")).unwrap();
+    hk.file(
+        "certs/a.pem",
+        format!("hardkey-key: file:../keys/a.pem\n{chain}"),
+    );
+    std::fs::create_dir(hk.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(hk.path("elsewhere/b.pem"), hk.path("certs/dangling.pem")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(hk.path("certs/fifo.pem"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::create_dir(hk.path("certs/dir.crt")).unwrap();
+    let serve = Serve::start_with(&hk, &["--cert-dir", "certs"], "boring");
+    assert_eq!(
+        served(&hk, serve.addr(), "keys/a.crt", Some("a.example")),
+        (Some("a".into()), true)
+    );
+    // The link gains a target: the poll sees it and serves it.
+    hk.file(
+        "elsewhere/b.pem",
+        format!(
+            "hardkey-key: file:{}\n{chain}",
+            hk.path("keys/a.pem").display()
+        ),
+    );
+    serve.wait_for_log(&["dangling.pem: added"], 1);
+    let log = serve.stop().log;
+    for needle in [
+        "dangling.pem: skipped, a symbolic link",
+        "fifo.pem: skipped, not a regular file (a FIFO",
+        "dir.crt: skipped, not a regular file (a directory)",
+    ] {
+        assert!(log.contains(needle), "no '{needle}' in:\n{log}");
+    }
+    // The banner comes before any warning-free line of the server: one line, not one per
+    // chain.
+    assert_eq!(log.matches("serving https://").count(), 1, "{log}");
+
+    // A chain file naming two different keys is refused.
+    std::fs::create_dir(hk.path("two")).unwrap();
+    hk.ok(&["keygen", "file:keys/b.pem"]);
+    hk.file(
+        "two/a.pem",
+        format!("hardkey-key: file:../keys/a.pem\nhardkey-key: file:../keys/b.pem\n{chain}"),
+    );
+    let addr = free_addr().to_string();
+    hk.fails(
+        &["serve", "--listen", &addr, "--cert-dir", "two"],
+        2,
+        &["two/a.pem", "names 2 keys", "keep one"],
+    );
+
+    // A FIFO named as a chain or a key file is refused at once (reading one would wait for a
+    // writer for ever, startup and SIGTERM with it).
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(hk.path("conf/pipe"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
+    hk.file(
+        "conf/fifo-cert.toml",
+        "[[identity]]\nkey = \"file:../keys/a.pem\"\ncert = \"pipe\"\n",
+    );
+    hk.fails(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--identities",
+            "conf/fifo-cert.toml",
+        ],
+        2,
+        &["certificate chain", "conf/pipe", "not a regular file"],
+    );
+    hk.file(
+        "conf/fifo-key.toml",
+        "[[identity]]\nkey = \"file:pipe\"\ncert = \"../keys/a.crt\"\n",
+    );
+    hk.fails(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--identities",
+            "conf/fifo-key.toml",
+        ],
+        2,
+        &["key file", "conf/pipe", "not a regular file"],
+    );
+}
+
+#[test]
 fn certificates_reload_without_restart() {
     let hk = Hardkey::new();
     hk.ok(&["keygen", "file:a.pem", "--alg", "p256"]);

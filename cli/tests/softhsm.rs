@@ -56,6 +56,8 @@ fn provision_sign_and_verify_with_openssl(hsm: &SoftHsm) {
             "cli-rsa",
             &["rsa-pkcs1-sha256", "rsa-pss-sha256"][..],
         ),
+        ("ed25519", "cli-ed25519", &["ed25519"][..]),
+        ("ed448", "cli-ed448", &["ed448"][..]),
     ] {
         let uri = key_uri(hsm, label);
         let made = hk.json(&["keygen", &uri, "--alg", alg, "--pin-file", "pin"]);
@@ -123,6 +125,132 @@ fn provision_sign_and_verify_with_openssl(hsm: &SoftHsm) {
     for label in ["cli-p256", "cli-p384", "cli-rsa"] {
         assert!(labels.contains(&label), "{labels:?}");
     }
+}
+
+/// Ed25519 on the token beyond sign/csr/selfsign: `hardkey verify`, a digest refused (EdDSA
+/// signs the message itself), an OpenSSL-made key imported, and a token key that OpenSSL's
+/// pkcs11-tool made (CKA_EC_PARAMS as the PrintableString "edwards25519") read back.
+fn ed25519_verify_digest_import_and_foreign_keys(hsm: &SoftHsm) {
+    let hk = hardkey(hsm);
+    let msg = hk.file("msg", b"signed by an Ed25519 token key");
+    let uri = key_uri(hsm, "cli-ed-more");
+    hk.ok(&["keygen", &uri, "--alg", "ed25519", "--pin-file", "pin"]);
+    hk.ok(&["pubkey", &uri, "--out", "pub.pem", "--pin-file", "pin"]);
+    hk.ok(&[
+        "sign",
+        &uri,
+        "--in",
+        &msg,
+        "--out",
+        "sig",
+        "--pin-file",
+        "pin",
+    ]);
+    assert_eq!(std::fs::read(hk.path("sig")).unwrap().len(), 64);
+    let verified = hk.json(&[
+        "verify", "--pubkey", "pub.pem", "--in", &msg, "--sig", "sig",
+    ]);
+    assert_eq!(verified["scheme"], "ed25519");
+    openssl_verify(hk.dir.path(), "ed25519", "pub.pem", "msg", "sig");
+    // A changed message does not verify.
+    let other = hk.file("other", b"signed by an Ed25519 token key!");
+    let out = hk.run(&[
+        "verify", "--pubkey", "pub.pem", "--in", &other, "--sig", "sig",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // --digest: refused, saying why, before the token is asked.
+    let digest = hk.file("digest", [7u8; 64]);
+    let out = hk.run(&[
+        "sign",
+        &uri,
+        "--digest",
+        "--in",
+        &digest,
+        "--out",
+        "dsig",
+        "--pin-file",
+        "pin",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("whole message") && err.contains("--digest"),
+        "{err}"
+    );
+    assert!(!hk.path("dsig").exists());
+
+    // An OpenSSL key, imported: its public key is OpenSSL's, and openssl verifies.
+    tool(
+        "openssl",
+        &["genpkey", "-algorithm", "ed25519", "-out", "ossl.pem"],
+        hk.dir.path(),
+    );
+    tool(
+        "openssl",
+        &["pkey", "-in", "ossl.pem", "-pubout", "-out", "ossl.pub"],
+        hk.dir.path(),
+    );
+    let imported = key_uri(hsm, "cli-ed-imported");
+    hk.ok(&[
+        "import",
+        &imported,
+        "--from",
+        "ossl.pem",
+        "--pin-file",
+        "pin",
+    ]);
+    hk.ok(&[
+        "pubkey",
+        &imported,
+        "--out",
+        "imported.pub",
+        "--pin-file",
+        "pin",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(hk.path("imported.pub")).unwrap(),
+        std::fs::read_to_string(hk.path("ossl.pub")).unwrap()
+    );
+    hk.ok(&[
+        "sign",
+        &imported,
+        "--in",
+        &msg,
+        "--out",
+        "isig",
+        "--pin-file",
+        "pin",
+    ]);
+    openssl_verify(hk.dir.path(), "ed25519", "ossl.pub", "msg", "isig");
+
+    // pkcs11-tool's key: EC_PARAMS PrintableString, EC_POINT an OCTET STRING.
+    run_ok(
+        hsm.pkcs11_tool()
+            .args(["--keypairgen", "--key-type", "EC:edwards25519"])
+            .args(["--label", "cli-ed-foreign", "--id", "ed25519f"]),
+    );
+    let foreign = key_uri(hsm, "cli-ed-foreign");
+    let info = hk.json(&["info", &foreign, "--pin-file", "pin"]);
+    assert_eq!(info["algorithm"], "ed25519", "{info}");
+    hk.ok(&[
+        "pubkey",
+        &foreign,
+        "--out",
+        "foreign.pub",
+        "--pin-file",
+        "pin",
+    ]);
+    hk.ok(&[
+        "sign",
+        &foreign,
+        "--in",
+        &msg,
+        "--out",
+        "fsig",
+        "--pin-file",
+        "pin",
+    ]);
+    openssl_verify(hk.dir.path(), "ed25519", "foreign.pub", "msg", "fsig");
 }
 
 fn bad_input_is_refused_cleanly(hsm: &SoftHsm) {
@@ -520,10 +648,14 @@ fn pct(text: &str) -> String {
 
 fn main() -> ExitCode {
     run_serial(|hsm: Arc<SoftHsm>| {
-        let tests: [Test; 8] = [
+        let tests: [Test; 9] = [
             (
                 "hostile_labels_are_shown_safely",
                 hostile_labels_are_shown_safely,
+            ),
+            (
+                "ed25519_verify_digest_import_and_foreign_keys",
+                ed25519_verify_digest_import_and_foreign_keys,
             ),
             (
                 "provision_sign_and_verify_with_openssl",

@@ -15,7 +15,7 @@ mod common;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::serve::{KeyType, check_serve, selfsign_localhost};
+use common::serve::{KeyType, Serve, check_reload, check_serve, curl_tls13, selfsign_localhost};
 use common::{Hardkey, TAKE_OWNERSHIP, check_certificates, openssl_verify, tool};
 use swtpm_tests::{Swtpm, run, trial};
 
@@ -92,6 +92,26 @@ fn take_ownership_then_clear(tpm: &Swtpm) {
         assert_eq!(cleared[auth], false, "{auth}: {cleared}");
     }
     assert!(!getcap(tpm, "handles-persistent").contains("0x81000030"));
+    assert_no_transients(tpm);
+}
+
+/// TPM 2.0 has no EdDSA: `keygen --alg ed25519|ed448` on a TPM is refused with exit code 2,
+/// saying so and where such keys can live, and leaves no object behind.
+fn eddsa_is_refused_on_a_tpm(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    let before = getcap(tpm, "handles-persistent");
+    for alg in ["ed25519", "ed448"] {
+        let out = hk.run(&["keygen", "tpm2:", "--alg", alg]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{alg}: {err}");
+        assert!(
+            err.contains(&format!("does not support {alg} keys"))
+                && err.contains("TPM 2.0 has no EdDSA")
+                && err.contains("CKM_EDDSA"),
+            "{alg}: {err}"
+        );
+    }
+    assert_eq!(getcap(tpm, "handles-persistent"), before);
     assert_no_transients(tpm);
 }
 
@@ -248,6 +268,132 @@ fn serve_tpm_keys_over_tls(tpm: &Swtpm) {
     hk.ok(&["delete", &p256, "--yes"]);
     assert!(!getcap(tpm, "handles-persistent").contains("0x81000050"));
     assert_no_transients(tpm);
+}
+
+/// Reload without restart on TPM keys ([`check_reload`]): a P-256 key file with three
+/// certificates, a persistent RSA key that takes over the entry, and a key on a TPM that does
+/// not answer; nothing is left loaded in the TPM after each server.
+fn serve_reloads_tpm_keys(tpm: &Swtpm) {
+    let hk = hardkey(tpm);
+    hk.ok(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "p256",
+        "--out",
+        "reload-a.tss2.pem",
+    ]);
+    let b = hk.json(&[
+        "keygen",
+        "tpm2:",
+        "--alg",
+        "rsa2048",
+        "--persist",
+        "0x81000051",
+    ])["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Port 1 on loopback: nothing listens there.
+    let dead = "tpm2:file=reload-a.tss2.pem?tcti=swtpm:host=127.0.0.1,port=1";
+    check_reload(&hk, "tpm2:file=reload-a.tss2.pem", &b, dead, &[]);
+    assert_no_transients(tpm);
+    hk.ok(&["delete", &b, "--yes"]);
+    assert_no_transients(tpm);
+
+    // An entry moved off the TPM: the TPM store no entry uses is closed (its loaded keys
+    // flushed) once no connection holds a key opened from it, including keys of earlier
+    // reloads (SIGHUP opens every key again); moved back before that, the same store serves.
+    let tpm_cert = selfsign_localhost(&hk, "tpm2:file=reload-a.tss2.pem", "moved-a.crt", &[]);
+    hk.ok(&["keygen", "file:moved-soft.pem"]);
+    let soft_cert = selfsign_localhost(&hk, "file:moved-soft.pem", "moved-soft.crt", &[]);
+    let entry =
+        |key: &str, cert: &str| format!("[[identity]]\nkey = \"{key}\"\ncert = \"{cert}\"\n");
+    let on_tpm = entry("tpm2:file=reload-a.tss2.pem", &tpm_cert);
+    let on_file = entry("file:moved-soft.pem", &soft_cert);
+    for stack in ["boring", "rustls"] {
+        hk.file("moved.toml", &on_tpm);
+        let serve = Serve::start_with(
+            &hk,
+            &["--identities", "moved.toml", "--watch-interval", "0s"],
+            stack,
+        );
+        let reloaded = |n: usize| {
+            serve.hangup();
+            serve.wait_for_log(&["reloaded"], n);
+        };
+        // Signed by the key of the first generation.
+        let mut held = KeptAlive::open(&hk, serve.addr(), &tpm_cert);
+        reloaded(1);
+        hk.file("moved.toml", &on_file);
+        reloaded(2);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(
+            !serve.log().contains("closed TPM"),
+            "{stack}: the TPM store closed under a connection holding its key:\n{}",
+            serve.log()
+        );
+        held.get();
+        curl_tls13(hk.dir.path(), serve.addr(), &soft_cert);
+        // Back to the TPM while the retired store is still held: it serves again.
+        hk.file("moved.toml", &on_tpm);
+        reloaded(3);
+        curl_tls13(hk.dir.path(), serve.addr(), &tpm_cert);
+        hk.file("moved.toml", &on_file);
+        reloaded(4);
+        drop(held);
+        serve.wait_for_log(&["closed TPM", "no entry uses it"], 1);
+        assert_no_transients(tpm);
+        curl_tls13(hk.dir.path(), serve.addr(), &soft_cert);
+        let log = serve.stop().log;
+        assert!(!log.contains("out of transient"), "{stack}: {log}");
+    }
+    assert_no_transients(tpm);
+}
+
+/// A keep-alive rustls connection to `localhost` at `addr`, trusting `cert`: holds what the
+/// server serves it with (its key) for as long as it is open.
+struct KeptAlive(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl KeptAlive {
+    fn open(hk: &Hardkey, addr: std::net::SocketAddr, cert: &str) -> Self {
+        let config = common::serve::trusting(&hk.path(cert));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut kept = Self(rustls::StreamOwned::new(conn, tcp));
+        kept.get();
+        kept
+    }
+
+    /// One keep-alive request and its whole response.
+    fn get(&mut self) {
+        use std::io::{Read, Write};
+        self.0
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.0.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+    }
 }
 
 fn seal_and_unseal(tpm: &Swtpm) {
@@ -444,13 +590,15 @@ type Test = (&'static str, fn(&Swtpm));
 
 fn main() -> ExitCode {
     run(|tpm: Arc<Swtpm>| {
-        let tests: [Test; 5] = [
+        let tests: [Test; 7] = [
             ("take_ownership_then_clear", take_ownership_then_clear),
+            ("eddsa_is_refused_on_a_tpm", eddsa_is_refused_on_a_tpm),
             (
                 "keys_sign_for_openssl_and_tpm2_tools",
                 keys_sign_for_openssl_and_tpm2_tools,
             ),
             ("serve_tpm_keys_over_tls", serve_tpm_keys_over_tls),
+            ("serve_reloads_tpm_keys", serve_reloads_tpm_keys),
             ("seal_and_unseal", seal_and_unseal),
             ("lockout_parameters", lockout_parameters),
         ];

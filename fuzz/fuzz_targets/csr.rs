@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
                 "{request:?} {} {} {}",
                 request.subject(),
                 request.signature_algorithm(),
-                request.requested_sans().map(ToString::to_string).unwrap_or_default()
+                request
+                    .requested_sans()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
             );
             let again = CertRequest::from_der(request.as_der()).expect("its own DER parses");
             assert_eq!(again, request);

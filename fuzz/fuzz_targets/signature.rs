@@ -9,7 +9,9 @@
 
 use hardkey_api::verify::verify_signature;
 use hardkey_api::{KeyAlgorithm, SignatureScheme, encoding};
-use hardkey_fuzz::{MESSAGE, P256_SPKI, P384_SPKI, RSA2048_SPKI, fixture};
+use hardkey_fuzz::{
+    ED448_SPKI, ED25519_SPKI, MESSAGE, P256_SPKI, P384_SPKI, RSA2048_SPKI, fixture,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
-    for other in [RSA2048_SPKI, P256_SPKI, P384_SPKI] {
+    for other in [RSA2048_SPKI, P256_SPKI, P384_SPKI, ED25519_SPKI, ED448_SPKI] {
         if other != key {
             assert!(verify_signature(other, scheme, MESSAGE, signature).is_err());
         }
@@ -36,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
     for algorithm in KeyAlgorithm::ALL {
         let _ = encoding::check_signature_form(scheme, algorithm, signature);
     }
-    let _ = encoding::oaep_decode(scheme.hash(), signature);
+    if let Some(hash) = scheme.hash() {
+        let _ = encoding::oaep_decode(hash, signature);
+    }
     let _ = encoding::pkcs1v15_decrypt_decode(signature);
 });
 

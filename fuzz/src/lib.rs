@@ -14,6 +14,12 @@ pub const P256_SPKI: &[u8] = include_bytes!("../fixtures/p256.spki.der");
 /// The P-384 public key (DER SubjectPublicKeyInfo).
 pub const P384_SPKI: &[u8] = include_bytes!("../fixtures/p384.spki.der");
 
+/// The Ed25519 public key (DER SubjectPublicKeyInfo).
+pub const ED25519_SPKI: &[u8] = include_bytes!("../fixtures/ed25519.spki.der");
+/// The Ed448 public key (DER SubjectPublicKeyInfo; hardkey has no software Ed448 verifier, so
+/// its signature never verifies here: the targets check the refusal).
+pub const ED448_SPKI: &[u8] = include_bytes!("../fixtures/ed448.spki.der");
+
 /// The fixed key of `scheme`'s algorithm, and its valid signature of [`MESSAGE`].
 pub fn fixture(scheme: SignatureScheme) -> (&'static [u8], &'static [u8]) {
     match scheme {
@@ -41,6 +47,8 @@ pub fn fixture(scheme: SignatureScheme) -> (&'static [u8], &'static [u8]) {
         SignatureScheme::EcdsaP384Sha384 => {
             (P384_SPKI, include_bytes!("../fixtures/sig-ecdsa-p384"))
         }
+        SignatureScheme::Ed25519 => (ED25519_SPKI, include_bytes!("../fixtures/sig-ed25519")),
+        SignatureScheme::Ed448 => (ED448_SPKI, include_bytes!("../fixtures/sig-ed448")),
         _ => (&[], &[]),
     }
 }

@@ -174,12 +174,13 @@ fn table(title: &str, token: &Token<'_>, open: impl Fn(usize) -> hardkey_pkcs11:
         (KeyAlgorithm::EcP256, SignatureScheme::EcdsaP256Sha256),
         (KeyAlgorithm::Rsa2048, SignatureScheme::RsaPkcs1Sha256),
     ] {
-        let digest = encoding::digest(scheme.hash(), b"hardkey pkcs11 benchmark");
+        let hash = scheme.hash().expect("ECDSA and RSA have a hash");
+        let digest = encoding::digest(hash, b"hardkey pkcs11 benchmark");
         let (mechanism, data): (fn() -> Mechanism<'static>, _) = match alg {
             KeyAlgorithm::EcP256 => (|| Mechanism::Ecdsa, digest.clone()),
             _ => (
                 || Mechanism::RsaPkcs,
-                encoding::digest_info(scheme.hash(), &digest).unwrap(),
+                encoding::digest_info(hash, &digest).unwrap(),
             ),
         };
         for sessions in [1, 2] {

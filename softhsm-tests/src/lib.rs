@@ -419,6 +419,21 @@ pub fn conformance_trials_with(
     token_label: &str,
     concurrency: usize,
 ) -> Vec<libtest_mimic::Trial> {
+    conformance_trials_for(
+        config,
+        token_label,
+        concurrency,
+        &harness::CONFORMANCE_ALGORITHMS,
+    )
+}
+
+/// [`conformance_trials_with`] for the given algorithms (SoftHSM adds Ed25519 and Ed448).
+pub fn conformance_trials_for(
+    config: Pkcs11Config,
+    token_label: &str,
+    concurrency: usize,
+    algorithms: &[(&str, hardkey_api::KeyAlgorithm)],
+) -> Vec<libtest_mimic::Trial> {
     let missing = hardkey_api::KeyUri::Pkcs11(
         Pkcs11Uri::new()
             .with_token(token_label)
@@ -440,5 +455,5 @@ pub fn conformance_trials_with(
             suite.import_refused()
         }
     };
-    harness::conformance_trials(suite, &harness::CONFORMANCE_ALGORITHMS)
+    harness::conformance_trials(suite, algorithms)
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::executor::block_on;
 use hardkey_api::{GenerateRequest, KeyAlgorithm, KeyStore, PrivateKey, SignatureScheme};
-use hardkey_x509::testkit::{CASES, check_with_openssl};
+use hardkey_x509::testkit::{CASES, EDDSA_CASES, check_with_openssl};
 use softhsm_tests::{SoftHsm, run, trial};
 
 /// One token key of `algorithm` signs everything `check_with_openssl` makes, with each of
@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
     run(|hsm: Arc<SoftHsm>| {
         CASES
             .iter()
+            .chain(EDDSA_CASES)
             .map(|case| {
                 let hsm = Arc::clone(&hsm);
                 trial(case.name, move || {

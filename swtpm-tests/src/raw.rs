@@ -5,7 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use hardkey_api::{SignatureScheme, encoding};
+use hardkey_api::{HashAlgorithm, SignatureScheme, encoding};
 use hardkey_tpm::KeyFile;
 use tss_esapi::Context;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
@@ -61,8 +61,11 @@ pub fn raw_sign_loop(
         .unwrap_or_else(|e| fail("TPM2_Load", e));
     ctx.flush_context(parent.into())
         .unwrap_or_else(|e| fail("flush", e));
-    let digest = Digest::try_from(encoding::digest(scheme.hash(), b"bench"))
-        .unwrap_or_else(|e| fail("digest", e));
+    let digest = Digest::try_from(encoding::digest(
+        scheme.hash().unwrap_or(HashAlgorithm::Sha256),
+        b"bench",
+    ))
+    .unwrap_or_else(|e| fail("digest", e));
     let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
         hierarchy: TPM2_RH_NULL,

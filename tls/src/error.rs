@@ -84,10 +84,12 @@ pub enum Error {
         count: usize,
     },
 
-    /// The key failed the test signature made at startup.
+    /// The key failed the test signature made before it is served (at startup, and on each
+    /// reload).
     #[error(
-        "key {key} failed its startup test signature ({scheme}): {source}. The server did not \
-         start: check that the device is reachable and the key usable (or disable the probe)"
+        "key {key} failed its test signature ({scheme}): {source}. It is not served (at \
+         startup the server does not start; on a reload the previous set stays): check that \
+         the device is reachable and the key usable (or disable the probe)"
     )]
     KeyProbe {
         /// The key's name.
@@ -99,10 +101,10 @@ pub enum Error {
         source: Box<hardkey_api::Error>,
     },
 
-    /// The key did not answer the startup test signature in time.
+    /// The key did not answer its test signature (at startup, on a reload) in time.
     #[error(
-        "key {key} did not complete its startup test signature within {timeout:?}: is the \
-         device reachable?"
+        "key {key} did not complete its test signature within {timeout:?}: is the device \
+         reachable? It is not served"
     )]
     KeyProbeTimeout {
         /// The key's name.

@@ -78,7 +78,8 @@ impl Identity {
         let algorithm = self.key.info().algorithm;
         let suites = match algorithm.family() {
             KeyFamily::Rsa => tls12.rsa_suites,
-            KeyFamily::Ec => tls12.ecdsa_suites,
+            // RFC 8422: EdDSA certificates use the ECDHE_ECDSA suites in TLS 1.2.
+            KeyFamily::Ec | KeyFamily::EdDsa => tls12.ecdsa_suites,
             _ => true,
         };
         let group = match (&tls12.groups, tls_group_of(algorithm)) {
@@ -86,6 +87,27 @@ impl Identity {
             _ => true,
         };
         suites && group
+    }
+
+    /// The same chain on the same key (the key's URI names it).
+    fn same_as(&self, other: &Identity) -> bool {
+        self.chain.certs() == other.chain.certs() && self.key.info().uri == other.key.info().uri
+    }
+
+    /// Whether every client `other` can serve, this identity can serve too: the same kind of
+    /// key (for EC the same curve, which TLS 1.2 groups select; any RSA size), signing with at
+    /// least `other`'s schemes.
+    fn serves_all_of(&self, other: &Identity) -> bool {
+        let (mine, theirs) = (self.key.info(), other.key.info());
+        let same_kind = match (mine.algorithm.family(), theirs.algorithm.family()) {
+            (KeyFamily::Rsa, KeyFamily::Rsa) => true,
+            _ => mine.algorithm == theirs.algorithm,
+        };
+        same_kind
+            && theirs
+                .signature_schemes
+                .iter()
+                .all(|s| mine.signature_schemes.contains(s))
     }
 
     /// The same identity with another key (e.g. one with simulated latency).
@@ -360,6 +382,73 @@ impl Identities {
         Ok(())
     }
 
+    /// What in this set is accepted but is probably not what was meant: names that can never
+    /// match, identities no handshake can get. A server starts with them; an operator should
+    /// hear of them (`hardkey serve` prints each as a warning).
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for (index, identity) in self.list.iter().enumerate() {
+            for name in identity.chain.dns_names() {
+                if !name_can_match(&normalize(name)) {
+                    out.push(Finding::UnmatchableName {
+                        identity: index,
+                        name: name.clone(),
+                    });
+                }
+            }
+            // The default is served to every name no identity covers: never unreachable.
+            let reachable_as_default =
+                index == self.default && self.unknown == UnknownName::ServeDefault;
+            if reachable_as_default {
+                continue;
+            }
+            if let Some(of) = (0..index).find(|&i| self.list[i].same_as(identity)) {
+                out.push(Finding::Duplicate {
+                    identity: index,
+                    of,
+                });
+                continue;
+            }
+            let names = identity.chain.dns_names();
+            if names.is_empty() {
+                out.push(Finding::NoName { identity: index });
+                continue;
+            }
+            // Shadowed when, for each of its names, an identity listed before it for the same
+            // name serves every client it could serve.
+            let mut by = Vec::new();
+            for name in names {
+                let name = normalize(name);
+                let list = match name.strip_prefix("*.") {
+                    Some(rest) => self.wildcard.get(rest),
+                    None => self.exact.get(&name),
+                };
+                let earlier = list
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .take_while(|&i| i != index);
+                match earlier
+                    .into_iter()
+                    .find(|&i| self.list[i].serves_all_of(identity))
+                {
+                    Some(i) => by.push(i),
+                    None => {
+                        by.clear();
+                        break;
+                    }
+                }
+            }
+            if let Some(&first) = by.first() {
+                out.push(Finding::Shadowed {
+                    identity: index,
+                    by: first,
+                });
+            }
+        }
+        out
+    }
+
     /// The same set with each key replaced by `f(key)`.
     pub(crate) fn map_keys(&self, f: impl Fn(&SharedKey) -> SharedKey) -> Self {
         let mut out = self.clone();
@@ -378,7 +467,125 @@ impl fmt::Debug for Identities {
     }
 }
 
+/// Something [`Identities::findings`] noticed. Identities are named by their index, in the
+/// order added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// A DNS name in the identity's leaf that no server name can match as written: a `*`
+    /// anywhere but as the whole left-most label (`*`, `*.*.example.com`,
+    /// `a.*.example.com`, `w*.example.com`), compared literally; or an IP address written as
+    /// a DNS name (a server name that is an address matches nothing).
+    UnmatchableName {
+        /// The identity.
+        identity: usize,
+        /// The name, as the certificate gives it.
+        name: String,
+    },
+    /// The same chain on the same key as an identity listed before it.
+    Duplicate {
+        /// The identity listed again.
+        identity: usize,
+        /// The earlier one.
+        of: usize,
+    },
+    /// The leaf has no DNS name, and the identity is not the default or the default is not
+    /// served ([`UnknownName::Refuse`]): no handshake gets it.
+    NoName {
+        /// The identity.
+        identity: usize,
+    },
+    /// For each of its names, an identity listed before it with the same kind of key serves
+    /// every client it could serve: no handshake gets it.
+    Shadowed {
+        /// The identity never chosen.
+        identity: usize,
+        /// The first identity chosen instead.
+        by: usize,
+    },
+}
+
+impl Finding {
+    /// The identity the finding is about.
+    pub fn identity(&self) -> usize {
+        match self {
+            Self::UnmatchableName { identity, .. }
+            | Self::Duplicate { identity, .. }
+            | Self::NoName { identity }
+            | Self::Shadowed { identity, .. } => *identity,
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnmatchableName { identity, name } => write!(
+                f,
+                "identity {identity}: the name {name:?} matches no server name: a wildcard \
+                 is a whole left-most label (*.example.com)"
+            ),
+            Self::Duplicate { identity, of } => write!(
+                f,
+                "identity {identity} is identity {of} again (the same chain and key)"
+            ),
+            Self::NoName { identity } => write!(
+                f,
+                "identity {identity} is never served: its certificate has no DNS name and it \
+                 is not the default"
+            ),
+            Self::Shadowed { identity, by } => write!(
+                f,
+                "identity {identity} is never served: identity {by} comes first for its names \
+                 with the same kind of key"
+            ),
+        }
+    }
+}
+
+/// Whether a (normalized) DNS name from a certificate can match some server name: a `*`
+/// only as the whole left-most label, followed by a parent name; not an IP address (a
+/// server name that is one matches nothing).
+fn name_can_match(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    match name.strip_prefix("*.") {
+        Some(parent) => !parent.contains('*') && !parent.is_empty(),
+        None => !name.contains('*') && !name.is_empty(),
+    }
+}
+
 /// A DNS name as names are compared: ASCII lower case, without a trailing dot.
 fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_can_match;
+
+    #[test]
+    fn names_that_can_never_match_are_told() {
+        for ok in [
+            "a.example",
+            "*.example",
+            "*.a.example",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(name_can_match(ok), "{ok}");
+        }
+        // rcgen and most tools write an address as an IP SAN; some write it as a DNS name.
+        for never in [
+            "*",
+            "*.",
+            "*.*.example",
+            "a.*.example",
+            "w*.example",
+            "10.0.0.2",
+            "::1",
+        ] {
+            assert!(!name_can_match(never), "{never}");
+        }
+    }
 }

@@ -64,7 +64,7 @@ mod trust;
 pub use cert::CertChain;
 pub use error::{Error, KeyMismatch, Result};
 pub use http::TlsInfo;
-pub use identity::{Identities, Identity, Offer, UnknownName};
+pub use identity::{Finding, Identities, Identity, Offer, UnknownName};
 pub use mtls::ClientCertRejected;
 pub use reload::Reloader;
 pub use server::{Server, ServerConfig, ServerHandle, ServerStats, ShutdownTrigger, Stack};

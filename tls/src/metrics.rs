@@ -124,15 +124,7 @@ impl ListenerMetrics {
                 "listener" => l(), "stack" => stack, "reason" => reason.name()
             )
         });
-        for identity in identities.iter() {
-            if let Some((name, serial, expiry)) = leaf_expiry(identity.chain()) {
-                metrics::gauge!(
-                    "hardkey_tls_certificate_expiry_timestamp_seconds",
-                    "listener" => l(), "name" => name, "serial" => serial
-                )
-                .set(expiry);
-            }
-        }
+        set_expiry(&listener, identities);
         Self {
             connections: metrics::counter!(
                 "hardkey_tls_connections_total", "listener" => l(), "stack" => stack
@@ -175,6 +167,42 @@ impl ListenerMetrics {
             }
         }))
     }
+}
+
+/// Sets the expiry gauge of each certificate `identities` serve.
+fn set_expiry(listener: &SharedString, identities: &Identities) {
+    for identity in identities.iter() {
+        if let Some((name, serial, expiry)) = leaf_expiry(identity.chain()) {
+            metrics::gauge!(
+                "hardkey_tls_certificate_expiry_timestamp_seconds",
+                "listener" => listener.clone(), "name" => name, "serial" => serial
+            )
+            .set(expiry);
+        }
+    }
+}
+
+/// After a reload from `old` to `new`: the expiry gauges of the certificates served now, and
+/// NaN for those no longer served (the `metrics` facade cannot remove a series; NaN drops out
+/// of every comparison, so an expiry alert no longer fires for a replaced certificate).
+pub(crate) fn certificates_reloaded(listener: SocketAddr, old: &Identities, new: &Identities) {
+    let listener = SharedString::from(listener.to_string());
+    let served: std::collections::HashSet<(String, String)> = new
+        .iter()
+        .filter_map(|i| leaf_expiry(i.chain()).map(|(name, serial, _)| (name, serial)))
+        .collect();
+    for identity in old.iter() {
+        if let Some((name, serial, _)) = leaf_expiry(identity.chain()) {
+            if !served.contains(&(name.clone(), serial.clone())) {
+                metrics::gauge!(
+                    "hardkey_tls_certificate_expiry_timestamp_seconds",
+                    "listener" => listener.clone(), "name" => name, "serial" => serial
+                )
+                .set(f64::NAN);
+            }
+        }
+    }
+    set_expiry(&listener, new);
 }
 
 /// Aborts a task when dropped.

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) probe_timeout: Duration,
     /// The CAs client certificates must be issued by, if the server requires them.
     pub(crate) client_ca: Option<crate::TrustAnchors>,
+    /// The listening address, once bound: labels the certificate expiry metrics.
+    pub(crate) listener: Option<std::net::SocketAddr>,
 }
 
 /// One set of identities, ready to serve: what a connection holds from accept to close.
@@ -208,11 +210,21 @@ impl Reloader {
         let count = identities.len();
         match prepare(&self.slot.settings, identities).await {
             Ok(serving) => {
-                *self
-                    .slot
-                    .current
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(serving);
+                let old = std::mem::replace(
+                    &mut *self
+                        .slot
+                        .current
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Arc::new(serving),
+                );
+                if let Some(listener) = self.slot.settings.listener {
+                    crate::metrics::certificates_reloaded(
+                        listener,
+                        &old.identities,
+                        &self.current().identities,
+                    );
+                }
                 log::info!(
                     target: "hardkey_tls",
                     "reloaded: new connections get the new set of {count} certificate chain(s)"

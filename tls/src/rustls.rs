@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use hardkey_api::{KeyFamily, PrivateKey, SharedKey, SignatureScheme};
+use hardkey_api::{KeyAlgorithm, KeyFamily, PrivateKey, SharedKey, SignatureScheme};
 use rustls::crypto::CryptoProvider;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
@@ -102,6 +102,10 @@ impl rustls::sign::SigningKey for SigningKey {
         match self.key.info().algorithm.family() {
             KeyFamily::Rsa => SignatureAlgorithm::RSA,
             KeyFamily::Ec => SignatureAlgorithm::ECDSA,
+            KeyFamily::EdDsa if self.key.info().algorithm == KeyAlgorithm::Ed448 => {
+                SignatureAlgorithm::ED448
+            }
+            KeyFamily::EdDsa => SignatureAlgorithm::ED25519,
             _ => SignatureAlgorithm::Unknown(0),
         }
     }
@@ -463,7 +467,11 @@ mod tests {
             assert_eq!(scheme_for(tls), Some(scheme), "{scheme}");
             assert_eq!(u16::from(tls), scheme.tls_code_point(), "{scheme}");
         }
-        assert_eq!(scheme_for(TlsScheme::ED25519), None);
+        assert_eq!(
+            scheme_for(TlsScheme::ED25519),
+            Some(SignatureScheme::Ed25519)
+        );
+        assert_eq!(scheme_for(TlsScheme::ED448), Some(SignatureScheme::Ed448));
         assert_eq!(scheme_for(TlsScheme::RSA_PKCS1_SHA1), None);
     }
 }

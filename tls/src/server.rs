@@ -482,12 +482,13 @@ impl Server {
     /// `handshake_timeout` unless `probe_key` is off ([`Error::KeyProbe`],
     /// [`Error::KeyProbeTimeout`]), and the address must be free ([`Error::Bind`]).
     pub async fn bind(config: ServerConfig) -> Result<Self> {
-        let settings = Settings {
+        let mut settings = Settings {
             stack: config.stack,
             simulate_latency: config.simulate_latency,
             probe_key: config.probe_key,
             probe_timeout: config.handshake_timeout,
             client_ca: config.client_ca.clone(),
+            listener: None,
         };
         let identities = config.identities.clone();
         let serving = crate::reload::prepare(&settings, config.identities).await?;
@@ -496,6 +497,7 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        settings.listener = Some(local_addr);
         let (draining, _) = watch::channel(false);
         Ok(Self {
             listener,

@@ -89,6 +89,17 @@ const P384_CASES: &[Case] = &[
     },
 ];
 
+/// Ed25519 (TLS 1.3): the device signs the whole CertificateVerify content (no pre-hash), so
+/// openssl reports no signing digest.
+const ED25519_CASES: &[Case] = &[Case {
+    version: Version::Tls13,
+    offer: &[S::ECDSA_NISTP256_SHA256, S::RSA_PSS_SHA256, S::ED25519],
+    expect: S::ED25519,
+    openssl_sigalgs: "ed25519",
+    openssl_type: "ed25519",
+    openssl_digest: "",
+}];
+
 const RSA_CASES: &[Case] = &[
     // TLS 1.3 signs with PSS only; the key prefers SHA-256 among what is offered.
     Case {
@@ -194,11 +205,18 @@ fn check_openssl(fx: &Fixture, addr: SocketAddr, case: &Case) {
         "expected a {} signature:\n{all}",
         case.openssl_type
     );
-    assert!(
-        all.contains(&format!("Peer signing digest: {}", case.openssl_digest)),
-        "expected a {} digest:\n{all}",
-        case.openssl_digest
-    );
+    if case.openssl_digest.is_empty() {
+        assert!(
+            !all.contains("Peer signing digest"),
+            "a digest for EdDSA:\n{all}"
+        );
+    } else {
+        assert!(
+            all.contains(&format!("Peer signing digest: {}", case.openssl_digest)),
+            "expected a {} digest:\n{all}",
+            case.openssl_digest
+        );
+    }
     assert!(
         all.contains(&format!("Protocol  : {}", case.version.openssl_name()))
             || all.contains(&format!("New, {}", case.version.openssl_name())),
@@ -215,6 +233,7 @@ fn handshakes(fx: &Fixture, device: &'static str, alg: KeyAlgorithm, stack: Stac
     let cases = match alg {
         KeyAlgorithm::EcP256 => P256_CASES,
         KeyAlgorithm::EcP384 => P384_CASES,
+        KeyAlgorithm::Ed25519 => ED25519_CASES,
         _ => RSA_CASES,
     };
     for case in cases {
@@ -312,6 +331,10 @@ fn main() -> ExitCode {
             fx.key(device, alg);
         }
     }
+    // Ed25519 where the device has it (TPM 2.0 has no EdDSA).
+    for device in ["soft", "softhsm"] {
+        fx.key(device, KeyAlgorithm::Ed25519);
+    }
 
     let mut trials = Vec::new();
     for device in ["soft", "softhsm", "swtpm"] {
@@ -326,6 +349,14 @@ fn main() -> ExitCode {
                     handshakes(&fx, device, alg, stack)
                 }));
             }
+        }
+    }
+    for device in ["soft", "softhsm"] {
+        for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {
+            let fx = Arc::clone(&fx);
+            trials.push(trial(format!("{device}::ed25519::{stack}"), move || {
+                handshakes(&fx, device, KeyAlgorithm::Ed25519, stack)
+            }));
         }
     }
     for stack in Stack::ALL.into_iter().filter(|s| s.is_available()) {

@@ -84,7 +84,7 @@ fn unreachable_at_startup(fx: &Fixture) {
         );
         let msg = err.to_string();
         assert!(msg.contains("'tls-remote-startup'"), "{msg}");
-        assert!(msg.contains("startup test signature"), "{msg}");
+        assert!(msg.contains("test signature"), "{msg}");
     }
     fx.restore(&key);
 }

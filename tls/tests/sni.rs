@@ -415,3 +415,90 @@ fn an_address_as_server_name_matches_no_dns_name() {
     assert!(refusing.refuses_name(Some("127.0.0.1")));
     assert_eq!(refusing.select(Some("127.0.0.1"), &offer), None);
 }
+
+#[test]
+fn findings_name_what_no_handshake_can_reach() {
+    use hardkey_tls::Finding;
+    let ca = Ca::new();
+    let ec = identity(&ca, KeyAlgorithm::EcP256, "ec", &["a.example", "*.example"]);
+    let rsa = identity(&ca, KeyAlgorithm::Rsa2048, "rsa", &["a.example"]);
+    // A second P-256 chain for a.example only: the first one always wins.
+    let shadowed = identity(&ca, KeyAlgorithm::EcP256, "shadowed", &["a.example"]);
+    // One name shared, one its own: reachable.
+    let partly = identity(
+        &ca,
+        KeyAlgorithm::EcP256,
+        "partly",
+        &["a.example", "b.test"],
+    );
+    let odd = identity(
+        &ca,
+        KeyAlgorithm::EcP256,
+        "odd",
+        &["*", "*.*.example", "a.*.example", "w*.example", "ok.test"],
+    );
+    let key = soft_key(KeyAlgorithm::EcP256, "nameless");
+    let nameless = Identity::new(
+        key.clone(),
+        CertChain::from_pem(ca.issue_for(&key.info().public_key, "nameless", &[], true)).unwrap(),
+    );
+    let set = Identities::new(ec.clone())
+        .with(rsa)
+        .with(shadowed)
+        .with(partly)
+        .with(odd)
+        .with(nameless)
+        .with(ec);
+    let found = set.findings();
+    let unmatchable: Vec<&str> = found
+        .iter()
+        .filter_map(|f| match f {
+            Finding::UnmatchableName { identity: 4, name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unmatchable,
+        ["*", "*.*.example", "a.*.example", "w*.example"],
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&Finding::Shadowed { identity: 2, by: 0 }),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&Finding::NoName { identity: 5 }),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&Finding::Duplicate { identity: 6, of: 0 }),
+        "{found:?}"
+    );
+    // The RSA chain (another kind of key) and the one with a name of its own are reachable.
+    assert!(
+        !found.iter().any(|f| matches!(f.identity(), 1 | 3)),
+        "{found:?}"
+    );
+    assert_eq!(found.len(), 7, "{found:?}");
+    // The default is never unreachable: with the nameless one as default, only the rest stay;
+    // unless unknown names are refused, which serves no default.
+    let set = set.default_to(5).unwrap();
+    assert!(!set.findings().contains(&Finding::NoName { identity: 5 }));
+    let set = set.unknown_names(UnknownName::Refuse);
+    assert!(set.findings().contains(&Finding::NoName { identity: 5 }));
+    // RSA keys of two sizes for one name: the second is never chosen (the size plays no part
+    // in selection).
+    let rsa2048 = identity(&ca, KeyAlgorithm::Rsa2048, "r2", &["r.example"]);
+    let rsa3072 = identity(&ca, KeyAlgorithm::Rsa3072, "r3", &["r.example"]);
+    let p384 = identity(&ca, KeyAlgorithm::EcP384, "p384", &["r.example"]);
+    let p256 = identity(&ca, KeyAlgorithm::EcP256, "p256", &["r.example"]);
+    let set = Identities::new(rsa2048).with(rsa3072).with(p384).with(p256);
+    assert_eq!(set.findings(), [Finding::Shadowed { identity: 1, by: 0 }]);
+    for f in &found {
+        assert!(
+            f.to_string()
+                .starts_with(&format!("identity {}", f.identity())),
+            "{f}"
+        );
+    }
+}

@@ -166,6 +166,8 @@ enum RequestSignature {
     /// ECDSA with any of the SHA-2 hashes on either curve: `openssl req` signs with SHA-256
     /// whatever the curve, so a P-384 request is often `ecdsa-with-SHA256`.
     Ecdsa { hash: HashAlgorithm },
+    /// Pure EdDSA (RFC 8410: `id-Ed25519` / `id-Ed448`, no parameters).
+    EdDsa { scheme: SignatureScheme },
 }
 
 impl fmt::Display for RequestSignature {
@@ -177,6 +179,7 @@ impl fmt::Display for RequestSignature {
             } => write!(f, "{scheme} (salt {salt})"),
             Self::Rsa { scheme, salt: None } => write!(f, "{scheme}"),
             Self::Ecdsa { hash } => write!(f, "ecdsa-with-{}", hash.name().to_uppercase()),
+            Self::EdDsa { scheme } => write!(f, "{scheme}"),
         }
     }
 }
@@ -243,7 +246,7 @@ fn request_signature(
         }
         let scheme = SignatureScheme::ALL
             .into_iter()
-            .find(|s| s.kind() == SignatureKind::RsaPss && s.hash() == hash)
+            .find(|s| s.kind() == SignatureKind::RsaPss && s.hash() == Some(hash))
             .filter(|s| s.is_compatible_with(key.algorithm()))
             .ok_or_else(|| unsupported(&on_key()))?;
         return Ok(RequestSignature::Rsa {
@@ -262,6 +265,19 @@ fn request_signature(
         return Ok(RequestSignature::Ecdsa { hash });
     }
     let oid = algorithm.oid.to_string();
+    if let Some(scheme) = SignatureScheme::ALL
+        .into_iter()
+        .find(|s| s.kind() == SignatureKind::EdDsa && s.signature_oid() == oid)
+    {
+        // RFC 8410 section 3: the parameters MUST be absent.
+        if algorithm.parameters.is_some() {
+            return Err(unsupported(" with parameters (RFC 8410: absent)"));
+        }
+        if !scheme.is_compatible_with(key.algorithm()) {
+            return Err(unsupported(&on_key()));
+        }
+        return Ok(RequestSignature::EdDsa { scheme });
+    }
     let scheme = SignatureScheme::ALL
         .into_iter()
         .filter(|s| s.kind() == SignatureKind::RsaPkcs1v15 && s.signature_oid() == oid)
@@ -292,7 +308,7 @@ fn verify(
             Ok(verify_pss(spki, scheme, salt, message, signature)?)
         }
         // The verifier's error names the scheme again; its reason is what is new.
-        RequestSignature::Rsa { scheme, .. } => {
+        RequestSignature::Rsa { scheme, .. } | RequestSignature::EdDsa { scheme } => {
             hardkey_api::verify::verify_signature(spki, scheme, message, signature)
                 .map_err(|e| e.reason.into())
         }
@@ -351,8 +367,11 @@ fn verify_pss(
             modulus: key.size(),
         });
     }
-    let digest = hardkey_api::encoding::digest(scheme.hash(), message);
-    let result = match scheme.hash() {
+    let Some(hash) = scheme.hash() else {
+        return Err(VerifyReason::UnknownScheme);
+    };
+    let digest = hardkey_api::encoding::digest(hash, message);
+    let result = match hash {
         HashAlgorithm::Sha256 => key.verify(
             rsa::Pss::new_with_salt::<sha2::Sha256>(salt),
             &digest,

@@ -108,8 +108,8 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
         })
     }
 
-    /// Signs `message` (the DER of a TBS structure) through the key: hashed here, signed on the
-    /// key's device. The signature is checked for the form X.509 carries (a DER
+    /// Signs `message` (the DER of a TBS structure) through the key: hashed here and signed on
+    /// the key's device, or for EdDSA sent whole to the device. The signature is checked for the form X.509 carries (a DER
     /// `Ecdsa-Sig-Value`, or an RSA signature as long as the modulus) before it is returned.
     pub fn sign(
         &self,
@@ -127,13 +127,17 @@ impl<'k, K: PrivateKey> X509Signer<'k, K> {
 }
 
 /// Refuses a scheme the key does not serve, with the key's own error (a zero digest of the
-/// right length makes [`KeyInfo::check_sign`] check the scheme and usage only).
+/// right length, or for EdDSA an empty message, makes [`KeyInfo::check_sign`] /
+/// [`KeyInfo::check_sign_message`] check the scheme and usage only).
 fn check_scheme(info: &KeyInfo, scheme: SignatureScheme) -> Result<()> {
-    info.check_sign(scheme, &vec![0; scheme.hash().output_len()])
+    match scheme.hash() {
+        Some(hash) => info.check_sign(scheme, &vec![0; hash.output_len()]),
+        None => info.check_sign_message(scheme, &[]),
+    }
 }
 
 /// A signature as an X.509 structure carries it in its `signature` BIT STRING: a DER
-/// `Ecdsa-Sig-Value` for ECDSA, the raw `k`-byte signature for RSA.
+/// `Ecdsa-Sig-Value` for ECDSA, the raw `k`-byte signature for RSA, `R || S` for EdDSA.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct X509Signature(Vec<u8>);
 

@@ -28,6 +28,11 @@ pub const CONFORMANCE_ALGORITHMS: [(&str, KeyAlgorithm); 4] = [
     ("rsa3072", KeyAlgorithm::Rsa3072),
 ];
 
+/// The EdDSA algorithm the conformance runs of backends that have it add to
+/// [`CONFORMANCE_ALGORITHMS`] (software keys, SoftHSM).
+pub const EDDSA_CONFORMANCE_ALGORITHMS: [(&str, KeyAlgorithm); 1] =
+    [("ed25519", KeyAlgorithm::Ed25519)];
+
 /// A trial from a closure that panics on failure.
 pub fn trial(name: impl Into<String>, test: impl FnOnce() + Send + 'static) -> Trial {
     Trial::test(name, move || {

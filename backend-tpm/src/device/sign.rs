@@ -33,8 +33,8 @@ impl TpmDevice {
         digest: &[u8],
     ) -> Result<Vec<u8>> {
         if scheme.kind() == SignatureKind::RsaPss {
-            if key.host_pss {
-                return self.sign_pss_on_host(key, scheme.hash(), digest);
+            if let (true, Some(hash)) = (key.host_pss, scheme.hash()) {
+                return self.sign_pss_on_host(key, hash, digest);
             }
             if self.shared.pss_salt.load(Ordering::Relaxed) == PSS_OTHER {
                 return Err(crate::keys::pss_refused(self.name(), scheme));

@@ -51,7 +51,11 @@ pub(crate) fn bench(a: &BenchArgs, ctx: &Ctx) -> CliResult {
     let first = block_on(key.sign(scheme, message))?;
     hardkey_api::verify::verify_signature(info.public_key.der(), scheme, message, &first)
         .map_err(|e| failed(format!("the key's signature does not verify: {e}")))?;
-    let digest = encoding::digest(scheme.hash(), message);
+    // What each job sends: the digest, or for EdDSA (no pre-hash) the message itself.
+    let digest = match scheme.hash() {
+        Some(hash) => encoding::digest(hash, message),
+        None => message.to_vec(),
+    };
 
     let bar = ctx.out.interactive().then(|| {
         let bar =
@@ -140,7 +144,10 @@ fn run(
         .map_err(|e| failed(format!("latency histogram: {e}")))?;
     let launch = || {
         let started = Instant::now();
-        let signing = key.sign_digest(scheme, digest);
+        let signing = match scheme.hash() {
+            Some(_) => key.dyn_sign_digest(scheme, digest),
+            None => key.dyn_sign_message(scheme, digest),
+        };
         async move { (signing.await, started.elapsed()) }
     };
     let start = Instant::now();

@@ -69,46 +69,13 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
         let _ = LEVEL.set(level);
         log::set_max_level(level.max(log::LevelFilter::Info));
     }
+    for warning in &served.warnings {
+        crate::output::note(&format!("hardkey serve: warning: {warning}"));
+    }
+    // Composed before the socket opens, so that it is on stderr before the first handshake,
+    // and short: with thousands of chains, the first few and a count.
+    let what = banner(&served);
     let handle = Server::start(config).map_err(tls_error)?;
-    // With thousands of keys the line names the first few: one line per start, not a
-    // megabyte (a log collector or a pipe takes lines of a few KiB).
-    let keys: Vec<String> = served
-        .loaded
-        .iter()
-        .take(STARTUP_LISTED)
-        .map(|loaded| {
-            let (key, store) = (loaded.identity.key(), &loaded.store);
-            let at_once = key
-                .pool_stats()
-                .map(|s| format!(", {} device operation(s) at once", s.workers))
-                .unwrap_or_default();
-            format!("{} ({store}){at_once}", key.info().display_name())
-        })
-        .collect();
-    let chains = served.loaded.len();
-    let what = match keys.as_slice() {
-        [one] if chains == 1 => format!("key {one}"),
-        many => format!(
-            "{chains} certificate chains, selected by server name: {}{}",
-            served
-                .identities
-                .iter()
-                .zip(many)
-                .map(|(identity, key)| format!(
-                    "[{}] on key {key}",
-                    match identity.chain().dns_names() {
-                        [] => "no DNS name".to_owned(),
-                        names => names.join(" "),
-                    }
-                ))
-                .collect::<Vec<_>>()
-                .join("; "),
-            match chains.saturating_sub(many.len()) {
-                0 => String::new(),
-                more => format!("; and {more} more"),
-            }
-        ),
-    };
     crate::output::note(&format!(
         "serving https://{} with {} on {what}, {} event-loop thread(s){}{}; Ctrl-C stops",
         handle.local_addr(),
@@ -175,6 +142,60 @@ pub(crate) fn serve(a: &ServeArgs, ctx: &Ctx) -> CliResult {
     Ok(())
 }
 
+/// The startup line's "key ..." or "N certificate chains ...": what is served, on which keys.
+fn banner(served: &crate::identities::Served) -> String {
+    let keys: Vec<String> = served
+        .loaded
+        .iter()
+        .take(BANNER_CHAINS.max(1))
+        .map(|loaded| {
+            let (key, store) = (loaded.identity.key(), &loaded.store);
+            let at_once = key
+                .pool_stats()
+                .map(|s| format!(", {} device operation(s) at once", s.workers))
+                .unwrap_or_default();
+            format!("{} ({store}){at_once}", key.info().display_name())
+        })
+        .collect();
+    let total = served.loaded.len();
+    match keys.as_slice() {
+        [one] if total == 1 => format!("key {one}"),
+        many => {
+            let shown: Vec<String> = served
+                .identities
+                .iter()
+                .zip(many)
+                .take(BANNER_CHAINS)
+                .map(|(identity, key)| {
+                    let names = identity.chain().dns_names();
+                    format!(
+                        "[{}{}] on key {key}",
+                        match names {
+                            [] => "no DNS name".to_owned(),
+                            names => names.iter().take(4).cloned().collect::<Vec<_>>().join(" "),
+                        },
+                        match names.len() {
+                            0..=4 => String::new(),
+                            n => format!(" and {} more", n - 4),
+                        }
+                    )
+                })
+                .collect();
+            format!(
+                "{total} certificate chains, selected by server name: {}{}",
+                shown.join("; "),
+                match total.saturating_sub(BANNER_CHAINS) {
+                    0 => String::new(),
+                    n => format!("; and {n} more"),
+                }
+            )
+        }
+    }
+}
+
+/// How many chains the startup line names.
+const BANNER_CHAINS: usize = 8;
+
 /// Histogram buckets (seconds) of the Prometheus exporter: 1 ms to 10 s, for device operations
 /// (a software key's sub-millisecond signature falls in the first) and event-loop stalls.
 const METRIC_BUCKETS: [f64; 13] = [
@@ -206,9 +227,6 @@ fn count(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-/// How many identities the startup line names.
-const STARTUP_LISTED: usize = 8;
-
 /// The log level: `warn`, or the most verbose level `RUST_LOG` names (`debug`,
 /// `hardkey_tls=trace`...). hardkey logs no secret at any level.
 fn log_level() -> log::LevelFilter {
@@ -235,7 +253,12 @@ struct StderrLog;
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         let level = LEVEL.get().copied().unwrap_or(log::LevelFilter::Warn);
-        metadata.level() <= level
+        // The device libraries' own logs (tss-esapi, cryptoki: a mechanism the token lacks,
+        // a capability it does not report) are what hardkey already turned into its messages;
+        // they are shown only when RUST_LOG asks.
+        let ours = metadata.target().starts_with("hardkey");
+        let asked = std::env::var_os("RUST_LOG").is_some();
+        (metadata.level() <= level && (ours || asked))
             || (metadata.target() == crate::reload::LOG_TARGET
                 && metadata.level() <= log::Level::Info)
     }

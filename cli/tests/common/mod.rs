@@ -157,6 +157,15 @@ pub(crate) fn tool(program: &str, args: &[&str], dir: &Path) -> String {
 /// `openssl dgst` verification of `sig` over `msg` with the public key PEM `pubkey`; RSA-PSS
 /// is checked with salt length = hash length.
 pub(crate) fn openssl_verify(dir: &Path, scheme: &str, pubkey: &str, msg: &str, sig: &str) {
+    if scheme.starts_with("ed") {
+        // EdDSA signs the message itself: pkeyutl -rawin, not dgst.
+        let args = [
+            "pkeyutl", "-verify", "-pubin", "-inkey", pubkey, "-rawin", "-in", msg, "-sigfile", sig,
+        ];
+        let text = tool("openssl", &args, dir);
+        assert!(text.contains("Signature Verified Successfully"), "{text}");
+        return;
+    }
     let hash = if scheme.contains("384") {
         "-sha384"
     } else if scheme.contains("512") {

@@ -96,6 +96,7 @@ impl Ca {
             KeyFamily::Rsa => &rcgen::PKCS_RSA_SHA256,
             _ => match public_key.algorithm() {
                 hardkey_api::KeyAlgorithm::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+                hardkey_api::KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
                 _ => &rcgen::PKCS_ECDSA_P256_SHA256,
             },
         };
