@@ -560,6 +560,11 @@ impl KeyStore for Pkcs11Store {
                 ),
             }))
         };
+        // A key of a family the token cannot make (p11-kit 0.24's remoting, NSS 3.87 and
+        // tpm2-pkcs11 carry no CKM_EDDSA) would be stored and then never sign: refused before
+        // the token is asked, as generate refuses it.
+        let algorithms = self.algorithms.clone();
+        let device = self.target.name.clone();
         let run = checked.map(|()| {
             self.run_key(JobOptions::new(Operation::Import), move |dev| {
                 let t = dev.target();
@@ -571,7 +576,7 @@ impl KeyStore for Pkcs11Store {
                 let _writes = t.module.writes();
                 let (public_handle, private_handle) =
                     t.with_restriction(Operation::Import, |restrict| {
-                        let (_, public, mut private) = import_templates(
+                        let (algorithm, public, mut private) = import_templates(
                             &request.pkcs8_der,
                             &id,
                             &label,
@@ -579,6 +584,17 @@ impl KeyStore for Pkcs11Store {
                             request.raw_rsa,
                             restrict,
                         )?;
+                        if !algorithms.iter().any(|a| a.family() == algorithm.family()) {
+                            wipe(&mut private);
+                            return Err(Error::from(Unsupported::Algorithm {
+                                algorithm,
+                                device: format!(
+                                    "{device} (its key-pair mechanisms cover only: {}; \
+                                     a key it cannot sign with is not imported)",
+                                    list(&algorithms)
+                                ),
+                            }));
+                        }
                         let created =
                             dev.session()
                                 .create_object(&public)
