@@ -494,14 +494,12 @@ impl KeyStore for Pkcs11Store {
             if self.algorithms.contains(&request.algorithm) {
                 Ok(label)
             } else {
-                Err(Error::from(Unsupported::Algorithm {
-                    algorithm: request.algorithm,
-                    device: format!(
-                        "{} (its key-pair mechanisms cover only: {})",
-                        self.target.name,
-                        list(&self.algorithms)
-                    ),
-                }))
+                Err(algorithm_refused(
+                    &self.target.name,
+                    &self.algorithms,
+                    request.algorithm,
+                    "",
+                ))
             }
         });
         let options = JobOptions::new(Operation::Generate).with_timeout(JobTimeout::Never);
@@ -586,14 +584,12 @@ impl KeyStore for Pkcs11Store {
                         )?;
                         if !algorithms.iter().any(|a| a.family() == algorithm.family()) {
                             wipe(&mut private);
-                            return Err(Error::from(Unsupported::Algorithm {
+                            return Err(algorithm_refused(
+                                &device,
+                                &algorithms,
                                 algorithm,
-                                device: format!(
-                                    "{device} (its key-pair mechanisms cover only: {}; \
-                                     a key it cannot sign with is not imported)",
-                                    list(&algorithms)
-                                ),
-                            }));
+                                "; a key it cannot sign with is not imported",
+                            ));
                         }
                         let created =
                             dev.session()
@@ -649,6 +645,23 @@ impl KeyStore for Pkcs11Store {
             }),
         )
     }
+}
+
+/// The refusal of an `algorithm` the token `device` makes no keys of, naming those it makes
+/// (`algorithms`), and `why` after them.
+fn algorithm_refused(
+    device: &str,
+    algorithms: &[KeyAlgorithm],
+    algorithm: KeyAlgorithm,
+    why: &str,
+) -> Error {
+    Error::from(Unsupported::Algorithm {
+        algorithm,
+        device: format!(
+            "{device} (its key-pair mechanisms cover only: {}{why})",
+            list(algorithms)
+        ),
+    })
 }
 
 fn list(algorithms: &[KeyAlgorithm]) -> String {
